@@ -1,0 +1,5 @@
+import sys
+
+from rpcworker.cmd.worker import main
+
+sys.exit(main())

@@ -1,0 +1,194 @@
+"""conf -> [Binding]: the enabled bindings, validated, as frozen values."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from oslo_config import cfg
+
+from rpcworker import config, opts
+from rpcworker.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_AMQP_SHORTSTR = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """One enabled ``[binding:NAME]`` group, with every default resolved."""
+
+    name: str
+    type: str  # rpc | direct | fanout | topic
+    handler: str
+    exchange: str
+    durable: bool
+    prefetch_count: int
+    acknowledge: str  # after | before
+    queue_arguments: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    # rpc
+    topic: str | None = None
+    server: str | None = None
+    # direct / fanout / topic
+    queue: str | None = None  # None for fanout means a per-process queue
+    routing_keys: tuple[str, ...] = ()
+    auto_delete: bool = False
+    exclusive: bool = False
+
+    @property
+    def group(self) -> str:
+        return opts.binding_group(self.name)
+
+    @property
+    def ack_before(self) -> bool:
+        return self.acknowledge == "before"
+
+
+def parse(conf: cfg.ConfigOpts) -> list[Binding]:
+    """Register and read every enabled binding group; raise ConfigError on the first fault."""
+    names = list(conf.bindings)
+    if not names:
+        raise ConfigError("DEFAULT", "bindings", "no binding enabled; list at least one NAME "
+                          "and configure it in a [binding:NAME] group")
+    seen: set[str] = set()
+    result = []
+    for name in names:
+        if not _NAME.match(name):
+            raise ConfigError("DEFAULT", "bindings",
+                              f"invalid binding name {name!r} (letters, digits, _ . - only)")
+        if name in seen:
+            raise ConfigError("DEFAULT", "bindings", f"binding {name!r} is listed twice")
+        seen.add(name)
+        result.append(_parse_one(conf, name))
+    _check_queues_unique(result)
+    return result
+
+
+def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
+    group = opts.register_binding_opts(conf, name)
+    config.check_values(conf, group, opts.binding_opts)
+    g = conf[group]
+
+    def fail(option: str, reason: str) -> ConfigError:
+        return ConfigError(group, option, reason)
+
+    if not g.type:
+        raise fail("type", f"required: one of {', '.join(opts.BINDING_TYPES)}")
+    if not g.handler:
+        raise fail("handler", "required: the entry point name of a handler plugin "
+                   "(see `rpcworker --list-handlers`)")
+    args = _queue_arguments(g.queue_arguments, fail)
+    quorum = args.get("x-queue-type") == "quorum"
+
+    if g.type == "rpc":
+        for option in ("queue", "routing_key", "auto_delete", "exclusive"):
+            if conf[group][option] != _default(option):
+                raise fail(option, "not used by rpc bindings: they declare exactly what an "
+                           "oslo.messaging server declares (see topic and server)")
+        topic = g.topic or name
+        server = g.server or conf.host
+        exchange = g.exchange or "openstack"
+        durable = bool(g.durable) if g.durable is not None else False
+        for option, value in (("topic", topic), ("server", server), ("exchange", exchange)):
+            _check_name(value, option, fail)
+        if quorum and not durable:
+            raise fail("durable", "quorum queues are always durable: set durable = true")
+        return Binding(name=name, type="rpc", handler=g.handler, exchange=exchange,
+                       durable=durable, prefetch_count=g.prefetch_count,
+                       acknowledge=g.acknowledge, queue_arguments=args,
+                       topic=topic, server=server)
+
+    for option in ("topic", "server"):
+        if conf[group][option] is not None:
+            raise fail(option, f"only used by rpc bindings, not {g.type}")
+    exchange = g.exchange or name
+    _check_name(exchange, "exchange", fail)
+    keys = tuple(k.strip() for k in g.routing_key if k.strip())
+    if g.type == "direct" and not keys:
+        raise fail("routing_key", "required for a direct binding: at least one exact key")
+    if g.type == "topic" and not keys:
+        keys = ("#",)
+    if g.type == "fanout":
+        keys = ()
+    for key in keys:
+        if len(key.encode()) > _AMQP_SHORTSTR:
+            raise fail("routing_key", f"longer than {_AMQP_SHORTSTR} bytes: {key[:40]!r}...")
+    queue = g.queue
+    if queue is not None:
+        _check_name(queue, "queue", fail)
+    per_process = g.type == "fanout" and queue is None
+    if queue is None and not per_process:
+        queue = name
+    if g.durable is not None:
+        durable = bool(g.durable)
+    else:
+        durable = not per_process
+    exclusive = True if per_process else bool(g.exclusive)
+    auto_delete = True if per_process else bool(g.auto_delete)
+    if quorum:
+        if not durable:
+            raise fail("durable", "quorum queues are always durable: set durable = true")
+        if exclusive or auto_delete:
+            raise fail("exclusive" if exclusive else "auto_delete",
+                       "quorum queues cannot be exclusive or auto-delete"
+                       + (" (a fanout binding needs a named queue for that)" if per_process
+                          else ""))
+    return Binding(name=name, type=g.type, handler=g.handler, exchange=exchange,
+                   durable=durable, prefetch_count=g.prefetch_count,
+                   acknowledge=g.acknowledge, queue_arguments=args, queue=queue,
+                   routing_keys=keys, auto_delete=auto_delete, exclusive=exclusive)
+
+
+def _default(option: str) -> Any:
+    for opt in opts.binding_opts:
+        if opt.name == option:
+            return opt.default
+    raise KeyError(option)
+
+
+def _check_name(value: str, option: str, fail: Any) -> None:
+    if not value or not value.strip():
+        raise fail(option, "must not be empty")
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise fail(option, f"must not contain spaces: {value!r}")
+    if len(value.encode()) > _AMQP_SHORTSTR:
+        raise fail(option, f"longer than {_AMQP_SHORTSTR} bytes")
+    if value.startswith("amq."):
+        raise fail(option, f"{value!r}: names starting with 'amq.' are reserved by the broker")
+
+
+def _queue_arguments(raw: Mapping[str, str], fail: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = key.strip()
+        if not key:
+            raise fail("queue_arguments", "empty argument name")
+        if value is None or value == "":
+            raise fail("queue_arguments", f"{key}: missing value (write {key}:VALUE)")
+        args[key] = _scalar(value.strip())
+    return args
+
+
+def _scalar(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _check_queues_unique(bindings: list[Binding]) -> None:
+    owner: dict[str, str] = {}
+    for b in bindings:
+        names = [b.queue] if b.queue else []
+        if b.type == "rpc":
+            names = [f"{b.topic}", f"{b.topic}.{b.server}"]
+        for q in names:
+            if q in owner:
+                raise ConfigError(b.group, "queue" if b.type != "rpc" else "topic",
+                                  f"queue {q!r} is already consumed by binding {owner[q]!r}")
+            owner[q] = b.name

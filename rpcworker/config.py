@@ -1,0 +1,89 @@
+"""Build the private ConfigOpts (never the global cfg.CONF) and set up logging."""
+
+from __future__ import annotations
+
+import logging as std_logging
+from collections.abc import Sequence
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from rpcworker import opts
+from rpcworker.errors import ConfigError
+
+PROJECT = "rpcworker"
+LOG = logging.getLogger(__name__)
+
+#: library loggers that are too chatty at INFO for a daemon
+_DEFAULT_LOG_LEVELS = [
+    "amqp=WARN",
+    "kombu=WARN",
+    "stevedore=WARN",
+    "oslo_config=WARN",
+    "oslo_messaging=WARN",
+]
+
+
+def new_conf(with_cli: bool = True) -> cfg.ConfigOpts:
+    """A fresh ConfigOpts with every static rpcworker and oslo.log option registered."""
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    if with_cli:
+        conf.register_cli_opts(opts.cli_opts)
+    logging.register_options(conf)
+    logging.set_defaults(
+        default_log_levels=logging.get_default_log_levels() + _DEFAULT_LOG_LEVELS
+    )
+    return conf
+
+
+def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
+            default_config_files: list[str] | None = None) -> cfg.ConfigOpts:
+    """Parse ``argv`` (without the program name) into a new ConfigOpts.
+
+    Raises ConfigError for a value oslo.config refuses, naming group and option.
+    """
+    conf = new_conf(with_cli=with_cli)
+    try:
+        conf(
+            args=list(argv or []),
+            project=PROJECT,
+            prog=PROJECT,
+            default_config_files=default_config_files,
+            validate_default_values=True,
+        )
+    except cfg.ConfigFilesNotFoundError as exc:
+        raise ConfigError(None, "--config-file", f"cannot read {', '.join(exc.config_files)}") from exc
+    except cfg.ConfigFileParseError as exc:
+        raise ConfigError(None, None, f"{exc.config_file}: {exc.msg}") from exc
+    except (cfg.Error, ValueError) as exc:
+        raise ConfigError(None, None, one_line(exc)) from exc
+    check_values(conf, None, opts.default_opts)
+    check_values(conf, opts.BROKER_GROUP, opts.broker_opts)
+    if conf.workers != 1:
+        raise ConfigError("DEFAULT", "workers", "only workers = 1 is supported by this version "
+                          "(run several services, e.g. rpcworker@.service, for more processes)")
+    return conf
+
+
+def check_values(conf: cfg.ConfigOpts, group: str | None, options: Sequence[cfg.Opt]) -> None:
+    """Read every option of ``group`` once so that a bad value fails here, named."""
+    for opt in options:
+        try:
+            getattr(conf[group] if group else conf, opt.dest)
+        except (cfg.ConfigFileValueError, ValueError) as exc:
+            raise ConfigError(group or "DEFAULT", opt.name, one_line(exc)) from exc
+        except cfg.Error as exc:
+            raise ConfigError(group or "DEFAULT", opt.name, one_line(exc)) from exc
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def setup_logging(conf: cfg.ConfigOpts) -> None:
+    logging.setup(conf, PROJECT)
+    # py-amqp logs every heartbeat at DEBUG under "amqp"; keep it off unless asked
+    if not conf.debug:
+        std_logging.getLogger("amqp").setLevel(std_logging.WARNING)

@@ -1,0 +1,83 @@
+"""Handler thread pool and the completion queue that wakes the consumer loop.
+
+Never imports kombu: handler threads only ever see plain values. Each finished
+job is appended to a deque and a byte is written to a pipe that the loop
+``select()``s on beside the broker socket, so a completion is picked up at once
+(no polling) and only the loop thread acks and publishes.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+
+class Executor:
+    def __init__(self, size: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="rpcworker-handler")
+        self._done: collections.deque[tuple[int, Any]] = collections.deque()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._wake_pending = False
+        #: jobs submitted and not yet returned by ``completed()`` (loop thread only)
+        self.pending = 0
+
+    def fileno(self) -> int:
+        """The read end of the wake-up pipe, for select()."""
+        return self._rfd
+
+    def submit(self, token: int, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in a handler thread; its result comes back from completed()."""
+        self.pending += 1
+        self._pool.submit(self._run, token, fn, args)
+
+    def _run(self, token: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # the dispatcher never raises; belt and braces
+            LOG.exception("job %s raised", token)
+            result = exc
+        self._done.append((token, result))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the loop (safe from any thread and from a signal handler)."""
+        try:
+            os.write(self._wfd, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the loop is waking anyway
+
+    def completed(self) -> list[tuple[int, Any]]:
+        """Every finished (token, result) so far. Loop thread only."""
+        # clear the flag before emptying the deque: a job finishing meanwhile
+        # either is popped below or sees the flag cleared and writes again
+        self._wake_pending = False
+        try:
+            while os.read(self._rfd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        done = []
+        pop = self._done.popleft
+        while self._done:
+            done.append(pop())
+        self.pending -= len(done)
+        return done
+
+    def shutdown(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        for fd in (self._rfd, self._wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,1 @@
+"""Built-in handler plugins: ``echo`` (diagnostics) and ``log``."""

@@ -1,0 +1,235 @@
+"""Every configuration option of rpcworker, and ``list_opts()`` for oslo-config-generator."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+from oslo_config import cfg
+
+BINDING_TYPES = ("rpc", "direct", "fanout", "topic")
+
+default_opts = [
+    cfg.StrOpt(
+        "host",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        help="Name of this server. RPC bindings consume from the <topic>.<host> queue "
+        "so that callers can target this server (prepare(server=...)).",
+    ),
+    cfg.ListOpt(
+        "bindings",
+        default=[],
+        help="Names of the enabled bindings. Each NAME is configured in a [binding:NAME] "
+        "group; groups not listed here are ignored.",
+    ),
+    cfg.StrOpt(
+        "transport_url",
+        secret=True,
+        help="Broker URL in oslo.messaging form: "
+        "rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost?heartbeat=30 . "
+        "Several hosts give failover. When set it overrides the host, port, "
+        "credentials and virtual host of [broker]; query parameters override "
+        "other [broker] options of the same name.",
+    ),
+    cfg.IntOpt(
+        "executor_thread_pool_size",
+        default=16,
+        min=1,
+        help="Number of handler threads per worker process.",
+    ),
+    cfg.IntOpt(
+        "workers",
+        default=1,
+        min=1,
+        help="Number of worker processes. (Only 1 is supported in this release.)",
+    ),
+    cfg.IntOpt(
+        "graceful_shutdown_timeout",
+        default=60,
+        min=0,
+        help="Seconds a SIGTERM/SIGINT waits for in-flight handlers to finish. "
+        "Messages still being handled after that are left unacknowledged and the "
+        "broker redelivers them.",
+    ),
+]
+
+broker_opts = [
+    cfg.HostAddressOpt(
+        "hostname", default="localhost", help="Broker host name or IP address."
+    ),
+    cfg.PortOpt("port", default=5672, help="Broker port (5671 is the usual TLS port)."),
+    cfg.StrOpt("userid", default="guest", help="User name to log in with."),
+    cfg.StrOpt("password", default="guest", secret=True, help="Password. Never logged."),
+    cfg.StrOpt("virtual_host", default="/", help="RabbitMQ virtual host."),
+    cfg.BoolOpt(
+        "insist",
+        default=False,
+        help="Accepted for compatibility with older Kombu configurations. "
+        "AMQP 0-9-1 ignores it; a warning is logged when it is true.",
+    ),
+    cfg.FloatOpt(
+        "connect_timeout",
+        default=10.0,
+        min=0.1,
+        help="Seconds to wait for the TCP connection and AMQP handshake.",
+    ),
+    cfg.BoolOpt("ssl", default=False, help="Connect to the broker over TLS."),
+    cfg.StrOpt("ssl_ca_file", help="CA bundle to verify the broker's certificate with."),
+    cfg.StrOpt("ssl_cert_file", help="Client certificate (for mutual TLS)."),
+    cfg.StrOpt("ssl_key_file", help="Private key of the client certificate."),
+    cfg.BoolOpt(
+        "ssl_verify_hostname",
+        default=True,
+        help="Check that the broker's certificate matches the host name connected to.",
+    ),
+    cfg.IntOpt(
+        "heartbeat",
+        default=60,
+        min=0,
+        help="AMQP heartbeat interval in seconds that is proposed to the broker; 0 "
+        "disables heartbeats. A dead connection is noticed after about two intervals.",
+    ),
+    cfg.StrOpt(
+        "login_method",
+        default="AMQPLAIN",
+        choices=["AMQPLAIN", "PLAIN", "EXTERNAL"],
+        help="SASL login method.",
+    ),
+    cfg.StrOpt(
+        "failover_strategy",
+        default="round-robin",
+        choices=["round-robin", "shuffle"],
+        help="How the hosts of transport_url are tried when the connection fails.",
+    ),
+    cfg.FloatOpt(
+        "reconnect_interval_start",
+        default=1.0,
+        min=0.0,
+        help="Seconds before the first reconnection attempt.",
+    ),
+    cfg.FloatOpt(
+        "reconnect_interval_step",
+        default=2.0,
+        min=0.0,
+        help="Seconds added to the wait after each failed reconnection attempt.",
+    ),
+    cfg.FloatOpt(
+        "reconnect_interval_max",
+        default=30.0,
+        min=0.1,
+        help="Longest wait between two reconnection attempts.",
+    ),
+]
+
+binding_opts = [
+    cfg.StrOpt(
+        "type",
+        choices=BINDING_TYPES,
+        help="rpc: an oslo.messaging RPC server (queues TOPIC and TOPIC.SERVER on the "
+        "topic exchange, and the TOPIC_fanout exchange); direct, fanout, topic: one "
+        "queue bound to an exchange of that type. Required.",
+    ),
+    cfg.StrOpt(
+        "handler",
+        help="Entry point name, in group rpcworker.handlers, of the handler plugin that "
+        "gets this binding's messages (see `rpcworker --list-handlers`). Required.",
+    ),
+    cfg.StrOpt(
+        "exchange",
+        help="Exchange to bind to. rpc: the control exchange, default 'openstack' "
+        "(Nova uses 'nova'). Other types: default the binding's name.",
+    ),
+    cfg.StrOpt("topic", help="rpc only: the RPC topic. Default: the binding's name."),
+    cfg.StrOpt("server", help="rpc only: the server name. Default: [DEFAULT] host."),
+    cfg.StrOpt(
+        "queue",
+        help="Queue name (not for rpc). direct/topic default: the binding's name. "
+        "fanout default: a per-process exclusive, auto-delete queue, so that every "
+        "process gets a copy of every message.",
+    ),
+    cfg.ListOpt(
+        "routing_key",
+        default=[],
+        help="Binding keys. direct: exact keys (at least one). topic: patterns with * "
+        "(one word) and # (zero or more words); default '#'. fanout: unused.",
+    ),
+    cfg.BoolOpt(
+        "durable",
+        help="Queue and exchange survive a broker restart. Default: false for rpc "
+        "(as oslo.messaging's amqp_durable_queues) and for a default fanout queue, "
+        "true otherwise.",
+    ),
+    cfg.BoolOpt("auto_delete", default=False, help="Delete the queue when its last consumer goes."),
+    cfg.BoolOpt(
+        "exclusive",
+        default=False,
+        help="The queue belongs to this connection only (and is deleted with it).",
+    ),
+    cfg.DictOpt(
+        "queue_arguments",
+        default={},
+        help="Queue arguments, e.g. x-queue-type:quorum, x-max-length:100000. Integers "
+        "and true/false are converted. rpc: applied to the TOPIC and TOPIC.SERVER queues.",
+    ),
+    cfg.IntOpt(
+        "prefetch_count",
+        default=64,
+        min=0,
+        help="Deliveries the broker may have in flight to this binding's consumer "
+        "(basic.qos); 0 means unlimited.",
+    ),
+    cfg.StrOpt(
+        "acknowledge",
+        default="after",
+        choices=[
+            ("after", "ack once the handler has returned: at-least-once"),
+            ("before", "ack on receipt, before the handler runs: at-most-once, as oslo.messaging"),
+        ],
+        help="When a delivery is acknowledged.",
+    ),
+]
+
+#: options only given on the command line of `rpcworker`
+cli_opts = [
+    cfg.BoolOpt(
+        "check-config",
+        default=False,
+        help="Load the configuration and every handler plugin, print what would be "
+        "declared, and exit (0 when valid, 2 otherwise).",
+    ),
+    cfg.BoolOpt(
+        "list-handlers",
+        default=False,
+        help="List the installed handler plugins and exit.",
+    ),
+]
+
+BROKER_GROUP = "broker"
+BINDING_GROUP_PREFIX = "binding:"
+
+
+def binding_group(name: str) -> str:
+    return BINDING_GROUP_PREFIX + name
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register the static options (not the per-binding groups) on ``conf``."""
+    conf.register_opts(default_opts)
+    conf.register_opts(broker_opts, group=BROKER_GROUP)
+
+
+def register_binding_opts(conf: cfg.ConfigOpts, name: str) -> str:
+    """Register the options of ``[binding:NAME]``; returns the group name."""
+    group = binding_group(name)
+    conf.register_opts(binding_opts, group=group)
+    return group
+
+
+def list_opts() -> list[tuple[str | None, Iterable[cfg.Opt]]]:
+    """Options for oslo-config-generator (namespace ``rpcworker``)."""
+    return [
+        (None, default_opts),
+        (BROKER_GROUP, broker_opts),
+        (binding_group("NAME"), binding_opts),
+    ]

@@ -1,0 +1,353 @@
+"""Wire formats in and out: oslo.messaging envelope 2.0, plain AMQP RPC, events.
+
+Pure functions over bytes and properties, so they can be tested (and fuzzed)
+without a broker. ``decode`` never raises: it returns a ``Request`` or a
+``Rejected`` with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import traceback
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+OSLO_VERSION_KEY = "oslo.version"
+OSLO_MESSAGE_KEY = "oslo.message"
+OSLO_VERSION = "2.0"
+CONTEXT_PREFIX = "_context_"
+JSON = "application/json"
+
+_ACCEPTED_TYPES = ("", JSON)
+_ACCEPTED_ENCODINGS = ("", "utf-8", "utf8")
+
+# Request kinds
+OSLO_CALL = "oslo-call"
+OSLO_CAST = "oslo-cast"
+AMQP_CALL = "amqp-call"
+AMQP_CAST = "amqp-cast"
+EVENT = "event"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplyRoute:
+    """Where and how the answer to a call goes."""
+
+    style: str  # "oslo" | "amqp"
+    routing_key: str  # _reply_q or reply_to; published on the default exchange
+    msg_id: str | None = None  # oslo _msg_id
+    correlation_id: str | None = None  # plain AMQP RPC
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """A decoded delivery: an RPC request (call/cast) or an event."""
+
+    kind: str
+    body: Any
+    method: str | None = None
+    args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    namespace: str | None = None
+    version: str = "1.0"
+    reply: ReplyRoute | None = None
+    unique_id: str | None = None
+    #: oslo call-monitor timeout (``_timeout``): send a heartbeat every timeout/2 s
+    monitor_timeout: float | None = None
+    routing_key: str = ""
+    exchange: str = ""
+    headers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    redelivered: bool = False
+
+    @property
+    def is_rpc(self) -> bool:
+        return self.method is not None
+
+    @property
+    def is_call(self) -> bool:
+        return self.reply is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A delivery that must not be executed, with the reason (for the log)."""
+
+    reason: str
+    #: set when the sender waits for an answer: it gets the error instead of a timeout
+    reply: ReplyRoute | None = None
+
+
+class _Refused(Exception):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    raise _Refused(f"JSON constant {name} is not allowed")
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_no_constants)
+
+
+def decode(
+    body: bytes | str,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    properties: Mapping[str, Any] | None = None,
+    delivery_info: Mapping[str, Any] | None = None,
+) -> Request | Rejected:
+    """Turn one delivery into a Request, or a Rejected saying why not. Never raises."""
+    try:
+        return _decode(body, content_type, content_encoding, headers or {},
+                       properties or {}, delivery_info or {})
+    except _Refused as exc:
+        return Rejected(str(exc), _amqp_route(properties or {}))
+    except Exception as exc:  # defensive: decode must never take the loop down
+        return Rejected(f"cannot decode: {type(exc).__name__}: {exc}", None)
+
+
+def _amqp_route(properties: Mapping[str, Any]) -> ReplyRoute | None:
+    reply_to = properties.get("reply_to")
+    if isinstance(reply_to, str) and reply_to:
+        corr = properties.get("correlation_id")
+        return ReplyRoute("amqp", reply_to, correlation_id=corr if isinstance(corr, str) else None)
+    return None
+
+
+def _decode(body: bytes | str, content_type: str | None, content_encoding: str | None,
+            headers: Mapping[str, Any], properties: Mapping[str, Any],
+            delivery_info: Mapping[str, Any]) -> Request | Rejected:
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype not in _ACCEPTED_TYPES:
+        raise _Refused(f"content type {content_type!r} refused: only {JSON} is accepted")
+    cenc = (content_encoding or "").strip().lower()
+    if cenc not in _ACCEPTED_ENCODINGS:
+        raise _Refused(f"content encoding {content_encoding!r} refused: only utf-8 is accepted")
+    if headers.get("compression"):
+        raise _Refused(f"compressed bodies ({headers.get('compression')!r}) are refused")
+    if isinstance(body, bytes | bytearray | memoryview):
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Refused(f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    elif isinstance(body, str):
+        text = body
+    else:
+        raise _Refused(f"body of type {type(body).__name__} refused")
+    try:
+        data = _loads(text)
+    except ValueError as exc:
+        raise _Refused(f"body is not JSON: {exc}") from None
+
+    common: dict[str, Any] = {
+        "routing_key": str(delivery_info.get("routing_key") or ""),
+        "exchange": str(delivery_info.get("exchange") or ""),
+        "headers": dict(headers),
+        "properties": dict(properties),
+        "redelivered": bool(delivery_info.get("redelivered")),
+    }
+
+    if isinstance(data, dict) and OSLO_VERSION_KEY in data:
+        data = _unwrap_oslo(data)
+        if isinstance(data, dict) and "method" in data:
+            return _oslo_request(data, common)
+        return Request(kind=EVENT, body=data, **common)
+
+    if isinstance(data, dict) and "method" in data:
+        return _amqp_request(data, properties, common)
+    return Request(kind=EVENT, body=data, **common)
+
+
+def _unwrap_oslo(data: dict[str, Any]) -> Any:
+    version = data.get(OSLO_VERSION_KEY)
+    if not isinstance(version, str):
+        raise _Refused("oslo envelope: oslo.version is not a string")
+    major, _, minor = version.partition(".")
+    if major != "2" or not minor.isdigit() or int(minor) > 0:
+        raise _Refused(f"oslo envelope version {version!r} not supported (2.0 is)")
+    inner = data.get(OSLO_MESSAGE_KEY)
+    if not isinstance(inner, str):
+        raise _Refused("oslo envelope: oslo.message is not a JSON string")
+    try:
+        return _loads(inner)
+    except ValueError as exc:
+        raise _Refused(f"oslo envelope: oslo.message is not JSON: {exc}") from None
+
+
+def _check_rpc_fields(method: Any, args: Any, namespace: Any, version: Any) -> None:
+    if not isinstance(method, str) or not method:
+        raise _Refused("method must be a non-empty string")
+    if not isinstance(args, dict):
+        raise _Refused(f"args must be a JSON object, not {type(args).__name__}")
+    if namespace is not None and not isinstance(namespace, str):
+        raise _Refused("namespace must be a string or null")
+    if not isinstance(version, str):
+        raise _Refused("version must be a string")
+
+
+def _oslo_request(msg: dict[str, Any], common: dict[str, Any]) -> Request | Rejected:
+    msg_id = msg.get("_msg_id")
+    reply_q = msg.get("_reply_q")
+    route = None
+    if msg_id is not None:
+        if not isinstance(msg_id, str) or not isinstance(reply_q, str) or not reply_q:
+            raise _Refused("oslo call without a valid _msg_id/_reply_q")
+        route = ReplyRoute("oslo", reply_q, msg_id=msg_id)
+    method = msg.get("method")
+    args = msg.get("args", {})
+    if args is None:
+        args = {}
+    namespace = msg.get("namespace")
+    version = msg.get("version") or "1.0"
+    try:
+        _check_rpc_fields(method, args, namespace, version)
+    except _Refused as exc:
+        return Rejected(str(exc), route)
+    timeout = msg.get("_timeout")
+    monitor = None
+    if route is not None and isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        if timeout > 0:
+            monitor = float(timeout)
+    context = {k[len(CONTEXT_PREFIX):]: v for k, v in msg.items() if k.startswith(CONTEXT_PREFIX)}
+    context["client_timeout"] = timeout if route is not None else None
+    unique = msg.get("_unique_id")
+    return Request(
+        kind=OSLO_CALL if route else OSLO_CAST,
+        body=msg,
+        method=method,
+        args=args,
+        context=context,
+        namespace=namespace,
+        version=version,
+        reply=route,
+        unique_id=unique if isinstance(unique, str) else None,
+        monitor_timeout=monitor,
+        **common,
+    )
+
+
+def _amqp_request(msg: dict[str, Any], properties: Mapping[str, Any],
+                  common: dict[str, Any]) -> Request | Rejected:
+    route = _amqp_route(properties)
+    method = msg.get("method")
+    args = msg.get("args", {})
+    if args is None:
+        args = {}
+    context = msg.get("context", {})
+    if context is None:
+        context = {}
+    namespace = msg.get("namespace")
+    version = msg.get("version") or "1.0"
+    try:
+        _check_rpc_fields(method, args, namespace, version)
+        if not isinstance(context, dict):
+            raise _Refused(f"context must be a JSON object, not {type(context).__name__}")
+    except _Refused as exc:
+        return Rejected(str(exc), route)
+    mid = properties.get("message_id")
+    return Request(
+        kind=AMQP_CALL if route else AMQP_CAST,
+        body=msg,
+        method=method,
+        args=args,
+        context=context,
+        namespace=namespace,
+        version=version,
+        reply=route,
+        unique_id=mid if isinstance(mid, str) else None,
+        **common,
+    )
+
+
+# -- replies ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """A reply ready to publish on the default exchange."""
+
+    routing_key: str
+    body: bytes
+    correlation_id: str | None = None
+
+
+def failure_info(exc: BaseException) -> dict[str, Any]:
+    """oslo.messaging's ``serialize_remote_exception`` fields for ``exc``."""
+    cls = type(exc)
+    name = cls.__name__
+    if name.endswith("_Remote"):
+        name = name[: -len("_Remote")]
+    module = getattr(cls, "wire_module", None) or cls.__module__
+    if module.endswith("_Remote"):
+        module = module[: -len("_Remote")]
+    return {
+        "class": name,
+        "module": module,
+        "message": str(exc),
+        "tb": traceback.format_exception(cls, exc, exc.__traceback__),
+        "args": [_plain(a) for a in exc.args],
+        "kwargs": _plain(getattr(exc, "kwargs", {}) or {}),
+    }
+
+
+def _plain(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, separators=(", ", ": "))
+
+
+def _oslo_envelope(inner: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {OSLO_VERSION_KEY: OSLO_VERSION, OSLO_MESSAGE_KEY: _dumps(inner)}
+    ).encode("utf-8")
+
+
+def encode_result(route: ReplyRoute, result: Any) -> Reply:
+    """A success reply. Raises TypeError/ValueError when ``result`` is not JSON."""
+    if route.style == "oslo":
+        body = _oslo_envelope({"result": result, "failure": None, "ending": True,
+                               "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
+    else:
+        body = _dumps({"result": result}).encode("utf-8")
+    return Reply(route.routing_key, body, route.correlation_id)
+
+
+def encode_failure(route: ReplyRoute, exc: BaseException) -> Reply:
+    info = failure_info(exc)
+    if route.style == "oslo":
+        body = _oslo_envelope({"result": None, "failure": _dumps(info), "ending": True,
+                               "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
+    else:
+        body = _dumps({"error": {"type": info["class"], "module": info["module"],
+                                 "message": info["message"]}}).encode("utf-8")
+    return Reply(route.routing_key, body, route.correlation_id)
+
+
+def encode_error(route: ReplyRoute, type_name: str, module: str, message: str) -> Reply:
+    """An error reply for a request refused before dispatch."""
+    if route.style == "oslo":
+        info = {"class": type_name, "module": module, "message": message, "tb": [],
+                "args": [message], "kwargs": {}}
+        body = _oslo_envelope({"result": None, "failure": _dumps(info), "ending": True,
+                               "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
+    else:
+        body = _dumps({"error": {"type": type_name, "module": module,
+                                 "message": message}}).encode("utf-8")
+    return Reply(route.routing_key, body, route.correlation_id)
+
+
+def encode_heartbeat(route: ReplyRoute) -> Reply:
+    """oslo call-monitor heartbeat: ``ending: false`` and no result."""
+    body = _oslo_envelope({"result": None, "failure": None, "ending": False,
+                           "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
+    return Reply(route.routing_key, body, None)

@@ -1,0 +1,72 @@
+"""Process lifecycle: build the worker from conf, signals, graceful stop."""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import signal
+import threading
+from types import FrameType
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from rpcworker import bindings as bindings_mod
+from rpcworker import broker, plugins, topology
+from rpcworker.consumer import Worker
+from rpcworker.executor import Executor
+
+LOG = logging.getLogger(__name__)
+
+
+def build(conf: cfg.ConfigOpts) -> Worker:
+    """Everything a worker process needs, from a prepared conf (raises ConfigError/PluginError)."""
+    parsed = bindings_mod.parse(conf)
+    handlers = plugins.load(conf, parsed)
+    settings = broker.settings(conf)
+    topologies = [topology.build(b) for b in parsed]
+    executor = Executor(conf.executor_thread_pool_size)
+    LOG.info("rpcworker starting: broker %s, bindings %s, %d handler threads",
+             broker.describe(settings), ", ".join(b.name for b in parsed),
+             conf.executor_thread_pool_size)
+    return Worker(conf, broker.connection(conf, settings), topologies, handlers, executor)
+
+
+class _Signals:
+    """Signal handlers only record the signal and wake the loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.count = 0
+
+    def on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.worker.request_stop()
+        else:  # a second SIGTERM/SIGINT: stop waiting for handlers
+            self.worker.request_stop(immediate=True)
+
+    def on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.worker.request_reload()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.on_stop)
+        signal.signal(signal.SIGINT, self.on_stop)
+        signal.signal(signal.SIGHUP, self.on_hup)
+
+
+def run(conf: cfg.ConfigOpts, worker: Worker) -> int:
+    """Run ``worker`` in this (main) thread until SIGTERM/SIGINT; return the exit status."""
+    _Signals(worker).install()
+    try:
+        worker.run()
+    finally:
+        worker.executor.shutdown(wait=False)
+    LOG.info("rpcworker stopped")
+    if any(t.name.startswith("rpcworker-handler") and t.is_alive()
+           for t in threading.enumerate()):
+        # handler threads still busy after graceful_shutdown_timeout: their
+        # deliveries were left unacked (redelivered); do not wait for them
+        std_logging.shutdown()
+        os._exit(0)
+    return 0
