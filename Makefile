@@ -1,0 +1,44 @@
+# rpcworker developer commands. `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONF ?= etc/rpcworker/rpcworker.conf
+PYTEST_ARGS ?=
+
+.PHONY: venv install run test lint typecheck unit functional sample clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+install: venv
+	$(BIN)/pip install --quiet -e '.[test]' -e tests/plugin
+
+## start the worker in the foreground on the shipped config (Ctrl-C stops it)
+run: install
+	$(BIN)/rpcworker --config-file $(CONF)
+
+lint: install
+	$(BIN)/ruff check rpcworker tests
+
+typecheck: install
+	$(BIN)/mypy
+
+## venv + install + ruff + mypy + the whole test suite
+test: lint typecheck
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+functional: install
+	$(BIN)/pytest -q -ra tests/functional
+
+## regenerate etc/rpcworker/rpcworker.conf.sample
+sample: install
+	$(BIN)/oslo-config-generator --config-file etc/oslo-config-generator/rpcworker.conf
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

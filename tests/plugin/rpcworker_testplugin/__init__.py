@@ -1,0 +1,113 @@
+"""Handlers for rpcworker's functional tests.
+
+``recorder`` appends one JSON line per message it handles to the file named by
+``[recorder] path`` (a handler registering its own options on the conf it is
+given), so a test can see exactly what was handled, how often, and when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+from oslo_config import cfg
+
+import rpcworker
+
+_opts = [
+    cfg.StrOpt("path", help="File the recorder appends one JSON line per message to."),
+    cfg.FloatOpt("delay", default=0.0, help="Seconds every method sleeps before returning."),
+]
+
+
+class Recorder:
+    """Record every call, cast and event as a JSON line in [recorder] path."""
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        conf.register_opts(_opts, group="recorder")
+        self.path = conf.recorder.path
+        self.delay = conf.recorder.delay
+        self._lock = threading.Lock()
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        entry["pid"] = os.getpid()
+        entry["time"] = time.time()
+        if not self.path:
+            return
+        with self._lock, open(self.path, "a") as f:
+            f.write(json.dumps(entry, sort_keys=True, default=repr) + "\n")
+            f.flush()
+
+    def record(self, ctxt: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Record the call and return its arguments."""
+        if self.delay:
+            time.sleep(self.delay)
+        self._write({"kind": "rpc", "method": "record", "args": kwargs, "ctxt": ctxt})
+        return kwargs
+
+    def slow(self, ctxt: dict[str, Any], seconds: float = 1.0, **kwargs: Any) -> dict[str, Any]:
+        """Record a 'start' line, sleep, record a 'done' line."""
+        self._write({"kind": "start", "method": "slow", "args": kwargs})
+        time.sleep(float(seconds))
+        self._write({"kind": "rpc", "method": "slow", "args": kwargs})
+        return kwargs
+
+    def fail(self, ctxt: dict[str, Any], **kwargs: Any) -> None:
+        """Record, then raise ValueError."""
+        self._write({"kind": "rpc", "method": "fail", "args": kwargs})
+        raise ValueError("recorder was asked to fail", kwargs.get("tag"))
+
+    def reject(self, ctxt: dict[str, Any], **kwargs: Any) -> None:
+        """Record, then raise rpcworker.Reject."""
+        self._write({"kind": "rpc", "method": "reject", "args": kwargs})
+        raise rpcworker.Reject("rejected on request")
+
+    def requeue(self, ctxt: dict[str, Any], **kwargs: Any) -> None:
+        """Record, then raise rpcworker.Requeue."""
+        self._write({"kind": "rpc", "method": "requeue", "args": kwargs})
+        raise rpcworker.Requeue("requeue on request")
+
+    def handle_message(self, message: rpcworker.Message) -> None:
+        """Record an event with its routing key and exchange."""
+        if self.delay:
+            time.sleep(self.delay)
+        self._write({"kind": "event", "body": message.body, "routing_key": message.routing_key,
+                     "exchange": message.exchange, "redelivered": message.redelivered,
+                     "headers": dict(message.headers)})
+
+
+class _Target:
+    namespace = "testns"
+    version = "1.3"
+
+
+class Versioned:
+    """A handler with target namespace 'testns', version 1.3."""
+
+    target = _Target()
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        self.conf = conf
+
+    def which(self, ctxt: dict[str, Any]) -> str:
+        """Return 'versioned'."""
+        return "versioned"
+
+
+class BrokenInit:
+    """Raises in its constructor."""
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        raise RuntimeError("BrokenInit refuses to start")
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """The JSON lines written so far (a test helper)."""
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
