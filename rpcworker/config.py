@@ -53,7 +53,8 @@ def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
             validate_default_values=True,
         )
     except cfg.ConfigFilesNotFoundError as exc:
-        raise ConfigError(None, "--config-file", f"cannot read {', '.join(exc.config_files)}") from exc
+        files = ", ".join(exc.config_files)
+        raise ConfigError(None, "--config-file", f"cannot read {files}") from exc
     except cfg.ConfigFileParseError as exc:
         raise ConfigError(None, None, f"{exc.config_file}: {exc.msg}") from exc
     except (cfg.Error, ValueError) as exc:

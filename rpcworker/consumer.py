@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import itertools
 import select
-import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -112,7 +111,7 @@ class Worker(ConsumerMixin):
 
     # -- the outer loop: connect, consume, reconnect ----------------------------
 
-    def run(self, _tokens: int = 1, **kwargs: Any) -> None:  # type: ignore[override]
+    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
         """Consume until stopped. Connection faults are logged and retried forever."""
         errors = tuple(self.connection.connection_errors) + tuple(
             self.connection.channel_errors) + (OSError,)
@@ -263,7 +262,7 @@ class Worker(ConsumerMixin):
         for _ in range(_DRAIN_BATCH):
             try:
                 conn.drain_events(timeout=0)
-            except socket.timeout:
+            except TimeoutError:
                 return
 
     def _begin_drain(self) -> None:
@@ -293,7 +292,7 @@ class Worker(ConsumerMixin):
             message.reject(requeue=True)
             return
         req = protocol.decode(message.body, message.content_type, message.content_encoding,
-                              message.headers, message.properties, message.delivery_info)
+                              message.headers, message.properties, _delivery_info(message))
         if isinstance(req, protocol.Rejected):
             LOG.warning("binding %s: message %s refused: %s", binding.name,
                         _describe(message), req.reason)
@@ -376,6 +375,16 @@ class Worker(ConsumerMixin):
                 self._monitors[token] = due
             wait = min(wait, due - now)
         return max(0.0, wait)
+
+
+def _delivery_info(message: Any) -> dict[str, Any]:
+    info = dict(getattr(message, "delivery_info", None) or {})
+    if "redelivered" not in info:
+        # kombu's virtual transports (memory://) keep the flag in the raw payload
+        # dict. (Never touch message.payload: it runs kombu's deserializers.)
+        raw = getattr(message, "_raw", None)
+        info["redelivered"] = bool(isinstance(raw, dict) and raw.get("redelivered"))
+    return info
 
 
 def _describe(message: Any) -> str:

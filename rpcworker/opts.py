@@ -125,10 +125,14 @@ broker_opts = [
 binding_opts = [
     cfg.StrOpt(
         "type",
-        choices=BINDING_TYPES,
-        help="rpc: an oslo.messaging RPC server (queues TOPIC and TOPIC.SERVER on the "
-        "topic exchange, and the TOPIC_fanout exchange); direct, fanout, topic: one "
-        "queue bound to an exchange of that type. Required.",
+        choices=[
+            ("rpc", "an oslo.messaging RPC server: queues TOPIC and TOPIC.SERVER on the "
+             "topic exchange, and the TOPIC_fanout exchange with a per-process queue"),
+            ("direct", "one queue bound with exact routing keys"),
+            ("fanout", "one queue that gets a copy of everything published on the exchange"),
+            ("topic", "one queue bound with patterns (* one word, # zero or more words)"),
+        ],
+        help="What the binding declares and consumes. Required.",
     ),
     cfg.StrOpt(
         "handler",
@@ -226,10 +230,28 @@ def register_binding_opts(conf: cfg.ConfigOpts, name: str) -> str:
     return group
 
 
-def list_opts() -> list[tuple[str | None, Iterable[cfg.Opt]]]:
+_broker_help = (
+    "The Kombu connection to RabbitMQ. [DEFAULT] transport_url, when set, takes the "
+    "hosts, credentials and virtual host from its URL instead."
+)
+
+_binding_help = (
+    "One group per name listed in [DEFAULT] bindings, e.g. [binding:compute]. "
+    "Acknowledgement and failure policy: with acknowledge = after (the default) a "
+    "delivery is acked once its handler has returned, so a crash or a lost connection "
+    "redelivers it (at-least-once). A call whose handler raises is acked and the caller "
+    "gets the error. A cast or event whose handler raises is rejected without requeue "
+    "(dead-lettered when the queue has an x-dead-letter-exchange argument); a handler "
+    "may raise rpcworker.Reject to reject at once, or rpcworker.Requeue to retry once "
+    "(a message already redelivered is rejected instead). Messages that are not JSON "
+    "are rejected and logged, never executed. No message loops forever."
+)
+
+
+def list_opts() -> list[tuple[str | cfg.OptGroup | None, Iterable[cfg.Opt]]]:
     """Options for oslo-config-generator (namespace ``rpcworker``)."""
     return [
         (None, default_opts),
-        (BROKER_GROUP, broker_opts),
-        (binding_group("NAME"), binding_opts),
+        (cfg.OptGroup(BROKER_GROUP, help=_broker_help), broker_opts),
+        (cfg.OptGroup(binding_group("NAME"), help=_binding_help), binding_opts),
     ]

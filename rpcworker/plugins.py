@@ -39,7 +39,7 @@ def load(conf: cfg.ConfigOpts, bindings: Iterable[Binding]) -> dict[str, Any]:
     def where(name: str) -> str:
         return ", ".join(f"[binding:{n}]" for n in users.get(name, [])) or "handler"
 
-    def on_missing(names: set[str]) -> None:
+    def on_missing(names: Iterable[str]) -> None:
         name = sorted(names)[0]
         installed = ", ".join(sorted(e.name for e in _all_entry_points())) or "none"
         raise PluginError(f"{where(name)} handler: no plugin {name!r} in entry point "

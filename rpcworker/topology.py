@@ -92,7 +92,7 @@ def describe(t: Topology) -> list[str]:
         exname = (q.bindings and next(iter(q.bindings)).exchange.name) or q.exchange.name
         lines.append(
             f"  queue {q.name!r} durable={q.durable} auto_delete={q.auto_delete} "
-            f"exclusive={q.exclusive} arguments={q.queue_arguments or {}} "
+            f"exclusive={q.exclusive} arguments={getattr(q, 'queue_arguments', None) or {}} "
             f"bound to {exname!r} with keys {keys}"
         )
     return lines

@@ -1,0 +1,571 @@
+"""``rpcworker-client``: the operator's tool to call, cast and publish.
+
+Requests use oslo.messaging's wire format (envelope 2.0, the inner fields in the
+order oslo.messaging 18 sends them), so the tool works against rpcworker and
+against real OpenStack services alike. The broker comes from the same config
+file as the daemon (``--config-file`` / ``--config-dir``).
+
+Exit status: 0 success, 1 the remote method raised, 2 usage or configuration
+error, 3 no reply in time, 4 broker unreachable or refused an operation.
+
+Reply queue: ``reply_<uuid hex>``, non-durable, **exclusive and auto-delete**
+(oslo.messaging uses a non-exclusive queue with ``x-expires`` because its
+transport lives as long as the service). A one-shot tool is better served by a
+queue that disappears with its connection, even after ``kill -9``, instead of
+lingering for 30 minutes per invocation; RabbitMQ 4 also deprecates transient
+non-exclusive queues. Servers reply through the default exchange, which
+delivers to an exclusive queue like to any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import amqp.exceptions
+import kombu
+import kombu.exceptions
+from oslo_config import cfg
+
+from rpcworker import broker, config, protocol
+from rpcworker.errors import ConfigError
+
+PROG = "rpcworker-client"
+
+EXIT_OK = 0
+EXIT_REMOTE = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_BROKER = 4
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_EXCHANGE = "openstack"
+EXCHANGE_TYPES = ("direct", "fanout", "topic")
+#: how long one drain_events() may block, so that heartbeats keep being sent
+_POLL = 1.0
+
+_EPILOG = ("exit status: 0 ok, 1 remote error, 2 usage or configuration error, "
+           "3 timeout, 4 broker unreachable or refused the operation")
+
+
+class ClientError(Exception):
+    """Ends the command: ``str()`` is printed on stderr, ``status`` is the exit status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- argument parsing -------------------------------------------------------------
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_no_constants)
+
+
+def json_value(text: str) -> Any:
+    """``text`` as JSON when it parses (``1`` -> 1, ``[1]`` -> [1]), else the string itself."""
+    try:
+        return _json_loads(text)
+    except ValueError:
+        return text
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """argparse type of ``--arg``/``--context``: ``k=v`` with ``v`` parsed by json_value."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, json_value(value)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--args``: a JSON object."""
+    try:
+        value = _json_loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def json_text(text: str) -> str:
+    """argparse type of a raw JSON body: validated, returned unchanged."""
+    try:
+        _json_loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    return text
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def merge_args(base: Mapping[str, Any] | None,
+               pairs: Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
+    """``--args`` JSON, with each ``--arg k=v`` set over it (the last one wins)."""
+    merged = dict(base or {})
+    merged.update(pairs or [])
+    return merged
+
+
+def _config_options(p: argparse.ArgumentParser, dest_prefix: str) -> None:
+    p.add_argument("--config-file", dest=f"{dest_prefix}config_file", action="append",
+                   metavar="PATH", help="configuration file (as for rpcworker); repeatable")
+    p.add_argument("--config-dir", dest=f"{dest_prefix}config_dir", action="append",
+                   metavar="DIR", help="directory of *.conf files; repeatable")
+
+
+def _rpc_options(p: argparse.ArgumentParser, *, server: bool, timeout: bool) -> None:
+    p.add_argument("topic", metavar="TOPIC", help="RPC topic (oslo Target.topic)")
+    p.add_argument("method", metavar="METHOD", help="remote method name")
+    if server:
+        p.add_argument("--server", help="send to TOPIC.SERVER (oslo prepare(server=...))")
+        p.add_argument("--exchange", default=DEFAULT_EXCHANGE,
+                       help="control exchange (default %(default)s; Nova uses nova)")
+    if timeout:
+        p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
+                       help="seconds to wait for the reply (default %(default)g); also "
+                       "the request's expiration")
+        p.add_argument("--call-monitor-timeout", type=positive_float, metavar="N",
+                       help="ask the server for heartbeats every N/2 s and give up when "
+                       "none arrives for N s (oslo call_monitor_timeout)")
+        p.add_argument("--traceback", action="store_true",
+                       help="print the remote traceback of a failure")
+    p.add_argument("--arg", dest="arg", action="append", type=key_value, metavar="K=V",
+                   help="one argument; V is JSON when it parses, else a string; repeatable")
+    p.add_argument("--args", dest="args_json", type=json_object, metavar="JSON",
+                   help="all arguments as a JSON object (--arg values override it)")
+    p.add_argument("--context", action="append", type=key_value, metavar="K=V",
+                   help="request context entry (sent as _context_K); repeatable")
+    p.add_argument("--version", help="requested API version, e.g. 1.2 (oslo Target.version)")
+    p.add_argument("--namespace", help="API namespace (oslo Target.namespace)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, epilog=_EPILOG,
+        description="Send oslo.messaging RPC requests or raw JSON messages to the broker "
+        "configured in rpcworker's configuration file.")
+    _config_options(parser, "")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    specs = [
+        ("call", "call METHOD and print its JSON result", True, True),
+        ("cast", "send METHOD without waiting for a result", True, False),
+        ("fanout", "cast METHOD to every server of TOPIC (exchange TOPIC_fanout)", False, False),
+    ]
+    for name, text, server, timeout in specs:
+        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG)
+        _config_options(p, "sub_")
+        _rpc_options(p, server=server, timeout=timeout)
+    text = "publish a raw JSON message to an exchange"
+    p = sub.add_parser("publish", help=text, description=text, epilog=_EPILOG)
+    _config_options(p, "sub_")
+    p.add_argument("--exchange", required=True, help="exchange name ('' is the default exchange)")
+    p.add_argument("--type", choices=EXCHANGE_TYPES,
+                   help="exchange type; used to declare the exchange (durable) when it "
+                   "does not exist yet")
+    p.add_argument("--routing-key", default="", help="routing key (default '')")
+    p.add_argument("body", metavar="BODY_JSON", type=json_text, help="the message body")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line; argparse exits 2 (SystemExit) on a usage error."""
+    return build_parser().parse_args(list(argv))
+
+
+def oslo_args(ns: argparse.Namespace) -> list[str]:
+    """The ``--config-file``/``--config-dir`` arguments for oslo.config, in order given."""
+    out: list[str] = []
+    for option, dest in (("--config-file", "config_file"), ("--config-dir", "config_dir")):
+        for value in (getattr(ns, dest, None) or []) + (getattr(ns, f"sub_{dest}", None) or []):
+            out += [option, value]
+    return out
+
+
+# -- message bodies ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RpcRequest:
+    """What the command line asks for, independent of the broker."""
+
+    topic: str
+    method: str
+    args: Mapping[str, Any]
+    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    namespace: str | None = None
+    version: str | None = None
+    server: str | None = None
+    exchange: str = DEFAULT_EXCHANGE
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.topic}.{self.server}" if self.server else self.topic
+
+
+def rpc_request(ns: argparse.Namespace) -> RpcRequest:
+    return RpcRequest(
+        topic=ns.topic,
+        method=ns.method,
+        args=merge_args(ns.args_json, ns.arg),
+        context=dict(ns.context or []),
+        namespace=ns.namespace,
+        version=ns.version,
+        server=getattr(ns, "server", None),
+        exchange=getattr(ns, "exchange", DEFAULT_EXCHANGE),
+    )
+
+
+def inner_message(req: RpcRequest, *, msg_id: str | None = None, reply_q: str | None = None,
+                  monitor_timeout: float | None = None,
+                  unique_id: str | None = None) -> dict[str, Any]:
+    """The inner dict, field for field and in the order oslo.messaging 18 builds it.
+
+    ``msg_id`` and ``reply_q`` make it a call (with ``_timeout``); without them a cast.
+    """
+    msg: dict[str, Any] = {"method": req.method, "args": dict(req.args)}
+    if req.namespace is not None:
+        msg["namespace"] = req.namespace
+    if req.version is not None:
+        msg["version"] = req.version
+    if msg_id is not None:
+        msg["_msg_id"] = msg_id
+        msg["_reply_q"] = reply_q
+        msg["_timeout"] = monitor_timeout
+    msg["_unique_id"] = unique_id or uuid.uuid4().hex
+    for key, value in req.context.items():
+        msg[f"{protocol.CONTEXT_PREFIX}{key}"] = value
+    return msg
+
+
+def envelope(inner: Mapping[str, Any]) -> bytes:
+    """oslo.messaging envelope 2.0: the inner dict as a JSON string in ``oslo.message``."""
+    return json.dumps({protocol.OSLO_VERSION_KEY: protocol.OSLO_VERSION,
+                       protocol.OSLO_MESSAGE_KEY: json.dumps(inner)}).encode("utf-8")
+
+
+# -- replies ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFailure:
+    """The exception a server sent back (oslo serialize_remote_exception fields)."""
+
+    cls: str
+    module: str
+    message: str
+    traceback: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        name = self.cls if self.module in ("", "builtins", "exceptions") else (
+            f"{self.module}.{self.cls}")
+        return f"{name}: {self.message}"
+
+
+def parse_failure(failure: Any) -> RemoteFailure:
+    """``failure`` as oslo sends it (a JSON string), or already a dict."""
+    data = failure
+    if isinstance(failure, str):
+        try:
+            data = _json_loads(failure)
+        except ValueError:
+            return RemoteFailure("RemoteError", "", failure)
+    if not isinstance(data, dict):
+        return RemoteFailure("RemoteError", "", str(data))
+    tb = data.get("tb") or []
+    return RemoteFailure(
+        cls=str(data.get("class") or "RemoteError"),
+        module=str(data.get("module") or ""),
+        message=str(data.get("message", "")),
+        traceback=tuple(str(line) for line in tb) if isinstance(tb, list) else (),
+    )
+
+
+class ReplyWaiter:
+    """Collects the replies to one call, with oslo.messaging 18's client rules.
+
+    Replies for another ``_msg_id`` are dropped; ``ending: false`` without a
+    result is a call-monitor heartbeat; a truthy ``ending`` or a failure ends
+    the call, keeping the last non-null result (so the pre-4.0 two-message
+    form works too).
+    """
+
+    def __init__(self, msg_id: str) -> None:
+        self.msg_id = msg_id
+        self.done = False
+        self.result: Any = None
+        self.failure: RemoteFailure | None = None
+        self.last_heard = time.monotonic()
+
+    def feed(self, body: bytes | str) -> bool:
+        """Take one reply body; True once the call is complete."""
+        data = _decode_reply(body)
+        if data is None or data.get("_msg_id") != self.msg_id:
+            return self.done
+        self.last_heard = time.monotonic()
+        if data.get("failure"):
+            self.failure = parse_failure(data["failure"])
+            self.done = True
+        elif data.get("result") is not None:
+            self.result = data["result"]
+        if data.get("ending"):
+            self.done = True
+        return self.done
+
+
+def _decode_reply(body: bytes | str) -> dict[str, Any] | None:
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+        data = _json_loads(text)
+        if isinstance(data, dict) and protocol.OSLO_MESSAGE_KEY in data:
+            data = _json_loads(data[protocol.OSLO_MESSAGE_KEY])
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# -- broker -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Session:
+    """An open connection plus what error messages need to know about it."""
+
+    conn: kombu.Connection
+    settings: broker.BrokerSettings
+
+    @property
+    def timeout(self) -> float:
+        return float(self.settings.options["connect_timeout"])
+
+    def scrub(self, text: str) -> str:
+        """``text`` without any configured password in it."""
+        for host in self.settings.hosts:
+            if host.password:
+                text = text.replace(host.password, "***")
+        return text
+
+    def broker_error(self, doing: str, exc: BaseException) -> ClientError:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return ClientError(EXIT_BROKER, self.scrub(f"broker error while {doing}: {reason}"))
+
+
+def load_settings(argv: Sequence[str]) -> tuple[cfg.ConfigOpts, broker.BrokerSettings]:
+    try:
+        conf = config.prepare(argv, with_cli=False)
+        return conf, broker.settings(conf)
+    except ConfigError as exc:
+        raise ClientError(EXIT_USAGE, f"configuration error: {exc}") from None
+
+
+def _broker_errors(conn: kombu.Connection) -> tuple[type[BaseException], ...]:
+    return (kombu.exceptions.KombuError, amqp.exceptions.AMQPError, OSError,
+            *conn.connection_errors, *conn.channel_errors)
+
+
+def connect(conf: cfg.ConfigOpts, settings: broker.BrokerSettings) -> Session:
+    """Connect with a few quick retries (each bounded by connect_timeout), else exit 4."""
+    conn = broker.connection(conf, settings)
+    conn.transport_options = dict(
+        conn.transport_options or {},
+        confirm_publish=True,  # as oslo.messaging: a cast is on the broker when we exit
+        client_properties={"connection_name": f"{PROG}:{socket.gethostname()}:{os.getpid()}"},
+    )
+    session = Session(conn, settings)
+    try:
+        conn.ensure_connection(max_retries=2 * len(settings.hosts), interval_start=0.5,
+                               interval_step=0.5, interval_max=1.0)
+    except _broker_errors(conn) as exc:
+        conn.release()
+        reason = session.scrub(" ".join(str(exc).split()) or type(exc).__name__)
+        raise ClientError(EXIT_BROKER, f"cannot connect to the broker at "
+                          f"{broker.describe(settings)}: {reason}") from None
+    return session
+
+
+def exchange_exists(session: Session, name: str) -> bool:
+    """Passive declare on a throw-away channel (a 404 closes the channel)."""
+    channel = session.conn.channel()
+    try:
+        channel.exchange_declare(exchange=name, type="topic", passive=True)
+    except amqp.exceptions.NotFound:
+        return False
+    channel.close()
+    return True
+
+
+def ensure_exchange(session: Session, name: str, type_: str, *, durable: bool,
+                    auto_delete: bool) -> bool:
+    """Declare ``name`` unless it exists (never redeclare with other flags). True if created."""
+    if not name or exchange_exists(session, name):
+        return False
+    channel = session.conn.channel()
+    channel.exchange_declare(exchange=name, type=type_, durable=durable,
+                             auto_delete=auto_delete)
+    channel.close()
+    return True
+
+
+def publish(session: Session, body: bytes | str, exchange: str, routing_key: str,
+            expiration: float | None = None,
+            on_return: Callable[..., None] | None = None) -> None:
+    """One confirmed publish: JSON, utf-8, persistent (kombu's and oslo's properties)."""
+    producer = kombu.Producer(session.conn.default_channel, on_return=on_return)
+    producer.publish(
+        body, exchange=exchange, routing_key=routing_key,
+        content_type=protocol.JSON, content_encoding="utf-8", delivery_mode=2,
+        expiration=expiration, mandatory=on_return is not None, retry=False,
+        timeout=session.timeout,
+    )
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def cmd_call(session: Session, ns: argparse.Namespace) -> int:
+    req = rpc_request(ns)
+    # oslo declares the control exchange (topic, non-durable by default) before sending
+    ensure_exchange(session, req.exchange, "topic", durable=False, auto_delete=False)
+    reply_q = f"reply_{uuid.uuid4().hex}"
+    waiter = ReplyWaiter(uuid.uuid4().hex)
+    queue = kombu.Queue(reply_q, durable=False, exclusive=True, auto_delete=True)
+    consumer = kombu.Consumer(session.conn.default_channel, queues=[queue], no_ack=True,
+                              on_message=lambda message: waiter.feed(message.body))
+    consumer.consume()
+    inner = inner_message(req, msg_id=waiter.msg_id, reply_q=reply_q,
+                          monitor_timeout=ns.call_monitor_timeout)
+    publish(session, envelope(inner), req.exchange, req.routing_key, expiration=ns.timeout)
+    wait_reply(session, waiter, req, ns.timeout, ns.call_monitor_timeout)
+    if waiter.failure is not None:
+        if ns.traceback and waiter.failure.traceback:
+            sys.stderr.write("".join(waiter.failure.traceback).rstrip("\n") + "\n")
+        print(waiter.failure.line(), file=sys.stderr)
+        return EXIT_REMOTE
+    print(json.dumps(waiter.result, ensure_ascii=False))
+    return EXIT_OK
+
+
+def wait_reply(session: Session, waiter: ReplyWaiter, req: RpcRequest, timeout: float,
+               monitor: float | None) -> None:
+    """Drain the connection until the reply is complete; ClientError(3) on a timeout."""
+    deadline = time.monotonic() + timeout
+    while not waiter.done:
+        now = time.monotonic()
+        if now >= deadline:
+            raise ClientError(EXIT_TIMEOUT, f"timed out after {timeout:g}s waiting for a reply "
+                              f"to {req.method!r} sent to exchange {req.exchange!r} with "
+                              f"routing key {req.routing_key!r} (is a server consuming "
+                              "that topic?)")
+        if monitor is not None and now - waiter.last_heard >= monitor:
+            raise ClientError(EXIT_TIMEOUT, f"no heartbeat from the server for {monitor:g}s "
+                              f"(--call-monitor-timeout) while waiting for {req.method!r}")
+        session.conn.heartbeat_check()
+        try:
+            session.conn.drain_events(timeout=min(_POLL, deadline - now))
+        except TimeoutError:
+            continue
+
+
+def cmd_cast(session: Session, ns: argparse.Namespace) -> int:
+    req = rpc_request(ns)
+    ensure_exchange(session, req.exchange, "topic", durable=False, auto_delete=False)
+    publish(session, envelope(inner_message(req)), req.exchange, req.routing_key)
+    return EXIT_OK
+
+
+def cmd_fanout(session: Session, ns: argparse.Namespace) -> int:
+    req = rpc_request(ns)
+    exchange = f"{req.topic}_fanout"
+    channel = session.conn.default_channel
+    # exactly as oslo's fanout_send declares it, so the flags always match the servers'
+    channel.exchange_declare(exchange=exchange, type="fanout", durable=False, auto_delete=True)
+    publish(session, envelope(inner_message(req)), exchange, "")
+    return EXIT_OK
+
+
+def cmd_publish(session: Session, ns: argparse.Namespace) -> int:
+    exchange: str = ns.exchange
+    if exchange and not exchange_exists(session, exchange):
+        if ns.type is None:
+            raise ClientError(EXIT_USAGE, f"exchange {exchange!r} does not exist; give --type "
+                              "to declare it")
+        ensure_exchange(session, exchange, ns.type, durable=True, auto_delete=False)
+        print(f"{PROG}: exchange {exchange!r} did not exist: declared it "
+              f"(type {ns.type}, durable)", file=sys.stderr)
+    returned: list[str] = []
+
+    def on_return(exc: BaseException, *_: Any) -> None:
+        returned.append(" ".join(str(exc).split()))
+
+    publish(session, ns.body, exchange, ns.routing_key, on_return=on_return)
+    if returned:
+        print(f"{PROG}: warning: no queue is bound to exchange {exchange!r} for routing key "
+              f"{ns.routing_key!r}: the broker dropped the message", file=sys.stderr)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
+    "call": cmd_call,
+    "cast": cmd_cast,
+    "fanout": cmd_fanout,
+    "publish": cmd_publish,
+}
+
+
+def run(ns: argparse.Namespace) -> int:
+    conf, settings = load_settings(oslo_args(ns))
+    session = connect(conf, settings)
+    try:
+        return COMMANDS[ns.command](session, ns)
+    except _broker_errors(session.conn) as exc:
+        raise session.broker_error(f"running {ns.command}", exc) from None
+    finally:
+        session.conn.release()
+
+
+def _exit_status(exc: SystemExit) -> int:
+    code = exc.code
+    return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        ns = parse_args(args)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
+        return _exit_status(exc)
+    try:
+        return run(ns)
+    except ClientError as exc:
+        print(f"{PROG}: {exc}" if exc.status != EXIT_REMOTE else str(exc), file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

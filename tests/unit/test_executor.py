@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import select
+import threading
+
+from rpcworker.executor import Executor
+
+
+def test_completion_wakes_the_pipe_and_comes_back_in_order_of_finish() -> None:
+    ex = Executor(2)
+    gate = threading.Event()
+    try:
+        ex.submit(1, lambda: "one")
+        ex.submit(2, gate.wait, 5)
+        readable, _, _ = select.select([ex.fileno()], [], [], 5)
+        assert readable == [ex.fileno()]
+        done = ex.completed()
+        assert done == [(1, "one")] and ex.pending == 1
+        gate.set()
+        select.select([ex.fileno()], [], [], 5)
+        assert ex.completed() == [(2, True)] and ex.pending == 0
+        assert select.select([ex.fileno()], [], [], 0)[0] == []
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_exceptions_are_returned_not_raised() -> None:
+    ex = Executor(1)
+    try:
+        def boom() -> None:
+            raise RuntimeError("x")
+        ex.submit(7, boom)
+        select.select([ex.fileno()], [], [], 5)
+        [(token, result)] = ex.completed()
+        assert token == 7 and isinstance(result, RuntimeError)
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_many_completions_are_never_lost() -> None:
+    ex = Executor(8)
+    got: list[int] = []
+    try:
+        for i in range(2000):
+            ex.submit(i, lambda: None)
+        while len(got) < 2000:
+            select.select([ex.fileno()], [], [], 5)
+            got.extend(token for token, _ in ex.completed())
+        assert sorted(got) == list(range(2000)) and ex.pending == 0
+    finally:
+        ex.shutdown(wait=True)
