@@ -14,7 +14,7 @@ $(BIN)/python:
 venv: $(BIN)/python
 
 install: venv
-	$(BIN)/pip install --quiet -e '.[test]' -e tests/plugin
+	$(BIN)/pip install --quiet -e '.[test]' -e tests/plugin -e examples/rpcworker-inventory
 
 ## start the worker in the foreground on the shipped config (Ctrl-C stops it)
 run: install

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -47,23 +50,36 @@ class RemoteFailure(RPCWorkerError):
 
 
 class HandlerFixture:
-    """Run ``handler`` (an instance, or a factory called as ``factory(conf)``) in a Worker.
+    """Run ``handler`` (an instance, or a class called as ``handler(conf)``) in a Worker.
 
-    It is served by an ``rpc`` binding on ``topic`` and, for events, a ``topic``
-    binding on exchange ``events_exchange`` bound with ``#``.
+    ``config_text`` is an INI snippet read as the config file (e.g. the
+    handler's own ``[group]`` options); ``configure(conf)`` may set overrides
+    before a handler class is instantiated. The handler is served by an ``rpc``
+    binding on ``topic`` and, for events, a ``topic`` binding on exchange
+    ``events_exchange`` bound with ``#``.
     """
 
     def __init__(self, handler: Any, *, topic: str | None = None,
                  acknowledge: str = "after", threads: int = 4,
-                 conf: cfg.ConfigOpts | None = None,
+                 config_text: str | None = None,
+                 namespace: str | None = None, version: str | None = None,
                  configure: Callable[[cfg.ConfigOpts], None] | None = None) -> None:
         n = next(_fixture_ids)
         self.topic = topic or f"test_topic_{n}"
         self.events_exchange = f"test_events_{n}"
+        #: namespace and version sent with every call/cast (like an oslo Target)
+        self.namespace = namespace
+        self.version = version
         self.url = "memory://"
-        self.conf = conf or config.new_conf(with_cli=False)
-        if conf is None:
-            self.conf([], project="rpcworker-test", default_config_files=[])
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="rpcworker-fixture-")
+        args: list[str] = []
+        if config_text is not None:
+            path = os.path.join(self._tmpdir.name, "rpcworker.conf")
+            with open(path, "w") as f:
+                f.write(textwrap.dedent(config_text))
+            args = ["--config-file", path]
+        self.conf = config.new_conf(with_cli=False)
+        self.conf(args, project="rpcworker-test", default_config_files=[])
         rpc_name, events_name = f"rpc{n}", f"events{n}"
         self.conf.set_override("bindings", [rpc_name, events_name])
         self.conf.set_override("host", "testhost")
@@ -107,6 +123,7 @@ class HandlerFixture:
             self._thread.join(timeout)
         self._executor.shutdown(wait=True)
         self._client.release()
+        self._tmpdir.cleanup()
 
     def __enter__(self) -> HandlerFixture:
         return self.start()
@@ -174,8 +191,12 @@ class HandlerFixture:
 
     def _publish_rpc(self, method: str, ctxt: dict[str, Any] | None, args: dict[str, Any],
                      extra: dict[str, Any]) -> None:
-        inner: dict[str, Any] = {"method": method, "args": args, **extra,
-                                 "_unique_id": uuid.uuid4().hex}
+        inner: dict[str, Any] = {"method": method, "args": args}
+        if self.namespace is not None:
+            inner["namespace"] = self.namespace
+        if self.version is not None:
+            inner["version"] = self.version
+        inner.update(extra, _unique_id=uuid.uuid4().hex)
         for key, value in (ctxt or {}).items():
             inner[f"{protocol.CONTEXT_PREFIX}{key}"] = value
         body = json.dumps({protocol.OSLO_VERSION_KEY: protocol.OSLO_VERSION,
