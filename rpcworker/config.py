@@ -84,7 +84,21 @@ def one_line(exc: BaseException) -> str:
 
 
 def setup_logging(conf: cfg.ConfigOpts) -> None:
-    logging.setup(conf, PROJECT)
-    # py-amqp logs every heartbeat at DEBUG under "amqp"; keep it off unless asked
+    """oslo.log set-up; raises ConfigError when a log destination cannot be used."""
+    try:
+        logging.setup(conf, PROJECT)
+    except RuntimeError as exc:
+        if conf.use_journal and "ystemd" in str(exc):
+            raise ConfigError("DEFAULT", "use_journal",
+                              "needs the systemd-python package (pip install "
+                              "'rpcworker[journal]'); without it, log to stderr, which "
+                              "systemd sends to the journal anyway") from exc
+        raise ConfigError("DEFAULT", None, f"logging set-up failed: {one_line(exc)}") from exc
+    except OSError as exc:
+        option = "log_file" if conf.log_file else None
+        raise ConfigError("DEFAULT", option, f"cannot open the log: {one_line(exc)}") from exc
+    # py-amqp logs every heartbeat tick at DEBUG: keep that out even with --debug
+    std_logging.getLogger("amqp.connection.Connection.heartbeat_tick").setLevel(
+        std_logging.WARNING)
     if not conf.debug:
         std_logging.getLogger("amqp").setLevel(std_logging.WARNING)
