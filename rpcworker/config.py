@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging as std_logging
+import os
+import re
 from collections.abc import Sequence
 
 from oslo_config import cfg
@@ -72,10 +74,25 @@ def check_values(conf: cfg.ConfigOpts, group: str | None, options: Sequence[cfg.
     for opt in options:
         try:
             getattr(conf[group] if group else conf, opt.dest)
-        except (cfg.ConfigFileValueError, ValueError) as exc:
-            raise ConfigError(group or "DEFAULT", opt.name, one_line(exc)) from exc
-        except cfg.Error as exc:
-            raise ConfigError(group or "DEFAULT", opt.name, one_line(exc)) from exc
+        except (cfg.Error, ValueError) as exc:
+            env = f"OS_{(group or 'DEFAULT').upper()}__{opt.dest.upper()}"
+            source = f"environment variable {env}" if env in os.environ else None
+            raise ConfigError(group or "DEFAULT", opt.name, _value_error(exc, source)) from exc
+
+
+_OSLO_VALUE_ERROR = re.compile(r"^Value for option \S+ from LocationInfo\(.*?detail='(.*?)'\) "
+                               r"is not valid: (.*)$")
+
+
+def _value_error(exc: BaseException, source: str | None = None) -> str:
+    """oslo.config's "Value for option X from LocationInfo(...) is not valid: Y" -> "Y (in F)"."""
+    text = one_line(exc)
+    match = _OSLO_VALUE_ERROR.match(text)
+    if match:
+        path, reason = match.groups()
+        source = source or path
+        return f"invalid value: {reason}" + (f" (in {source})" if source else "")
+    return text
 
 
 def one_line(exc: BaseException) -> str:

@@ -159,6 +159,7 @@ class Worker(ConsumerMixin):
     @contextlib.contextmanager
     def _connected(self) -> Iterator[kombu.Connection]:
         conn = self.connection.clone()
+        clean = False
         try:
             start, step, top = self._reconnect
             conn.ensure_connection(
@@ -167,12 +168,18 @@ class Worker(ConsumerMixin):
                 callback=self._check_stop,
             )
             yield conn
+            clean = True
         finally:
             self.ready = False
             self._consumers = []
             self._producer = None
             with contextlib.suppress(Exception):
-                conn.release()
+                if clean:
+                    conn.release()  # connection.close handshake
+                else:
+                    # a broken link may never answer connection.close: drop the
+                    # socket without any network I/O
+                    conn.collect()
 
     def _session(self) -> None:
         with self._connected() as conn:

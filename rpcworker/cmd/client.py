@@ -499,9 +499,9 @@ def cmd_cast(session: Session, ns: argparse.Namespace) -> int:
 def cmd_fanout(session: Session, ns: argparse.Namespace) -> int:
     req = rpc_request(ns)
     exchange = f"{req.topic}_fanout"
-    channel = session.conn.default_channel
-    # exactly as oslo's fanout_send declares it, so the flags always match the servers'
-    channel.exchange_declare(exchange=exchange, type="fanout", durable=False, auto_delete=True)
+    # as oslo's fanout_send declares it; an existing one is left as is (it may be durable
+    # where the servers use rabbit_transient_quorum_queue)
+    ensure_exchange(session, exchange, "fanout", durable=False, auto_delete=True)
     publish(session, envelope(inner_message(req)), exchange, "")
     return EXIT_OK
 
