@@ -32,6 +32,8 @@ LOG = logging.getLogger(__name__)
 
 #: most broker events handled in one go before completions get a turn
 _DRAIN_BATCH = 256
+#: RabbitMQ's direct reply-to pseudo-queue prefix
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 #: longest select() wait; also how often heartbeats are checked when idle
 _MAX_WAIT = 1.0
 
@@ -239,10 +241,11 @@ class Worker(ConsumerMixin):
                     LOG.info("All in-flight messages handled")
                     return
                 if self._stop_immediate or time.monotonic() >= self._drain_deadline:
-                    LOG.warning("graceful_shutdown_timeout (%s s) reached with %d handler(s) "
-                                "still running; their messages stay unacknowledged and the "
-                                "broker will redeliver them", self.conf.graceful_shutdown_timeout,
-                                self.executor.pending)
+                    LOG.warning("%s with %d handler(s) still running; their messages stay "
+                                "unacknowledged and the broker will redeliver them",
+                                "Second stop signal" if self._stop_immediate else
+                                f"graceful_shutdown_timeout ({self.conf.graceful_shutdown_timeout}"
+                                " s) reached", self.executor.pending)
                     return
             wait = self._send_monitor_heartbeats()
             if self._draining:
@@ -351,11 +354,14 @@ class Worker(ConsumerMixin):
 
     def _publish(self, reply: protocol.Reply) -> None:
         assert self._producer is not None
+        # mandatory, so that a vanished reply queue is reported (basic.return) — but
+        # not for RabbitMQ direct reply-to, whose pseudo-queue always "returns"
+        direct_reply_to = reply.routing_key.startswith(DIRECT_REPLY_TO)
         self._producer.publish(
             reply.body, exchange="", routing_key=reply.routing_key,
             content_type=protocol.JSON, content_encoding="utf-8",
-            correlation_id=reply.correlation_id, mandatory=True, retry=False,
-            delivery_mode=2,
+            correlation_id=reply.correlation_id, mandatory=not direct_reply_to,
+            retry=False, delivery_mode=2,
         )
         self.stats.replies += 1
 
