@@ -71,6 +71,7 @@ class Worker(ConsumerMixin):
         self.executor = executor
         self.on_ready = on_ready
         self.stats = Stats()
+        self._debug = LOG.isEnabledFor(logging.DEBUG)
         self.ready = False
         self._stop_requested = False
         self._stop_immediate = False
@@ -120,19 +121,22 @@ class Worker(ConsumerMixin):
         failures = 0
         while not self._stop_requested:
             started = time.monotonic()
+            lost: BaseException | None = None
             try:
                 self._session()
                 return
             except StopRequested:
                 return
             except errors as exc:
-                self.ready = False
-                if self._stop_requested:
-                    LOG.warning("Connection lost while stopping (%s); unacknowledged "
-                                "messages go back to their queues", _oneline(exc))
-                    return
-                LOG.warning("Connection to the broker lost: %s; reconnecting", _oneline(exc))
-                failures = 0 if time.monotonic() - started > 10 else failures + 1
+                lost = exc
+            # logged outside the except block: oslo.log would append the error again
+            self.ready = False
+            if self._stop_requested:
+                LOG.warning("Connection lost while stopping (%s); unacknowledged "
+                            "messages go back to their queues", _oneline(lost))
+                return
+            LOG.warning("Connection to the broker lost: %s; reconnecting", _oneline(lost))
+            failures = 0 if time.monotonic() - started > 10 else failures + 1
             if failures:
                 self._pause(self._backoff(failures))
 
@@ -301,8 +305,13 @@ class Worker(ConsumerMixin):
         if self._draining:
             message.reject(requeue=True)
             return
+        info = _delivery_info(message)
+        if self._debug:
+            LOG.debug("binding %s: delivery %s from exchange %r, routing key %r%s",
+                      binding.name, info.get("delivery_tag"), info.get("exchange"),
+                      info.get("routing_key"), " (redelivered)" if info["redelivered"] else "")
         req = protocol.decode(message.body, message.content_type, message.content_encoding,
-                              message.headers, message.properties, _delivery_info(message))
+                              message.headers, message.properties, info)
         if isinstance(req, protocol.Rejected):
             LOG.warning("binding %s: message %s refused: %s", binding.name,
                         _describe(message), req.reason)

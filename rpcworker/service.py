@@ -23,6 +23,8 @@ def build(conf: cfg.ConfigOpts) -> Worker:
     """Everything a worker process needs, from a prepared conf (raises ConfigError/PluginError)."""
     parsed = bindings_mod.parse(conf)
     handlers = plugins.load(conf, parsed)
+    # after parse/load: binding and plugin groups are registered; secrets print as ****
+    conf.log_opt_values(LOG, std_logging.DEBUG)
     settings = broker.settings(conf)
     topologies = [topology.build(b) for b in parsed]
     executor = Executor(conf.executor_thread_pool_size)
