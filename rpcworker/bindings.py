@@ -63,6 +63,7 @@ def parse(conf: cfg.ConfigOpts) -> list[Binding]:
         seen.add(name)
         result.append(_parse_one(conf, name))
     _check_queues_unique(result)
+    _check_exchanges_consistent(result)
     return result
 
 
@@ -192,3 +193,16 @@ def _check_queues_unique(bindings: list[Binding]) -> None:
                 raise ConfigError(b.group, "queue" if b.type != "rpc" else "topic",
                                   f"queue {q!r} is already consumed by binding {owner[q]!r}")
             owner[q] = b.name
+
+
+def _check_exchanges_consistent(bindings: list[Binding]) -> None:
+    """Bindings sharing an exchange must declare it alike, or the broker refuses (406)."""
+    seen: dict[str, tuple[str, str, bool]] = {}
+    for b in bindings:
+        kind = "topic" if b.type == "rpc" else b.type
+        first = seen.setdefault(b.exchange, (b.name, kind, b.durable))
+        if first[1:] != (kind, b.durable):
+            raise ConfigError(b.group, "exchange" if first[1] != kind else "durable",
+                              f"exchange {b.exchange!r} is also used by binding {first[0]!r} "
+                              f"as type {first[1]}, durable={first[2]}; this binding would "
+                              f"declare it as type {kind}, durable={b.durable}")

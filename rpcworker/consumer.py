@@ -72,6 +72,7 @@ class Worker(ConsumerMixin):
         self.on_ready = on_ready
         self.stats = Stats()
         self._debug = LOG.isEnabledFor(logging.DEBUG)
+        self._max_size = conf.max_message_size
         self.ready = False
         self._stop_requested = False
         self._stop_immediate = False
@@ -296,7 +297,6 @@ class Worker(ConsumerMixin):
                     channel.queue_delete(name)
                 except Exception as exc:  # best effort: x-expires removes it anyway
                     LOG.debug("could not delete queue %s: %s", name, exc)
-                    return
 
     # -- deliveries -------------------------------------------------------------------
 
@@ -311,7 +311,7 @@ class Worker(ConsumerMixin):
                       binding.name, info.get("delivery_tag"), info.get("exchange"),
                       info.get("routing_key"), " (redelivered)" if info["redelivered"] else "")
         req = protocol.decode(message.body, message.content_type, message.content_encoding,
-                              message.headers, message.properties, info)
+                              message.headers, message.properties, info, self._max_size)
         if isinstance(req, protocol.Rejected):
             LOG.warning("binding %s: message %s refused: %s", binding.name,
                         _describe(message), req.reason)

@@ -45,6 +45,13 @@ default_opts = [
         help="Number of worker processes. (Only 1 is supported in this release.)",
     ),
     cfg.IntOpt(
+        "max_message_size",
+        default=16 * 1024 * 1024,
+        min=1024,
+        help="Largest message body, in bytes, that is decoded. A larger one is rejected "
+        "(dead-lettered where the queue has a dead-letter exchange) without being decoded.",
+    ),
+    cfg.IntOpt(
         "graceful_shutdown_timeout",
         default=60,
         min=0,
@@ -168,7 +175,8 @@ binding_opts = [
     cfg.BoolOpt(
         "exclusive",
         default=False,
-        help="The queue belongs to this connection only (and is deleted with it).",
+        help="The queue belongs to this connection only, and is deleted with it (it is "
+        "always declared auto-delete too).",
     ),
     cfg.DictOpt(
         "queue_arguments",

@@ -99,9 +99,15 @@ def decode(
     headers: Mapping[str, Any] | None = None,
     properties: Mapping[str, Any] | None = None,
     delivery_info: Mapping[str, Any] | None = None,
+    max_size: int | None = None,
 ) -> Request | Rejected:
-    """Turn one delivery into a Request, or a Rejected saying why not. Never raises."""
+    """Turn one delivery into a Request, or a Rejected saying why not. Never raises.
+
+    A body longer than ``max_size`` bytes is refused before anything is decoded.
+    """
     try:
+        if max_size is not None and len(body) > max_size:
+            raise _Refused(f"body of {len(body)} bytes is over max_message_size ({max_size})")
         return _decode(body, content_type, content_encoding, headers or {},
                        properties or {}, delivery_info or {})
     except _Refused as exc:

@@ -52,12 +52,16 @@ topic = {topic}
 
 
 @pytest.fixture
-def rpc_worker(daemon_factory: Any, uid: str) -> Any:
+def rpc_worker(daemon_factory: Any, uid: str) -> Iterator[Any]:
     topic, server = f"t-{uid}", f"s-{uid}"
     d = daemon_factory(rpc_config(topic, server))
     d.wait_consuming(topic, f"{topic}.{server}")
     d.topic, d.server = topic, server
-    return d
+    yield d
+    try:
+        d.stop(timeout=30)
+    finally:
+        delete_queues(topic, f"{topic}.{server}")
 
 
 def client(transport: Any, topic: str, **kw: Any) -> Any:

@@ -156,3 +156,36 @@ def test_environment_overrides(make_conf: MakeConf, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("OS_BROKER__HOSTNAME", "rabbit.example.org")
     conf = make_conf("[broker]\nhostname = localhost\n")
     assert conf.broker.hostname == "rabbit.example.org"
+
+
+def test_bindings_sharing_an_exchange_must_agree(make_conf: MakeConf) -> None:
+    exc = error_of(make_conf, """
+        [DEFAULT]
+        bindings = a, b
+        [binding:a]
+        type = direct
+        handler = echo
+        exchange = shared
+        routing_key = k
+        [binding:b]
+        type = direct
+        handler = echo
+        exchange = shared
+        routing_key = k2
+        durable = false
+        """)
+    assert (exc.group, exc.option) == ("binding:b", "durable") and "'a'" in exc.reason
+    exc = error_of(make_conf, """
+        [DEFAULT]
+        bindings = r, t
+        [binding:r]
+        type = rpc
+        handler = echo
+        exchange = openstack
+        [binding:t]
+        type = fanout
+        handler = echo
+        exchange = openstack
+        durable = false
+        """)
+    assert (exc.group, exc.option) == ("binding:t", "exchange")

@@ -159,3 +159,10 @@ def test_amqp_replies() -> None:
 def test_non_json_result_raises_for_the_dispatcher() -> None:
     with pytest.raises(TypeError):
         protocol.encode_result(protocol.ReplyRoute("amqp", "q"), object())
+
+
+def test_body_over_max_size_is_refused_before_decoding() -> None:
+    body = json.dumps({"method": "m", "pad": "x" * 2000}).encode()
+    result = protocol.decode(body, "application/json", max_size=1024)
+    assert isinstance(result, Rejected) and "max_message_size" in result.reason
+    assert isinstance(protocol.decode(body, "application/json", max_size=len(body)), Request)
