@@ -284,3 +284,27 @@ def test_entry_points_start_the_daemon(daemon_factory: Any, work: Work, launcher
     d.signal(signal.SIGTERM)
     assert d.wait_exit(timeout=30) == 0
     assert "rpcworker stopped" in d.log()
+
+
+def test_heartbeats_flow_while_a_handler_runs_long(daemon_factory: Any, work: Work) -> None:
+    """A handler running for several heartbeat intervals must not cost the connection:
+    the loop keeps servicing heartbeats, so the delivery is acked once, never redelivered."""
+    heartbeat = 2
+    config = work.config().replace("heartbeat = 10", f"heartbeat = {heartbeat}")
+    assert f"heartbeat = {heartbeat}" in config
+    d = daemon_factory(config)
+    d.wait_consuming(work.queue)
+    seconds = 5 * heartbeat  # the broker closes a silent connection after 2 intervals
+    work.cast("slow", seconds=seconds, tag="long")
+    wait_for(lambda: work.started("long"), 15, message="the long handler to start")
+    wait_for(lambda: work.done("long"), seconds + 15, message="the long handler to finish")
+    wait_for(lambda: message_count(work.queue) == 0 and consumer_count(work.queue) == 1, 10,
+             message="the queue drained with the consumer still there")
+    work.cast("record", tag="after")
+    wait_for(lambda: work.done("after"), 15, message="a message after the long one")
+    log = d.log()
+    assert log.count("Connected to the broker") == 1, d.log_tail()
+    assert "Connection to the broker lost" not in log and "missed" not in log
+    assert [r.get("args", {}).get("tag") for r in records(work.records, "start")] == ["long"]
+    assert d.stop() == 0
+    assert message_count(work.queue) == 0
