@@ -88,8 +88,12 @@ def _no_constants(name: str) -> Any:
     raise _Refused(f"JSON constant {name} is not allowed")
 
 
-def _loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_no_constants)
+def loads(text: str) -> Any:
+    """Strict JSON: NaN and Infinity are refused (ValueError)."""
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except _Refused as exc:
+        raise ValueError(str(exc)) from None
 
 
 def decode(
@@ -145,7 +149,7 @@ def _decode(body: bytes | str, content_type: str | None, content_encoding: str |
     else:
         raise _Refused(f"body of type {type(body).__name__} refused")
     try:
-        data = _loads(text)
+        data = loads(text)
     except ValueError as exc:
         raise _Refused(f"body is not JSON: {exc}") from None
 
@@ -179,12 +183,18 @@ def _unwrap_oslo(data: dict[str, Any]) -> Any:
     if not isinstance(inner, str):
         raise _Refused("oslo envelope: oslo.message is not a JSON string")
     try:
-        return _loads(inner)
+        return loads(inner)
     except ValueError as exc:
         raise _Refused(f"oslo envelope: oslo.message is not JSON: {exc}") from None
 
 
-def _check_rpc_fields(method: Any, args: Any, namespace: Any, version: Any) -> None:
+def _rpc_fields(msg: dict[str, Any]) -> tuple[str, dict[str, Any], str | None, str]:
+    """method, args, namespace and version of a request body; raises _Refused."""
+    method = msg.get("method")
+    args = msg.get("args")
+    args = {} if args is None else args
+    namespace = msg.get("namespace")
+    version = msg.get("version") or "1.0"
     if not isinstance(method, str) or not method:
         raise _Refused("method must be a non-empty string")
     if not isinstance(args, dict):
@@ -193,6 +203,7 @@ def _check_rpc_fields(method: Any, args: Any, namespace: Any, version: Any) -> N
         raise _Refused("namespace must be a string or null")
     if not isinstance(version, str):
         raise _Refused("version must be a string")
+    return method, args, namespace, version
 
 
 def _oslo_request(msg: dict[str, Any], common: dict[str, Any]) -> Request | Rejected:
@@ -203,14 +214,8 @@ def _oslo_request(msg: dict[str, Any], common: dict[str, Any]) -> Request | Reje
         if not isinstance(msg_id, str) or not isinstance(reply_q, str) or not reply_q:
             raise _Refused("oslo call without a valid _msg_id/_reply_q")
         route = ReplyRoute("oslo", reply_q, msg_id=msg_id)
-    method = msg.get("method")
-    args = msg.get("args", {})
-    if args is None:
-        args = {}
-    namespace = msg.get("namespace")
-    version = msg.get("version") or "1.0"
     try:
-        _check_rpc_fields(method, args, namespace, version)
+        method, args, namespace, version = _rpc_fields(msg)
     except _Refused as exc:
         return Rejected(str(exc), route)
     timeout = msg.get("_timeout")
@@ -239,17 +244,10 @@ def _oslo_request(msg: dict[str, Any], common: dict[str, Any]) -> Request | Reje
 def _amqp_request(msg: dict[str, Any], properties: Mapping[str, Any],
                   common: dict[str, Any]) -> Request | Rejected:
     route = _amqp_route(properties)
-    method = msg.get("method")
-    args = msg.get("args", {})
-    if args is None:
-        args = {}
-    context = msg.get("context", {})
-    if context is None:
-        context = {}
-    namespace = msg.get("namespace")
-    version = msg.get("version") or "1.0"
+    context = msg.get("context")
+    context = {} if context is None else context
     try:
-        _check_rpc_fields(method, args, namespace, version)
+        method, args, namespace, version = _rpc_fields(msg)
         if not isinstance(context, dict):
             raise _Refused(f"context must be a JSON object, not {type(context).__name__}")
     except _Refused as exc:
@@ -267,6 +265,27 @@ def _amqp_request(msg: dict[str, Any], properties: Mapping[str, Any],
         unique_id=mid if isinstance(mid, str) else None,
         **common,
     )
+
+
+def oslo_request(method: str, args: Mapping[str, Any], context: Mapping[str, Any] | None = None,
+                 *, namespace: str | None = None, version: str | None = None,
+                 msg_id: str | None = None, reply_q: str | None = None,
+                 timeout: float | None = None, unique_id: str | None = None) -> dict[str, Any]:
+    """The inner dict of a request, field for field and in the order oslo.messaging 18
+    builds it. ``msg_id`` and ``reply_q`` make it a call (with ``_timeout``)."""
+    msg: dict[str, Any] = {"method": method, "args": dict(args)}
+    if namespace is not None:
+        msg["namespace"] = namespace
+    if version is not None:
+        msg["version"] = version
+    if msg_id is not None:
+        msg["_msg_id"] = msg_id
+        msg["_reply_q"] = reply_q
+        msg["_timeout"] = timeout
+    msg["_unique_id"] = unique_id or uuid.uuid4().hex
+    for key, value in (context or {}).items():
+        msg[f"{CONTEXT_PREFIX}{key}"] = value
+    return msg
 
 
 # -- replies ------------------------------------------------------------------
@@ -312,7 +331,8 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(", ", ": "))
 
 
-def _oslo_envelope(inner: dict[str, Any]) -> bytes:
+def envelope(inner: Mapping[str, Any]) -> bytes:
+    """oslo.messaging envelope 2.0: ``inner`` as a JSON string in ``oslo.message``."""
     return json.dumps(
         {OSLO_VERSION_KEY: OSLO_VERSION, OSLO_MESSAGE_KEY: _dumps(inner)}
     ).encode("utf-8")
@@ -321,7 +341,7 @@ def _oslo_envelope(inner: dict[str, Any]) -> bytes:
 def encode_result(route: ReplyRoute, result: Any) -> Reply:
     """A success reply. Raises TypeError/ValueError when ``result`` is not JSON."""
     if route.style == "oslo":
-        body = _oslo_envelope({"result": result, "failure": None, "ending": True,
+        body = envelope({"result": result, "failure": None, "ending": True,
                                "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
     else:
         body = _dumps({"result": result}).encode("utf-8")
@@ -329,9 +349,18 @@ def encode_result(route: ReplyRoute, result: Any) -> Reply:
 
 
 def encode_failure(route: ReplyRoute, exc: BaseException) -> Reply:
-    info = failure_info(exc)
+    return _failure_reply(route, failure_info(exc))
+
+
+def encode_error(route: ReplyRoute, type_name: str, module: str, message: str) -> Reply:
+    """An error reply for a request refused before dispatch."""
+    return _failure_reply(route, {"class": type_name, "module": module, "message": message,
+                                  "tb": [], "args": [message], "kwargs": {}})
+
+
+def _failure_reply(route: ReplyRoute, info: dict[str, Any]) -> Reply:
     if route.style == "oslo":
-        body = _oslo_envelope({"result": None, "failure": _dumps(info), "ending": True,
+        body = envelope({"result": None, "failure": _dumps(info), "ending": True,
                                "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
     else:
         body = _dumps({"error": {"type": info["class"], "module": info["module"],
@@ -339,21 +368,8 @@ def encode_failure(route: ReplyRoute, exc: BaseException) -> Reply:
     return Reply(route.routing_key, body, route.correlation_id)
 
 
-def encode_error(route: ReplyRoute, type_name: str, module: str, message: str) -> Reply:
-    """An error reply for a request refused before dispatch."""
-    if route.style == "oslo":
-        info = {"class": type_name, "module": module, "message": message, "tb": [],
-                "args": [message], "kwargs": {}}
-        body = _oslo_envelope({"result": None, "failure": _dumps(info), "ending": True,
-                               "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
-    else:
-        body = _dumps({"error": {"type": type_name, "module": module,
-                                 "message": message}}).encode("utf-8")
-    return Reply(route.routing_key, body, route.correlation_id)
-
-
 def encode_heartbeat(route: ReplyRoute) -> Reply:
     """oslo call-monitor heartbeat: ``ending: false`` and no result."""
-    body = _oslo_envelope({"result": None, "failure": None, "ending": False,
+    body = envelope({"result": None, "failure": None, "ending": False,
                            "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
     return Reply(route.routing_key, body, None)

@@ -142,9 +142,8 @@ class HandlerFixture:
             queue = kombu.Queue(reply_q, exchange=kombu.Exchange("", type="direct"),
                                 routing_key=reply_q, channel=channel)
             queue.declare()
-            self._publish_rpc(method, ctxt, args, extra={"_msg_id": msg_id,
-                                                         "_reply_q": reply_q,
-                                                         "_timeout": None})
+            self._publish_rpc(method, ctxt, args, extra={"msg_id": msg_id,
+                                                         "reply_q": reply_q})
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 message = queue.get(no_ack=True)
@@ -191,16 +190,8 @@ class HandlerFixture:
 
     def _publish_rpc(self, method: str, ctxt: dict[str, Any] | None, args: dict[str, Any],
                      extra: dict[str, Any]) -> None:
-        inner: dict[str, Any] = {"method": method, "args": args}
-        if self.namespace is not None:
-            inner["namespace"] = self.namespace
-        if self.version is not None:
-            inner["version"] = self.version
-        inner.update(extra, _unique_id=uuid.uuid4().hex)
-        for key, value in (ctxt or {}).items():
-            inner[f"{protocol.CONTEXT_PREFIX}{key}"] = value
-        body = json.dumps({protocol.OSLO_VERSION_KEY: protocol.OSLO_VERSION,
-                           protocol.OSLO_MESSAGE_KEY: json.dumps(inner)}).encode()
+        body = protocol.envelope(protocol.oslo_request(
+            method, args, ctxt, namespace=self.namespace, version=self.version, **extra))
         with self._client.Producer() as producer:
             producer.publish(body, exchange="openstack", routing_key=self.topic,
                              content_type=protocol.JSON, content_encoding="utf-8")

@@ -67,12 +67,7 @@ class ClientError(Exception):
 # -- argument parsing -------------------------------------------------------------
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_no_constants)
+_json_loads = protocol.loads
 
 
 def json_value(text: str) -> Any:
@@ -246,25 +241,12 @@ def inner_message(req: RpcRequest, *, msg_id: str | None = None, reply_q: str | 
 
     ``msg_id`` and ``reply_q`` make it a call (with ``_timeout``); without them a cast.
     """
-    msg: dict[str, Any] = {"method": req.method, "args": dict(req.args)}
-    if req.namespace is not None:
-        msg["namespace"] = req.namespace
-    if req.version is not None:
-        msg["version"] = req.version
-    if msg_id is not None:
-        msg["_msg_id"] = msg_id
-        msg["_reply_q"] = reply_q
-        msg["_timeout"] = monitor_timeout
-    msg["_unique_id"] = unique_id or uuid.uuid4().hex
-    for key, value in req.context.items():
-        msg[f"{protocol.CONTEXT_PREFIX}{key}"] = value
-    return msg
+    return protocol.oslo_request(req.method, req.args, req.context, namespace=req.namespace,
+                                 version=req.version, msg_id=msg_id, reply_q=reply_q,
+                                 timeout=monitor_timeout, unique_id=unique_id)
 
 
-def envelope(inner: Mapping[str, Any]) -> bytes:
-    """oslo.messaging envelope 2.0: the inner dict as a JSON string in ``oslo.message``."""
-    return json.dumps({protocol.OSLO_VERSION_KEY: protocol.OSLO_VERSION,
-                       protocol.OSLO_MESSAGE_KEY: json.dumps(inner)}).encode("utf-8")
+envelope = protocol.envelope
 
 
 # -- replies ----------------------------------------------------------------------
