@@ -97,6 +97,16 @@ def delete_queues(*names: str) -> None:
                 pass
 
 
+def delete_exchanges(*names: str) -> None:
+    """Delete exchanges, ignoring those that do not exist."""
+    with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
+        for name in names:
+            try:
+                conn.channel().exchange_delete(name)
+            except Exception:
+                pass
+
+
 class Daemon:
     """One `rpcworker` process on a config file written for the test."""
 
@@ -191,3 +201,23 @@ def broker_section() -> str:
         reconnect_interval_step = 0.5
         reconnect_interval_max = 2
         """)
+
+
+@pytest.fixture
+def workers(daemon_factory: Any, tmp_path: Path, uid: str) -> Iterator[Any]:
+    """Daemons on the `recorder` handler (tests.functional.support.Workers), cleaned up."""
+    from tests.functional.support import Workers
+
+    w = Workers(daemon_factory, tmp_path, uid)
+    yield w
+    w.cleanup()
+
+
+@pytest.fixture
+def amqp() -> Iterator[Any]:
+    """A pika client (tests.functional.support.PikaClient)."""
+    from tests.functional.support import PikaClient
+
+    c = PikaClient()
+    yield c
+    c.close()

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.functional.test_pika import PikaClient, Workers, queue_drained, records
+from tests.functional.support import PikaClient, Workers, queue_drained, records
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-def workers(daemon_factory: Any, tmp_path: Path, uid: str) -> Iterator[Workers]:
-    w = Workers(daemon_factory, tmp_path, uid)
-    yield w
-    w.cleanup()
-
-
-@pytest.fixture
-def amqp() -> Iterator[PikaClient]:
-    c = PikaClient()
-    yield c
-    c.close()
 
 
 @pytest.fixture

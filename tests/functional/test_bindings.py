@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 
 from tests.functional.conftest import consumer_count, message_count
-from tests.functional.test_pika import (
+from tests.functional.support import (
     PikaClient,
     Workers,
     queue_drained,
@@ -20,20 +18,6 @@ from tests.functional.test_pika import (
     records,
 )
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-def workers(daemon_factory: Any, tmp_path: Path, uid: str) -> Iterator[Workers]:
-    w = Workers(daemon_factory, tmp_path, uid)
-    yield w
-    w.cleanup()
-
-
-@pytest.fixture
-def amqp() -> Iterator[PikaClient]:
-    c = PikaClient()
-    yield c
-    c.close()
 
 
 def event_keys(d: Any) -> list[str]:

@@ -18,7 +18,7 @@ import kombu
 import pytest
 from rpcworker_testplugin import read_records
 
-from tests.functional.conftest import BROKER_URL, broker_section, delete_queues
+from tests.functional.conftest import broker_section, delete_exchanges, delete_queues
 from tests.helpers import wait_for
 
 _SCRIPT = Path(sys.executable).with_name("rpcworker-client")
@@ -29,15 +29,6 @@ def run_client(conf: Path | str, *args: str,
                timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLIENT, "--config-file", str(conf), *args], capture_output=True,
                           text=True, timeout=timeout)
-
-
-def delete_exchanges(*names: str) -> None:
-    with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
-        for name in names:
-            try:
-                conn.channel().exchange_delete(name)
-            except Exception:
-                pass
 
 
 def worker_config(uid: str, records: Path) -> str:
