@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import select
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import kombu
@@ -62,14 +62,12 @@ class Worker(ConsumerMixin):
 
     def __init__(self, conf: cfg.ConfigOpts, connection: kombu.Connection,
                  topologies: Sequence[Topology], handlers: dict[str, Any],
-                 executor: Executor,
-                 on_ready: Callable[[Worker], None] | None = None) -> None:
+                 executor: Executor) -> None:
         self.conf = conf
         self.connection = connection
         self.topologies = list(topologies)
         self.handlers = handlers
         self.executor = executor
-        self.on_ready = on_ready
         self.stats = Stats()
         self._debug = LOG.isEnabledFor(logging.DEBUG)
         self._max_size = conf.max_message_size
@@ -108,10 +106,6 @@ class Worker(ConsumerMixin):
         """SIGHUP. Safe from a signal handler."""
         self._reload_requested = True
         self.executor.wake()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop_requested
 
     # -- the outer loop: connect, consume, reconnect ----------------------------
 
@@ -204,8 +198,6 @@ class Worker(ConsumerMixin):
             LOG.info("Consuming: %s", "; ".join(
                 f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
                 for t in self.topologies))
-            if self.on_ready is not None:
-                self.on_ready(self)
             self._loop(conn)
             self._finish(conn)
 
