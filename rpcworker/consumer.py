@@ -26,6 +26,7 @@ from rpcworker.bindings import Binding
 from rpcworker.dispatcher import Action, Outcome
 from rpcworker.errors import StopRequested
 from rpcworker.executor import Executor
+from rpcworker.systemd import Notifier, NullNotifier
 from rpcworker.topology import Topology
 
 LOG = logging.getLogger(__name__)
@@ -62,12 +63,13 @@ class Worker(ConsumerMixin):
 
     def __init__(self, conf: cfg.ConfigOpts, connection: kombu.Connection,
                  topologies: Sequence[Topology], handlers: dict[str, Any],
-                 executor: Executor) -> None:
+                 executor: Executor, notifier: Notifier | None = None) -> None:
         self.conf = conf
         self.connection = connection
         self.topologies = list(topologies)
         self.handlers = handlers
         self.executor = executor
+        self.notifier: Notifier = notifier or NullNotifier()
         self.stats = Stats()
         self._debug = LOG.isEnabledFor(logging.DEBUG)
         self._max_size = conf.max_message_size
@@ -131,6 +133,7 @@ class Worker(ConsumerMixin):
                             "messages go back to their queues", _oneline(lost))
                 return
             LOG.warning("Connection to the broker lost: %s; reconnecting", _oneline(lost))
+            self.notifier.status(f"reconnecting to the broker ({_oneline(lost)})")
             failures = 0 if time.monotonic() - started > 10 else failures + 1
             if failures:
                 self._pause(self._backoff(failures))
@@ -198,6 +201,7 @@ class Worker(ConsumerMixin):
             LOG.info("Consuming: %s", "; ".join(
                 f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
                 for t in self.topologies))
+            self.notifier.ready(self._status_line())
             self._loop(conn)
             self._finish(conn)
 
@@ -226,9 +230,12 @@ class Worker(ConsumerMixin):
         sock = getattr(amqp_conn, "sock", None)
         wake_fd = self.executor.fileno()
         while True:
+            self.notifier.watchdog()
             self._settle_completions()
             if self._reload_requested:
                 self._reload_requested = False
+                self.notifier.reloading()
+                self.notifier.ready(self._status_line())
                 LOG.warning("SIGHUP received: configuration reload is not supported by this "
                             "version; restart the service to apply changes")
             if self._stop_requested:
@@ -265,6 +272,10 @@ class Worker(ConsumerMixin):
                 self._last_heartbeat_check = now
                 conn.heartbeat_check()
 
+    def _status_line(self) -> str:
+        return (f"consuming {len(self.topologies)} binding(s); "
+                f"{self.stats.connects - 1} reconnect(s)")
+
     def _drain(self, conn: kombu.Connection) -> None:
         for _ in range(_DRAIN_BATCH):
             try:
@@ -279,6 +290,8 @@ class Worker(ConsumerMixin):
             consumer.cancel()
         LOG.info("Stopping: consumers cancelled; waiting up to %s s for %d in-flight "
                  "handler(s)", self.conf.graceful_shutdown_timeout, self.executor.pending)
+        self.notifier.stopping(f"draining {self.executor.pending} in-flight message(s)")
+        self.notifier.extend_timeout(self.conf.graceful_shutdown_timeout + 10)
 
     def _finish(self, conn: kombu.Connection) -> None:
         """Clean stop: delete this process's transient queues (as oslo.messaging does)."""

@@ -70,6 +70,16 @@ class Recorder:
         self._write({"kind": "rpc", "method": "requeue", "args": kwargs})
         raise rpcworker.Requeue("requeue on request")
 
+    def hang(self, ctxt: dict[str, Any], seconds: float = 3600.0, **kwargs: Any) -> None:
+        """Record a 'start' line, then block for ``seconds`` (a hung handler)."""
+        self._write({"kind": "start", "method": "hang", "args": kwargs})
+        time.sleep(float(seconds))
+
+    def crash(self, ctxt: dict[str, Any], **kwargs: Any) -> None:
+        """Record a 'start' line, then kill the whole worker process (os._exit(70))."""
+        self._write({"kind": "start", "method": "crash", "args": kwargs})
+        os._exit(70)
+
     def handle_message(self, message: rpcworker.Message) -> None:
         """Record an event with its routing key and exchange."""
         if self.delay:
