@@ -36,6 +36,15 @@ class Binding:
     routing_keys: tuple[str, ...] = ()
     auto_delete: bool = False
     exclusive: bool = False
+    # failure policy
+    max_retries: int = 0
+    retry_delay: float = 1.0
+    retry_delay_max: float = 300.0
+    max_redeliveries: int = 0
+    handler_timeout: float = 0.0
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+    dead_letter_queue: str | None = None
 
     @property
     def group(self) -> str:
@@ -44,6 +53,19 @@ class Binding:
     @property
     def ack_before(self) -> bool:
         return self.acknowledge == "before"
+
+    @property
+    def quorum(self) -> bool:
+        return self.queue_arguments.get("x-queue-type") == "quorum"
+
+    @property
+    def dead_letters_published(self) -> bool:
+        """Dead letters go to a parking lot of ours (else: rejected to the queue's DLX)."""
+        return bool(self.dead_letter_exchange or self.dead_letter_queue)
+
+    def retry_delay_for(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt`` (1-based): doubling, capped."""
+        return float(min(self.retry_delay * 2 ** (attempt - 1), self.retry_delay_max))
 
 
 def parse(conf: cfg.ConfigOpts) -> list[Binding]:
@@ -99,7 +121,7 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
         return Binding(name=name, type="rpc", handler=g.handler, exchange=exchange,
                        durable=durable, prefetch_count=g.prefetch_count,
                        acknowledge=g.acknowledge, queue_arguments=args,
-                       topic=topic, server=server)
+                       topic=topic, server=server, **_policy(g, fail))
 
     for option in ("topic", "server"):
         if conf[group][option] is not None:
@@ -139,7 +161,30 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
     return Binding(name=name, type=g.type, handler=g.handler, exchange=exchange,
                    durable=durable, prefetch_count=g.prefetch_count,
                    acknowledge=g.acknowledge, queue_arguments=args, queue=queue,
-                   routing_keys=keys, auto_delete=auto_delete, exclusive=exclusive)
+                   routing_keys=keys, auto_delete=auto_delete, exclusive=exclusive,
+                   **_policy(g, fail))
+
+
+def _policy(g: Any, fail: Any) -> dict[str, Any]:
+    """The failure-policy fields of a binding group, validated."""
+    if g.retry_delay_max < g.retry_delay:
+        raise fail("retry_delay_max", f"{g.retry_delay_max} is below retry_delay "
+                   f"({g.retry_delay})")
+    if g.dead_letter_routing_key is not None and not g.dead_letter_exchange:
+        raise fail("dead_letter_routing_key", "needs dead_letter_exchange")
+    for option in ("dead_letter_exchange", "dead_letter_queue"):
+        if getattr(g, option) is not None:
+            _check_name(getattr(g, option), option, fail)
+    return {
+        "max_retries": g.max_retries,
+        "retry_delay": g.retry_delay,
+        "retry_delay_max": g.retry_delay_max,
+        "max_redeliveries": g.max_redeliveries,
+        "handler_timeout": g.handler_timeout,
+        "dead_letter_exchange": g.dead_letter_exchange,
+        "dead_letter_routing_key": g.dead_letter_routing_key,
+        "dead_letter_queue": g.dead_letter_queue,
+    }
 
 
 def _default(option: str) -> Any:

@@ -1,9 +1,9 @@
-"""The kombu ConsumerMixin: owns the connection, declares, acks, replies, heartbeats.
+"""The kombu ConsumerMixin: owns the connection, declares, consumes, heartbeats.
 
 Only the thread running ``Worker.run()`` touches kombu objects. Handlers run in
 the executor's threads and hand back an ``Outcome``; the loop wakes on the
-executor's pipe (``select()`` on it and the broker socket together), publishes
-the reply and settles the delivery.
+executor's pipe (``select()`` on it and the broker socket together) and hands
+the outcome to the connection's ``Outbox``, which replies and settles.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from kombu.mixins import ConsumerMixin
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import dispatcher, protocol
+from rpcworker import dispatcher, failures, protocol
 from rpcworker.bindings import Binding
+from rpcworker.dedup import CompletedCache
 from rpcworker.dispatcher import Action, Outcome
 from rpcworker.errors import StopRequested
 from rpcworker.executor import Executor
+from rpcworker.outbox import Delivery, Outbox, Stats
 from rpcworker.systemd import Notifier, NullNotifier
 from rpcworker.topology import Topology
 
@@ -33,29 +35,17 @@ LOG = logging.getLogger(__name__)
 
 #: most broker events handled in one go before completions get a turn
 _DRAIN_BATCH = 256
-#: RabbitMQ's direct reply-to pseudo-queue prefix
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 #: longest select() wait; also how often heartbeats are checked when idle
 _MAX_WAIT = 1.0
+
+__all__ = ["Stats", "Worker"]
 
 
 @dataclasses.dataclass
 class _Inflight:
-    message: Any  # kombu.Message
-    binding: Binding
+    delivery: Delivery
     generation: int
-    request: protocol.Request
-
-
-@dataclasses.dataclass
-class Stats:
-    connects: int = 0
-    received: int = 0
-    acked: int = 0
-    rejected: int = 0
-    requeued: int = 0
-    replies: int = 0
-    returned: int = 0
+    deadline: float | None  # handler_timeout
 
 
 class Worker(ConsumerMixin):
@@ -71,6 +61,7 @@ class Worker(ConsumerMixin):
         self.executor = executor
         self.notifier: Notifier = notifier or NullNotifier()
         self.stats = Stats()
+        self.completed = CompletedCache(conf.duplicate_cache_size)
         self._debug = LOG.isEnabledFor(logging.DEBUG)
         self._max_size = conf.max_message_size
         self.ready = False
@@ -82,9 +73,12 @@ class Worker(ConsumerMixin):
         self._generation = 0
         self._tokens = itertools.count(1)
         self._inflight: dict[int, _Inflight] = {}
+        self._abandoned: set[int] = set()
         self._monitors: dict[int, float] = {}
-        self._producer: kombu.Producer | None = None
-        self._consumers: list[kombu.Consumer] = []
+        self._outbox: Outbox | None = None
+        self._consumers: dict[str, kombu.Consumer] = {}
+        self._queue_of_tag: dict[str, str] = {}
+        self._failed: dict[str, float] = {}  # binding name -> next declaration attempt
         self._last_heartbeat_check = 0.0
         b = conf.broker
         self._reconnect = (b.reconnect_interval_start, b.reconnect_interval_step,
@@ -115,7 +109,7 @@ class Worker(ConsumerMixin):
         """Consume until stopped. Connection faults are logged and retried forever."""
         errors = tuple(self.connection.connection_errors) + tuple(
             self.connection.channel_errors) + (OSError,)
-        failures = 0
+        failures_in_a_row = 0
         while not self._stop_requested:
             started = time.monotonic()
             lost: BaseException | None = None
@@ -134,13 +128,13 @@ class Worker(ConsumerMixin):
                 return
             LOG.warning("Connection to the broker lost: %s; reconnecting", _oneline(lost))
             self.notifier.status(f"reconnecting to the broker ({_oneline(lost)})")
-            failures = 0 if time.monotonic() - started > 10 else failures + 1
-            if failures:
-                self._pause(self._backoff(failures))
+            failures_in_a_row = 0 if time.monotonic() - started > 10 else failures_in_a_row + 1
+            if failures_in_a_row:
+                self._pause(self._backoff(failures_in_a_row))
 
-    def _backoff(self, failures: int) -> float:
+    def _backoff(self, failures_in_a_row: int) -> float:
         start, step, top = self._reconnect
-        return float(min(start + step * (failures - 1), top))
+        return float(min(start + step * (failures_in_a_row - 1), top))
 
     def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -175,8 +169,10 @@ class Worker(ConsumerMixin):
             clean = True
         finally:
             self.ready = False
-            self._consumers = []
-            self._producer = None
+            self._consumers = {}
+            self._queue_of_tag = {}
+            self._failed = {}
+            self._outbox = None
             with contextlib.suppress(Exception):
                 if clean:
                     conn.release()  # connection.close handshake
@@ -191,37 +187,87 @@ class Worker(ConsumerMixin):
             self._monitors.clear()
             self.stats.connects += 1
             LOG.info("Connected to the broker at %s", conn.as_uri())
-            reply_channel = conn.default_channel
-            self._producer = kombu.Producer(reply_channel, auto_declare=False,
-                                            on_return=self._on_return)
-            self._consumers = [self._consumer_for(conn, t) for t in self.topologies]
-            for consumer in self._consumers:
-                consumer.consume()
-            self.ready = True
-            LOG.info("Consuming: %s", "; ".join(
-                f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
-                for t in self.topologies))
-            self.notifier.ready(self._status_line())
+            retryable = {q.name for t in self.topologies for q in t.queues
+                         if failures.retry_queues(t.binding, q)}
+            self._outbox = Outbox(conn, self.stats, retryable)
+            amqp_conn = conn.connection
+            if hasattr(amqp_conn, "on_blocked"):
+                amqp_conn.on_blocked = self._outbox.on_blocked
+                amqp_conn.on_unblocked = self._outbox.on_unblocked
+            for topo in self.topologies:
+                self._start_binding(conn, topo)
+            self._announce()
             self._loop(conn)
             self._finish(conn)
 
-    def _consumer_for(self, conn: kombu.Connection, topo: Topology) -> kombu.Consumer:
+    def _start_binding(self, conn: kombu.Connection, topo: Topology) -> None:
+        """Declare and consume one binding on its own channel (its own prefetch window).
+
+        A declaration the broker refuses (406 PRECONDITION_FAILED, 405 RESOURCE_LOCKED,
+        ...) closes only that channel: it is logged in one line, the other bindings go
+        on, and it is tried again every reconnect_interval_max seconds.
+        """
         b = topo.binding
         handler = self.handlers[b.handler]
-        channel = conn.channel()  # one channel per binding: its own prefetch window
+        channel = conn.channel()
 
         def on_message(message: Any) -> None:
             self._on_message(b, handler, message)
 
         try:
-            return kombu.Consumer(channel, queues=list(topo.queues), no_ack=False,
-                                  auto_declare=True, on_message=on_message,
-                                  prefetch_count=b.prefetch_count or None,
-                                  tag_prefix=f"rpcworker-{b.name}-")
+            for queue in topo.queues:
+                for delay_queue in failures.retry_queues(b, queue):
+                    delay_queue(channel).declare()
+            exchange, parking = failures.parking_lot(b)
+            if exchange is not None:
+                exchange(channel).declare()
+            if parking is not None:
+                parking(channel).declare()
+            consumer = kombu.Consumer(channel, queues=list(topo.queues), no_ack=False,
+                                      auto_declare=True, on_message=on_message,
+                                      prefetch_count=b.prefetch_count or None,
+                                      tag_prefix=f"rpcworker-{b.name}-")
+            consumer.consume()
         except tuple(conn.channel_errors) as exc:
-            LOG.error("binding %s: cannot declare its queues/exchanges: %s", b.name,
-                      _oneline(exc))
-            raise
+            retry_in = self._reconnect[2]
+            self._failed[b.name] = time.monotonic() + retry_in
+            LOG.error("binding %s: the broker refused its declarations: %s; the other "
+                      "bindings go on, this one is tried again in %g s", b.name,
+                      _oneline(exc), retry_in)
+            with contextlib.suppress(Exception):
+                channel.close()
+            return
+        self._failed.pop(b.name, None)
+        self._consumers[b.name] = consumer
+        for queue_name, tag in getattr(consumer, "_active_tags", {}).items():
+            self._queue_of_tag[tag] = queue_name
+
+    def _retry_failed_bindings(self, conn: kombu.Connection) -> None:
+        now = time.monotonic()
+        due = [t for t in self.topologies if self._failed.get(t.binding.name, now + 1) <= now]
+        for topo in due:
+            self._start_binding(conn, topo)
+        if due:
+            self._announce()
+
+    def _announce(self) -> None:
+        consuming = [t for t in self.topologies if t.binding.name in self._consumers]
+        if consuming:
+            LOG.info("Consuming: %s", "; ".join(
+                f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
+                for t in consuming))
+        if not self._failed and not self.ready:
+            self.ready = True
+            self.notifier.ready(self._status_line())
+        elif self._failed:
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        line = (f"consuming {len(self._consumers)} of {len(self.topologies)} binding(s); "
+                f"{self.stats.connects - 1} reconnect(s)")
+        if self._failed:
+            line += f"; not declared: {', '.join(sorted(self._failed))}"
+        return line
 
     # -- the inner loop ------------------------------------------------------------
 
@@ -229,19 +275,27 @@ class Worker(ConsumerMixin):
         amqp_conn = conn.connection
         sock = getattr(amqp_conn, "sock", None)
         wake_fd = self.executor.fileno()
+        outbox = self._outbox
+        assert outbox is not None
         while True:
             self.notifier.watchdog()
             self._settle_completions()
+            now = time.monotonic()
+            wait = min(self._expire_handlers(now), self._send_monitor_heartbeats(now),
+                       outbox.resend_returned(now))
+            if self._failed:
+                self._retry_failed_bindings(conn)
             if self._reload_requested:
                 self._reload_requested = False
                 self.notifier.reloading()
-                self.notifier.ready(self._status_line())
                 LOG.warning("SIGHUP received: configuration reload is not supported by this "
                             "version; restart the service to apply changes")
+                self.notifier.ready(self._status_line())
             if self._stop_requested:
                 if not self._draining:
                     self._begin_drain()
-                if self.executor.pending == 0:
+                busy = self.executor.pending - len(self._abandoned)
+                if busy <= 0 and outbox.pending == 0:
                     LOG.info("All in-flight messages handled")
                     return
                 if self._stop_immediate or time.monotonic() >= self._drain_deadline:
@@ -249,10 +303,8 @@ class Worker(ConsumerMixin):
                                 "unacknowledged and the broker will redeliver them",
                                 "Second stop signal" if self._stop_immediate else
                                 f"graceful_shutdown_timeout ({self.conf.graceful_shutdown_timeout}"
-                                " s) reached", self.executor.pending)
+                                " s) reached", busy)
                     return
-            wait = self._send_monitor_heartbeats()
-            if self._draining:
                 wait = min(wait, max(0.0, self._drain_deadline - time.monotonic()))
             if sock is not None:
                 if amqp_conn.sock is None:
@@ -272,10 +324,6 @@ class Worker(ConsumerMixin):
                 self._last_heartbeat_check = now
                 conn.heartbeat_check()
 
-    def _status_line(self) -> str:
-        return (f"consuming {len(self.topologies)} binding(s); "
-                f"{self.stats.connects - 1} reconnect(s)")
-
     def _drain(self, conn: kombu.Connection) -> None:
         for _ in range(_DRAIN_BATCH):
             try:
@@ -286,11 +334,12 @@ class Worker(ConsumerMixin):
     def _begin_drain(self) -> None:
         self._draining = True
         self._drain_deadline = time.monotonic() + self.conf.graceful_shutdown_timeout
-        for consumer in self._consumers:
+        for consumer in self._consumers.values():
             consumer.cancel()
+        busy = self.executor.pending - len(self._abandoned)
         LOG.info("Stopping: consumers cancelled; waiting up to %s s for %d in-flight "
-                 "handler(s)", self.conf.graceful_shutdown_timeout, self.executor.pending)
-        self.notifier.stopping(f"draining {self.executor.pending} in-flight message(s)")
+                 "handler(s)", self.conf.graceful_shutdown_timeout, busy)
+        self.notifier.stopping(f"draining {busy} in-flight message(s)")
         self.notifier.extend_timeout(self.conf.graceful_shutdown_timeout + 10)
 
     def _finish(self, conn: kombu.Connection) -> None:
@@ -310,23 +359,44 @@ class Worker(ConsumerMixin):
         if self._draining:
             message.reject(requeue=True)
             return
+        outbox = self._outbox
+        assert outbox is not None
         info = _delivery_info(message)
+        queue = self._queue_of_tag.get(str(info.get("consumer_tag")), "")
+        if not queue:
+            topo = next(t for t in self.topologies if t.binding is binding)
+            queue = topo.queues[0].name
         if self._debug:
-            LOG.debug("binding %s: delivery %s from exchange %r, routing key %r%s",
-                      binding.name, info.get("delivery_tag"), info.get("exchange"),
+            LOG.debug("binding %s: delivery %s on %s from exchange %r, routing key %r%s",
+                      binding.name, info.get("delivery_tag"), queue, info.get("exchange"),
                       info.get("routing_key"), " (redelivered)" if info["redelivered"] else "")
         req = protocol.decode(message.body, message.content_type, message.content_encoding,
                               message.headers, message.properties, info, self._max_size)
         if isinstance(req, protocol.Rejected):
             LOG.warning("binding %s: message %s refused: %s", binding.name,
                         _describe(message), req.reason)
-            self._settle(message, dispatcher.refused(binding, req))
+            outbox.settle(Delivery(message, binding, queue, None),
+                          dispatcher.refused(binding, req))
+            return
+        delivery = Delivery(message, binding, queue, req)
+        early = dispatcher.on_receipt(binding, req)
+        if early is not None:
+            outbox.settle(delivery, early)
+            return
+        if req.unique_id and req.unique_id in self.completed:
+            LOG.info("binding %s: request %s already completed; not run again",
+                     binding.name, req.unique_id)
+            self.stats.duplicates += 1
+            outbox.settle(delivery, dispatcher.duplicate(binding,
+                                                         self.completed.get(req.unique_id)))
             return
         if dispatcher.ack_on_receipt(binding):
             message.ack()
             self.stats.acked += 1
         token = next(self._tokens)
-        self._inflight[token] = _Inflight(message, binding, self._generation, req)
+        deadline = (time.monotonic() + binding.handler_timeout
+                    if binding.handler_timeout else None)
+        self._inflight[token] = _Inflight(delivery, self._generation, deadline)
         if req.monitor_timeout:
             self._monitors[token] = time.monotonic() + req.monitor_timeout / 2
         self.executor.submit(token, dispatcher.dispatch, handler, binding, req)
@@ -337,68 +407,61 @@ class Worker(ConsumerMixin):
             return
         current = []
         for token, outcome in done:
+            if token in self._abandoned:  # timed out earlier and already settled
+                self._abandoned.discard(token)
+                continue
             item = self._inflight.pop(token, None)
             self._monitors.pop(token, None)
             if item is None:
                 continue
-            if item.generation != self._generation or self._producer is None:
+            if not isinstance(outcome, Outcome):  # the dispatcher never raises
+                outcome = Outcome(Action.DEAD_LETTER, reason=f"internal error: {outcome!r}")
+            request = item.delivery.request
+            if request is not None and outcome.action in (Action.ACK, Action.NONE):
+                self.completed.add(request.unique_id, outcome.reply)
+            if item.generation != self._generation or self._outbox is None:
                 LOG.debug("dropping the outcome of a delivery from a lost connection; "
                           "the broker redelivers it")
                 continue
-            if not isinstance(outcome, Outcome):  # the dispatcher never raises
-                outcome = Outcome(Action.REJECT)
             current.append((item, outcome))
         for item, outcome in current:
-            self._settle(item.message, outcome)
+            self._outbox.settle(item.delivery, outcome)  # type: ignore[union-attr]
 
-    def _settle(self, message: Any, outcome: Outcome) -> None:
-        """Publish the reply (if any), then apply the ack decision of the dispatcher."""
-        if outcome.reply is not None:
-            self._publish(outcome.reply)
-        action = outcome.action
-        if action is Action.ACK:
-            message.ack()
-            self.stats.acked += 1
-        elif action is Action.REJECT:
-            message.reject(requeue=False)
-            self.stats.rejected += 1
-        elif action is Action.REQUEUE:
-            message.reject(requeue=True)
-            self.stats.requeued += 1
+    def _expire_handlers(self, now: float) -> float:
+        """Settle deliveries whose handler ran past handler_timeout; seconds to the next."""
+        wait = _MAX_WAIT
+        for token, item in list(self._inflight.items()):
+            if item.deadline is None:
+                continue
+            if item.deadline > now:
+                wait = min(wait, item.deadline - now)
+                continue
+            del self._inflight[token]
+            self._monitors.pop(token, None)
+            self._abandoned.add(token)
+            self.stats.timeouts += 1
+            d = item.delivery
+            if item.generation == self._generation and self._outbox is not None \
+                    and d.request is not None:
+                self._outbox.settle(d, dispatcher.timed_out(d.binding, d.request))
+            LOG.warning("%d handler thread(s) of %d abandoned after handler_timeout",
+                        len(self._abandoned), self.conf.executor_thread_pool_size)
+        return wait
 
-    def _publish(self, reply: protocol.Reply) -> None:
-        assert self._producer is not None
-        # mandatory, so that a vanished reply queue is reported (basic.return) — but
-        # not for RabbitMQ direct reply-to, whose pseudo-queue always "returns"
-        direct_reply_to = reply.routing_key.startswith(DIRECT_REPLY_TO)
-        self._producer.publish(
-            reply.body, exchange="", routing_key=reply.routing_key,
-            content_type=protocol.JSON, content_encoding="utf-8",
-            correlation_id=reply.correlation_id, mandatory=not direct_reply_to,
-            retry=False, delivery_mode=2,
-        )
-        self.stats.replies += 1
-
-    def _on_return(self, exc: BaseException, exchange: str, routing_key: str,
-                   message: Any) -> None:
-        self.stats.returned += 1
-        LOG.warning("Reply to %r could not be routed (the caller's reply queue is gone): "
-                    "%s; dropped", routing_key, _oneline(exc))
-
-    def _send_monitor_heartbeats(self) -> float:
+    def _send_monitor_heartbeats(self, now: float) -> float:
         """Send due oslo call-monitor heartbeats; return seconds until the next is due."""
-        if not self._monitors:
+        if not self._monitors or self._outbox is None or self._outbox.blocked:
             return _MAX_WAIT
-        now = time.monotonic()
         wait = _MAX_WAIT
         for token, due in list(self._monitors.items()):
             item = self._inflight.get(token)
-            if item is None or item.request.reply is None or item.request.monitor_timeout is None:
+            request = item.delivery.request if item is not None else None
+            if request is None or request.reply is None or request.monitor_timeout is None:
                 del self._monitors[token]
                 continue
             if due <= now:
-                self._publish(protocol.encode_heartbeat(item.request.reply))
-                due = now + item.request.monitor_timeout / 2
+                self._outbox.reply(protocol.encode_heartbeat(request.reply))
+                due = now + request.monitor_timeout / 2
                 self._monitors[token] = due
             wait = min(wait, due - now)
         return max(0.0, wait)
@@ -420,6 +483,8 @@ def _describe(message: Any) -> str:
             f"{info.get('routing_key', '')!r}, content type {message.content_type!r})")
 
 
-def _oneline(exc: BaseException) -> str:
+def _oneline(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -2,27 +2,39 @@
 
 The policy (``acknowledge = after``, the default, at-least-once):
 
-=====================================  =========  =================================
-what happened                          action     reply (calls only)
-=====================================  =========  =================================
-handler returned                       ack        the result
-handler raised ``Reject``              reject     the error
-handler raised ``Requeue``             requeue    none yet (the retry answers);
-                                                  reject + the error when the message
-                                                  was already redelivered
-handler raised anything else, call     ack        the error (the caller has its answer)
-handler raised anything else, cast     reject     -
-no such method / version, call         ack        NoSuchMethod / UnsupportedVersion
-no such method / version, cast         reject     -
-event and no ``handle_message``        reject     -
-refused before dispatch (bad message)  reject     the error, when a reply route exists
-=====================================  =========  =================================
+===========================================  ==============  ============================
+what happened                                action          reply (calls only)
+===========================================  ==============  ============================
+handler returned                             ack             the result
+handler raised anything, call                ack             the error (the caller has
+                                                             its answer; never retried)
+handler raised ``Requeue`` or anything       retry, or       -
+else, cast/event                             dead-letter
+                                             once max_retries
+                                             retries are spent
+handler raised ``Reject``                    dead-letter     the error
+no such method / version, cast               dead-letter     (call: ack + the error)
+event and no ``handle_message``              dead-letter     -
+handler ran past ``handler_timeout``         as a failure    HandlerTimeout
+redelivered more than ``max_redeliveries``   dead-letter     PoisonMessage
+redelivered (classic queue), within bounds   count           - (runs when it comes back)
+already completed (duplicate id)             ack             the remembered reply
+refused before dispatch (bad message)        dead-letter     the error, when routable
+===========================================  ==============  ============================
 
-``reject`` never requeues: the message is dropped, or dead-lettered where the
-queue has a dead-letter exchange. No outcome makes a message loop forever.
+``retry``: a copy goes to the binding's delay queue for that attempt (it comes
+back after ``retry_delay`` doubling up to ``retry_delay_max``) with header
+``x-rpcworker-retries``, then the original is acked. ``dead-letter``: a copy
+goes to the binding's parking lot (``dead_letter_exchange``/``dead_letter_queue``)
+with the reason in its headers, then the original is acked; with no parking lot
+configured it is rejected without requeue (the queue's own dead-letter exchange,
+if any, applies). ``count``: a copy with ``x-rpcworker-redeliveries`` incremented
+goes to the tail of the same queue, then the original is acked, so crash loops
+are counted on classic queues (quorum queues count with ``x-delivery-count``).
+No outcome makes a message loop forever.
 
-With ``acknowledge = before`` the delivery is acked on receipt (at-most-once,
-as oslo.messaging's RPC server does) and the action of the outcome is ``none``.
+With ``acknowledge = before`` the delivery is acked on receipt (at-most-once, as
+oslo.messaging's RPC server does): the action is ``none`` whatever happens.
 """
 
 from __future__ import annotations
@@ -35,7 +47,14 @@ from oslo_log import log as logging
 
 from rpcworker import protocol
 from rpcworker.bindings import Binding
-from rpcworker.errors import NoSuchMethod, Reject, Requeue, UnsupportedVersion
+from rpcworker.errors import (
+    HandlerTimeout,
+    NoSuchMethod,
+    PoisonMessage,
+    Reject,
+    Requeue,
+    UnsupportedVersion,
+)
 from rpcworker.message import Message
 
 LOG = logging.getLogger(__name__)
@@ -43,23 +62,63 @@ LOG = logging.getLogger(__name__)
 #: handler attributes that are never RPC methods, besides the "_" names
 _NOT_RPC = frozenset({"handle_message", "target"})
 
+RETRIES_HEADER = "x-rpcworker-retries"
+REDELIVERIES_HEADER = "x-rpcworker-redeliveries"
+QUORUM_DELIVERY_COUNT = "x-delivery-count"
+
 
 class Action(enum.Enum):
     NONE = "none"  # already acked on receipt
     ACK = "ack"
-    REJECT = "reject"
-    REQUEUE = "requeue"
+    RETRY = "retry"  # to the delay queue of the next attempt, then ack
+    DEAD_LETTER = "dead-letter"  # to the parking lot then ack, or reject (no requeue)
+    COUNT = "count"  # to the tail of the same queue with the redelivery count + 1, then ack
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     action: Action
     reply: protocol.Reply | None = None
+    #: why it failed (dead-letter headers, logs)
+    reason: str | None = None
 
 
 def ack_on_receipt(binding: Binding) -> bool:
     """Whether the delivery is acked before the handler runs."""
     return binding.ack_before
+
+
+def _int_header(headers: Any, name: str) -> int:
+    try:
+        return max(0, int(headers.get(name) or 0))
+    except (TypeError, ValueError, AttributeError):
+        return 0
+
+
+def retries_of(headers: Any) -> int:
+    return _int_header(headers, RETRIES_HEADER)
+
+
+def on_receipt(binding: Binding, request: protocol.Request) -> Outcome | None:
+    """Decide before dispatch: a poison message, or a redelivery to count. None: run it."""
+    if binding.ack_before or not request.redelivered or not binding.max_redeliveries:
+        return None
+    if binding.quorum:
+        count = _int_header(request.headers, QUORUM_DELIVERY_COUNT)
+        if count <= binding.max_redeliveries:
+            return None
+    else:
+        count = _int_header(request.headers, REDELIVERIES_HEADER) + 1
+        if count <= binding.max_redeliveries:
+            return Outcome(Action.COUNT, reason=f"redelivery {count}")
+    reason = (f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "
+              f"its handler crashed, hung or lost the connection every time")
+    LOG.error("binding %s: poison message %s dead-lettered: %s", binding.name,
+              _what(request), reason)
+    reply = None
+    if request.reply is not None:
+        reply = protocol.encode_failure(request.reply, PoisonMessage(reason))
+    return Outcome(Action.DEAD_LETTER, reply, reason)
 
 
 def refused(binding: Binding, rejected: protocol.Rejected) -> Outcome:
@@ -68,7 +127,22 @@ def refused(binding: Binding, rejected: protocol.Rejected) -> Outcome:
     if rejected.reply is not None:
         reply = protocol.encode_error(rejected.reply, "InvalidRequest", "rpcworker.errors",
                                       rejected.reason)
-    return Outcome(Action.REJECT, reply)
+    return Outcome(Action.DEAD_LETTER, reply, f"refused: {rejected.reason}")
+
+
+def duplicate(binding: Binding, reply: protocol.Reply | None) -> Outcome:
+    """A request whose id already completed: not run again; a call gets the same reply.
+
+    Decided before any receipt ack, so it is acked here whatever ``acknowledge`` says."""
+    return Outcome(Action.ACK, reply)
+
+
+def timed_out(binding: Binding, request: protocol.Request) -> Outcome:
+    """The handler is still running after ``handler_timeout``."""
+    exc = HandlerTimeout(f"handler {binding.handler} did not finish {_what(request)} "
+                         f"within handler_timeout ({binding.handler_timeout} s)")
+    LOG.error("binding %s: %s; its thread is abandoned", binding.name, exc)
+    return _failed(binding, request, exc, log=False)
 
 
 def dispatch(handler: Any, binding: Binding, request: protocol.Request) -> Outcome:
@@ -76,7 +150,6 @@ def dispatch(handler: Any, binding: Binding, request: protocol.Request) -> Outco
 
     Never raises: every failure becomes an Outcome.
     """
-    after = not binding.ack_before
     try:
         if request.is_rpc:
             method = find_method(handler, request)
@@ -84,55 +157,68 @@ def dispatch(handler: Any, binding: Binding, request: protocol.Request) -> Outco
         else:
             on_message = getattr(handler, "handle_message", None)
             if on_message is None:
-                LOG.error("binding %s: handler %s has no handle_message(); event on %r "
-                          "with routing key %r rejected", binding.name, binding.handler,
-                          request.exchange, request.routing_key)
-                return Outcome(Action.REJECT if after else Action.NONE)
+                reason = f"handler {binding.handler} has no handle_message() for events"
+                LOG.error("binding %s: event on %r with routing key %r dead-lettered: %s",
+                          binding.name, request.exchange, request.routing_key, reason)
+                return Outcome(Action.NONE if binding.ack_before else Action.DEAD_LETTER,
+                               None, reason)
             result = on_message(Message.from_request(request))
     except Requeue as exc:
-        if after and not request.redelivered:
-            LOG.info("binding %s: handler asked to requeue %s: %s", binding.name,
-                     _what(request), exc)
-            return Outcome(Action.REQUEUE)
-        LOG.warning("binding %s: handler asked to requeue %s again (or acknowledge = "
-                    "before); rejecting it: %s", binding.name, _what(request), exc)
-        return _failed(binding, request, exc, Action.REJECT, log=False)
+        LOG.info("binding %s: handler asked to retry %s: %s", binding.name,
+                 _what(request), exc)
+        return _failed(binding, request, exc, log=False)
     except Reject as exc:
         LOG.warning("binding %s: handler rejected %s: %s", binding.name, _what(request), exc)
-        return _failed(binding, request, exc, Action.REJECT, log=False)
+        return _failed(binding, request, exc, log=False, final=True)
     except (NoSuchMethod, UnsupportedVersion) as exc:
-        LOG.warning("binding %s: %s: %s", binding.name, _what(request), exc)
-        return _failed(binding, request, exc, Action.ACK if request.is_call else Action.REJECT,
-                       log=False)
+        LOG.warning("binding %s: %s refused: %s", binding.name, _what(request), exc)
+        return _failed(binding, request, exc, log=False, final=True)
     except Exception as exc:
-        return _failed(binding, request, exc,
-                       Action.ACK if request.is_call else Action.REJECT, log=True)
+        return _failed(binding, request, exc, log=True)
+    done = Action.NONE if binding.ack_before else Action.ACK
     if request.reply is None:
-        return Outcome(Action.ACK if after else Action.NONE)
+        return Outcome(done)
     try:
         reply = protocol.encode_result(request.reply, result)
     except (TypeError, ValueError) as exc:
         LOG.error("binding %s: result of %s is not JSON-serialisable: %s", binding.name,
                   _what(request), exc)
         reply = protocol.encode_failure(request.reply, exc)
-    return Outcome(Action.ACK if after else Action.NONE, reply)
+    return Outcome(done, reply)
 
 
-def _failed(binding: Binding, request: protocol.Request, exc: Exception, action: Action,
-            *, log: bool) -> Outcome:
+def _failed(binding: Binding, request: protocol.Request, exc: Exception, *, log: bool,
+            final: bool = False) -> Outcome:
+    """A failure: calls are answered with the error and acked; casts and events are
+    retried while max_retries allows (unless ``final``), then dead-lettered."""
+    reason = f"{type(exc).__name__}: {exc}"
     if binding.ack_before:
         action = Action.NONE
+    elif request.is_call:
+        action = Action.DEAD_LETTER if isinstance(exc, Reject) else Action.ACK
+    elif not final and retries_of(request.headers) < binding.max_retries:
+        action = Action.RETRY
+    else:
+        action = Action.DEAD_LETTER
     if log:
         LOG.error("binding %s: handler %s failed on %s (%s)", binding.name, binding.handler,
-                  _what(request), "error returned to the caller" if request.is_call
-                  else f"message {_action_word(action)}", exc_info=exc)
+                  _what(request), _consequence(action, request, binding), exc_info=exc)
+    elif action is Action.DEAD_LETTER and not request.is_call:
+        LOG.warning("binding %s: %s dead-lettered: %s", binding.name, _what(request), reason)
     reply = protocol.encode_failure(request.reply, exc) if request.reply is not None else None
-    return Outcome(action, reply)
+    return Outcome(action, reply, reason)
 
 
-def _action_word(action: Action) -> str:
-    return {Action.REJECT: "rejected", Action.ACK: "acked", Action.NONE: "already acked",
-            Action.REQUEUE: "requeued"}[action]
+def _consequence(action: Action, request: protocol.Request, binding: Binding) -> str:
+    if request.is_call:
+        return "error returned to the caller"
+    if action is Action.RETRY:
+        attempt = retries_of(request.headers) + 1
+        return (f"retry {attempt} of {binding.max_retries} in "
+                f"{binding.retry_delay_for(attempt):g} s")
+    if action is Action.DEAD_LETTER:
+        return f"dead-lettered after {retries_of(request.headers)} retries"
+    return "already acked on receipt"
 
 
 def _what(request: protocol.Request) -> str:

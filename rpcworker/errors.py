@@ -62,11 +62,20 @@ class Reject(HandlerOutcome):
 
 
 class Requeue(HandlerOutcome):
-    """Give the message back to the queue for another try.
+    """Try the message again later (a cast or event), after the binding's retry delay.
 
-    Bounded: a message that was already redelivered is rejected instead, so a
-    handler that always raises ``Requeue`` never makes a message loop forever.
+    Bounded by the binding's ``max_retries``: then the message is dead-lettered, so
+    a handler that always raises ``Requeue`` never makes a message loop forever.
+    On a call the caller gets the error.
     """
+
+
+class HandlerTimeout(RPCWorkerError):
+    """The handler ran longer than the binding's ``handler_timeout``."""
+
+
+class PoisonMessage(RPCWorkerError):
+    """The message was redelivered more than ``max_redeliveries`` times."""
 
 
 # -- dispatch failures sent to RPC callers ------------------------------------

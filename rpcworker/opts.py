@@ -45,6 +45,14 @@ default_opts = [
         help="Number of worker processes. (Only 1 is supported in this release.)",
     ),
     cfg.IntOpt(
+        "duplicate_cache_size",
+        default=1024,
+        min=0,
+        help="How many completed request ids (oslo _unique_id, AMQP message_id) each worker "
+        "remembers. A redelivered or re-sent request whose id is there is not run again: "
+        "it is acked, and a call gets the remembered reply. 0 disables it.",
+    ),
+    cfg.IntOpt(
         "max_message_size",
         default=16 * 1024 * 1024,
         min=1024,
@@ -102,6 +110,15 @@ broker_opts = [
         default="AMQPLAIN",
         choices=["AMQPLAIN", "PLAIN", "EXTERNAL"],
         help="SASL login method.",
+    ),
+    cfg.IntOpt(
+        "consumer_timeout",
+        default=1800,
+        min=0,
+        help="The broker's consumer_timeout in seconds (RabbitMQ's default is 30 minutes): "
+        "a delivery unacked for longer closes the channel. rpcworker warns at start-up when "
+        "a binding's handler_timeout is not below it (or is unlimited). 0: the broker has "
+        "none.",
     ),
     cfg.StrOpt(
         "failover_strategy",
@@ -191,6 +208,67 @@ binding_opts = [
         help="Deliveries the broker may have in flight to this binding's consumer "
         "(basic.qos); 0 means unlimited.",
     ),
+    cfg.IntOpt(
+        "max_retries",
+        default=3,
+        min=0,
+        help="Failure policy: how many times a cast or event whose handler failed (or "
+        "raised rpcworker.Requeue) is tried again, after retry_delay, before it is "
+        "dead-lettered. Retries wait in per-binding delay queues (<queue>.retry.<n>, a "
+        "message TTL that dead-letters back to the work queue), never unacked in the worker. "
+        "0 dead-letters at the first failure. Calls are never retried: the caller gets the "
+        "error.",
+    ),
+    cfg.FloatOpt(
+        "retry_delay",
+        default=1.0,
+        min=0.001,
+        help="Seconds before the first retry; each further retry waits twice as long, up "
+        "to retry_delay_max.",
+    ),
+    cfg.FloatOpt(
+        "retry_delay_max",
+        default=300.0,
+        min=0.001,
+        help="Longest wait between two retries, in seconds.",
+    ),
+    cfg.IntOpt(
+        "max_redeliveries",
+        default=5,
+        min=0,
+        help="A message redelivered by the broker (its worker crashed, hung or lost the "
+        "connection while handling it) more than this many times is a poison message: it "
+        "is dead-lettered without being run again. Counted by the broker's x-delivery-count "
+        "on quorum queues, by rpcworker (header x-rpcworker-redeliveries) on classic queues. "
+        "0 disables the check.",
+    ),
+    cfg.FloatOpt(
+        "handler_timeout",
+        default=0.0,
+        min=0.0,
+        help="Seconds a handler may run; after that its message is treated as failed "
+        "(a call gets a HandlerTimeout error, a cast follows the failure policy) and the "
+        "handler thread is abandoned. 0 means no limit. Keep it below the broker's "
+        "consumer_timeout.",
+    ),
+    cfg.StrOpt(
+        "dead_letter_exchange",
+        help="Exchange that dead-lettered messages are published to (with headers "
+        "x-rpcworker-failure, x-rpcworker-binding, x-rpcworker-retries, "
+        "x-rpcworker-original-exchange, x-rpcworker-original-routing-key). When neither "
+        "this nor dead_letter_queue is set, a dead-lettered message is rejected without "
+        "requeue, so the queue's own x-dead-letter-exchange (queue_arguments) applies.",
+    ),
+    cfg.StrOpt(
+        "dead_letter_routing_key",
+        help="Routing key for dead_letter_exchange. Default: the message's original key.",
+    ),
+    cfg.StrOpt(
+        "dead_letter_queue",
+        help="A parking-lot queue, declared durable by rpcworker. Without "
+        "dead_letter_exchange, dead letters are published to it directly; with it, the "
+        "queue is bound to that exchange with dead_letter_routing_key (or '#').",
+    ),
     cfg.StrOpt(
         "acknowledge",
         default="after",
@@ -248,11 +326,12 @@ _binding_help = (
     "Acknowledgement and failure policy: with acknowledge = after (the default) a "
     "delivery is acked once its handler has returned, so a crash or a lost connection "
     "redelivers it (at-least-once). A call whose handler raises is acked and the caller "
-    "gets the error. A cast or event whose handler raises is rejected without requeue "
-    "(dead-lettered when the queue has an x-dead-letter-exchange argument); a handler "
-    "may raise rpcworker.Reject to reject at once, or rpcworker.Requeue to retry once "
-    "(a message already redelivered is rejected instead). Messages that are not JSON "
-    "are rejected and logged, never executed. No message loops forever."
+    "gets the error. A cast or event whose handler raises (or raises rpcworker.Requeue) "
+    "is retried up to max_retries times with growing delays, then dead-lettered; "
+    "rpcworker.Reject dead-letters it at once. A message redelivered more than "
+    "max_redeliveries times (its worker crashed or hung) is dead-lettered without running. "
+    "Messages that are not JSON are dead-lettered and logged, never executed. No message "
+    "loops forever."
 )
 
 

@@ -12,7 +12,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import broker, plugins, topology
+from rpcworker import broker, plugins, systemd, topology
 from rpcworker.consumer import Worker
 from rpcworker.executor import Executor
 
@@ -31,7 +31,8 @@ def build(conf: cfg.ConfigOpts) -> Worker:
     LOG.info("rpcworker starting: broker %s, bindings %s, %d handler threads",
              broker.describe(settings), ", ".join(b.name for b in parsed),
              conf.executor_thread_pool_size)
-    return Worker(conf, broker.connection(conf, settings), topologies, handlers, executor)
+    return Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
+                  notifier=systemd.from_environment())
 
 
 class _Signals:

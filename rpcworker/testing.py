@@ -11,7 +11,9 @@ kombu's in-memory transport and call it like a client would.
             fx.wait_idle()
 
 The handler runs exactly as in the daemon: the same decoding, dispatcher,
-ack policy and thread pool. ``memory://`` is for tests only.
+ack policy and thread pool. ``memory://`` is for tests only: it has no message
+TTL, so a retried message stays in its delay queue (``worker.stats.retried``
+counts it) instead of coming back.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class HandlerFixture:
     """Run ``handler`` (an instance, or a class called as ``handler(conf)``) in a Worker.
 
     ``config_text`` is an INI snippet read as the config file (e.g. the
-    handler's own ``[group]`` options); ``configure(conf)`` may set overrides
+    handler's own ``[group]`` options); ``binding_options`` sets options of both
+    bindings (e.g. ``{"max_retries": 0}``); ``configure(conf)`` may set overrides
     before a handler class is instantiated. The handler is served by an ``rpc``
     binding on ``topic`` and, for events, a ``topic`` binding on exchange
     ``events_exchange`` bound with ``#``.
@@ -63,6 +66,7 @@ class HandlerFixture:
                  acknowledge: str = "after", threads: int = 4,
                  config_text: str | None = None,
                  namespace: str | None = None, version: str | None = None,
+                 binding_options: dict[str, Any] | None = None,
                  configure: Callable[[cfg.ConfigOpts], None] | None = None) -> None:
         n = next(_fixture_ids)
         self.topic = topic or f"test_topic_{n}"
@@ -92,7 +96,7 @@ class HandlerFixture:
             group = opts.register_binding_opts(self.conf, name)
             self.conf.set_override("handler", "handler", group=group)
             self.conf.set_override("acknowledge", acknowledge, group=group)
-            for key, value in values.items():
+            for key, value in {**values, **(binding_options or {})}.items():
                 self.conf.set_override(key, value, group=group)
         if configure is not None:
             configure(self.conf)

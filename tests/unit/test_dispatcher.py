@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -74,19 +75,68 @@ def test_success_acks_and_replies() -> None:
     assert cast == dispatcher.Outcome(Action.ACK, None)
 
 
-def test_exception_on_call_acks_with_error_on_cast_rejects() -> None:
-    out = dispatcher.dispatch(Handler(), AFTER, req("boom"))
+RETRYING = dataclasses.replace(AFTER, max_retries=2)
+
+
+def test_exception_on_call_acks_with_error_on_cast_retries_then_dead_letters() -> None:
+    out = dispatcher.dispatch(Handler(), RETRYING, req("boom"))
     assert out.action is Action.ACK and error_type(out) == "KeyError"
-    cast = dispatcher.dispatch(Handler(), AFTER, req("boom", call=False))
-    assert cast.action is Action.REJECT and cast.reply is None
+    cast = dispatcher.dispatch(Handler(), RETRYING, req("boom", call=False))
+    assert cast.action is Action.RETRY and cast.reply is None
+    assert cast.reason == "KeyError: 'boom'"
+    last = dispatcher.dispatch(Handler(), RETRYING, req("boom", call=False,
+                                                        headers={dispatcher.RETRIES_HEADER: 2}))
+    assert last.action is Action.DEAD_LETTER
+    no_retries = dispatcher.dispatch(Handler(), AFTER, req("boom", call=False))
+    assert no_retries.action is Action.DEAD_LETTER
 
 
-def test_reject_and_bounded_requeue() -> None:
-    assert dispatcher.dispatch(Handler(), AFTER, req("reject")).action is Action.REJECT
-    first = dispatcher.dispatch(Handler(), AFTER, req("requeue"))
-    assert first.action is Action.REQUEUE and first.reply is None
-    again = dispatcher.dispatch(Handler(), AFTER, req("requeue", redelivered=True))
-    assert again.action is Action.REJECT and error_type(again) == "Requeue"
+def test_reject_dead_letters_at_once_and_requeue_is_a_bounded_retry() -> None:
+    rejected = dispatcher.dispatch(Handler(), RETRYING, req("reject", call=False))
+    assert rejected.action is Action.DEAD_LETTER and "Reject" in (rejected.reason or "")
+    call = dispatcher.dispatch(Handler(), RETRYING, req("reject"))
+    assert call.action is Action.DEAD_LETTER and error_type(call) == "Reject"
+    first = dispatcher.dispatch(Handler(), RETRYING, req("requeue", call=False))
+    assert first.action is Action.RETRY and first.reply is None
+    spent = dispatcher.dispatch(Handler(), RETRYING, req(
+        "requeue", call=False, headers={dispatcher.RETRIES_HEADER: "2"}))
+    assert spent.action is Action.DEAD_LETTER
+
+
+def test_poison_messages_on_classic_queues_are_counted_then_dead_lettered() -> None:
+    b = dataclasses.replace(AFTER, max_redeliveries=2)
+    assert dispatcher.on_receipt(b, req("add", call=False)) is None  # not redelivered
+    first = dispatcher.on_receipt(b, req("add", call=False, redelivered=True))
+    assert first is not None and first.action is Action.COUNT
+    second = dispatcher.on_receipt(b, req("add", call=False, redelivered=True,
+                                          headers={dispatcher.REDELIVERIES_HEADER: 1}))
+    assert second is not None and second.action is Action.COUNT
+    third = dispatcher.on_receipt(b, req("add", redelivered=True,
+                                         headers={dispatcher.REDELIVERIES_HEADER: 2}))
+    assert third is not None and third.action is Action.DEAD_LETTER
+    assert error_type(third) == "PoisonMessage"
+    assert dispatcher.on_receipt(dataclasses.replace(b, max_redeliveries=0),
+                                 req("add", redelivered=True)) is None
+
+
+def test_poison_messages_on_quorum_queues_use_the_delivery_count() -> None:
+    b = dataclasses.replace(AFTER, max_redeliveries=3, queue_arguments={"x-queue-type": "quorum"})
+    ok = dispatcher.on_receipt(b, req("add", call=False, redelivered=True,
+                                      headers={"x-delivery-count": 3}))
+    assert ok is None
+    poison = dispatcher.on_receipt(b, req("add", call=False, redelivered=True,
+                                          headers={"x-delivery-count": 4}))
+    assert poison is not None and poison.action is Action.DEAD_LETTER
+
+
+def test_timeout_and_duplicates() -> None:
+    b = dataclasses.replace(RETRYING, handler_timeout=2.5)
+    cast = dispatcher.timed_out(b, req("add", call=False))
+    assert cast.action is Action.RETRY and "HandlerTimeout" in (cast.reason or "")
+    call = dispatcher.timed_out(b, req("add"))
+    assert call.action is Action.ACK and error_type(call) == "HandlerTimeout"
+    reply = protocol.Reply("rq", b"{}")
+    assert dispatcher.duplicate(BEFORE, reply) == dispatcher.Outcome(Action.ACK, reply)
 
 
 def test_acknowledge_before_never_acts_after() -> None:
@@ -103,7 +153,8 @@ def test_acknowledge_before_never_acts_after() -> None:
 def test_no_such_method(method: str) -> None:
     out = dispatcher.dispatch(Handler(), AFTER, req(method))
     assert out.action is Action.ACK and error_type(out) == "NoSuchMethod"
-    assert dispatcher.dispatch(Handler(), AFTER, req(method, call=False)).action is Action.REJECT
+    cast = dispatcher.dispatch(Handler(), RETRYING, req(method, call=False))
+    assert cast.action is Action.DEAD_LETTER  # retrying cannot help
 
 
 def test_oslo_failure_module_for_dispatch_errors() -> None:
@@ -164,10 +215,10 @@ def test_event_without_handle_message_is_rejected() -> None:
     class NoEvents:
         pass
     out = dispatcher.dispatch(NoEvents(), AFTER, protocol.Request(kind="event", body={}))
-    assert out.action is Action.REJECT
+    assert out.action is Action.DEAD_LETTER
 
 
 def test_refused_delivery() -> None:
     out = dispatcher.refused(AFTER, protocol.Rejected("args must be a JSON object", ROUTE))
-    assert out.action is Action.REJECT and error_type(out) == "InvalidRequest"
+    assert out.action is Action.DEAD_LETTER and error_type(out) == "InvalidRequest"
     assert dispatcher.refused(AFTER, protocol.Rejected("x")).reply is None

@@ -32,4 +32,4 @@ def test_inventory_with_namespace() -> None:
         fx.publish_event(["not", "an", "event"])
         fx.wait_idle()
         assert fx.call("count", item="bolt") == 0
-        assert fx.worker.stats.rejected == 1
+        assert fx.worker.stats.dead_lettered == 1

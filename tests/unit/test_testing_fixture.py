@@ -57,15 +57,20 @@ def test_casts_and_events_are_handled_and_acked() -> None:
         fx.wait_idle()
         assert sorted(fx.handler.casts) == list(range(50))
         assert fx.handler.events == [("thing.created", {"k": "v"})]
-        assert fx.worker.stats.acked == 51 and fx.worker.stats.rejected == 0
+        assert fx.worker.stats.acked == 51 and fx.worker.stats.dead_lettered == 0
 
 
-def test_requeue_is_bounded_to_one_retry() -> None:
-    with HandlerFixture(Counter) as fx:
+def test_requeue_goes_to_the_delay_queue_then_the_parking_lot() -> None:
+    with HandlerFixture(Counter, binding_options={"max_retries": 2}) as fx:
         fx.cast("flaky")
         fx.wait_idle()
-        assert fx.handler.requeued == 2
-        assert fx.worker.stats.requeued == 1 and fx.worker.stats.rejected == 1
+        assert fx.handler.requeued == 1
+        assert fx.worker.stats.retried == 1 and fx.worker.stats.dead_lettered == 0
+    with HandlerFixture(Counter, binding_options={"max_retries": 0}) as fx:
+        fx.cast("flaky")
+        fx.wait_idle()
+        assert fx.handler.requeued == 1
+        assert fx.worker.stats.retried == 0 and fx.worker.stats.dead_lettered == 1
 
 
 def test_bad_input_is_rejected_and_the_worker_goes_on() -> None:
@@ -83,7 +88,7 @@ def test_bad_input_is_rejected_and_the_worker_goes_on() -> None:
         fx.wait_idle()
         assert marker == []
         assert fx.handler.casts == [7]
-        assert fx.worker.stats.rejected == 3
+        assert fx.worker.stats.dead_lettered == 3
 
 
 def test_acknowledge_before() -> None:

@@ -1,0 +1,137 @@
+"""Where failed messages go: delay queues for retries, the parking lot, and the
+copies that carry a message there. Pure functions; the consumer publishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from rpcworker import dispatcher
+from rpcworker.bindings import Binding
+
+BINDING_HEADER = "x-rpcworker-binding"
+FAILURE_HEADER = "x-rpcworker-failure"
+ORIGINAL_EXCHANGE_HEADER = "x-rpcworker-original-exchange"
+ORIGINAL_KEY_HEADER = "x-rpcworker-original-routing-key"
+ORIGINAL_QUEUE_HEADER = "x-rpcworker-original-queue"
+
+#: properties copied onto a republished message (expiration is dropped on purpose:
+#: a per-message TTL would fight the delay queue's)
+_KEPT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to",
+                    "message_id", "priority", "timestamp", "type", "app_id", "user_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class Copy:
+    """A message to publish (with publisher confirms) before the original is acked."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: dict[str, Any]
+    headers: dict[str, Any]
+
+
+def retry_queue_name(queue: str, ttl_ms: int) -> str:
+    """The delay queue for retries of ``queue`` waiting ``ttl_ms``: named by its TTL,
+    so changing retry_delay never redeclares an existing queue with other arguments."""
+    return f"{queue}.retry.{ttl_ms}"
+
+
+def retry_ttls(binding: Binding) -> list[int]:
+    """The distinct delays (ms) of attempts 1..max_retries."""
+    ttls = {int(binding.retry_delay_for(n) * 1000) for n in range(1, binding.max_retries + 1)}
+    return sorted(max(1, t) for t in ttls)
+
+
+def can_retry(queue: Queue) -> bool:
+    """Exclusive (per-connection) queues get no delay queue: their failures dead-letter."""
+    return not queue.exclusive
+
+
+def retry_queues(binding: Binding, queue: Queue) -> list[Queue]:
+    """Delay queues of ``queue``: a message TTL that dead-letters back to ``queue``."""
+    if binding.ack_before or not can_retry(queue):
+        return []
+    result = []
+    for ttl in retry_ttls(binding):
+        args: dict[str, Any] = {
+            "x-message-ttl": ttl,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue.name,
+        }
+        expires = (getattr(queue, "queue_arguments", None) or {}).get("x-expires")
+        if expires:  # the work queue itself is transient (oslo fanout queues)
+            args["x-expires"] = int(expires) + ttl
+        result.append(Queue(retry_queue_name(queue.name, ttl), durable=queue.durable,
+                            auto_delete=False, queue_arguments=args, no_declare=False))
+    return result
+
+
+def parking_lot(binding: Binding) -> tuple[Exchange | None, Queue | None]:
+    """The dead-letter exchange and/or queue to declare for ``binding``."""
+    exchange = None
+    if binding.dead_letter_exchange:
+        exchange = Exchange(binding.dead_letter_exchange, type="topic", durable=True)
+    queue = None
+    if binding.dead_letter_queue:
+        if exchange is not None:
+            queue = Queue(binding.dead_letter_queue, exchange,
+                          routing_key=binding.dead_letter_routing_key or "#", durable=True)
+        else:
+            queue = Queue(binding.dead_letter_queue, durable=True)
+    return exchange, queue
+
+
+def _base(body: bytes, properties: Mapping[str, Any], headers: Mapping[str, Any] | None,
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    props = {k: properties[k] for k in _KEPT_PROPERTIES if properties.get(k) is not None}
+    props["delivery_mode"] = 2
+    return props, dict(headers or {})
+
+
+def retry_copy(binding: Binding, queue: str, body: bytes, properties: Mapping[str, Any],
+               headers: Mapping[str, Any] | None, reason: str | None) -> Copy:
+    """The copy that waits in the delay queue of the next attempt."""
+    props, hdrs = _base(body, properties, headers)
+    attempt = dispatcher.retries_of(hdrs) + 1
+    hdrs[dispatcher.RETRIES_HEADER] = attempt
+    if reason:
+        hdrs[FAILURE_HEADER] = reason[:1000]
+    ttl = max(1, int(binding.retry_delay_for(attempt) * 1000))
+    return Copy("", retry_queue_name(queue, ttl), body, props, hdrs)
+
+
+def count_copy(queue: str, body: bytes, properties: Mapping[str, Any],
+               headers: Mapping[str, Any] | None) -> Copy:
+    """The copy that goes back to the tail of ``queue`` with one more redelivery counted."""
+    props, hdrs = _base(body, properties, headers)
+    hdrs[dispatcher.REDELIVERIES_HEADER] = (
+        dispatcher._int_header(hdrs, dispatcher.REDELIVERIES_HEADER) + 1)
+    return Copy("", queue, body, props, hdrs)
+
+
+def dead_letter_copy(binding: Binding, queue: str, body: bytes,
+                     properties: Mapping[str, Any], headers: Mapping[str, Any] | None,
+                     reason: str | None, exchange: str, routing_key: str) -> Copy | None:
+    """The copy for the parking lot, or None when the binding has none (reject instead)."""
+    if not binding.dead_letters_published:
+        return None
+    props, hdrs = _base(body, properties, headers)
+    hdrs.update({
+        FAILURE_HEADER: (reason or "failed")[:1000],
+        BINDING_HEADER: binding.name,
+        ORIGINAL_EXCHANGE_HEADER: exchange,
+        ORIGINAL_KEY_HEADER: routing_key,
+        ORIGINAL_QUEUE_HEADER: queue,
+    })
+    hdrs.setdefault(dispatcher.RETRIES_HEADER, 0)
+    if binding.dead_letter_exchange:
+        return Copy(binding.dead_letter_exchange,
+                    binding.dead_letter_routing_key or routing_key, body, props, hdrs)
+    assert binding.dead_letter_queue is not None
+    return Copy("", binding.dead_letter_queue, body, props, hdrs)
