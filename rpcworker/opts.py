@@ -244,12 +244,13 @@ binding_opts = [
     ),
     cfg.FloatOpt(
         "handler_timeout",
-        default=0.0,
+        default=1500.0,
         min=0.0,
         help="Seconds a handler may run; after that its message is treated as failed "
         "(a call gets a HandlerTimeout error, a cast follows the failure policy) and the "
         "handler thread is abandoned. 0 means no limit. Keep it below the broker's "
-        "consumer_timeout.",
+        "consumer_timeout (the default, 25 minutes, is below RabbitMQ's 30): a warning is "
+        "logged at start-up otherwise.",
     ),
     cfg.StrOpt(
         "dead_letter_exchange",

@@ -13,6 +13,7 @@ from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
 from rpcworker import broker, plugins, systemd, topology
+from rpcworker.bindings import Binding
 from rpcworker.consumer import Worker
 from rpcworker.executor import Executor
 
@@ -26,6 +27,7 @@ def build(conf: cfg.ConfigOpts) -> Worker:
     # after parse/load: binding and plugin groups are registered; secrets print as ****
     conf.log_opt_values(LOG, std_logging.DEBUG)
     settings = broker.settings(conf)
+    warn_consumer_timeout(conf, parsed)
     topologies = [topology.build(b) for b in parsed]
     executor = Executor(conf.executor_thread_pool_size)
     LOG.info("rpcworker starting: broker %s, bindings %s, %d handler threads",
@@ -33,6 +35,22 @@ def build(conf: cfg.ConfigOpts) -> Worker:
              conf.executor_thread_pool_size)
     return Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
                   notifier=systemd.from_environment())
+
+
+def warn_consumer_timeout(conf: cfg.ConfigOpts, parsed: list[Binding]) -> None:
+    """A delivery unacked past the broker's consumer_timeout closes the whole channel."""
+    limit = conf.broker.consumer_timeout
+    if not limit:
+        return
+    for b in parsed:
+        if b.ack_before:
+            continue
+        if not b.handler_timeout or b.handler_timeout >= limit:
+            LOG.warning("binding %s: handler_timeout (%s) is not below the broker's "
+                        "consumer_timeout ([broker] consumer_timeout = %s s): a handler "
+                        "running that long makes the broker close the channel and redeliver "
+                        "every message in flight on it", b.name,
+                        f"{b.handler_timeout:g} s" if b.handler_timeout else "unlimited", limit)
 
 
 class _Signals:

@@ -5,6 +5,14 @@ It sits between the daemon and the broker so that a test can cut the TCP link
 the proxy binds its port at construction but only accepts connections after
 ``start()``; until then a connection attempt is refused (the port is bound but
 not listening), exactly as for a broker that is down.
+
+``blackhole()`` makes the link silently dead, as a network partition or a stateful
+firewall dropping packets does: every proxied socket stays open on both sides but
+nothing is forwarded any more, in either direction (no FIN, no RST, no error for
+either peer). New connections are then accepted and held (never forwarded, never
+connected upstream) until ``restore()``, after which new connections are forwarded
+normally again. Black-holed connections never come back to life: they stay silent
+until ``kill_all()`` or ``close()`` resets them.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ class _Pair:
         self.client = client
         self.upstream = upstream
         self.stop = threading.Event()
+        #: set by ``TCPProxy.blackhole()``: stop forwarding, keep both sockets open
+        self.held = threading.Event()
         self.rst = False
         self._lock = threading.Lock()
         self._running = 2
@@ -56,12 +66,19 @@ class _Pair:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while not self.stop.is_set():
+                if self.held.is_set():
+                    # black-holed: read nothing (the peer's data piles up in the
+                    # socket buffers), forward nothing, close nothing
+                    self.stop.wait(_POLL)
+                    continue
                 readable, _, _ = select.select([src], [], [], _POLL)
                 if not readable:
                     continue
                 data = src.recv(_CHUNK)
                 if not data:
                     break
+                if self.held.is_set():
+                    continue  # black-holed while this chunk was read: it is lost
                 dst.sendall(data)
         except (OSError, ValueError):
             pass
@@ -102,6 +119,11 @@ class TCPProxy:
         self._accept_thread: threading.Thread | None = None
         #: connections accepted and forwarded since construction
         self.accepted = 0
+        #: while True, new connections are accepted and held, never forwarded
+        self._hold_new = False
+        self._held_clients: list[socket.socket] = []
+        #: connections accepted and held (not forwarded) during a black-hole
+        self.held_accepted = 0
 
     # -- control -----------------------------------------------------------------
 
@@ -120,16 +142,50 @@ class TCPProxy:
             self._pairs = [p for p in self._pairs if not p.closed.is_set()]
             return len(self._pairs)
 
+    def blackhole(self, new_connections: bool = True) -> int:
+        """Silently stop forwarding on every open connection, in both directions.
+
+        The sockets stay open on both sides (no FIN, no RST): each peer only sees
+        silence, so only a heartbeat (or a TCP keepalive) can tell it the link is
+        dead. With ``new_connections`` (the default), connections accepted from now
+        on are held too (accepted, never forwarded) until ``restore()``. Returns the
+        number of proxied connections black-holed.
+        """
+        with self._lock:
+            self._hold_new = new_connections
+            pairs = [p for p in self._pairs if not p.closed.is_set()]
+        for p in pairs:
+            p.held.set()
+        return len(pairs)
+
+    def restore(self) -> None:
+        """Forward NEW connections normally again.
+
+        Connections black-holed earlier stay silent (their peers have given up on
+        them); ``kill_all()`` or ``close()`` resets them.
+        """
+        with self._lock:
+            self._hold_new = False
+
+    def held(self) -> int:
+        """Connections currently black-holed or held (open, not forwarding)."""
+        with self._lock:
+            pairs = sum(1 for p in self._pairs if p.held.is_set() and not p.closed.is_set())
+            return pairs + len(self._held_clients)
+
     def kill_all(self, timeout: float = 5.0) -> int:
-        """Reset (RST) both sides of every proxied connection; returns how many."""
+        """Reset (RST) both sides of every proxied (or held) connection; returns how many."""
         with self._lock:
             pairs = list(self._pairs)
             self._pairs = []
+            held, self._held_clients = self._held_clients, []
         for p in pairs:
             p.kill()
+        for sock in held:
+            _reset(sock)
         for p in pairs:
             p.closed.wait(timeout)
-        return len(pairs)
+        return len(pairs) + len(held)
 
     def close(self) -> None:
         self._stop.set()
@@ -159,9 +215,16 @@ class TCPProxy:
                 client, _ = self._listener.accept()
             except (OSError, ValueError):
                 return
-            if self.active() >= self.max_connections:
+            if self.active() + len(self._held_clients) >= self.max_connections:
                 _reset(client)
                 continue
+            with self._lock:
+                if self._hold_new:
+                    # black-holed: the client's connect succeeds but nothing ever
+                    # answers (no upstream connection: the broker never sees it)
+                    self._held_clients.append(client)
+                    self.held_accepted += 1
+                    continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
