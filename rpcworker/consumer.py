@@ -71,6 +71,9 @@ class Worker(ConsumerMixin):
         self._draining = False
         self._drain_deadline = 0.0
         self._generation = 0
+        #: the generation whose connection is up (0 while disconnected): read by
+        #: handler threads to skip queued work of a lost connection
+        self._live_generation = 0
         self._tokens = itertools.count(1)
         self._inflight: dict[int, _Inflight] = {}
         self._abandoned: set[int] = set()
@@ -142,11 +145,14 @@ class Worker(ConsumerMixin):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
+            self.notifier.watchdog()
             with contextlib.suppress(InterruptedError, OSError, ValueError):
                 select.select([self.executor.fileno()], [], [], min(left, _MAX_WAIT))
             self._settle_completions()  # nothing to ack: only forgets stale work
 
     def _check_stop(self) -> None:
+        """Called by kombu about once a second while it waits to reconnect."""
+        self.notifier.watchdog()  # not stuck: reconnecting
         if self._stop_requested:
             raise StopRequested()
 
@@ -168,6 +174,7 @@ class Worker(ConsumerMixin):
             yield conn
             clean = True
         finally:
+            self._live_generation = 0
             self.ready = False
             self._consumers = {}
             self._queue_of_tag = {}
@@ -184,6 +191,7 @@ class Worker(ConsumerMixin):
     def _session(self) -> None:
         with self._connected() as conn:
             self._generation += 1
+            self._live_generation = self._generation
             self._monitors.clear()
             self.stats.connects += 1
             LOG.info("Connected to the broker at %s", conn.as_uri())
@@ -290,7 +298,10 @@ class Worker(ConsumerMixin):
                 self.notifier.reloading()
                 LOG.warning("SIGHUP received: configuration reload is not supported by this "
                             "version; restart the service to apply changes")
-                self.notifier.ready(self._status_line())
+                if self._failed:
+                    self.notifier.status(self._status_line())
+                else:
+                    self.notifier.ready(self._status_line())
             if self._stop_requested:
                 if not self._draining:
                     self._begin_drain()
@@ -399,7 +410,15 @@ class Worker(ConsumerMixin):
         self._inflight[token] = _Inflight(delivery, self._generation, deadline)
         if req.monitor_timeout:
             self._monitors[token] = time.monotonic() + req.monitor_timeout / 2
-        self.executor.submit(token, dispatcher.dispatch, handler, binding, req)
+        self.executor.submit(token, self._run_handler, self._generation, handler, binding, req)
+
+    def _run_handler(self, generation: int, handler: Any, binding: Binding,
+                     request: protocol.Request) -> Outcome | None:
+        """In a handler thread. Work queued for a connection that is gone is skipped:
+        the broker redelivers it, so running it now would only make a duplicate."""
+        if generation != self._live_generation:
+            return None
+        return dispatcher.dispatch(handler, binding, request)
 
     def _settle_completions(self) -> None:
         done = self.executor.completed()
@@ -412,7 +431,7 @@ class Worker(ConsumerMixin):
                 continue
             item = self._inflight.pop(token, None)
             self._monitors.pop(token, None)
-            if item is None:
+            if item is None or outcome is None:  # None: skipped, its connection was lost
                 continue
             if not isinstance(outcome, Outcome):  # the dispatcher never raises
                 outcome = Outcome(Action.DEAD_LETTER, reason=f"internal error: {outcome!r}")

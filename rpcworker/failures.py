@@ -94,10 +94,19 @@ def _base(body: bytes, properties: Mapping[str, Any], headers: Mapping[str, Any]
     return props, dict(headers or {})
 
 
+def _keep_origin(hdrs: dict[str, Any], exchange: str, routing_key: str) -> None:
+    """Remember where the message was first published (a retry comes back through the
+    default exchange with the queue's name as its routing key)."""
+    hdrs.setdefault(ORIGINAL_EXCHANGE_HEADER, exchange)
+    hdrs.setdefault(ORIGINAL_KEY_HEADER, routing_key)
+
+
 def retry_copy(binding: Binding, queue: str, body: bytes, properties: Mapping[str, Any],
-               headers: Mapping[str, Any] | None, reason: str | None) -> Copy:
+               headers: Mapping[str, Any] | None, reason: str | None, exchange: str = "",
+               routing_key: str = "") -> Copy:
     """The copy that waits in the delay queue of the next attempt."""
     props, hdrs = _base(body, properties, headers)
+    _keep_origin(hdrs, exchange, routing_key)
     attempt = dispatcher.retries_of(hdrs) + 1
     hdrs[dispatcher.RETRIES_HEADER] = attempt
     if reason:
@@ -107,9 +116,11 @@ def retry_copy(binding: Binding, queue: str, body: bytes, properties: Mapping[st
 
 
 def count_copy(queue: str, body: bytes, properties: Mapping[str, Any],
-               headers: Mapping[str, Any] | None) -> Copy:
+               headers: Mapping[str, Any] | None, exchange: str = "",
+               routing_key: str = "") -> Copy:
     """The copy that goes back to the tail of ``queue`` with one more redelivery counted."""
     props, hdrs = _base(body, properties, headers)
+    _keep_origin(hdrs, exchange, routing_key)
     hdrs[dispatcher.REDELIVERIES_HEADER] = (
         dispatcher._int_header(hdrs, dispatcher.REDELIVERIES_HEADER) + 1)
     return Copy("", queue, body, props, hdrs)
@@ -122,16 +133,16 @@ def dead_letter_copy(binding: Binding, queue: str, body: bytes,
     if not binding.dead_letters_published:
         return None
     props, hdrs = _base(body, properties, headers)
+    _keep_origin(hdrs, exchange, routing_key)
     hdrs.update({
         FAILURE_HEADER: (reason or "failed")[:1000],
         BINDING_HEADER: binding.name,
-        ORIGINAL_EXCHANGE_HEADER: exchange,
-        ORIGINAL_KEY_HEADER: routing_key,
         ORIGINAL_QUEUE_HEADER: queue,
     })
     hdrs.setdefault(dispatcher.RETRIES_HEADER, 0)
     if binding.dead_letter_exchange:
         return Copy(binding.dead_letter_exchange,
-                    binding.dead_letter_routing_key or routing_key, body, props, hdrs)
+                    binding.dead_letter_routing_key or str(hdrs[ORIGINAL_KEY_HEADER]),
+                    body, props, hdrs)
     assert binding.dead_letter_queue is not None
     return Copy("", binding.dead_letter_queue, body, props, hdrs)

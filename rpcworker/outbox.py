@@ -132,9 +132,15 @@ class Outbox:
         body = m.body if isinstance(m.body, bytes) else str(m.body).encode()
         return body, dict(m.properties or {}), dict(m.headers or {})
 
+    @staticmethod
+    def _origin(d: Delivery) -> tuple[str, str]:
+        info = d.message.delivery_info or {}
+        return str(info.get("exchange", "")), str(info.get("routing_key", ""))
+
     def _retry(self, d: Delivery, outcome: Outcome) -> None:
         body, props, headers = self._headers(d)
-        copy = failures.retry_copy(d.binding, d.queue, body, props, headers, outcome.reason)
+        copy = failures.retry_copy(d.binding, d.queue, body, props, headers, outcome.reason,
+                                   *self._origin(d))
 
         def done(ok: bool) -> None:
             if ok:
@@ -151,10 +157,8 @@ class Outbox:
 
     def _dead_letter(self, d: Delivery, outcome: Outcome) -> None:
         body, props, headers = self._headers(d)
-        info = d.message.delivery_info or {}
         copy = failures.dead_letter_copy(d.binding, d.queue, body, props, headers,
-                                         outcome.reason, str(info.get("exchange", "")),
-                                         str(info.get("routing_key", "")))
+                                         outcome.reason, *self._origin(d))
         if copy is None:  # no parking lot of ours: the queue's own DLX, if any, applies
             d.message.reject(requeue=False)
             self.stats.rejected += 1
@@ -176,7 +180,7 @@ class Outbox:
 
     def _count(self, d: Delivery) -> None:
         body, props, headers = self._headers(d)
-        copy = failures.count_copy(d.queue, body, props, headers)
+        copy = failures.count_copy(d.queue, body, props, headers, *self._origin(d))
 
         def done(ok: bool) -> None:
             if ok:
@@ -207,8 +211,9 @@ class Outbox:
         self.stats.returned += 1
         props = getattr(message, "properties", None) or {}
         body = getattr(message, "body", b"")
-        reply = protocol.Reply(routing_key, body if isinstance(body, bytes) else bytes(body),
-                               props.get("correlation_id"))
+        if isinstance(body, str):  # py-amqp decodes bodies that carry a content encoding
+            body = body.encode("utf-8")
+        reply = protocol.Reply(routing_key, bytes(body), props.get("correlation_id"))
         now = time.monotonic()
         for pending in self._returned:
             if pending.reply.routing_key == routing_key and pending.reply.body == reply.body:

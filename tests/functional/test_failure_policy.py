@@ -1,0 +1,192 @@
+"""The failure policy against the real broker: bounded retries through delay queues,
+the parking lot, poison messages, handler timeouts, duplicate suppression, and the
+broker-side events (406 on declare, consumer cancel, returned replies)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kombu
+
+from tests.functional.conftest import BROKER_URL, consumer_count, delete_queues
+from tests.functional.support import PikaClient, Workers, queue_drained, queue_info, records
+from tests.helpers import wait_for
+
+
+def direct(uid: str, **options: Any) -> dict[str, Any]:
+    return {"type": "direct", "handler": "recorder", "exchange": f"ex-{uid}",
+            "queue": f"q-{uid}", "routing_key": f"rk-{uid}", **options}
+
+
+def parked(queue: str) -> list[tuple[dict[str, Any], Any]]:
+    """(headers, body) of every message in the parking lot ``queue`` (consumed)."""
+    out = []
+    with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
+        q = kombu.Queue(queue, no_declare=True)(conn.channel())
+        while (m := q.get(no_ack=True)) is not None:
+            out.append((dict(m.headers or {}), json.loads(m.body)))
+    return out
+
+
+def test_failing_cast_is_retried_with_growing_delays_then_parked(
+        workers: Workers, amqp: PikaClient, uid: str) -> None:
+    dlq = f"dlq-{uid}"
+    workers.queues |= {dlq, f"q-{uid}.retry.300", f"q-{uid}.retry.600"}
+    d = workers.start({"c": direct(uid, max_retries=2, retry_delay=0.3,
+                                   dead_letter_queue=dlq)})
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "fail", "args": {"tag": uid}})
+    wait_for(lambda: (queue_info(dlq) or {}).get("messages_ready") == 1, 20,
+             message="the message in the parking lot")
+    runs = records(d, method="fail")
+    assert len(runs) == 3  # the first try and max_retries = 2 retries
+    gaps = [b["time"] - a["time"] for a, b in zip(runs, runs[1:], strict=False)]
+    assert gaps[0] >= 0.3 - 0.05 and gaps[1] >= 0.6 - 0.05, gaps
+    [(headers, body)] = parked(dlq)
+    assert body == {"method": "fail", "args": {"tag": uid}}
+    assert headers["x-rpcworker-retries"] == 2
+    assert headers["x-rpcworker-binding"] == "c"
+    assert headers["x-rpcworker-original-routing-key"] == f"rk-{uid}"
+    assert "recorder was asked to fail" in headers["x-rpcworker-failure"]
+    assert queue_drained(f"q-{uid}")
+    assert "dead-lettered after 2 retries" in d.log()
+
+
+def test_reject_goes_to_the_parking_lot_at_once(workers: Workers, amqp: PikaClient,
+                                                uid: str) -> None:
+    dlq = f"dlq-{uid}"
+    workers.queues |= {dlq}
+    d = workers.start({"c": direct(uid, max_retries=3, dead_letter_queue=dlq)})
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "reject", "args": {}})
+    wait_for(lambda: (queue_info(dlq) or {}).get("messages_ready") == 1, 20,
+             message="the rejected message in the parking lot")
+    assert len(records(d, method="reject")) == 1
+    [(headers, _)] = parked(dlq)
+    assert "Reject" in headers["x-rpcworker-failure"]
+
+
+def test_dead_letter_exchange(workers: Workers, amqp: PikaClient, uid: str) -> None:
+    dlx, dlq = f"dlx-{uid}", f"dlq-{uid}"
+    workers.queues |= {dlq}
+    workers.exchanges |= {dlx}
+    workers.start({"c": direct(uid, max_retries=0, dead_letter_exchange=dlx,
+                               dead_letter_routing_key="parked", dead_letter_queue=dlq)})
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "fail", "args": {}})
+    wait_for(lambda: (queue_info(dlq) or {}).get("messages_ready") == 1, 20,
+             message="the message routed through the dead-letter exchange")
+    [(headers, _)] = parked(dlq)
+    assert headers["x-rpcworker-original-exchange"] == f"ex-{uid}"
+
+
+def test_hung_handler_times_out_and_the_worker_keeps_serving(
+        workers: Workers, amqp: PikaClient, uid: str) -> None:
+    dlq = f"dlq-{uid}"
+    workers.queues |= {dlq, f"q-{uid}.retry.200"}
+    d = workers.start({"c": direct(uid, max_retries=1, retry_delay=0.2, handler_timeout=1,
+                                   dead_letter_queue=dlq)})
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "hang", "args": {"seconds": 30}})
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "record", "args": {"n": 1}})
+    wait_for(lambda: records(d, method="record"), 10, message="other work goes on")
+    wait_for(lambda: (queue_info(dlq) or {}).get("messages_ready") == 1, 20,
+             message="the hung message parked after its retry")
+    assert len(records(d, kind="start", method="hang")) == 2
+    [(headers, _)] = parked(dlq)
+    assert "HandlerTimeout" in headers["x-rpcworker-failure"]
+    assert "abandoned" in d.log()
+
+
+def test_a_call_that_times_out_gets_an_error_reply(workers: Workers, amqp: PikaClient,
+                                                   uid: str) -> None:
+    workers.start({"c": direct(uid, handler_timeout=1)})
+    reply_q = amqp.reply_queue()
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "hang", "args": {"seconds": 30}},
+                 reply_to=reply_q, correlation_id="c1")
+    [(props, body)] = amqp.wait_replies(1, 15)
+    assert props.correlation_id == "c1"
+    assert json.loads(body)["error"]["type"] == "HandlerTimeout"
+
+
+def test_crashing_handler_is_dead_lettered_after_max_redeliveries(
+        workers: Workers, amqp: PikaClient, uid: str) -> None:
+    """A handler that kills its process: the supervisor (here the test) restarts the
+    worker; the message is counted on each redelivery and parked after the bound."""
+    dlq = f"dlq-{uid}"
+    workers.queues |= {dlq}
+    d = workers.start({"c": direct(uid, max_redeliveries=2, dead_letter_queue=dlq,
+                                   prefetch_count=1)})
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "crash", "args": {}})
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "record", "args": {"n": 2}})
+    crashes = 0
+    for _ in range(6):
+        wait_for(lambda: not d.alive() or (queue_info(dlq) or {}).get("messages_ready") == 1,
+                 30, message="a crash or the parked message")
+        if d.alive():
+            break
+        assert d.wait_exit(10) == 70
+        crashes += 1
+        d.start()  # the supervisor restarts the worker on the same config
+    assert crashes == 3  # the first delivery and max_redeliveries = 2 redeliveries
+    wait_for(lambda: records(d, method="record"), 15,
+             message="the message behind the poison one handled")
+    [(headers, _)] = parked(dlq)
+    assert "redelivered 3 times" in headers["x-rpcworker-failure"]
+    assert headers["x-rpcworker-redeliveries"] == 2
+
+
+def test_duplicate_request_is_not_run_twice(workers: Workers, amqp: PikaClient,
+                                            uid: str) -> None:
+    d = workers.start({"c": direct(uid)})
+    reply_q = amqp.reply_queue()
+    body = {"method": "record", "args": {"once": True}}
+    for n, corr in enumerate(("a", "b"), 1):  # the second once the first has completed
+        amqp.publish(f"ex-{uid}", f"rk-{uid}", body, reply_to=reply_q, correlation_id=corr,
+                     message_id=f"mid-{uid}")
+        replies = amqp.wait_replies(n, 15)
+    assert [json.loads(b) for _, b in replies] == [{"result": {"once": True}}] * 2
+    assert len(records(d, method="record")) == 1
+    assert "already completed; not run again" in d.log()
+
+
+def test_precondition_failed_binding_is_reported_and_the_others_go_on(
+        workers: Workers, amqp: PikaClient, uid: str) -> None:
+    bad, good = f"bad-{uid}", f"good-{uid}"
+    with kombu.Connection(BROKER_URL) as conn:  # the queue exists with other arguments
+        kombu.Queue(f"q-{bad}", durable=True,
+                    queue_arguments={"x-max-length": 10})(conn.channel()).declare()
+    d = workers.start({"bad": direct(bad), "good": direct(good)})
+    wait_for(lambda: "binding bad: the broker refused its declarations" in d.log(), 10,
+             message="the 406 reported")
+    line = next(x for x in d.log().splitlines() if "binding bad: the broker refused" in x)
+    assert "PRECONDITION_FAILED" in line and "x-max-length" in line
+    amqp.publish(f"ex-{good}", f"rk-{good}", {"method": "record", "args": {"good": 1}})
+    wait_for(lambda: records(d, method="record"), 10, message="the good binding serving")
+    delete_queues(f"q-{bad}")  # the operator fixes it: the binding recovers
+    wait_for(lambda: consumer_count(f"q-{bad}") == 1, 20,
+             message="the bad binding declared and consuming again")
+    assert d.alive()
+
+
+def test_deleted_queue_is_redeclared(workers: Workers, amqp: PikaClient, uid: str) -> None:
+    d = workers.start({"c": direct(uid)})
+    delete_queues(f"q-{uid}")  # the broker sends basic.cancel to the consumer
+    wait_for(lambda: consumer_count(f"q-{uid}") == 1, 20, message="queue redeclared")
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "record", "args": {"after": 1}})
+    wait_for(lambda: records(d, method="record"), 10, message="served again")
+
+
+def test_returned_reply_is_resent_until_the_reply_queue_appears(
+        workers: Workers, uid: str) -> None:
+    workers.start({"c": direct(uid)})
+    reply_q = f"late-reply-{uid}"
+    workers.queues.add(reply_q)
+    with kombu.Connection(BROKER_URL) as conn:
+        producer = kombu.Producer(conn.channel(), auto_declare=False)
+        producer.publish({"method": "record", "args": {"late": True}}, exchange=f"ex-{uid}",
+                         routing_key=f"rk-{uid}", serializer="json", reply_to=reply_q,
+                         correlation_id="late")
+        wait_for(lambda: any("could not be routed" in x for x in workers.daemons[0]
+                             .log().splitlines()), 10, message="the first return logged")
+        q = kombu.Queue(reply_q, durable=False)(conn.channel())
+        q.declare()  # the caller's queue appears a little later
+        got = wait_for(lambda: q.get(no_ack=True), 15, message="the re-sent reply")
+        assert json.loads(got.body) == {"result": {"late": True}}

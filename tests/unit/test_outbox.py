@@ -1,0 +1,122 @@
+"""Outbox: carrying out outcomes, on kombu's memory transport with fake deliveries."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import kombu
+import pytest
+
+from rpcworker import protocol
+from rpcworker.bindings import Binding
+from rpcworker.dispatcher import Action, Outcome
+from rpcworker.outbox import Delivery, Outbox, Stats
+
+BINDING = Binding(name="b", type="direct", handler="h", exchange="ex", durable=True,
+                  prefetch_count=1, acknowledge="after", queue="q", routing_keys=("k",),
+                  max_retries=2, dead_letter_queue="parked")
+
+
+@dataclasses.dataclass
+class FakeMessage:
+    body: bytes = b'{"method": "m"}'
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    delivery_info: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"exchange": "ex", "routing_key": "k"})
+    settled: list[str] = dataclasses.field(default_factory=list)
+
+    def ack(self) -> None:
+        self.settled.append("ack")
+
+    def reject(self, requeue: bool) -> None:
+        self.settled.append("requeue" if requeue else "reject")
+
+
+@pytest.fixture
+def conn() -> Iterator[kombu.Connection]:
+    c = kombu.Connection("memory://")
+    for name in ("q", "q.retry.1000", "parked", "replies"):
+        kombu.Queue(name)(c.channel()).declare()
+    yield c
+    c.release()
+
+
+def take(conn: kombu.Connection, queue: str) -> list[Any]:
+    q = kombu.Queue(queue)(conn.channel())
+    out = []
+    while (m := q.get(no_ack=True)) is not None:
+        out.append(m)
+    return out
+
+
+def test_retry_copy_goes_to_the_delay_queue_then_the_original_is_acked(
+        conn: kombu.Connection) -> None:
+    box = Outbox(conn, Stats(), retryable={"q"})
+    msg = FakeMessage()
+    box.settle(Delivery(msg, BINDING, "q", None), Outcome(Action.RETRY, reason="boom"))
+    assert msg.settled == ["ack"] and box.stats.retried == 1
+    [copy] = take(conn, "q.retry.1000")
+    assert copy.headers["x-rpcworker-retries"] == 1
+    assert copy.headers["x-rpcworker-original-routing-key"] == "k"
+
+
+def test_retry_on_a_queue_without_delay_queues_dead_letters(conn: kombu.Connection) -> None:
+    box = Outbox(conn, Stats(), retryable=set())
+    msg = FakeMessage()
+    box.settle(Delivery(msg, BINDING, "q", None), Outcome(Action.RETRY, reason="boom"))
+    assert msg.settled == ["ack"] and box.stats.dead_lettered == 1
+    [parked] = take(conn, "parked")
+    assert parked.headers["x-rpcworker-failure"] == "boom"
+
+
+def test_dead_letter_without_parking_lot_rejects(conn: kombu.Connection) -> None:
+    box = Outbox(conn, Stats(), retryable={"q"})
+    msg = FakeMessage()
+    plain = dataclasses.replace(BINDING, dead_letter_queue=None)
+    box.settle(Delivery(msg, plain, "q", None), Outcome(Action.DEAD_LETTER, reason="x"))
+    assert msg.settled == ["reject"]
+
+
+def test_count_sends_the_copy_to_the_tail_of_the_same_queue(conn: kombu.Connection) -> None:
+    box = Outbox(conn, Stats(), retryable={"q"})
+    msg = FakeMessage(headers={"x-rpcworker-redeliveries": 1})
+    box.settle(Delivery(msg, BINDING, "q", None), Outcome(Action.COUNT))
+    assert msg.settled == ["ack"]
+    [copy] = take(conn, "q")
+    assert copy.headers["x-rpcworker-redeliveries"] == 2
+
+
+def test_blocked_connection_defers_what_publishes(conn: kombu.Connection) -> None:
+    box = Outbox(conn, Stats(), retryable={"q"})
+    box.on_blocked("low on memory")
+    plain_ack, with_reply = FakeMessage(), FakeMessage()
+    reply = protocol.encode_result(protocol.ReplyRoute("amqp", "replies", None, "c"), 1)
+    box.settle(Delivery(plain_ack, BINDING, "q", None), Outcome(Action.ACK))
+    box.settle(Delivery(with_reply, BINDING, "q", None), Outcome(Action.ACK, reply))
+    assert plain_ack.settled == ["ack"]  # acks need no publish: they go on
+    assert with_reply.settled == [] and box.pending == 1 and take(conn, "replies") == []
+    box.on_unblocked()
+    assert with_reply.settled == ["ack"] and box.pending == 0
+    [sent] = take(conn, "replies")
+    assert json.loads(sent.body) == {"result": 1}
+
+
+def test_returned_reply_is_resent_with_backoff_then_dropped(conn: kombu.Connection) -> None:
+    box = Outbox(conn, Stats(), retryable=set())
+
+    class Returned:
+        body = '{"result": 2}'  # py-amqp hands back str bodies
+        properties = {"correlation_id": "c9"}
+
+    box._on_reply_return(Exception("NO_ROUTE"), "", "replies", Returned())
+    assert box.resend_returned(now=0.0) > 0  # not due yet
+    now = time.monotonic()
+    box.resend_returned(now + 0.3)
+    [sent] = take(conn, "replies")
+    assert sent.properties["correlation_id"] == "c9"
+    assert box.resend_returned(now + 61.0) > 0 and box._returned == []
