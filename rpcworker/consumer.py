@@ -21,11 +21,11 @@ from kombu.mixins import ConsumerMixin
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import dispatcher, failures, protocol
+from rpcworker import dispatcher, failures, protocol, reload, topology
 from rpcworker.bindings import Binding
 from rpcworker.dedup import CompletedCache
 from rpcworker.dispatcher import Action, Outcome
-from rpcworker.errors import StopRequested
+from rpcworker.errors import ConfigError, PluginError, StopRequested
 from rpcworker.executor import Executor
 from rpcworker.outbox import Delivery, Outbox, Stats
 from rpcworker.systemd import Notifier, NullNotifier
@@ -82,6 +82,8 @@ class Worker(ConsumerMixin):
         self._consumers: dict[str, kombu.Consumer] = {}
         self._queue_of_tag: dict[str, str] = {}
         self._failed: dict[str, float] = {}  # binding name -> next declaration attempt
+        #: bindings taken away by a reload, kept open until their in-flight work is settled
+        self._retiring: list[tuple[Binding, Any, tuple[str, ...]]] = []
         self._last_heartbeat_check = 0.0
         b = conf.broker
         self._reconnect = (b.reconnect_interval_start, b.reconnect_interval_step,
@@ -179,6 +181,7 @@ class Worker(ConsumerMixin):
             self._consumers = {}
             self._queue_of_tag = {}
             self._failed = {}
+            self._retiring = []
             self._outbox = None
             with contextlib.suppress(Exception):
                 if clean:
@@ -258,13 +261,15 @@ class Worker(ConsumerMixin):
         if due:
             self._announce()
 
-    def _announce(self) -> None:
+    def _announce(self, force: bool = False) -> None:
+        """Log what is consumed; READY=1 once every binding consumes (again after a
+        reload when ``force``), else a STATUS line naming what is missing."""
         consuming = [t for t in self.topologies if t.binding.name in self._consumers]
         if consuming:
             LOG.info("Consuming: %s", "; ".join(
                 f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
                 for t in consuming))
-        if not self._failed and not self.ready:
+        if not self._failed and (force or not self.ready):
             self.ready = True
             self.notifier.ready(self._status_line())
         elif self._failed:
@@ -293,15 +298,11 @@ class Worker(ConsumerMixin):
                        outbox.resend_returned(now))
             if self._failed:
                 self._retry_failed_bindings(conn)
-            if self._reload_requested:
+            if self._reload_requested and not self._stop_requested:
                 self._reload_requested = False
-                self.notifier.reloading()
-                LOG.warning("SIGHUP received: configuration reload is not supported by this "
-                            "version; restart the service to apply changes")
-                if self._failed:
-                    self.notifier.status(self._status_line())
-                else:
-                    self.notifier.ready(self._status_line())
+                self._reload(conn)
+            if self._retiring:
+                self._close_retired(conn)
             if self._stop_requested:
                 if not self._draining:
                     self._begin_drain()
@@ -334,6 +335,97 @@ class Worker(ConsumerMixin):
             if now - self._last_heartbeat_check >= _MAX_WAIT / 2:
                 self._last_heartbeat_check = now
                 conn.heartbeat_check()
+
+    # -- SIGHUP ---------------------------------------------------------------------------
+
+    def _reload(self, conn: kombu.Connection) -> None:
+        """Re-read the configuration; re-bind only the bindings that changed.
+
+        A removed or changed binding stops taking deliveries (basic.cancel) but keeps
+        its channel until its in-flight messages are settled, so nothing is lost or
+        handled twice; a new or changed binding is declared and consumed at once.
+        """
+        self.notifier.reloading()
+        LOG.info("SIGHUP: re-reading the configuration")
+        try:
+            plan = reload.plan(self.conf, [t.binding for t in self.topologies], self.handlers)
+        except (ConfigError, PluginError) as exc:
+            LOG.error("SIGHUP: the new configuration is refused, nothing changed: %s", exc)
+            self._announce(force=True)
+            return
+        except Exception:  # a reload must never take the worker down
+            LOG.exception("SIGHUP: reading the new configuration failed, nothing changed")
+            self._announce(force=True)
+            return
+        self._debug = LOG.isEnabledFor(logging.DEBUG)
+        self.handlers.update(plan.new_handlers)
+        if plan.empty:
+            LOG.info("SIGHUP: bindings unchanged")
+            self._announce(force=True)
+            return
+        old = {t.binding.name: t for t in self.topologies}
+        for name in plan.removed + plan.changed:
+            self._retire(old[name])
+        fresh = set(plan.added) | set(plan.changed)
+        self.topologies = [topology.build(b) if b.name in fresh else old[b.name]
+                           for b in plan.bindings]
+        assert self._outbox is not None
+        self._outbox.retryable |= {q.name for t in self.topologies for q in t.queues
+                                   if failures.retry_queues(t.binding, q)}
+        for topo in self.topologies:
+            if topo.binding.name in fresh:
+                self._start_binding(conn, topo)
+                if topo.binding.name in old:
+                    self._unbind_dropped_keys(conn, old[topo.binding.name], topo)
+        LOG.info("SIGHUP: bindings added %s, removed %s, changed %s", plan.added or "none",
+                 plan.removed or "none", plan.changed or "none")
+        self._announce(force=True)
+
+    def _unbind_dropped_keys(self, conn: kombu.Connection, before: Topology,
+                             after: Topology) -> None:
+        """Remove queue bindings (exchange, routing key) that the new config no longer has."""
+        def keys(t: Topology) -> dict[str, set[tuple[str, str]]]:
+            return {q.name: {(b.exchange.name, b.routing_key) for b in q.bindings}
+                    | ({(q.exchange.name, q.routing_key)} if q.exchange and q.exchange.name
+                       else set()) for q in t.queues}
+        now = keys(after)
+        for queue, pairs in keys(before).items():
+            if queue not in now:
+                continue
+            for exchange, key in sorted(pairs - now[queue]):
+                try:
+                    conn.default_channel.queue_unbind(queue, exchange, key or "")
+                    LOG.info("binding %s: queue %s unbound from %s with key %r",
+                             after.binding.name, queue, exchange, key)
+                except tuple(conn.channel_errors) as exc:
+                    LOG.warning("binding %s: could not unbind %s from %s (%r): %s",
+                                after.binding.name, queue, exchange, key, _oneline(exc))
+
+    def _retire(self, topo: Topology) -> None:
+        name = topo.binding.name
+        self._failed.pop(name, None)
+        consumer = self._consumers.pop(name, None)
+        if consumer is None:
+            return
+        with contextlib.suppress(*tuple(self.connection.channel_errors)):
+            consumer.cancel()
+        self._retiring.append((topo.binding, consumer.channel, topo.transient))
+
+    def _close_retired(self, conn: kombu.Connection) -> None:
+        busy = {id(i.delivery.binding) for i in self._inflight.values()}
+        outbox_busy = self._outbox is not None and self._outbox.pending > 0
+        for entry in list(self._retiring):
+            binding, channel, transient = entry
+            if id(binding) in busy or outbox_busy:
+                continue
+            self._retiring.remove(entry)
+            for name in transient:
+                with contextlib.suppress(Exception):
+                    channel.queue_delete(name)
+            with contextlib.suppress(Exception):
+                channel.close()
+            LOG.info("binding %s: previous consumer closed, its in-flight work settled",
+                     binding.name)
 
     def _drain(self, conn: kombu.Connection) -> None:
         for _ in range(_DRAIN_BATCH):

@@ -20,6 +20,7 @@ default_opts = [
     cfg.ListOpt(
         "bindings",
         default=[],
+        mutable=True,
         help="Names of the enabled bindings. Each NAME is configured in a [binding:NAME] "
         "group; groups not listed here are ignored.",
     ),
@@ -308,6 +309,10 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register the static options (not the per-binding groups) on ``conf``."""
     conf.register_opts(default_opts)
     conf.register_opts(broker_opts, group=BROKER_GROUP)
+
+
+for _opt in binding_opts:  # SIGHUP re-reads bindings: all their options are mutable
+    _opt.mutable = True
 
 
 def register_binding_opts(conf: cfg.ConfigOpts, name: str) -> str:
