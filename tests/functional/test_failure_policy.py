@@ -5,9 +5,11 @@ broker-side events (406 on declare, consumer cancel, returned replies)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 import kombu
+import pytest
 
 from tests.functional.conftest import BROKER_URL, consumer_count, delete_queues
 from tests.functional.support import PikaClient, Workers, queue_drained, queue_info, records
@@ -190,3 +192,36 @@ def test_returned_reply_is_resent_until_the_reply_queue_appears(
         q.declare()  # the caller's queue appears a little later
         got = wait_for(lambda: q.get(no_ack=True), 15, message="the re-sent reply")
         assert json.loads(got.body) == {"result": {"late": True}}
+
+
+def test_blocked_connection_is_logged_and_replies_wait_for_unblock(
+        workers: Workers, amqp: PikaClient, uid: str) -> None:
+    """A memory alarm blocks the worker's connection when it next publishes: it logs the
+    notification, defers further publishing, and everything goes out on unblock."""
+    d = workers.start({"c": direct(uid)})
+    reply_q = amqp.reply_queue()
+    for corr in ("first", "second"):  # requests reach the worker before the alarm
+        amqp.publish(f"ex-{uid}", f"rk-{uid}",
+                     {"method": "slow", "args": {"seconds": 1.5, "tag": corr}},
+                     reply_to=reply_q, correlation_id=corr)
+    wait_for(lambda: len(records(d, kind="start")) == 2, 10, message="both handlers started")
+    alarm = ["rabbitmqctl", "set_vm_memory_high_watermark"]
+    subprocess.run([*alarm, "0.000001"], check=True, capture_output=True, timeout=60)
+    try:
+        wait_for(lambda: "The broker blocked the connection" in d.log(), 20,
+                 message="the connection.blocked notification logged")
+    finally:
+        subprocess.run([*alarm, "0.4"], check=True, capture_output=True, timeout=60)
+    wait_for(lambda: "The broker unblocked the connection" in d.log(), 20,
+             message="the connection.unblocked notification logged")
+    replies = amqp.wait_replies(2, 20)
+    assert sorted(p.correlation_id for p, _ in replies) == ["first", "second"]
+    wait_for(lambda: queue_drained(f"q-{uid}"), 10, message="both acked")
+    assert d.alive()
+
+
+@pytest.fixture(autouse=True)
+def _memory_watermark_restored() -> Any:
+    yield
+    subprocess.run(["rabbitmqctl", "set_vm_memory_high_watermark", "0.4"],
+                   capture_output=True, timeout=60)
