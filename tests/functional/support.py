@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,27 @@ from tests.functional.conftest import (
 from tests.helpers import wait_for
 
 JSON = "application/json"
+
+
+def rabbitmqctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def start_broker() -> None:
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup", timeout=180)
+
+
+@contextlib.contextmanager
+def broker_stopped() -> Iterator[None]:
+    """RabbitMQ's app stopped for the duration of the block; ALWAYS started again after."""
+    try:
+        result = rabbitmqctl("stop_app")
+        assert result.returncode == 0, result.stderr
+        yield
+    finally:
+        start_broker()
 
 
 def queue_info(name: str) -> dict[str, Any] | None:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -43,7 +42,13 @@ from tests.functional.conftest import (
     delete_queues,
 )
 from tests.functional.faults_report import Tally, handled_ids, report, tally
-from tests.functional.support import queue_drained, queue_info
+from tests.functional.support import (
+    broker_stopped,
+    queue_drained,
+    queue_info,
+    rabbitmqctl,
+    start_broker,
+)
 from tests.functional.tcpproxy import TCPProxy
 from tests.helpers import wait_for
 
@@ -66,27 +71,6 @@ DRAINED_TIMEOUT = 30.0
 
 
 # -- the broker ------------------------------------------------------------------------
-
-
-def rabbitmqctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def start_broker() -> None:
-    rabbitmqctl("start_app")
-    rabbitmqctl("await_startup", timeout=180)
-
-
-@contextlib.contextmanager
-def broker_stopped() -> Iterator[None]:
-    """RabbitMQ's app stopped for the duration of the block; ALWAYS started again after."""
-    try:
-        result = rabbitmqctl("stop_app")
-        assert result.returncode == 0, result.stderr
-        yield
-    finally:
-        start_broker()
 
 
 def queues_starting_with(prefix: str) -> list[str]:

@@ -7,7 +7,6 @@ Each test restarts RabbitMQ at most once, and always brings it back.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import BROKER_HOST, BROKER_PORT, broker_section, consumer_count
+from tests.functional.support import broker_stopped, rabbitmqctl
 from tests.functional.tcpproxy import TCPProxy
 from tests.functional.test_lifecycle import cast, delete_entities, plain_rpc, tags
 from tests.helpers import wait_for
@@ -24,23 +24,6 @@ from oslo_config import cfg  # noqa: E402
 
 LOST = "Connection to the broker lost"
 CANNOT = "Cannot connect to the broker"
-
-
-def rabbitmqctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-@contextlib.contextmanager
-def broker_stopped() -> Iterator[None]:
-    """RabbitMQ's app stopped for the duration of the block; ALWAYS restarted after."""
-    try:
-        result = rabbitmqctl("stop_app")
-        assert result.returncode == 0, result.stderr
-        yield
-    finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup", timeout=180)
 
 
 @contextlib.contextmanager
