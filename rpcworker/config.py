@@ -63,9 +63,6 @@ def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
         raise ConfigError(None, None, one_line(exc)) from exc
     check_values(conf, None, opts.default_opts)
     check_values(conf, opts.BROKER_GROUP, opts.broker_opts)
-    if conf.workers != 1:
-        raise ConfigError("DEFAULT", "workers", "only workers = 1 is supported by this version "
-                          "(run several services, e.g. rpcworker@.service, for more processes)")
     return conf
 
 

@@ -43,7 +43,11 @@ default_opts = [
         "workers",
         default=1,
         min=1,
-        help="Number of worker processes. (Only 1 is supported in this release.)",
+        help="Number of worker processes. 1 runs everything in the main process. N > 1 "
+        "runs a supervisor (cotyledon) with N worker processes, each with its own "
+        "connection, consumers, handler threads and handler instances; a worker that "
+        "dies is restarted. SIGTERM/SIGINT, SIGHUP and systemd notifications go "
+        "through the supervisor (NotifyAccess=main stays right).",
     ),
     cfg.IntOpt(
         "duplicate_cache_size",

@@ -1,4 +1,9 @@
-"""Process lifecycle: build the worker from conf, signals, graceful stop."""
+"""Process lifecycle: build the worker from conf, signals, graceful stop.
+
+``workers = 1``: ``build()`` then ``run()`` in this process. ``workers`` > 1:
+``validate()`` here, then ``rpcworker.supervisor.run()`` forks the workers, each
+of which calls ``build()``.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,22 @@ from rpcworker.executor import Executor
 LOG = logging.getLogger(__name__)
 
 
-def build(conf: cfg.ConfigOpts) -> Worker:
-    """Everything a worker process needs, from a prepared conf (raises ConfigError/PluginError)."""
+def validate(conf: cfg.ConfigOpts) -> None:
+    """Fail fast (ConfigError/PluginError) before any worker process is forked.
+
+    The handler instances made to check that they load are dropped: each worker
+    process makes its own in ``build()``.
+    """
+    parsed = bindings_mod.parse(conf)
+    plugins.load(conf, parsed)
+    broker.settings(conf)
+
+
+def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None) -> Worker:
+    """Everything a worker process needs, from a prepared conf (raises ConfigError/PluginError).
+
+    ``notifier``: where the loop's systemd notifications go (default: ``$NOTIFY_SOCKET``).
+    """
     parsed = bindings_mod.parse(conf)
     handlers = plugins.load(conf, parsed)
     # after parse/load: binding and plugin groups are registered; secrets print as ****
@@ -34,7 +53,7 @@ def build(conf: cfg.ConfigOpts) -> Worker:
              broker.describe(settings), ", ".join(b.name for b in parsed),
              conf.executor_thread_pool_size)
     return Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
-                  notifier=systemd.from_environment())
+                  notifier=notifier if notifier is not None else systemd.from_environment())
 
 
 def warn_consumer_timeout(conf: cfg.ConfigOpts, parsed: list[Binding]) -> None:

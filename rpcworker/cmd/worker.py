@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from oslo_config import cfg
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import broker, config, plugins, service, topology
+from rpcworker import broker, config, plugins, service, supervisor, topology
 from rpcworker.errors import ConfigError, PluginError
 
 EXIT_OK = 0
@@ -27,11 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if conf.check_config:
             return check_config(conf)
         config.setup_logging(conf)
-        worker = service.build(conf)
+        if conf.workers > 1:
+            service.validate(conf)  # fail fast, before forking
+        else:
+            worker = service.build(conf)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")
     except PluginError as exc:
         return _fail(f"plugin error: {exc}")
+    if conf.workers > 1:
+        return supervisor.run(conf)
     return service.run(conf, worker)
 
 

@@ -104,7 +104,7 @@ BAD_CONFIGS: list[tuple[str, Any, tuple[str, ...]]] = [
     ("transport-url-bad-scheme",
      lambda p: base_config(p, default_extra=f"transport_url = http://guest:guest@127.0.0.1:{p}/"),
      ("[DEFAULT]", "transport_url", "scheme")),
-    ("workers-2", lambda p: base_config(p, default_extra="workers = 2"), ("[DEFAULT]", "workers")),
+    ("workers-0", lambda p: base_config(p, default_extra="workers = 0"), ("[DEFAULT]", "workers")),
 ]
 
 

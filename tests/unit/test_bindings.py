@@ -138,7 +138,7 @@ def test_same_queue_twice_is_an_error(make_conf: MakeConf) -> None:
     ("[broker]\nheartbeat = -1\n", "broker", "heartbeat"),
     ("[broker]\nlogin_method = KERBEROS\n", "broker", "login_method"),
     ("[DEFAULT]\nexecutor_thread_pool_size = 0\n", "DEFAULT", "executor_thread_pool_size"),
-    ("[DEFAULT]\nworkers = 2\n", "DEFAULT", "workers"),
+    ("[DEFAULT]\nworkers = 0\n", "DEFAULT", "workers"),
 ])
 def test_bad_static_values(make_conf: MakeConf, text: str, group: str, option: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -84,7 +84,7 @@ def test_unit_runs_the_daemon_unprivileged_and_restarts_on_failure(path: Path) -
 def test_unit_uses_the_notify_protocol(path: Path) -> None:
     s = service(path)
     assert s["Type"] == "notify"
-    assert s["NotifyAccess"] == "main"  # one process: the main one sends everything
+    assert s["NotifyAccess"] == "main"  # the main process (or the supervisor) sends everything
     assert 5 <= seconds(s["WatchdogSec"]) <= 120  # the loop wakes at least every second
     assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
 
