@@ -135,6 +135,29 @@ def test_crashing_handler_is_dead_lettered_after_max_redeliveries(
     assert headers["x-rpcworker-redeliveries"] == 2
 
 
+def test_crashing_handler_on_a_quorum_queue_uses_the_delivery_count(
+        workers: Workers, amqp: PikaClient, uid: str) -> None:
+    """On a quorum queue the broker counts deliveries (x-delivery-count): no copies."""
+    dlq = f"dlq-{uid}"
+    workers.queues |= {dlq}
+    d = workers.start({"c": direct(uid, max_redeliveries=1, dead_letter_queue=dlq,
+                                   prefetch_count=1, durable="true",
+                                   queue_arguments="x-queue-type:quorum")})
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "crash", "args": {}})
+    crashes = 0
+    for _ in range(5):
+        wait_for(lambda: not d.alive() or (queue_info(dlq) or {}).get("messages_ready") == 1,
+                 30, message="a crash or the parked message")
+        if d.alive():
+            break
+        crashes += 1
+        d.start()
+    assert crashes == 2  # the first delivery and max_redeliveries = 1 redelivery
+    [(headers, _)] = parked(dlq)
+    assert "redelivered 2 times" in headers["x-rpcworker-failure"]
+    assert "x-rpcworker-redeliveries" not in headers  # counted by the broker, not by copies
+
+
 def test_duplicate_request_is_not_run_twice(workers: Workers, amqp: PikaClient,
                                             uid: str) -> None:
     d = workers.start({"c": direct(uid)})
