@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -69,15 +69,25 @@ class Listener:
         self.sock.close()
 
 
-@pytest.fixture
-def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
+L = TypeVar("L", bound=Listener)
+
+
+def notify_listener(cls: type[L], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    watchdog_usec: int = WATCHDOG_USEC) -> L:
+    """A ``cls`` bound in tmp_path, and NOTIFY_SOCKET/WATCHDOG_USEC set for daemons started
+    from now on (conftest's Daemon.start passes os.environ)."""
     path = str(tmp_path / "notify")
     assert len(path) < 100, "AF_UNIX paths are limited to 107 bytes"
-    lst = Listener(path)
-    # the daemon is started with os.environ (conftest Daemon.start)
+    lst = cls(path)
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
+    monkeypatch.setenv("WATCHDOG_USEC", str(watchdog_usec))
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    return lst
+
+
+@pytest.fixture
+def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
+    lst = notify_listener(Listener, tmp_path, monkeypatch)
     yield lst
     lst.close()
 

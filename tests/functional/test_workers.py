@@ -22,7 +22,7 @@ import pytest
 from tests.functional.conftest import consumer_count, message_count
 from tests.functional.support import Workers, records
 from tests.functional.test_lifecycle import cast
-from tests.functional.test_systemd_notify import Listener
+from tests.functional.test_systemd_notify import Listener, notify_listener
 from tests.helpers import wait_for
 
 WATCHDOG_USEC = 3_000_000  # the supervisor sends WATCHDOG=1 about every 1.5 s
@@ -287,12 +287,7 @@ class CredListener(Listener):
 
 @pytest.fixture
 def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CredListener]:
-    path = str(tmp_path / "notify")
-    assert len(path) < 100, "AF_UNIX paths are limited to 107 bytes"
-    lst = CredListener(path)
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    lst = notify_listener(CredListener, tmp_path, monkeypatch, WATCHDOG_USEC)
     yield lst
     lst.close()
 
