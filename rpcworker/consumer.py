@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import select
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import kombu
@@ -21,7 +21,7 @@ from kombu.mixins import ConsumerMixin
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import dispatcher, failures, protocol, reload, topology
+from rpcworker import dispatcher, failures, protocol, readahead, reload, topology
 from rpcworker.bindings import Binding
 from rpcworker.dedup import CompletedCache
 from rpcworker.dispatcher import Action, Outcome
@@ -287,6 +287,8 @@ class Worker(ConsumerMixin):
     def _loop(self, conn: kombu.Connection) -> None:
         amqp_conn = conn.connection
         sock = getattr(amqp_conn, "sock", None)
+        reader = readahead.install(amqp_conn) if sock is not None else None
+        buffered = reader.pending if reader is not None else getattr(sock, "pending", None)
         wake_fd = self.executor.fileno()
         outbox = self._outbox
         assert outbox is not None
@@ -303,6 +305,7 @@ class Worker(ConsumerMixin):
                 self._reload(conn)
             if self._retiring:
                 self._close_retired(conn)
+            outbox.flush()
             if self._stop_requested:
                 if not self._draining:
                     self._begin_drain()
@@ -311,6 +314,7 @@ class Worker(ConsumerMixin):
                     LOG.info("All in-flight messages handled")
                     return
                 if self._stop_immediate or time.monotonic() >= self._drain_deadline:
+                    outbox.flush()
                     LOG.warning("%s with %d handler(s) still running; their messages stay "
                                 "unacknowledged and the broker will redeliver them",
                                 "Second stop signal" if self._stop_immediate else
@@ -321,12 +325,15 @@ class Worker(ConsumerMixin):
             if sock is not None:
                 if amqp_conn.sock is None:
                     raise ConnectionError("socket closed")
-                try:
-                    readable, _, _ = select.select([sock, wake_fd], [], [], wait)
-                except InterruptedError:
-                    readable = []
+                if buffered is not None and buffered():
+                    readable = [sock]  # bytes already read: select() cannot see them
+                else:
+                    try:
+                        readable, _, _ = select.select([sock, wake_fd], [], [], wait)
+                    except InterruptedError:
+                        readable = []
                 if sock in readable:
-                    self._drain(conn)
+                    self._drain_socket(amqp_conn, sock, buffered)
             else:  # virtual transports (memory://): poll
                 self._drain(conn)
                 with contextlib.suppress(InterruptedError):
@@ -412,6 +419,8 @@ class Worker(ConsumerMixin):
         self._retiring.append((topo.binding, consumer.channel, topo.transient))
 
     def _close_retired(self, conn: kombu.Connection) -> None:
+        if self._outbox is not None:
+            self._outbox.flush()  # acks owed on a retiring channel go out before it closes
         busy = {id(i.delivery.binding) for i in self._inflight.values()}
         outbox_busy = self._outbox is not None and self._outbox.pending > 0
         for entry in list(self._retiring):
@@ -426,6 +435,21 @@ class Worker(ConsumerMixin):
                 channel.close()
             LOG.info("binding %s: previous consumer closed, its in-flight work settled",
                      binding.name)
+
+    def _drain_socket(self, amqp_conn: Any, sock: Any,
+                      buffered: Callable[[], int] | None) -> None:
+        """Read what the socket has, one frame at a time (blocking: the socket is
+        readable, so it returns at once; a frame split across packets is waited for),
+        polling the socket again without waiting between frames. Cheaper than
+        drain_events(timeout=0), which sets and resets the socket timeout each time,
+        and never blocks on a heartbeat frame as drain_events(None) would."""
+        poll = select.select
+        read_frame = amqp_conn.blocking_read
+        for _ in range(_DRAIN_BATCH * 3):  # about three frames per delivery
+            read_frame(None)
+            # bytes already read (ReadAhead, or TLS-decrypted) are invisible to select()
+            if not (buffered is not None and buffered()) and not poll([sock], [], [], 0)[0]:
+                return
 
     def _drain(self, conn: kombu.Connection) -> None:
         for _ in range(_DRAIN_BATCH):
@@ -464,6 +488,7 @@ class Worker(ConsumerMixin):
             return
         outbox = self._outbox
         assert outbox is not None
+        outbox.received(message)
         info = _delivery_info(message)
         queue = self._queue_of_tag.get(str(info.get("consumer_tag")), "")
         if not queue:
@@ -494,8 +519,7 @@ class Worker(ConsumerMixin):
                                                          self.completed.get(req.unique_id)))
             return
         if dispatcher.ack_on_receipt(binding):
-            message.ack()
-            self.stats.acked += 1
+            outbox.ack(message)
         token = next(self._tokens)
         deadline = (time.monotonic() + binding.handler_timeout
                     if binding.handler_timeout else None)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from oslo_log import log as logging
@@ -21,7 +22,9 @@ LOG = logging.getLogger(__name__)
 
 class Executor:
     def __init__(self, size: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="rpcworker-handler")
+        # plain threads on a SimpleQueue: cheaper per job than ThreadPoolExecutor's futures
+        self._jobs: queue.SimpleQueue[tuple[int, Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue())
         self._done: collections.deque[tuple[int, Any]] = collections.deque()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
@@ -29,6 +32,12 @@ class Executor:
         self._wake_pending = False
         #: jobs submitted and not yet returned by ``completed()`` (loop thread only)
         self.pending = 0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"rpcworker-handler-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def fileno(self) -> int:
         """The read end of the wake-up pipe, for select()."""
@@ -37,18 +46,24 @@ class Executor:
     def submit(self, token: int, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` in a handler thread; its result comes back from completed()."""
         self.pending += 1
-        self._pool.submit(self._run, token, fn, args)
+        self._jobs.put((token, fn, args))
 
-    def _run(self, token: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # the dispatcher never raises; belt and braces
-            LOG.exception("job %s raised", token)
-            result = exc
-        self._done.append((token, result))
-        if not self._wake_pending:
-            self._wake_pending = True
-            self.wake()
+    def _work(self) -> None:
+        get = self._jobs.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            token, fn, args = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # the dispatcher never raises; belt and braces
+                LOG.exception("job %s raised", token)
+                result = exc
+            self._done.append((token, result))
+            if not self._wake_pending:
+                self._wake_pending = True
+                self.wake()
 
     def wake(self) -> None:
         """Wake the loop (safe from any thread and from a signal handler)."""
@@ -74,8 +89,20 @@ class Executor:
         self.pending -= len(done)
         return done
 
+    def alive(self) -> int:
+        """Handler threads still running a job or waiting for one."""
+        return sum(t.is_alive() for t in self._threads)
+
     def shutdown(self, wait: bool) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        """Stop the threads once they finish their current job (``wait``: join them).
+
+        The threads are daemon threads: a handler still stuck at exit does not keep the
+        process alive."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
         for fd in (self._rfd, self._wfd):
             try:
                 os.close(fd)

@@ -78,6 +78,12 @@ class Outbox:
         self._copies = ConfirmPublisher(conn.channel())
         self._deferred: list[tuple[Delivery, Outcome]] = []
         self._returned: list[_ReturnedReply] = []
+        # Acks are collected during a loop iteration and sent by flush(): a run of
+        # settled deliveries below the oldest unsettled one goes as ONE basic.ack
+        # with multiple=True. Only on py-amqp (virtual transports ack one by one).
+        self._batch = getattr(conn.transport, "driver_type", "") == "amqp"
+        self._open: dict[Any, set[int]] = {}  # channel -> delivered, not yet settled
+        self._to_ack: dict[Any, list[int]] = {}  # channel -> settled as ack, not sent
 
     @property
     def pending(self) -> int:
@@ -123,9 +129,47 @@ class Outbox:
         elif action is Action.COUNT:
             self._count(d)
 
-    def _ack(self, d: Delivery) -> None:
-        d.message.ack()
+    def received(self, message: Any) -> None:
+        """A delivery came in: it is open until acked or rejected."""
+        if self._batch:
+            self._open.setdefault(message.channel, set()).add(message.delivery_tag)
+
+    def ack(self, message: Any) -> None:
+        """Ack ``message`` (at the next flush() when batching)."""
         self.stats.acked += 1
+        if self._batch:
+            self._to_ack.setdefault(message.channel, []).append(message.delivery_tag)
+        else:
+            message.ack()
+
+    def reject(self, message: Any, requeue: bool) -> None:
+        message.reject(requeue=requeue)
+        if self._batch:
+            self._open.get(message.channel, set()).discard(message.delivery_tag)
+
+    def flush(self) -> None:
+        """Send the collected acks: one multiple ack for the run below the oldest open
+        delivery of each channel, single acks for the rest."""
+        if not self._to_ack:
+            return
+        to_ack, self._to_ack = self._to_ack, {}
+        for channel, tags in to_ack.items():
+            if not getattr(channel, "is_open", True):
+                # the broker closed this channel: it requeued these deliveries itself
+                self._open.pop(channel, None)
+                continue
+            still_open = self._open.get(channel, set())
+            still_open.difference_update(tags)
+            oldest_open = min(still_open) if still_open else None
+            tags.sort()
+            below = tags if oldest_open is None else [t for t in tags if t < oldest_open]
+            if below:
+                channel.basic_ack(below[-1], multiple=True)
+            for tag in tags[len(below):]:
+                channel.basic_ack(tag)
+
+    def _ack(self, d: Delivery) -> None:
+        self.ack(d.message)
 
     def _headers(self, d: Delivery) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
         m = d.message
@@ -149,7 +193,7 @@ class Outbox:
             else:  # never requeue: a missing delay queue must not make a loop
                 LOG.error("binding %s: the delay queue %s refused a retry; rejecting the "
                           "message", d.binding.name, copy.routing_key)
-                d.message.reject(requeue=False)
+                self.reject(d.message, requeue=False)
                 self.stats.rejected += 1
 
         self._copies.publish(copy.exchange, copy.routing_key, copy.body, copy.properties,
@@ -160,7 +204,7 @@ class Outbox:
         copy = failures.dead_letter_copy(d.binding, d.queue, body, props, headers,
                                          outcome.reason, *self._origin(d))
         if copy is None:  # no parking lot of ours: the queue's own DLX, if any, applies
-            d.message.reject(requeue=False)
+            self.reject(d.message, requeue=False)
             self.stats.rejected += 1
             self.stats.dead_lettered += 1
             return
@@ -172,7 +216,7 @@ class Outbox:
             else:
                 LOG.error("binding %s: the parking lot refused a dead letter; rejecting the "
                           "message instead", d.binding.name)
-                d.message.reject(requeue=False)
+                self.reject(d.message, requeue=False)
                 self.stats.rejected += 1
 
         self._copies.publish(copy.exchange, copy.routing_key, copy.body, copy.properties,
@@ -187,7 +231,7 @@ class Outbox:
                 self._ack(d)
                 self.stats.counted += 1
             else:
-                d.message.reject(requeue=True)
+                self.reject(d.message, requeue=True)
 
         self._copies.publish(copy.exchange, copy.routing_key, copy.body, copy.properties,
                              copy.headers, done)

@@ -88,10 +88,14 @@ def _no_constants(name: str) -> Any:
     raise _Refused(f"JSON constant {name} is not allowed")
 
 
+#: one decoder for every message (json.loads with arguments builds a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def loads(text: str) -> Any:
     """Strict JSON: NaN and Infinity are refused (ValueError)."""
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return _DECODER.decode(text)
     except _Refused as exc:
         raise ValueError(str(exc)) from None
 

@@ -120,3 +120,35 @@ def test_returned_reply_is_resent_with_backoff_then_dropped(conn: kombu.Connecti
     [sent] = take(conn, "replies")
     assert sent.properties["correlation_id"] == "c9"
     assert box.resend_returned(now + 61.0) > 0 and box._returned == []
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.acks.append((tag, multiple))
+
+
+@dataclasses.dataclass
+class Tagged:
+    channel: FakeChannel
+    delivery_tag: int
+
+
+def test_acks_below_the_oldest_open_delivery_go_as_one_multiple_ack(
+        conn: kombu.Connection) -> None:
+    box = Outbox(conn, Stats(), retryable=set())
+    box._batch = True  # as on py-amqp
+    ch = FakeChannel()
+    msgs = [Tagged(ch, tag) for tag in range(1, 7)]
+    for m in msgs:
+        box.received(m)
+    for tag in (1, 2, 3, 5, 6):  # 4 is still being handled
+        box.ack(msgs[tag - 1])
+    box.flush()
+    assert ch.acks == [(3, True), (5, False), (6, False)]
+    box.ack(msgs[3])
+    box.flush()
+    assert ch.acks[-1] == (4, True)  # nothing open left below or above it
+    assert box.stats.acked == 6

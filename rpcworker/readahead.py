@@ -1,0 +1,52 @@
+"""One large recv() instead of three small ones per AMQP frame.
+
+py-amqp's TCPTransport reads every frame as three exact-size recv() calls
+(header, payload, frame end): about nine system calls per delivery. ``ReadAhead``
+serves those reads from one recv() of up to 64 KiB. The consumer loop asks
+``pending()`` before it select()s, since buffered bytes are invisible to select().
+Only plain TCP transports are wrapped; TLS sockets keep their own buffering.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SIZE = 65536
+
+
+class ReadAhead:
+    def __init__(self, sock: Any) -> None:
+        self._sock_recv = sock.recv
+        self._data = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes: buffered ones first, else one large recv() (which raises
+        exactly what socket.recv raises: timeouts, EAGAIN, resets)."""
+        data, pos = self._data, self._pos
+        if pos >= len(data):
+            data = self._sock_recv(max(n, SIZE))
+            if len(data) <= n:  # everything asked for, or EOF (b"")
+                self._data, self._pos = b"", 0
+                return data
+            self._data, self._pos = data, n
+            return data[:n]
+        end = pos + n
+        self._pos = end if end < len(data) else len(data)
+        return data[pos:end]
+
+    def pending(self) -> int:
+        """Bytes received from the socket and not yet handed to py-amqp."""
+        return len(self._data) - self._pos
+
+
+def install(amqp_connection: Any) -> ReadAhead | None:
+    """Wrap the connection's plain-TCP transport; None when it is not one (TLS, memory)."""
+    transport: Any = getattr(amqp_connection, "transport", None)
+    if type(transport).__name__ != "TCPTransport" or not hasattr(transport, "_quick_recv"):
+        return None
+    if getattr(transport, "_read_buffer", b""):
+        return None  # a partial frame is already buffered by py-amqp: leave it alone
+    reader = ReadAhead(transport.sock)
+    transport._quick_recv = reader.recv
+    return reader
