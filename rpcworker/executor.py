@@ -74,14 +74,17 @@ class Executor:
 
     def completed(self) -> list[tuple[int, Any]]:
         """Every finished (token, result) so far. Loop thread only."""
-        # clear the flag before emptying the deque: a job finishing meanwhile
-        # either is popped below or sees the flag cleared and writes again
-        self._wake_pending = False
+        # Empty the pipe, THEN clear the flag, then empty the deque. A job finishing
+        # meanwhile is either popped below or sees the flag cleared and writes a byte
+        # that is still in the pipe for the next select(). (Clearing the flag before
+        # emptying the pipe could swallow that byte and leave the flag set: a lost
+        # wake-up, and acks waiting for the select() timeout.)
         try:
             while os.read(self._rfd, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._wake_pending = False
         done = []
         pop = self._done.popleft
         while self._done:

@@ -7,6 +7,7 @@ elsewhere, with one line saying how to start RabbitMQ.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,6 +53,25 @@ def _require_broker() -> None:
         pytest.fail(line, pytrace=False)
     print(f"\n*** SKIPPING functional tests: {line} ***", file=sys.stderr)
     pytest.skip(line)
+
+
+_RETRY_QUEUE = re.compile(r"\.retry\.\d+$")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_delay_queues(_require_broker: None) -> Iterator[None]:
+    """The daemons declare delay queues (<queue>.retry.<ms>) for the tests' bindings:
+    delete the unused ones at the end, so test runs do not pile them up on the broker."""
+    yield
+    try:
+        out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers",
+                              "name", "consumers"], capture_output=True, text=True,
+                             timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    names = [parts[0] for parts in (line.split() for line in out.splitlines())
+             if len(parts) == 2 and parts[1] == "0" and _RETRY_QUEUE.search(parts[0])]
+    delete_queues(*names)
 
 
 @pytest.fixture

@@ -49,3 +49,20 @@ def test_many_completions_are_never_lost() -> None:
         assert sorted(got) == list(range(2000)) and ex.pending == 0
     finally:
         ex.shutdown(wait=True)
+
+
+def test_no_lost_wake_up_under_contention() -> None:
+    """Every completion is followed by a readable pipe until completed() returns it."""
+    ex = Executor(16)
+    try:
+        for round_ in range(3000):
+            for i in range(16):
+                ex.submit(round_ * 16 + i, lambda: None)
+            got = 0
+            while got < 16:
+                readable, _, _ = select.select([ex.fileno()], [], [], 0.5)
+                assert readable, f"round {round_}: completions pending but no wake-up"
+                got += len(ex.completed())
+        assert ex.pending == 0
+    finally:
+        ex.shutdown(wait=True)
