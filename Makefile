@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONF ?= etc/rpcworker/rpcworker.conf
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: venv install run test lint typecheck unit functional sample clean
+.PHONY: venv install run test lint typecheck unit functional sample bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,12 @@ functional: install
 ## regenerate etc/rpcworker/rpcworker.conf.sample
 sample: install
 	$(BIN)/oslo-config-generator --config-file etc/oslo-config-generator/rpcworker.conf
+
+## the benchmark harness against the local RabbitMQ (issue 4): prints a table and writes
+## benchmarks/RESULTS.md; `BENCH_ARGS='--rounds 5 --no-broker-restart'` passes options
+bench: venv
+	$(BIN)/pip install --quiet -e '.[test,bench]' -e tests/plugin -e benchmarks/plugin
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

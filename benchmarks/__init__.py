@@ -1,0 +1,1 @@
+"""rpcworker's benchmark harness (issue 4): ``python -m benchmarks.run`` or ``make bench``."""
