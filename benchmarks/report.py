@@ -17,6 +17,8 @@ def _f(value: float | None, fmt: str = "{:.0f}") -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; a short row (e.g. a skipped contender) is padded with empty cells."""
+    rows = [r + [""] * (len(headers) - len(r)) for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
@@ -134,7 +136,7 @@ def render(results: dict[str, Any], facts: Facts, args: argparse.Namespace,
         rows = []
         for entry in drain.values():
             if "skipped" in entry:
-                rows.append([entry["label"], "skipped", entry["skipped"], "", ""])
+                rows.append([entry["label"], "skipped", entry["skipped"], "", "", ""])
                 continue
             rounds = entry.get("rounds", [])
             m = entry.get("median")
