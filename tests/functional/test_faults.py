@@ -60,7 +60,7 @@ CONSUMING = "Consuming:"
 #: ahead of the worker, whose prefetch window is thus full of unacked deliveries when
 #: a fault lands
 COUNT = 2000
-RESTART_COUNT = 3000
+RESTART_COUNT = 5000
 RATE = 400.0
 DELAY = 0.05
 #: the longest any one stream may take, outages included
