@@ -519,7 +519,10 @@ class Worker(ConsumerMixin):
                                                          self.completed.get(req.unique_id)))
             return
         if dispatcher.ack_on_receipt(binding):
+            # at-most-once: the ack must be on the wire before the handler can run (and
+            # perhaps take the process down), so it is not left for the batched flush
             outbox.ack(message)
+            outbox.flush()
         token = next(self._tokens)
         deadline = (time.monotonic() + binding.handler_timeout
                     if binding.handler_timeout else None)
