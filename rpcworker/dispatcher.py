@@ -88,7 +88,7 @@ def ack_on_receipt(binding: Binding) -> bool:
     return binding.ack_before
 
 
-def _int_header(headers: Any, name: str) -> int:
+def int_header(headers: Any, name: str) -> int:
     try:
         return max(0, int(headers.get(name) or 0))
     except (TypeError, ValueError, AttributeError):
@@ -96,7 +96,7 @@ def _int_header(headers: Any, name: str) -> int:
 
 
 def retries_of(headers: Any) -> int:
-    return _int_header(headers, RETRIES_HEADER)
+    return int_header(headers, RETRIES_HEADER)
 
 
 def on_receipt(binding: Binding, request: protocol.Request) -> Outcome | None:
@@ -104,11 +104,11 @@ def on_receipt(binding: Binding, request: protocol.Request) -> Outcome | None:
     if binding.ack_before or not request.redelivered or not binding.max_redeliveries:
         return None
     if binding.quorum:
-        count = _int_header(request.headers, QUORUM_DELIVERY_COUNT)
+        count = int_header(request.headers, QUORUM_DELIVERY_COUNT)
         if count <= binding.max_redeliveries:
             return None
     else:
-        count = _int_header(request.headers, REDELIVERIES_HEADER) + 1
+        count = int_header(request.headers, REDELIVERIES_HEADER) + 1
         if count <= binding.max_redeliveries:
             return Outcome(Action.COUNT, reason=f"redelivery {count}")
     reason = (f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "

@@ -92,10 +92,6 @@ class Executor:
         self.pending -= len(done)
         return done
 
-    def alive(self) -> int:
-        """Handler threads still running a job or waiting for one."""
-        return sum(t.is_alive() for t in self._threads)
-
     def shutdown(self, wait: bool) -> None:
         """Stop the threads once they finish their current job (``wait``: join them).
 

@@ -87,7 +87,7 @@ def parking_lot(binding: Binding) -> tuple[Exchange | None, Queue | None]:
     return exchange, queue
 
 
-def _base(body: bytes, properties: Mapping[str, Any], headers: Mapping[str, Any] | None,
+def _base(properties: Mapping[str, Any], headers: Mapping[str, Any] | None,
           ) -> tuple[dict[str, Any], dict[str, Any]]:
     props = {k: properties[k] for k in _KEPT_PROPERTIES if properties.get(k) is not None}
     props["delivery_mode"] = 2
@@ -105,7 +105,7 @@ def retry_copy(binding: Binding, queue: str, body: bytes, properties: Mapping[st
                headers: Mapping[str, Any] | None, reason: str | None, exchange: str = "",
                routing_key: str = "") -> Copy:
     """The copy that waits in the delay queue of the next attempt."""
-    props, hdrs = _base(body, properties, headers)
+    props, hdrs = _base(properties, headers)
     _keep_origin(hdrs, exchange, routing_key)
     attempt = dispatcher.retries_of(hdrs) + 1
     hdrs[dispatcher.RETRIES_HEADER] = attempt
@@ -119,10 +119,10 @@ def count_copy(queue: str, body: bytes, properties: Mapping[str, Any],
                headers: Mapping[str, Any] | None, exchange: str = "",
                routing_key: str = "") -> Copy:
     """The copy that goes back to the tail of ``queue`` with one more redelivery counted."""
-    props, hdrs = _base(body, properties, headers)
+    props, hdrs = _base(properties, headers)
     _keep_origin(hdrs, exchange, routing_key)
     hdrs[dispatcher.REDELIVERIES_HEADER] = (
-        dispatcher._int_header(hdrs, dispatcher.REDELIVERIES_HEADER) + 1)
+        dispatcher.int_header(hdrs, dispatcher.REDELIVERIES_HEADER) + 1)
     return Copy("", queue, body, props, hdrs)
 
 
@@ -132,7 +132,7 @@ def dead_letter_copy(binding: Binding, queue: str, body: bytes,
     """The copy for the parking lot, or None when the binding has none (reject instead)."""
     if not binding.dead_letters_published:
         return None
-    props, hdrs = _base(body, properties, headers)
+    props, hdrs = _base(properties, headers)
     _keep_origin(hdrs, exchange, routing_key)
     hdrs.update({
         FAILURE_HEADER: (reason or "failed")[:1000],

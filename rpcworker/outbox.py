@@ -127,7 +127,7 @@ class Outbox:
         if outcome.reply is not None:
             self.reply(outcome.reply)
         if action is Action.ACK:
-            self._ack(d)
+            self.ack(d.message)
         elif action is Action.RETRY:
             self._retry(d, outcome)
         elif action is Action.DEAD_LETTER:
@@ -174,9 +174,6 @@ class Outbox:
             for tag in tags[len(below):]:
                 channel.basic_ack(tag)
 
-    def _ack(self, d: Delivery) -> None:
-        self.ack(d.message)
-
     def _headers(self, d: Delivery) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
         m = d.message
         body = m.body if isinstance(m.body, bytes) else str(m.body).encode()
@@ -194,7 +191,7 @@ class Outbox:
 
         def done(ok: bool) -> None:
             if ok:
-                self._ack(d)
+                self.ack(d.message)
                 self.stats.retried += 1
             else:  # never requeue: a missing delay queue must not make a loop
                 LOG.error("binding %s: the delay queue %s refused a retry; rejecting the "
@@ -217,7 +214,7 @@ class Outbox:
 
         def done(ok: bool) -> None:
             if ok:
-                self._ack(d)
+                self.ack(d.message)
                 self.stats.dead_lettered += 1
             else:
                 LOG.error("binding %s: the parking lot refused a dead letter; rejecting the "
@@ -234,7 +231,7 @@ class Outbox:
 
         def done(ok: bool) -> None:
             if ok:
-                self._ack(d)
+                self.ack(d.message)
                 self.stats.counted += 1
             else:
                 self.reject(d.message, requeue=True)

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -25,15 +26,17 @@ from rpcworker.executor import Executor
 LOG = logging.getLogger(__name__)
 
 
-def validate(conf: cfg.ConfigOpts) -> None:
-    """Fail fast (ConfigError/PluginError) before any worker process is forked.
+def validate(conf: cfg.ConfigOpts
+             ) -> tuple[list[Binding], dict[str, Any], broker.BrokerSettings]:
+    """Everything that can be checked without the broker: the bindings, the handler
+    instances and the broker settings. Raises ConfigError/PluginError.
 
-    The handler instances made to check that they load are dropped: each worker
-    process makes its own in ``build()``.
+    The supervisor calls it before forking and drops the handlers: each worker process
+    makes its own in ``build()``.
     """
     parsed = bindings_mod.parse(conf)
-    plugins.load(conf, parsed)
-    broker.settings(conf)
+    handlers = plugins.load(conf, parsed)
+    return parsed, handlers, broker.settings(conf)
 
 
 def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None) -> Worker:
@@ -41,11 +44,9 @@ def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None) -> Wor
 
     ``notifier``: where the loop's systemd notifications go (default: ``$NOTIFY_SOCKET``).
     """
-    parsed = bindings_mod.parse(conf)
-    handlers = plugins.load(conf, parsed)
-    # after parse/load: binding and plugin groups are registered; secrets print as ****
+    parsed, handlers, settings = validate(conf)
+    # after validate(): binding and plugin groups are registered; secrets print as ****
     conf.log_opt_values(LOG, std_logging.DEBUG)
-    settings = broker.settings(conf)
     warn_consumer_timeout(conf, parsed)
     topologies = [topology.build(b) for b in parsed]
     executor = Executor(conf.executor_thread_pool_size)

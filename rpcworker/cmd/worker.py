@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from oslo_config import cfg
 
-from rpcworker import bindings as bindings_mod
 from rpcworker import broker, config, plugins, service, supervisor, topology
 from rpcworker.errors import ConfigError, PluginError
 
@@ -58,9 +57,7 @@ def list_handlers() -> int:
 
 def check_config(conf: cfg.ConfigOpts) -> int:
     """Validate everything that can be checked without the broker and print the plan."""
-    parsed = bindings_mod.parse(conf)
-    plugins.load(conf, parsed)
-    settings = broker.settings(conf)
+    parsed, _, settings = service.validate(conf)
     print(f"broker: {broker.describe(settings)}")
     for b in parsed:
         for line in topology.describe(topology.build(b, instance_id="<per-process id>")):
