@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging as std_logging
 import os
 import re
+import stat
+import sys
 from collections.abc import Sequence
 
 from oslo_config import cfg
@@ -47,13 +51,7 @@ def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
     """
     conf = new_conf(with_cli=with_cli)
     try:
-        conf(
-            args=list(argv or []),
-            project=PROJECT,
-            prog=PROJECT,
-            default_config_files=default_config_files,
-            validate_default_values=True,
-        )
+        _parse(conf, list(argv or []), default_config_files)
     except cfg.ConfigFilesNotFoundError as exc:
         files = ", ".join(exc.config_files)
         raise ConfigError(None, "--config-file", f"cannot read {files}") from exc
@@ -62,8 +60,48 @@ def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
     except (cfg.Error, ValueError) as exc:
         raise ConfigError(None, None, one_line(exc)) from exc
     check_values(conf, None, opts.default_opts)
+    check_values(conf, None, _other_default_opts(conf))
     check_values(conf, opts.BROKER_GROUP, opts.broker_opts)
     return conf
+
+
+#: what oslo.config writes (then exits 1) for a command-line option's bad value, which
+#: includes a value given in a config file for an option that is also a CLI flag (--debug)
+_OSLO_CLI_VALUE_ERROR = re.compile(r"^argument --(\S+): Invalid (.+?) value: (.*)$")
+
+
+def _parse(conf: cfg.ConfigOpts, argv: list[str], default_config_files: list[str] | None
+           ) -> None:
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            conf(args=argv, project=PROJECT, prog=PROJECT,
+                 default_config_files=default_config_files, validate_default_values=True)
+    except SystemExit:
+        text = captured.getvalue().strip()
+        match = _OSLO_CLI_VALUE_ERROR.match(text)
+        if match:
+            dest, type_name, value = match.groups()
+            raise ConfigError("DEFAULT", dest, f"invalid value {value!r}: {type_name} "
+                              "expected") from None
+        sys.stderr.write(captured.getvalue())  # argparse's usage error or --help
+        raise
+    sys.stderr.write(captured.getvalue())
+
+
+def _other_default_opts(conf: cfg.ConfigOpts) -> list[cfg.Opt]:
+    """[DEFAULT] options registered by others (oslo.log), checked like ours."""
+    ours = {opt.dest for opt in opts.default_opts}
+    found = []
+    for name in conf:
+        if name in ours:
+            continue
+        try:
+            info = conf._get_opt_info(name)  # noqa: SLF001 - oslo.config has no public lookup
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError, KeyError):
+            continue  # a group, not an option
+        found.append(info["opt"])
+    return found
 
 
 def check_values(conf: cfg.ConfigOpts, group: str | None, options: Sequence[cfg.Opt]) -> None:
@@ -116,3 +154,32 @@ def setup_logging(conf: cfg.ConfigOpts) -> None:
         std_logging.WARNING)
     if not conf.debug:
         std_logging.getLogger("amqp").setLevel(std_logging.WARNING)
+
+
+def exposed_secrets(conf: cfg.ConfigOpts) -> list[str]:
+    """Warnings for each config file that holds a broker password and that users other
+    than its owner and group can read (or write)."""
+    found: dict[str, str] = {}
+    for name, group in (("password", opts.BROKER_GROUP), ("transport_url", None)):
+        if name == "transport_url" and not _url_has_password(conf.transport_url or ""):
+            continue
+        loc = conf.get_location(name, group)
+        if loc is not None and loc.location == cfg.Locations.user and loc.detail:
+            found.setdefault(loc.detail, f"[{group or 'DEFAULT'}] {name}")
+    warnings = []
+    for path, what in found.items():
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue
+        if mode & (stat.S_IROTH | stat.S_IWOTH):
+            warnings.append(
+                f"config file {path} holds the broker password ({what}) and every user "
+                f"can read it (mode {mode:04o}): chmod o-rw {path}, e.g. mode 0640 owned "
+                "by root and the service's group")
+    return warnings
+
+
+def _url_has_password(url: str) -> bool:
+    netloc = url.partition("://")[2].split("/", 1)[0]
+    return any(":" in creds.rpartition("@")[0] for creds in netloc.split(",") if "@" in creds)

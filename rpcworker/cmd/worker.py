@@ -6,9 +6,12 @@ import sys
 from collections.abc import Sequence
 
 from oslo_config import cfg
+from oslo_log import log as logging
 
 from rpcworker import broker, config, plugins, service, supervisor, topology
 from rpcworker.errors import ConfigError, PluginError
+
+LOG = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -26,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if conf.check_config:
             return check_config(conf)
         config.setup_logging(conf)
+        for warning in config.exposed_secrets(conf):
+            LOG.warning("%s", warning)
         if conf.workers > 1:
             service.validate(conf)  # fail fast, before forking
         else:
@@ -58,6 +63,8 @@ def list_handlers() -> int:
 def check_config(conf: cfg.ConfigOpts) -> int:
     """Validate everything that can be checked without the broker and print the plan."""
     parsed, _, settings = service.validate(conf)
+    for warning in config.exposed_secrets(conf):
+        print(f"warning: {warning}")
     print(f"broker: {broker.describe(settings)}")
     for b in parsed:
         for line in topology.describe(topology.build(b, instance_id="<per-process id>")):
