@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import ssl as ssl_module
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -17,6 +19,8 @@ from rpcworker.errors import ConfigError
 LOG = logging.getLogger(__name__)
 
 _SCHEMES = {"rabbit": False, "amqp": False, "pyamqp": False, "amqps": True, "rabbits": True}
+PORT = 5672
+TLS_PORT = 5671
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,34 @@ def settings(conf: cfg.ConfigOpts) -> BrokerSettings:
         hosts = (Host(b.hostname, b.port, b.userid, b.password or "", b.virtual_host),)
     values = {opt.dest: getattr(b, opt.dest) for opt in opts.broker_opts}
     values.update(overrides)
-    return BrokerSettings(hosts=hosts, ssl=use_ssl, options=values)
+    s = BrokerSettings(hosts=hosts, ssl=use_ssl, options=values)
+    _check_tls(s)
+    return s
+
+
+def _check_tls(s: BrokerSettings) -> None:
+    """TLS files that cannot be read, and an EXTERNAL login without TLS or a client
+    certificate, are configuration errors (not a connection retried forever)."""
+    o = s.options
+    if o["login_method"] == "EXTERNAL":
+        if not s.ssl:
+            raise ConfigError(opts.BROKER_GROUP, "login_method",
+                              "EXTERNAL logs in with the TLS client certificate: it needs "
+                              "ssl = true (or an amqps:// transport_url)")
+        if not o["ssl_cert_file"]:
+            raise ConfigError(opts.BROKER_GROUP, "login_method",
+                              "EXTERNAL logs in with the TLS client certificate: set "
+                              "ssl_cert_file (and ssl_key_file)")
+    if not s.ssl:
+        return
+    if o["ssl_key_file"] and not o["ssl_cert_file"]:
+        raise ConfigError(opts.BROKER_GROUP, "ssl_key_file",
+                          "set without ssl_cert_file (the certificate it belongs to)")
+    for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+        path = o[name]
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            reason = "is not readable" if os.path.isfile(path) else "no such file"
+            raise ConfigError(opts.BROKER_GROUP, name, f"{path}: {reason}")
 
 
 def parse_transport_url(url: str, b: Any) -> tuple[tuple[Host, ...], dict[str, Any], bool]:
@@ -75,6 +106,7 @@ def parse_transport_url(url: str, b: Any) -> tuple[tuple[Host, ...], dict[str, A
         raise fail(f"unsupported scheme {parts.scheme!r} (use rabbit:// or amqps://)")
     # as oslo.messaging: no path, a trailing "/" and "//" all mean the vhost "/"
     vhost = "/" if parts.path in ("", "/", "//") else unquote(parts.path[1:])
+    default_port = TLS_PORT if _SCHEMES[scheme] else PORT
     hosts = []
     for netloc in parts.netloc.split(","):
         netloc = netloc.strip()
@@ -87,7 +119,7 @@ def parse_transport_url(url: str, b: Any) -> tuple[tuple[Host, ...], dict[str, A
             user = unquote(u)
             password = unquote(p) if sep else ""
         host, port = _split_hostport(hostport, fail)
-        hosts.append(Host(host or b.hostname, port or 5672, user, password, vhost))
+        hosts.append(Host(host or b.hostname, port or default_port, user, password, vhost))
     if not hosts:
         hosts.append(Host(b.hostname, b.port, b.userid, b.password or "", vhost))
     overrides: dict[str, Any] = {}
@@ -120,7 +152,11 @@ def _split_hostport(hostport: str, fail: Any) -> tuple[str, int | None]:
 
 
 def ssl_options(s: BrokerSettings) -> dict[str, Any] | bool:
-    """The ``ssl`` argument of kombu.Connection (py-amqp's wrap_socket options)."""
+    """The ``ssl`` argument of kombu.Connection (py-amqp's wrap_socket options).
+
+    ``server_hostname: None`` asks for hostname verification: ``Connection`` replaces it
+    with the name of each host it connects to.
+    """
     if not s.ssl:
         return False
     o = s.options
@@ -132,17 +168,48 @@ def ssl_options(s: BrokerSettings) -> dict[str, Any] | bool:
     if o["ssl_key_file"]:
         sslopts["keyfile"] = o["ssl_key_file"]
     if o["ssl_verify_hostname"]:
-        sslopts["server_hostname"] = None  # kombu fills in the host being connected to
+        sslopts["server_hostname"] = None
     return sslopts
 
 
+class Connection(kombu.Connection):
+    """kombu.Connection that verifies each broker host against its own name.
+
+    Stock kombu (5.x, py-amqp transport) fills a ``server_hostname`` of None *in place*
+    in the ``ssl`` dict, from the first host it connects to, and only after turning
+    ``localhost`` into ``127.0.0.1``: a certificate for ``localhost`` then fails as an
+    IP address mismatch, and after a failover the next host is checked against the first
+    host's name. Here every ``_init_params()`` (construction, ``switch()`` to the next
+    failover host, ``clone()``) gets its own copy of the dict whose ``server_hostname``
+    is the name of the host being connected to, exactly as written in the URL.
+
+    A failed attempt's exception carries the (masked) URL of the host it was for; see
+    ``attempted()``.
+    """
+
+    def _init_params(self, *args: Any, **params: Any) -> None:
+        tls = params.get("ssl")
+        if isinstance(tls, dict) and "server_hostname" in tls:
+            params["ssl"] = dict(tls, server_hostname=params.get("hostname") or None)
+        super()._init_params(*args, **params)
+
+    def _establish_connection(self) -> Any:
+        uri = self.as_uri()  # before py-amqp rewrites localhost to 127.0.0.1
+        try:
+            return super()._establish_connection()
+        except Exception as exc:
+            with contextlib.suppress(AttributeError, TypeError):
+                exc._rpcworker_broker = uri  # type: ignore[attr-defined]
+            raise
+
+
 def connection(conf: cfg.ConfigOpts, s: BrokerSettings | None = None) -> kombu.Connection:
-    """A (not yet connected) kombu.Connection for the configured broker."""
+    """A (not yet connected) Connection for the configured broker."""
     s = s or settings(conf)
     o = s.options
     if o["insist"]:
         LOG.warning("[broker] insist = true is ignored: AMQP 0-9-1 has no insist flag")
-    return kombu.Connection(
+    return Connection(
         [h.url() for h in s.hosts],
         ssl=ssl_options(s),
         heartbeat=o["heartbeat"],
@@ -155,6 +222,61 @@ def connection(conf: cfg.ConfigOpts, s: BrokerSettings | None = None) -> kombu.C
     )
 
 
+def attempted(exc: BaseException, conn: kombu.Connection) -> str:
+    """The masked URL of the host a failed connection attempt was for (``conn``'s when
+    the exception does not say: it did not come from a ``Connection``)."""
+    uri = getattr(exc, "_rpcworker_broker", None)
+    return uri if isinstance(uri, str) else str(conn.as_uri())
+
+
+# OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code)
+_UNTRUSTED = {2, 18, 19, 20, 21}
+_NAME_MISMATCH = {62, 64}
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"}
+_CLIENT_CERT_REFUSED = {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
+                        "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "TLSV1_ALERT_ACCESS_DENIED"}
+
+
+def explain(exc: BaseException) -> str:
+    """One line for a failed connection attempt: the error, and what a TLS error means."""
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    hint = _tls_hint(exc)
+    return f"{line} ({hint})" if hint else line
+
+
+def _tls_hint(exc: BaseException) -> str | None:
+    cause = exc.__cause__  # kombu re-raises connection errors as OperationalError
+    if not isinstance(exc, ssl_module.SSLError) and isinstance(cause, ssl_module.SSLError):
+        exc = cause
+    if isinstance(exc, ssl_module.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:
+            return ("TLS: the broker's certificate is not valid for the host name "
+                    "connected to; connect with a name the certificate lists, or set "
+                    "[broker] ssl_verify_hostname = false")
+        if exc.verify_code in _UNTRUSTED:
+            return ("TLS: the broker's certificate is not signed by a trusted CA; "
+                    "[broker] ssl_ca_file must hold the CA that signed it")
+        return "TLS: the broker's certificate was refused"
+    if isinstance(exc, ssl_module.SSLEOFError):
+        return ("TLS: the broker closed the connection during the handshake; it may "
+                "refuse the client certificate ([broker] ssl_cert_file)")
+    if isinstance(exc, ssl_module.SSLError):
+        reason = getattr(exc, "reason", None) or ""
+        if reason in _NOT_TLS:
+            return "TLS: the port does not speak TLS; use the broker's TLS port (usually 5671)"
+        if reason in _CLIENT_CERT_REFUSED:
+            return ("TLS: the broker refused the client certificate "
+                    "([broker] ssl_cert_file)")
+        if reason == "KEY_VALUES_MISMATCH":
+            return "TLS: [broker] ssl_key_file is not the key of ssl_cert_file"
+    return None
+
+
 def describe(s: BrokerSettings) -> str:
     """The broker hosts with passwords masked, for logs and --check-config."""
-    return ", ".join(h.masked() for h in s.hosts) + (" (TLS)" if s.ssl else "")
+    tls = ""
+    if s.ssl:
+        tls = " (TLS, EXTERNAL login)" if s.options["login_method"] == "EXTERNAL" else " (TLS)"
+    return ", ".join(h.masked() for h in s.hosts) + tls

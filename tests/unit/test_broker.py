@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import kombu
 import pytest
+from kombu.transport import pyamqp
 from oslo_config import cfg
 
 from rpcworker import broker
@@ -86,19 +90,224 @@ def test_bad_transport_url(make_conf: MakeConf, url: str, words: str) -> None:
     assert info.value.option == "transport_url" and words in str(info.value)
 
 
-def test_tls_options(make_conf: MakeConf) -> None:
-    conf = make_conf("""
+@pytest.fixture
+def pem(tmp_path: Path) -> Callable[[str], str]:
+    """pem(name) -> the path of an (empty) file: settings() only checks TLS files exist."""
+    def make(name: str) -> str:
+        path = tmp_path / name
+        path.write_text("")
+        return str(path)
+    return make
+
+
+def test_tls_options(make_conf: MakeConf, pem: Callable[[str], str]) -> None:
+    ca, cert, key = pem("ca.pem"), pem("cert.pem"), pem("key.pem")
+    conf = make_conf(f"""
         [broker]
         ssl = true
-        ssl_ca_file = /etc/ca.pem
-        ssl_cert_file = /etc/cert.pem
-        ssl_key_file = /etc/key.pem
+        ssl_ca_file = {ca}
+        ssl_cert_file = {cert}
+        ssl_key_file = {key}
         """)
     opts = broker.ssl_options(broker.settings(conf))
-    assert opts == {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": "/etc/ca.pem",
-                    "certfile": "/etc/cert.pem", "keyfile": "/etc/key.pem",
-                    "server_hostname": None}
+    assert opts == {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": ca,
+                    "certfile": cert, "keyfile": key, "server_hostname": None}
     amqps = make_conf("[DEFAULT]\ntransport_url = amqps://h1:5671/\n")
     assert broker.settings(amqps).ssl is True
     no_verify = make_conf("[broker]\nssl = true\nssl_verify_hostname = false\n")
     assert "server_hostname" not in broker.ssl_options(broker.settings(no_verify))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("url, ports", [
+    ("amqps://h1,h2:5700/", [5671, 5700]),
+    ("rabbits://h1/", [5671]),
+    ("rabbit://h1/?ssl=true", [5672]),
+])
+def test_tls_url_default_port(make_conf: MakeConf, url: str, ports: list[int]) -> None:
+    s = broker.settings(make_conf(f"[DEFAULT]\ntransport_url = {url}\n"))
+    assert s.ssl is True and [h.port for h in s.hosts] == ports
+
+
+@pytest.mark.parametrize("broker_lines, option, words", [
+    ("ssl = true\nssl_ca_file = /nonexistent/ca.pem", "ssl_ca_file", "no such file"),
+    ("ssl = true\nssl_cert_file = /nonexistent/c.pem", "ssl_cert_file", "no such file"),
+    ("ssl = true\nssl_key_file = {key}", "ssl_key_file", "without ssl_cert_file"),
+    ("login_method = EXTERNAL\nssl_cert_file = {cert}", "login_method", "ssl = true"),
+    ("login_method = EXTERNAL\nssl = true", "login_method", "ssl_cert_file"),
+])
+def test_tls_config_errors(make_conf: MakeConf, pem: Callable[[str], str], broker_lines: str,
+                           option: str, words: str) -> None:
+    lines = broker_lines.format(key=pem("key.pem"), cert=pem("cert.pem"))
+    conf = make_conf("[broker]\n" + lines + "\n")
+    with pytest.raises(ConfigError) as info:
+        broker.settings(conf)
+    assert info.value.option == option and words in str(info.value)
+
+
+def test_tls_files_ignored_without_tls(make_conf: MakeConf) -> None:
+    conf = make_conf("[broker]\nssl_ca_file = /nonexistent/ca.pem\n")
+    assert broker.ssl_options(broker.settings(conf)) is False
+
+
+def test_external_login(make_conf: MakeConf, pem: Callable[[str], str]) -> None:
+    conf = make_conf(f"""
+        [DEFAULT]
+        transport_url = amqps://broker.example.org/
+        [broker]
+        login_method = EXTERNAL
+        password =
+        ssl_cert_file = {pem("client.pem")}
+        ssl_key_file = {pem("client.key")}
+        """)
+    s = broker.settings(conf)
+    conn = broker.connection(conf, s)
+    assert broker.describe(s).endswith("(TLS, EXTERNAL login)")
+    assert conn.login_method == "EXTERNAL" and conn.ssl is not None
+    assert conn.ssl["certfile"].endswith("client.pem")
+
+
+class FakeAMQP:
+    """Stands in for py-amqp's Connection: records what kombu asks for; the hosts on
+    port 5699 refuse the connection."""
+
+    attempts: list[tuple[str, str | None]] = []
+    connected = True
+
+    def __init__(self, host: str, ssl: Any = None, **kwargs: Any) -> None:
+        self.host = host
+        FakeAMQP.attempts.append((host, ssl.get("server_hostname") if ssl else None))
+
+    def connect(self) -> None:
+        if self.host.endswith(":5699"):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    def close(self) -> None:
+        pass
+
+    def collect(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_amqp(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
+    FakeAMQP.attempts = []
+    monkeypatch.setattr(pyamqp.Transport, "Connection", FakeAMQP)
+    return FakeAMQP.attempts
+
+
+def _tls_conf(make_conf: MakeConf, url: str, *extra: str) -> cfg.ConfigOpts:
+    return make_conf("\n".join(["[DEFAULT]", f"transport_url = {url}", *extra]) + "\n")
+
+
+def test_each_failover_host_is_verified_against_its_own_name(
+        make_conf: MakeConf, fake_amqp: list[tuple[str, str | None]]) -> None:
+    """Stock kombu fills server_hostname in place from the first host (after turning
+    localhost into 127.0.0.1) and keeps it for the next hosts."""
+    conf = _tls_conf(make_conf, "amqps://u:p@127.0.0.1:5699,u:p@localhost:5681,u:p@b.test:5699/")
+    conn = broker.connection(conf)
+    assert isinstance(conn.ssl, dict)
+    template = dict(conn.ssl)
+    work = conn.clone()  # as the consumer does for every session
+    errors: list[str] = []
+    work.ensure_connection(max_retries=3, interval_start=0, interval_step=0,
+                           errback=lambda exc, interval: errors.append(
+                               broker.attempted(exc, conn)))
+    assert fake_amqp == [("127.0.0.1:5699", "127.0.0.1"), ("127.0.0.1:5681", "localhost")]
+    assert errors == ["amqp://u:**@127.0.0.1:5699//"]
+    assert conn.ssl == template  # the template is never filled in
+    # next session: a clone of the template starts again at the first host
+    fake_amqp.clear()
+    again = conn.clone()
+    again.ensure_connection(max_retries=3, interval_start=0, interval_step=0)
+    assert fake_amqp == [("127.0.0.1:5699", "127.0.0.1"), ("127.0.0.1:5681", "localhost")]
+    # all hosts down: each is tried with its own name, and every error names its host
+    fake_amqp.clear()
+    down = broker.connection(_tls_conf(
+        make_conf, "amqps://u:p@localhost:5699,u:p@b.test:5699/"))
+    errors.clear()
+    with pytest.raises(kombu.exceptions.OperationalError):
+        down.clone().ensure_connection(
+            max_retries=3, interval_start=0, interval_step=0,
+            errback=lambda exc, interval: errors.append(broker.attempted(exc, down)))
+    assert [name for _, name in fake_amqp] == ["localhost", "b.test"] * 2
+    assert errors[:2] == ["amqp://u:**@localhost:5699//", "amqp://u:**@b.test:5699//"]
+
+
+def test_single_localhost_is_verified_as_localhost(
+        make_conf: MakeConf, fake_amqp: list[tuple[str, str | None]]) -> None:
+    """py-amqp connects to 127.0.0.1, but the certificate must match "localhost"."""
+    conf = make_conf("[broker]\nhostname = localhost\nport = 5699\nssl = true\n")
+    conn = broker.connection(conf).clone()
+    with pytest.raises(kombu.exceptions.OperationalError):
+        conn.ensure_connection(max_retries=2, interval_start=0, interval_step=0)
+    assert fake_amqp == [("127.0.0.1:5699", "localhost")] * 3
+
+
+def test_no_hostname_verification(make_conf: MakeConf,
+                                  fake_amqp: list[tuple[str, str | None]]) -> None:
+    conf = make_conf("[broker]\nhostname = b.test\nssl = true\nssl_verify_hostname = false\n")
+    conn = broker.connection(conf)
+    conn.clone().ensure_connection(max_retries=1)
+    assert fake_amqp == [("b.test:5672", None)]
+    assert isinstance(conn.ssl, dict) and "server_hostname" not in conn.ssl
+
+
+def test_plain_connection_unchanged(make_conf: MakeConf,
+                                    fake_amqp: list[tuple[str, str | None]]) -> None:
+    conn = broker.connection(make_conf("[broker]\nhostname = b.test\n"))
+    conn.clone().ensure_connection(max_retries=1)
+    assert conn.ssl is False and fake_amqp == [("b.test:5672", None)]
+
+
+def _verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+    exc = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+                                          f"verify failed: {message} (_ssl.c:1006)")
+    exc.verify_code = code
+    return exc
+
+
+def _ssl_error(cls: type[ssl.SSLError], reason: str, text: str) -> ssl.SSLError:
+    exc = cls(1, f"[SSL: {reason}] {text} (_ssl.c:1006)")
+    exc.reason = reason
+    return exc
+
+
+@pytest.mark.parametrize("exc, words", [
+    (_verify_error(19, "self-signed certificate in certificate chain"),
+     ["certificate verify failed", "not signed by a trusted CA", "ssl_ca_file"]),
+    (_verify_error(20, "unable to get local issuer certificate"), ["ssl_ca_file"]),
+    (_verify_error(64, "IP address mismatch, certificate is not valid for '127.0.0.1'."),
+     ["IP address mismatch", "not valid for the host name", "ssl_verify_hostname = false"]),
+    (_verify_error(62, "Hostname mismatch, certificate is not valid for 'b.test'."),
+     ["Hostname mismatch", "ssl_verify_hostname"]),
+    (_verify_error(10, "certificate has expired"), ["certificate has expired", "refused"]),
+    (_ssl_error(ssl.SSLError, "WRONG_VERSION_NUMBER", "wrong version number"),
+     ["does not speak TLS", "5671"]),
+    (_ssl_error(ssl.SSLError, "TLSV1_ALERT_UNKNOWN_CA", "tlsv1 alert unknown ca"),
+     ["refused the client certificate", "ssl_cert_file"]),
+    (ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"),
+     ["during the handshake"]),
+])
+def test_explain_tls_errors(exc: BaseException, words: list[str]) -> None:
+    line = broker.explain(exc)
+    assert line.startswith(type(exc).__name__ + ": ") and "\n" not in line
+    for w in words:
+        assert w in line
+
+
+def test_explain_looks_through_kombu_wrapping() -> None:
+    try:
+        try:
+            raise _verify_error(19, "self-signed certificate in certificate chain")
+        except ssl.SSLError as exc:
+            raise kombu.exceptions.OperationalError(str(exc)) from exc
+    except kombu.exceptions.OperationalError as wrapped:
+        assert "ssl_ca_file" in broker.explain(wrapped)
+
+
+def test_explain_other_errors_unchanged() -> None:
+    assert broker.explain(ConnectionRefusedError(111, "Connection refused")) == (
+        "ConnectionRefusedError: [Errno 111] Connection refused")
+    assert broker.explain(TimeoutError()) == "TimeoutError"
+    assert broker.attempted(TimeoutError(), kombu.Connection("amqp://u:p@h9//")) == (
+        "amqp://u:**@h9:5672//")
