@@ -12,16 +12,18 @@ import contextlib
 import dataclasses
 import itertools
 import select
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import kombu
 from kombu.mixins import ConsumerMixin
+from kombu.transport import pyamqp
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import dispatcher, failures, protocol, readahead, reload, topology
+from rpcworker import broker, dispatcher, failures, protocol, ratelimit, readahead, reload, topology
 from rpcworker.bindings import Binding
 from rpcworker.dedup import CompletedCache
 from rpcworker.dispatcher import Action, Outcome
@@ -85,6 +87,8 @@ class Worker(ConsumerMixin):
         #: bindings taken away by a reload, kept open until their in-flight work is settled
         self._retiring: list[tuple[Binding, Any, tuple[str, ...]]] = []
         self._last_heartbeat_check = 0.0
+        #: refusal log lines: at most 10 per binding in 10 s, then one summary
+        self._refusals = ratelimit.LogLimiter()
         b = conf.broker
         self._reconnect = (b.reconnect_interval_start, b.reconnect_interval_step,
                            b.reconnect_interval_max)
@@ -159,8 +163,13 @@ class Worker(ConsumerMixin):
             raise StopRequested()
 
     def _on_connection_error(self, exc: BaseException, interval: float) -> None:
-        LOG.warning("Cannot connect to the broker at %s: %s; next attempt in %.1f s",
-                    self.connection.as_uri(), _oneline(exc), interval)
+        args = (broker.attempted(exc, self.connection), broker.explain(exc), interval)
+        # kombu calls this inside its except block, and oslo.log appends the exception
+        # being handled to a line logged there: log from a thread that handles none
+        t = threading.Thread(target=LOG.warning, name="rpcworker-log", args=(
+            "Cannot connect to the broker at %s: %s; next attempt in %.1f s", *args))
+        t.start()
+        t.join()
 
     @contextlib.contextmanager
     def _connected(self) -> Iterator[kombu.Connection]:
@@ -221,6 +230,11 @@ class Worker(ConsumerMixin):
         b = topo.binding
         handler = self.handlers[b.handler]
         channel = conn.channel()
+        if isinstance(channel, pyamqp.Channel):
+            # bodies stay bytes (py-amqp would decode them with the codec the message
+            # names) and kombu does not inflate a `compression` body: both are refused
+            channel.auto_decode = False
+            channel.Message = _UninflatedMessage
 
         def on_message(message: Any) -> None:
             self._on_message(b, handler, message)
@@ -342,6 +356,7 @@ class Worker(ConsumerMixin):
             if now - self._last_heartbeat_check >= _MAX_WAIT / 2:
                 self._last_heartbeat_check = now
                 conn.heartbeat_check()
+                self._log_refusal_summaries()
 
     # -- SIGHUP ---------------------------------------------------------------------------
 
@@ -468,6 +483,7 @@ class Worker(ConsumerMixin):
                  "handler(s)", self.conf.graceful_shutdown_timeout, busy)
         self.notifier.stopping(f"draining {busy} in-flight message(s)")
         self.notifier.extend_timeout(self.conf.graceful_shutdown_timeout + 10)
+        self._log_refusal_summaries(final=True)
 
     def _finish(self, conn: kombu.Connection) -> None:
         """Clean stop: delete this process's transient queues (as oslo.messaging does)."""
@@ -501,8 +517,7 @@ class Worker(ConsumerMixin):
         req = protocol.decode(message.body, message.content_type, message.content_encoding,
                               message.headers, message.properties, info, self._max_size)
         if isinstance(req, protocol.Rejected):
-            LOG.warning("binding %s: message %s refused: %s", binding.name,
-                        _describe(message), req.reason)
+            self._log_refused(binding, message, req.reason)
             outbox.settle(Delivery(message, binding, queue, None),
                           dispatcher.refused(binding, req))
             return
@@ -518,6 +533,11 @@ class Worker(ConsumerMixin):
             outbox.settle(delivery, dispatcher.duplicate(binding,
                                                          self.completed.get(req.unique_id)))
             return
+        unknown = dispatcher.unknown_method(handler, binding, req)
+        if unknown is not None:
+            self._log_refused(binding, message, unknown.reason or "")
+            outbox.settle(delivery, unknown)
+            return
         if dispatcher.ack_on_receipt(binding):
             # at-most-once: the ack must be on the wire before the handler can run (and
             # perhaps take the process down), so it is not left for the batched flush
@@ -530,6 +550,19 @@ class Worker(ConsumerMixin):
         if req.monitor_timeout:
             self._monitors[token] = time.monotonic() + req.monitor_timeout / 2
         self.executor.submit(token, self._run_handler, self._generation, handler, binding, req)
+
+    def _log_refused(self, binding: Binding, message: Any, reason: str) -> None:
+        """One line per refused message, rate limited per binding (see ratelimit)."""
+        self._log_refusal_summaries()
+        if self._refusals.admit(binding.name, reason):
+            LOG.warning("binding %s: message %s refused: %s", binding.name,
+                        _describe(message), _printable(reason))
+
+    def _log_refusal_summaries(self, final: bool = False) -> None:
+        """The refusal lines held back in windows that are over (all of them: final)."""
+        for s in self._refusals.pending() if final else self._refusals.expired():
+            LOG.warning("binding %s: %d more messages refused in the last %g s (last "
+                        "reason: %s)", s.key, s.count, s.interval, s.last_reason)
 
     def _run_handler(self, generation: int, handler: Any, binding: Binding,
                      request: protocol.Request) -> Outcome | None:
@@ -605,6 +638,23 @@ class Worker(ConsumerMixin):
         return max(0.0, wait)
 
 
+class _UninflatedMessage(pyamqp.Message):
+    """kombu's AMQP message without kombu's inflating of a body with a ``compression``
+    header: a body that did not inflate raised in the consumer loop, and one that did (a
+    zip bomb) was inflated in memory before anything could refuse it."""
+
+    def __init__(self, msg: Any, channel: Any = None, **kwargs: Any) -> None:
+        headers = msg.properties.get("application_headers") or {}
+        if "compression" in headers:
+            msg.properties["application_headers"] = {
+                k: v for k, v in headers.items() if k != "compression"}
+        try:
+            super().__init__(msg, channel=channel, **kwargs)
+        finally:
+            msg.properties["application_headers"] = headers
+        self.headers = headers  # protocol.decode refuses it
+
+
 def _delivery_info(message: Any) -> dict[str, Any]:
     info = dict(getattr(message, "delivery_info", None) or {})
     if "redelivered" not in info:
@@ -619,6 +669,11 @@ def _describe(message: Any) -> str:
     info = getattr(message, "delivery_info", {}) or {}
     return (f"(exchange {info.get('exchange', '')!r}, routing key "
             f"{info.get('routing_key', '')!r}, content type {message.content_type!r})")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a message cannot forge log lines."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _oneline(exc: BaseException | None) -> str:

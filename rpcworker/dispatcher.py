@@ -13,7 +13,7 @@ else, cast/event                             dead-letter
                                              once max_retries
                                              retries are spent
 handler raised ``Reject``                    dead-letter     the error
-no such method / version, cast               dead-letter     (call: ack + the error)
+no such method / version, cast (on receipt)  dead-letter     (call: ack + the error)
 event and no ``handle_message``              dead-letter     -
 handler ran past ``handler_timeout``         as a failure    HandlerTimeout
 redelivered more than ``max_redeliveries``   dead-letter     PoisonMessage
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
 from typing import Any
 
 from oslo_log import log as logging
@@ -61,6 +62,8 @@ LOG = logging.getLogger(__name__)
 
 #: handler attributes that are never RPC methods, besides the "_" names
 _NOT_RPC = frozenset({"handle_message", "target"})
+#: what a class body defines as a method (``def``, ``staticmethod``, ``classmethod``)
+_METHOD_TYPES = (types.FunctionType, staticmethod, classmethod)
 
 RETRIES_HEADER = "x-rpcworker-retries"
 REDELIVERIES_HEADER = "x-rpcworker-redeliveries"
@@ -91,7 +94,7 @@ def ack_on_receipt(binding: Binding) -> bool:
 def int_header(headers: Any, name: str) -> int:
     try:
         return max(0, int(headers.get(name) or 0))
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, OverflowError):  # Overflow: a float inf
         return 0
 
 
@@ -128,6 +131,24 @@ def refused(binding: Binding, rejected: protocol.Rejected) -> Outcome:
         reply = protocol.encode_error(rejected.reply, "InvalidRequest", "rpcworker.errors",
                                       rejected.reason)
     return Outcome(Action.DEAD_LETTER, reply, f"refused: {rejected.reason}")
+
+
+def unknown_method(handler: Any, binding: Binding, request: protocol.Request
+                   ) -> Outcome | None:
+    """Decide on receipt, before any receipt ack: a request for a method or version the
+    handler does not have is refused (a cast is dead-lettered, a call acked and answered
+    with the error) and never reaches a handler thread. None: the method exists.
+
+    The caller logs the refusal (rate limited, as for a message ``decode`` refused)."""
+    if not request.is_rpc:
+        return None
+    try:
+        find_method(handler, request)
+    except (NoSuchMethod, UnsupportedVersion) as exc:
+        reply = protocol.encode_failure(request.reply, exc) if request.reply else None
+        action = Action.ACK if request.is_call else Action.DEAD_LETTER
+        return Outcome(action, reply, f"{type(exc).__name__}: {exc}")
+    return None
 
 
 def duplicate(binding: Binding, reply: protocol.Reply | None) -> Outcome:
@@ -170,9 +191,9 @@ def dispatch(handler: Any, binding: Binding, request: protocol.Request) -> Outco
     except Reject as exc:
         LOG.warning("binding %s: handler rejected %s: %s", binding.name, _what(request), exc)
         return _failed(binding, request, exc, log=False, final=True)
-    except (NoSuchMethod, UnsupportedVersion) as exc:
+    except (NoSuchMethod, UnsupportedVersion) as exc:  # unknown_method() let it through
         LOG.warning("binding %s: %s refused: %s", binding.name, _what(request), exc)
-        return _failed(binding, request, exc, log=False, final=True)
+        return _failed(binding, request, exc, log=False, final=True, quiet=True)
     except Exception as exc:
         return _failed(binding, request, exc, log=True)
     done = Action.NONE if binding.ack_before else Action.ACK
@@ -188,7 +209,7 @@ def dispatch(handler: Any, binding: Binding, request: protocol.Request) -> Outco
 
 
 def _failed(binding: Binding, request: protocol.Request, exc: Exception, *, log: bool,
-            final: bool = False) -> Outcome:
+            final: bool = False, quiet: bool = False) -> Outcome:
     """A failure: calls are answered with the error and acked; casts and events are
     retried while max_retries allows (unless ``final``), then dead-lettered."""
     reason = f"{type(exc).__name__}: {exc}"
@@ -203,7 +224,7 @@ def _failed(binding: Binding, request: protocol.Request, exc: Exception, *, log:
     if log:
         LOG.error("binding %s: handler %s failed on %s (%s)", binding.name, binding.handler,
                   _what(request), _consequence(action, request, binding), exc_info=exc)
-    elif action is Action.DEAD_LETTER and not request.is_call:
+    elif action is Action.DEAD_LETTER and not request.is_call and not quiet:
         LOG.warning("binding %s: %s dead-lettered: %s", binding.name, _what(request), reason)
     reply = protocol.encode_failure(request.reply, exc) if request.reply is not None else None
     return Outcome(action, reply, reason)
@@ -229,7 +250,11 @@ def _what(request: protocol.Request) -> str:
 
 
 def find_method(handler: Any, request: protocol.Request) -> Any:
-    """The handler method for ``request``, by oslo.messaging's rules; raises on refusal."""
+    """The handler method for ``request``, by oslo.messaging's rules; raises on refusal.
+
+    Only a public method of the handler's class is ever returned (see ``_public_method``):
+    the name comes from the message, so it is never looked up with getattr on the handler.
+    """
     method = request.method or ""
     target = getattr(handler, "target", None)
     namespace = getattr(target, "namespace", None)
@@ -238,12 +263,52 @@ def find_method(handler: Any, request: protocol.Request) -> Any:
     if request.namespace not in accepted or not version_is_compatible(handler_version,
                                                                       request.version):
         raise UnsupportedVersion(request.version, method)
-    if method.startswith("_") or method in _NOT_RPC:
+    if not method.isidentifier() or method.startswith("_") or method in _NOT_RPC:
         raise NoSuchMethod(method)
-    func = getattr(handler, method, None)
-    if func is None or not callable(func):
+    func = _public_method(handler, method)
+    if func is None:
         raise NoSuchMethod(method)
     return func
+
+
+def _public_method(handler: Any, name: str) -> Any:
+    """``name`` bound to ``handler`` when a class body of its type (or of a base class that
+    is not a builtin such as ``object``) defines it with ``def``, ``staticmethod`` or
+    ``classmethod``; None for anything else.
+
+    It is looked up in the classes' own namespaces, so an instance attribute (a stored
+    ``conf`` is callable: calling it re-reads configuration files), a property, a nested
+    class, a callable class attribute and ``object``'s attributes are never called. A
+    class with its own ``__getattr__`` (like the ``log`` handler) is asked for the names
+    that neither its classes nor the instance define.
+    """
+    cls = type(handler)
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            raw = vars(klass)[name]
+            if klass.__module__ == "builtins" or not isinstance(raw, _METHOD_TYPES):
+                return None
+            return raw.__get__(handler, cls)
+    return _from_getattr_hook(handler, cls, name)
+
+
+def _from_getattr_hook(handler: Any, cls: type, name: str) -> Any:
+    """What the class's own ``__getattr__`` answers for ``name`` (callables only)."""
+    hook = next((vars(k)["__getattr__"] for k in cls.__mro__ if "__getattr__" in vars(k)),
+                None)
+    if not isinstance(hook, types.FunctionType):
+        return None
+    try:
+        own = object.__getattribute__(handler, "__dict__")
+    except AttributeError:
+        own = {}
+    if name in own:  # an instance attribute: data, never a method
+        return None
+    try:
+        func = hook(handler, name)
+    except AttributeError:
+        return None
+    return func if callable(func) else None
 
 
 def version_is_compatible(implemented: str, requested: str) -> bool:

@@ -176,7 +176,7 @@ class Outbox:
 
     def _headers(self, d: Delivery) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
         m = d.message
-        body = m.body if isinstance(m.body, bytes) else str(m.body).encode()
+        body = m.body if isinstance(m.body, bytes) else str(m.body).encode("utf-8", "surrogatepass")
         return body, dict(m.properties or {}), dict(m.headers or {})
 
     @staticmethod

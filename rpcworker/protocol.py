@@ -93,11 +93,14 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
 def loads(text: str) -> Any:
-    """Strict JSON: NaN and Infinity are refused (ValueError)."""
+    """Strict JSON: NaN and Infinity are refused, and so is nesting deeper than the
+    interpreter's recursion limit (ValueError)."""
     try:
         return _DECODER.decode(text)
     except _Refused as exc:
         raise ValueError(str(exc)) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def decode(

@@ -382,7 +382,7 @@ def connect(conf: cfg.ConfigOpts, settings: broker.BrokerSettings) -> Session:
                                interval_step=0.5, interval_max=1.0)
     except _broker_errors(conn) as exc:
         conn.release()
-        reason = session.scrub(" ".join(str(exc).split()) or type(exc).__name__)
+        reason = session.scrub(broker.explain(exc))
         raise ClientError(EXIT_BROKER, f"cannot connect to the broker at "
                           f"{broker.describe(settings)}: {reason}") from None
     return session

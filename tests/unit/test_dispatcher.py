@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -10,6 +11,7 @@ import rpcworker
 from rpcworker import dispatcher, protocol
 from rpcworker.bindings import Binding
 from rpcworker.dispatcher import Action
+from rpcworker.errors import NoSuchMethod
 
 AFTER = Binding(name="b", type="rpc", handler="h", exchange="openstack", durable=False,
                 prefetch_count=1, acknowledge="after", topic="t", server="s")
@@ -222,3 +224,131 @@ def test_refused_delivery() -> None:
     out = dispatcher.refused(AFTER, protocol.Rejected("args must be a JSON object", ROUTE))
     assert out.action is Action.DEAD_LETTER and error_type(out) == "InvalidRequest"
     assert dispatcher.refused(AFTER, protocol.Rejected("x")).reply is None
+
+
+# -- only public methods of the handler's class are callable (security audit) -----------
+
+
+class Callable_:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a callable attribute was called")
+
+
+class Attributes(Handler):
+    """Attributes a message must never reach, next to real methods."""
+
+    nested = Callable_  # a class: callable
+    helper = Callable_()  # a callable object on the class
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conf = Callable_()  # plugins keep their ConfigOpts, which is callable
+
+    @property
+    def prop(self) -> Any:
+        raise AssertionError("a property was evaluated")
+
+    @functools.cached_property
+    def cached(self) -> Any:  # a non-data descriptor: __get__ would run it
+        raise AssertionError("a cached_property was evaluated")
+
+    @staticmethod
+    def static(ctxt: dict[str, Any]) -> str:
+        return "static"
+
+    @classmethod
+    def klass(cls, ctxt: dict[str, Any]) -> str:
+        return cls.__name__
+
+
+class DictHandler(dict):  # type: ignore[type-arg]
+    def ping(self, ctxt: dict[str, Any]) -> str:
+        return "pong"
+
+
+@pytest.mark.parametrize("method", ["conf", "nested", "helper", "prop", "cached", "attribute",
+                                    "events", "mro", "ok\n2024-01-01 CRITICAL forged", "a b",
+                                    "add.x", ""])
+def test_only_methods_defined_in_the_class_body_are_callable(method: str) -> None:
+    with pytest.raises(NoSuchMethod):
+        dispatcher.find_method(Attributes(), req(method))
+    out = dispatcher.dispatch(Attributes(), AFTER, req(method))
+    assert out.action is Action.ACK and error_type(out) == "NoSuchMethod"
+
+
+def test_static_and_class_methods_are_methods() -> None:
+    assert json.loads(dispatcher.dispatch(Attributes(), AFTER, req("static")).reply.body) \
+        == {"result": "static"}  # type: ignore[union-attr]
+    assert json.loads(dispatcher.dispatch(Attributes(), AFTER, req("klass")).reply.body) \
+        == {"result": "Attributes"}  # type: ignore[union-attr]
+    assert dispatcher.find_method(Attributes(), req("add"))(None, a=1, b=2) == 3  # inherited
+
+
+def test_attributes_of_builtin_bases_are_not_methods() -> None:
+    h = DictHandler()
+    assert dispatcher.find_method(h, req("ping"))({}) == "pong"
+    for name in ("keys", "clear", "pop", "update", "fromkeys"):
+        with pytest.raises(NoSuchMethod):
+            dispatcher.find_method(h, req(name))
+
+
+def test_the_builtin_handlers_never_expose_their_conf() -> None:
+    """`conf` is a ConfigOpts: calling it clears and re-reads the configuration from any
+    file the message names (and its parse error quotes the file to the caller)."""
+    from oslo_config import cfg
+
+    from rpcworker.handlers.echo import EchoHandler
+    from rpcworker.handlers.log import LogHandler
+
+    conf = cfg.ConfigOpts()
+    conf.register_opt(cfg.StrOpt("marker", default="untouched"))
+    conf([], default_config_files=[])
+    attack = req("conf", args={"default_config_files": ["/etc/hostname"], "project": "x"})
+    for handler in (EchoHandler(conf), LogHandler(conf)):
+        with pytest.raises(NoSuchMethod):
+            dispatcher.find_method(handler, attack)
+        out = dispatcher.dispatch(handler, AFTER, attack)
+        assert error_type(out) == "NoSuchMethod"
+    assert conf.marker == "untouched" and conf.config_file == []
+    # what they do serve still works; the log handler answers any other public name
+    assert dispatcher.find_method(EchoHandler(conf), req("ping"))({}) == "pong"
+    assert dispatcher.find_method(LogHandler(conf), req("anything"))({}, x=1) is None
+    for name in ("_x", "target", "handle_message", "a-b"):
+        with pytest.raises(NoSuchMethod):
+            dispatcher.find_method(LogHandler(conf), req(name))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), "9" * 5000,
+                                   [1], {"a": 1}, b"x", None])
+def test_counter_headers_that_are_not_counts_are_zero(value: Any) -> None:
+    """A float inf in x-rpcworker-redeliveries made on_receipt raise OverflowError in the
+    consumer loop: the daemon died, and again on every redelivery."""
+    for name in (dispatcher.REDELIVERIES_HEADER, dispatcher.RETRIES_HEADER,
+                 dispatcher.QUORUM_DELIVERY_COUNT):
+        assert dispatcher.int_header({name: value}, name) == 0
+    b = dataclasses.replace(AFTER, max_redeliveries=2)
+    out = dispatcher.on_receipt(b, req("add", call=False, redelivered=True,
+                                       headers={dispatcher.REDELIVERIES_HEADER: value}))
+    assert out is not None and out.action is Action.COUNT
+    failed = dispatcher.dispatch(Handler(), RETRYING, req(
+        "boom", call=False, headers={dispatcher.RETRIES_HEADER: value}))
+    assert failed.action is Action.RETRY
+
+
+@pytest.mark.parametrize("binding", [AFTER, BEFORE])
+def test_unknown_method_is_refused_on_receipt(binding: Binding) -> None:
+    """Decided on the loop thread before any receipt ack, so even at-most-once parks it."""
+    cast = dispatcher.unknown_method(Handler(), binding, req("nope", call=False))
+    assert cast is not None and cast.action is Action.DEAD_LETTER and cast.reply is None
+    assert cast.reason == "NoSuchMethod: Endpoint does not support RPC method nope"
+    call = dispatcher.unknown_method(Handler(), binding, req("_secret"))
+    assert call is not None and call.action is Action.ACK and error_type(call) == "NoSuchMethod"
+    assert dispatcher.unknown_method(Handler(), binding, req("add")) is None
+    assert dispatcher.unknown_method(Handler(), binding, req(None, call=False)) is None
+
+
+def test_refusal_log_lines_cannot_be_forged() -> None:
+    from rpcworker.consumer import _printable
+
+    assert _printable("method a\nERROR forged line") == "method a\\nERROR forged line"
+    assert _printable("plain reason: 'x'") == "plain reason: 'x'"
