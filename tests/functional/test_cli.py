@@ -188,13 +188,14 @@ def test_password_not_in_check_config_output(tmp_path: Path, uid: str) -> None:
     assert "someone:***@127.0.0.1:5672" in result.stdout
 
 
-def daemon_config(uid: str, tmp_path: Path, broker: str) -> str:
+def daemon_config(uid: str, tmp_path: Path, broker: str, default: str = "") -> str:
+    """One direct binding on the recorder; ``default``: extra [DEFAULT] lines."""
     return textwrap.dedent(f"""\
         [DEFAULT]
         bindings = work
         host = h-{uid}
         graceful_shutdown_timeout = 10
-        """) + broker + textwrap.dedent(f"""
+        """) + default + "\n" + broker + textwrap.dedent(f"""
         [recorder]
         path = {tmp_path / 'records.jsonl'}
 

@@ -349,15 +349,20 @@ def test_text_bodies_in_foreign_encodings_are_parked(api: Any, amqp: PikaClient)
     assert api.alive() and queue_drained(api.queue)
 
 
-def test_a_body_that_decodes_to_lone_surrogates_is_parked(api: Any, amqp: PikaClient) -> None:
-    amqp.publish(api.exchange, api.key, b'{"method": "record", "args": {"s": "\\ud800"}}',
-                 content_encoding="unicode_escape")
+def survives_and_parks(api: Any, amqp: PikaClient) -> None:
+    """After one bad message: a good one is handled, the worker lives, the bad one is parked."""
     amqp.publish(api.exchange, api.key, {"method": "record", "args": {"good": True}})
     wait_for(lambda: records(api, method="record") or not api.alive(), 15,
              message="the good message handled, or the worker dead")
     assert api.alive(), api.log_tail(5)
     wait_for(lambda: (queue_info(api.dlq) or {}).get("messages_ready") == 1, 15,
              message="the message parked")
+
+
+def test_a_body_that_decodes_to_lone_surrogates_is_parked(api: Any, amqp: PikaClient) -> None:
+    amqp.publish(api.exchange, api.key, b'{"method": "record", "args": {"s": "\\ud800"}}',
+                 content_encoding="unicode_escape")
+    survives_and_parks(api, amqp)
 
 
 @pytest.mark.parametrize("compression", ["gzip", "application/x-bz2", "no-such-codec",
@@ -368,12 +373,7 @@ def test_a_compression_header_is_refused_without_inflating(api: Any, amqp: PikaC
     if compression == "zlib-valid":  # inflates fine: it must still be parked as sent
         compression, body = "zlib", zlib.compress(body)
     amqp.publish(api.exchange, api.key, body, headers={"compression": compression})
-    amqp.publish(api.exchange, api.key, {"method": "record", "args": {"good": True}})
-    wait_for(lambda: records(api, method="record") or not api.alive(), 15,
-             message="the good message handled, or the worker dead")
-    assert api.alive(), api.log_tail(5)
-    wait_for(lambda: (queue_info(api.dlq) or {}).get("messages_ready") == 1, 15,
-             message="the message parked")
+    survives_and_parks(api, amqp)
     [m] = parked(api.dlq)
     assert "compressed bodies" in m.headers["x-rpcworker-failure"]
     assert m.body == body  # as published: never inflated

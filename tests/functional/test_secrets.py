@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import signal
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from tests.functional.conftest import BROKER_HOST, BROKER_PORT, broker_section
 from tests.functional.support import rabbitmqctl
+from tests.functional.test_cli import daemon_config, run
 from tests.functional.test_lifecycle import delete_entities, plain_rpc
 from tests.helpers import wait_for
 
@@ -53,25 +53,6 @@ def forms(secret: str) -> list[str]:
             base64.b64encode(secret.encode()).decode()[:-4] or secret]
 
 
-def config(uid: str, tmp_path: Path, broker: str, default: str = "") -> str:
-    return textwrap.dedent(f"""\
-        [DEFAULT]
-        bindings = work
-        host = h-{uid}
-        graceful_shutdown_timeout = 10
-        """) + default + "\n" + broker + textwrap.dedent(f"""
-        [recorder]
-        path = {tmp_path / 'records.jsonl'}
-
-        [binding:work]
-        type = direct
-        handler = recorder
-        exchange = ex-{uid}
-        queue = q-{uid}
-        routing_key = k-{uid}
-        """)
-
-
 @pytest.mark.parametrize("where", ["broker-section", "transport-url"])
 def test_password_of_a_real_user_is_never_logged(daemon_factory: Any, uid: str,
                                                  tmp_path: Path, broker_user: tuple[str, str],
@@ -79,12 +60,12 @@ def test_password_of_a_real_user_is_never_logged(daemon_factory: Any, uid: str,
     user, password = broker_user
     broker = broker_section().replace("userid = guest", f"userid = {user}")
     if where == "broker-section":
-        text = config(uid, tmp_path, broker.replace("password = guest",
+        text = daemon_config(uid, tmp_path, broker.replace("password = guest",
                                                     f"password = {password}"))
     else:
         url = (f"rabbit://{quote(user, safe='')}:{quote(password, safe='')}"
                f"@{BROKER_HOST}:{BROKER_PORT}/")
-        text = config(uid, tmp_path, broker, default=f"transport_url = {url}")
+        text = daemon_config(uid, tmp_path, broker, default=f"transport_url = {url}")
     log_file = tmp_path / "debug.log"
     d = daemon_factory(text, "secret", False)
     d.config_path.chmod(0o644)  # readable by every user: the daemon must say so
@@ -123,10 +104,8 @@ def test_password_of_a_real_user_is_never_logged(daemon_factory: Any, uid: str,
 
 
 def test_private_config_file_gives_no_warning(tmp_path: Path) -> None:
-    from tests.functional.test_cli import run
-
     path = tmp_path / "private.conf"
-    path.write_text(config("x", tmp_path, broker_section().replace(
+    path.write_text(daemon_config("x", tmp_path, broker_section().replace(
         "password = guest", "password = not-the-default")))
     path.chmod(0o640)
     result = run("--config-file", str(path), "--check-config")
