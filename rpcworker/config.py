@@ -62,6 +62,7 @@ def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
     check_values(conf, None, opts.default_opts)
     check_values(conf, None, _other_default_opts(conf))
     check_values(conf, opts.BROKER_GROUP, opts.broker_opts)
+    check_values(conf, opts.METRICS_GROUP, opts.metrics_opts)
     return conf
 
 

@@ -286,6 +286,16 @@ binding_opts = [
     ),
 ]
 
+metrics_opts = [
+    cfg.StrOpt(
+        "listen",
+        default="",
+        help="HOST:PORT of the HTTP endpoint serving Prometheus metrics (/metrics), "
+        "liveness (/healthz) and readiness (/readyz), e.g. 127.0.0.1:9464. Empty: no "
+        "endpoint. With workers > 1 the supervisor serves it for the whole service.",
+    ),
+]
+
 #: options only given on the command line of `rpcworker`
 cli_opts = [
     cfg.BoolOpt(
@@ -295,6 +305,13 @@ cli_opts = [
         "declared, and exit (0 when valid, 2 otherwise).",
     ),
     cfg.BoolOpt(
+        "broker",
+        dest="check_broker",
+        default=False,
+        help="With --check-config: also connect to the broker and compare what the "
+        "configuration would declare with what exists there (exit 1 on a conflict).",
+    ),
+    cfg.BoolOpt(
         "list-handlers",
         default=False,
         help="List the installed handler plugins and exit.",
@@ -302,6 +319,7 @@ cli_opts = [
 ]
 
 BROKER_GROUP = "broker"
+METRICS_GROUP = "metrics"
 BINDING_GROUP_PREFIX = "binding:"
 
 
@@ -313,6 +331,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register the static options (not the per-binding groups) on ``conf``."""
     conf.register_opts(default_opts)
     conf.register_opts(broker_opts, group=BROKER_GROUP)
+    conf.register_opts(metrics_opts, group=METRICS_GROUP)
 
 
 for _opt in binding_opts:  # SIGHUP re-reads bindings: all their options are mutable
@@ -351,4 +370,6 @@ def list_opts() -> list[tuple[str | cfg.OptGroup | None, Iterable[cfg.Opt]]]:
         (None, default_opts),
         (cfg.OptGroup(BROKER_GROUP, help=_broker_help), broker_opts),
         (cfg.OptGroup(binding_group("NAME"), help=_binding_help), binding_opts),
+        (cfg.OptGroup(METRICS_GROUP, help="Prometheus metrics and health endpoint."),
+         metrics_opts),
     ]
