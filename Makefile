@@ -15,7 +15,8 @@ $(BIN)/python:
 venv: $(BIN)/python
 
 install: venv
-	$(BIN)/pip install --quiet -e '.[test]' -e tests/plugin -e examples/rpcworker-inventory
+	$(BIN)/pip install --quiet -e '.[test]' -e tests/plugin -e examples/rpcworker-inventory \
+		-e examples/rpcworker-handler-example
 
 ## start the worker in the foreground on the shipped config (Ctrl-C stops it)
 run: install
@@ -29,7 +30,7 @@ typecheck: install
 
 ## venv + install + ruff + mypy + the whole test suite
 test: lint typecheck
-	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests examples/rpcworker-handler-example/tests
 
 unit: install
 	$(BIN)/pytest -q tests/unit

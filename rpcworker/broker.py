@@ -19,6 +19,7 @@ from rpcworker.errors import ConfigError
 LOG = logging.getLogger(__name__)
 
 _SCHEMES = {"rabbit": False, "amqp": False, "pyamqp": False, "amqps": True, "rabbits": True}
+FILESYSTEM = "filesystem://"
 PORT = 5672
 TLS_PORT = 5671
 
@@ -46,6 +47,9 @@ class BrokerSettings:
     hosts: tuple[Host, ...]
     ssl: bool
     options: dict[str, Any]
+    #: ``filesystem:///path``: kombu's filesystem transport in that directory, no broker
+    #: (development only; see README "Development without RabbitMQ")
+    folder: str | None = None
 
 
 def settings(conf: cfg.ConfigOpts) -> BrokerSettings:
@@ -53,6 +57,10 @@ def settings(conf: cfg.ConfigOpts) -> BrokerSettings:
     b = conf[opts.BROKER_GROUP]
     overrides: dict[str, Any] = {}
     use_ssl = b.ssl
+    if conf.transport_url and conf.transport_url.startswith(FILESYSTEM):
+        values = {opt.dest: getattr(b, opt.dest) for opt in opts.broker_opts}
+        return BrokerSettings(hosts=(), ssl=False, options=values,
+                              folder=_filesystem_folder(conf.transport_url))
     if conf.transport_url:
         hosts, overrides, url_ssl = parse_transport_url(conf.transport_url, b)
         use_ssl = use_ssl or url_ssl
@@ -65,6 +73,15 @@ def settings(conf: cfg.ConfigOpts) -> BrokerSettings:
     s = BrokerSettings(hosts=hosts, ssl=use_ssl, options=values)
     _check_tls(s)
     return s
+
+
+def _filesystem_folder(url: str) -> str:
+    """The directory of ``filesystem:///path`` (absolute; query strings are refused)."""
+    parts = urlsplit(url)
+    if parts.netloc or parts.query or not parts.path.startswith("/"):
+        raise ConfigError("DEFAULT", "transport_url", "use filesystem:///ABSOLUTE/PATH "
+                          "(three slashes, no host, no query)")
+    return unquote(parts.path)
 
 
 def _check_tls(s: BrokerSettings) -> None:
@@ -206,6 +223,8 @@ class Connection(kombu.Connection):
 def connection(conf: cfg.ConfigOpts, s: BrokerSettings | None = None) -> kombu.Connection:
     """A (not yet connected) Connection for the configured broker."""
     s = s or settings(conf)
+    if s.folder is not None:
+        return filesystem_connection(s.folder)
     o = s.options
     if o["insist"]:
         LOG.warning("[broker] insist = true is ignored: AMQP 0-9-1 has no insist flag")
@@ -220,6 +239,21 @@ def connection(conf: cfg.ConfigOpts, s: BrokerSettings | None = None) -> kombu.C
             "client_properties": {"connection_name": f"rpcworker:{conf.host}"},
         },
     )
+
+
+def filesystem_connection(folder: str) -> kombu.Connection:
+    """kombu's filesystem transport: messages are files in ``folder/queues``, exchange
+    bindings in ``folder/exchanges`` (shared by every process using ``folder``)."""
+    queues, exchanges = os.path.join(folder, "queues"), os.path.join(folder, "exchanges")
+    try:
+        for path in (queues, exchanges):
+            os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("DEFAULT", "transport_url",
+                          f"cannot create {folder}: {exc.strerror}") from None
+    # a host name only to keep kombu from warning that none was given
+    return kombu.Connection("filesystem://localhost", transport_options={
+        "data_folder_in": queues, "data_folder_out": queues, "control_folder": exchanges})
 
 
 def attempted(exc: BaseException, conn: kombu.Connection) -> str:
@@ -276,6 +310,8 @@ def _tls_hint(exc: BaseException) -> str | None:
 
 def describe(s: BrokerSettings) -> str:
     """The broker hosts with passwords masked, for logs and --check-config."""
+    if s.folder is not None:
+        return f"{FILESYSTEM}{s.folder} (kombu filesystem transport: development only)"
     tls = ""
     if s.ssl:
         tls = " (TLS, EXTERNAL login)" if s.options["login_method"] == "EXTERNAL" else " (TLS)"

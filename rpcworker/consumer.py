@@ -24,6 +24,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import broker, dispatcher, failures, protocol, ratelimit, readahead, reload, topology
+from rpcworker import metrics as metrics_mod
 from rpcworker.bindings import Binding
 from rpcworker.dedup import CompletedCache
 from rpcworker.dispatcher import Action, Outcome
@@ -52,6 +53,9 @@ class _Inflight:
 
 class Worker(ConsumerMixin):
     """One consumer loop: every binding of this process on one connection."""
+
+    #: Prometheus instruments (service.build sets them when [metrics] listen is set)
+    metrics: metrics_mod.Recorder = metrics_mod.NULL
 
     def __init__(self, conf: cfg.ConfigOpts, connection: kombu.Connection,
                  topologies: Sequence[Topology], handlers: dict[str, Any],
@@ -162,6 +166,13 @@ class Worker(ConsumerMixin):
         if self._stop_requested:
             raise StopRequested()
 
+    def _retry_queues(self, binding: Binding, queue: Any) -> list[Any]:
+        """The delay queues of ``queue``; none on kombu's filesystem transport, which has
+        no message TTL to bring a retry back (its failures are dead-lettered at once)."""
+        if getattr(self.connection.transport, "driver_type", "") == "filesystem":
+            return []
+        return failures.retry_queues(binding, queue)
+
     def _on_connection_error(self, exc: BaseException, interval: float) -> None:
         args = (broker.attempted(exc, self.connection), broker.explain(exc), interval)
         # kombu calls this inside its except block, and oslo.log appends the exception
@@ -187,6 +198,7 @@ class Worker(ConsumerMixin):
         finally:
             self._live_generation = 0
             self.ready = False
+            self.metrics.connection_down()
             self._consumers = {}
             self._queue_of_tag = {}
             self._failed = {}
@@ -206,10 +218,11 @@ class Worker(ConsumerMixin):
             self._live_generation = self._generation
             self._monitors.clear()
             self.stats.connects += 1
-            LOG.info("Connected to the broker at %s", conn.as_uri())
+            self.metrics.connection_up(first=self.stats.connects == 1)
+            LOG.info("Connected to the broker at %s", _where(conn))
             retryable = {q.name for t in self.topologies for q in t.queues
-                         if failures.retry_queues(t.binding, q)}
-            self._outbox = Outbox(conn, self.stats, retryable)
+                         if self._retry_queues(t.binding, q)}
+            self._outbox = Outbox(conn, self.stats, retryable, self.metrics)
             amqp_conn = conn.connection
             if hasattr(amqp_conn, "on_blocked"):
                 amqp_conn.on_blocked = self._outbox.on_blocked
@@ -241,7 +254,7 @@ class Worker(ConsumerMixin):
 
         try:
             for queue in topo.queues:
-                for delay_queue in failures.retry_queues(b, queue):
+                for delay_queue in self._retry_queues(b, queue):
                     delay_queue(channel).declare()
             exchange, parking = failures.parking_lot(b)
             if exchange is not None:
@@ -264,6 +277,7 @@ class Worker(ConsumerMixin):
             return
         self._failed.pop(b.name, None)
         self._consumers[b.name] = consumer
+        self.metrics.consuming(b.name, True)
         for queue_name, tag in getattr(consumer, "_active_tags", {}).items():
             self._queue_of_tag[tag] = queue_name
 
@@ -393,7 +407,7 @@ class Worker(ConsumerMixin):
                            for b in plan.bindings]
         assert self._outbox is not None
         self._outbox.retryable |= {q.name for t in self.topologies for q in t.queues
-                                   if failures.retry_queues(t.binding, q)}
+                                   if self._retry_queues(t.binding, q)}
         for topo in self.topologies:
             if topo.binding.name in fresh:
                 self._start_binding(conn, topo)
@@ -429,6 +443,7 @@ class Worker(ConsumerMixin):
         consumer = self._consumers.pop(name, None)
         if consumer is None:
             return
+        self.metrics.consuming(name, False)
         with contextlib.suppress(*tuple(self.connection.channel_errors)):
             consumer.cancel()
         self._retiring.append((topo.binding, consumer.channel, topo.transient))
@@ -499,8 +514,10 @@ class Worker(ConsumerMixin):
 
     def _on_message(self, binding: Binding, handler: Any, message: Any) -> None:
         self.stats.received += 1
+        self.metrics.received(binding.name)
         if self._draining:
             message.reject(requeue=True)
+            self.metrics.rejected(binding.name)
             return
         outbox = self._outbox
         assert outbox is not None
@@ -511,9 +528,11 @@ class Worker(ConsumerMixin):
             topo = next(t for t in self.topologies if t.binding is binding)
             queue = topo.queues[0].name
         if self._debug:
-            LOG.debug("binding %s: delivery %s on %s from exchange %r, routing key %r%s",
+            LOG.debug("binding %s: delivery %s on %s from exchange %r, routing key %r%s%s",
                       binding.name, info.get("delivery_tag"), queue, info.get("exchange"),
-                      info.get("routing_key"), " (redelivered)" if info["redelivered"] else "")
+                      info.get("routing_key"), _id_text(_ids(message, None)),
+                      " (redelivered)" if info["redelivered"] else "",
+                      extra={"binding": binding.name, **_ids(message, None)})
         req = protocol.decode(message.body, message.content_type, message.content_encoding,
                               message.headers, message.properties, info, self._max_size)
         if isinstance(req, protocol.Rejected):
@@ -528,20 +547,22 @@ class Worker(ConsumerMixin):
             return
         if req.unique_id and req.unique_id in self.completed:
             LOG.info("binding %s: request %s already completed; not run again",
-                     binding.name, req.unique_id)
+                     binding.name, dispatcher.what(req),
+                     extra=dispatcher.log_fields(binding.name, req))
             self.stats.duplicates += 1
             outbox.settle(delivery, dispatcher.duplicate(binding,
                                                          self.completed.get(req.unique_id)))
             return
         unknown = dispatcher.unknown_method(handler, binding, req)
         if unknown is not None:
-            self._log_refused(binding, message, unknown.reason or "")
+            self._log_refused(binding, message, unknown.reason or "", req)
             outbox.settle(delivery, unknown)
             return
         if dispatcher.ack_on_receipt(binding):
             # at-most-once: the ack must be on the wire before the handler can run (and
             # perhaps take the process down), so it is not left for the batched flush
             outbox.ack(message)
+            self.metrics.acked(binding.name)
             outbox.flush()
         token = next(self._tokens)
         deadline = (time.monotonic() + binding.handler_timeout
@@ -551,12 +572,15 @@ class Worker(ConsumerMixin):
             self._monitors[token] = time.monotonic() + req.monitor_timeout / 2
         self.executor.submit(token, self._run_handler, self._generation, handler, binding, req)
 
-    def _log_refused(self, binding: Binding, message: Any, reason: str) -> None:
+    def _log_refused(self, binding: Binding, message: Any, reason: str,
+                     request: protocol.Request | None = None) -> None:
         """One line per refused message, rate limited per binding (see ratelimit)."""
         self._log_refusal_summaries()
         if self._refusals.admit(binding.name, reason):
+            fields = dispatcher.log_fields(binding.name, request)
             LOG.warning("binding %s: message %s refused: %s", binding.name,
-                        _describe(message), _printable(reason))
+                        _describe(message, request), _printable(reason),
+                        extra={**fields, **_ids(message, request)})
 
     def _log_refusal_summaries(self, final: bool = False) -> None:
         """The refusal lines held back in windows that are over (all of them: final)."""
@@ -570,7 +594,8 @@ class Worker(ConsumerMixin):
         the broker redelivers it, so running it now would only make a duplicate."""
         if generation != self._live_generation:
             return None
-        return dispatcher.dispatch(handler, binding, request)
+        return self.metrics.run_handler(
+            binding.name, lambda: dispatcher.dispatch(handler, binding, request))
 
     def _settle_completions(self) -> None:
         done = self.executor.completed()
@@ -655,6 +680,13 @@ class _UninflatedMessage(pyamqp.Message):
         self.headers = headers  # protocol.decode refuses it
 
 
+def _where(conn: kombu.Connection) -> str:
+    if getattr(conn.transport, "driver_type", "") == "filesystem":
+        folder = (conn.transport_options or {}).get("data_folder_in", "")
+        return f"filesystem:// (no broker: kombu's filesystem transport in {folder})"
+    return str(conn.as_uri())
+
+
 def _delivery_info(message: Any) -> dict[str, Any]:
     info = dict(getattr(message, "delivery_info", None) or {})
     if "redelivered" not in info:
@@ -665,10 +697,25 @@ def _delivery_info(message: Any) -> dict[str, Any]:
     return info
 
 
-def _describe(message: Any) -> str:
+def _describe(message: Any, request: protocol.Request | None = None) -> str:
     info = getattr(message, "delivery_info", {}) or {}
     return (f"(exchange {info.get('exchange', '')!r}, routing key "
-            f"{info.get('routing_key', '')!r}, content type {message.content_type!r})")
+            f"{info.get('routing_key', '')!r}, content type {message.content_type!r}"
+            f"{_id_text(_ids(message, request))})")
+
+
+def _ids(message: Any, request: protocol.Request | None) -> dict[str, Any]:
+    """The ids of a delivery for its log lines: the decoded request's (msg_id, unique_id,
+    ...), else the AMQP message_id property when there is one."""
+    if request is not None:
+        return dispatcher.log_ids(request)
+    message_id = (getattr(message, "properties", None) or {}).get("message_id")
+    return {} if message_id is None else {"message_id": message_id}
+
+
+def _id_text(ids: dict[str, Any]) -> str:
+    """``, msg_id='..', unique_id='..'`` (repr: an id cannot forge log lines)."""
+    return "".join(f", {key}={value!r}" for key, value in ids.items())
 
 
 def _printable(text: str) -> str:

@@ -117,7 +117,7 @@ def on_receipt(binding: Binding, request: protocol.Request) -> Outcome | None:
     reason = (f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "
               f"its handler crashed, hung or lost the connection every time")
     LOG.error("binding %s: poison message %s dead-lettered: %s", binding.name,
-              _what(request), reason)
+              _what(request), reason, extra=log_fields(binding.name, request))
     reply = None
     if request.reply is not None:
         reply = protocol.encode_failure(request.reply, PoisonMessage(reason))
@@ -162,7 +162,8 @@ def timed_out(binding: Binding, request: protocol.Request) -> Outcome:
     """The handler is still running after ``handler_timeout``."""
     exc = HandlerTimeout(f"handler {binding.handler} did not finish {_what(request)} "
                          f"within handler_timeout ({binding.handler_timeout} s)")
-    LOG.error("binding %s: %s; its thread is abandoned", binding.name, exc)
+    LOG.error("binding %s: %s; its thread is abandoned", binding.name, exc,
+              extra=log_fields(binding.name, request))
     return _failed(binding, request, exc, log=False)
 
 
@@ -179,20 +180,22 @@ def dispatch(handler: Any, binding: Binding, request: protocol.Request) -> Outco
             on_message = getattr(handler, "handle_message", None)
             if on_message is None:
                 reason = f"handler {binding.handler} has no handle_message() for events"
-                LOG.error("binding %s: event on %r with routing key %r dead-lettered: %s",
-                          binding.name, request.exchange, request.routing_key, reason)
+                LOG.error("binding %s: %s dead-lettered: %s", binding.name, _what(request),
+                          reason, extra=log_fields(binding.name, request))
                 return Outcome(Action.NONE if binding.ack_before else Action.DEAD_LETTER,
                                None, reason)
             result = on_message(Message.from_request(request))
     except Requeue as exc:
         LOG.info("binding %s: handler asked to retry %s: %s", binding.name,
-                 _what(request), exc)
+                 _what(request), exc, extra=log_fields(binding.name, request))
         return _failed(binding, request, exc, log=False)
     except Reject as exc:
-        LOG.warning("binding %s: handler rejected %s: %s", binding.name, _what(request), exc)
+        LOG.warning("binding %s: handler rejected %s: %s", binding.name, _what(request), exc,
+                    extra=log_fields(binding.name, request))
         return _failed(binding, request, exc, log=False, final=True)
     except (NoSuchMethod, UnsupportedVersion) as exc:  # unknown_method() let it through
-        LOG.warning("binding %s: %s refused: %s", binding.name, _what(request), exc)
+        LOG.warning("binding %s: %s refused: %s", binding.name, _what(request), exc,
+                    extra=log_fields(binding.name, request))
         return _failed(binding, request, exc, log=False, final=True, quiet=True)
     except Exception as exc:
         return _failed(binding, request, exc, log=True)
@@ -203,7 +206,7 @@ def dispatch(handler: Any, binding: Binding, request: protocol.Request) -> Outco
         reply = protocol.encode_result(request.reply, result)
     except (TypeError, ValueError) as exc:
         LOG.error("binding %s: result of %s is not JSON-serialisable: %s", binding.name,
-                  _what(request), exc)
+                  _what(request), exc, extra=log_fields(binding.name, request))
         reply = protocol.encode_failure(request.reply, exc)
     return Outcome(done, reply)
 
@@ -223,9 +226,11 @@ def _failed(binding: Binding, request: protocol.Request, exc: Exception, *, log:
         action = Action.DEAD_LETTER
     if log:
         LOG.error("binding %s: handler %s failed on %s (%s)", binding.name, binding.handler,
-                  _what(request), _consequence(action, request, binding), exc_info=exc)
+                  _what(request), _consequence(action, request, binding), exc_info=exc,
+                  extra=log_fields(binding.name, request))
     elif action is Action.DEAD_LETTER and not request.is_call and not quiet:
-        LOG.warning("binding %s: %s dead-lettered: %s", binding.name, _what(request), reason)
+        LOG.warning("binding %s: %s dead-lettered: %s", binding.name, _what(request), reason,
+                    extra=log_fields(binding.name, request))
     reply = protocol.encode_failure(request.reply, exc) if request.reply is not None else None
     return Outcome(action, reply, reason)
 
@@ -243,10 +248,47 @@ def _consequence(action: Action, request: protocol.Request, binding: Binding) ->
 
 
 def _what(request: protocol.Request) -> str:
+    """How log lines name a request: ``call 'm' (msg_id='..', unique_id='..')``,
+    ``cast 'm' (unique_id='..')``, ``event (exchange 'e', routing key 'k'; message_id='..')``.
+
+    Only called for lines that are logged: the hot path never builds it."""
+    ids = ", ".join(f"{key}={value!r}" for key, value in log_ids(request).items())
     if request.method is not None:
         kind = "call" if request.is_call else "cast"
-        return f"{kind} {request.method!r}"
-    return f"event (routing key {request.routing_key!r})"
+        return f"{kind} {request.method!r} ({ids or 'no id'})"
+    return (f"event (exchange {request.exchange!r}, routing key {request.routing_key!r}"
+            f"{'; ' + ids if ids else ''})")
+
+
+what = _what
+
+
+def log_ids(request: protocol.Request) -> dict[str, Any]:
+    """The ids a log line about ``request`` carries: ``msg_id`` (an oslo call's
+    ``_msg_id``), ``unique_id`` (oslo ``_unique_id``), ``correlation_id`` (plain AMQP
+    RPC), ``message_id`` (the AMQP property: an event's id)."""
+    ids: dict[str, Any] = {}
+    reply = request.reply
+    if reply is not None and reply.msg_id is not None:
+        ids["msg_id"] = reply.msg_id
+    if reply is not None and reply.correlation_id is not None:
+        ids["correlation_id"] = reply.correlation_id
+    if request.method is not None and request.unique_id is not None:
+        ids["unique_id"] = request.unique_id
+    message_id = request.properties.get("message_id")
+    if message_id is not None:
+        ids["message_id"] = message_id
+    return ids
+
+
+def log_fields(binding: str, request: protocol.Request | None) -> dict[str, Any]:
+    """``extra`` of a log line about a message: with ``use_json`` oslo.log's JSONFormatter
+    puts these under the line's ``"extra"`` key (``binding``, ``method``, which is
+    ``"event"`` for an event, and the ids of ``log_ids``)."""
+    if request is None:
+        return {"binding": binding}
+    method = request.method if request.method is not None else "event"
+    return {"binding": binding, "method": method, **log_ids(request)}
 
 
 def find_method(handler: Any, request: protocol.Request) -> Any:

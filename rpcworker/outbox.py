@@ -22,7 +22,8 @@ from oslo_log import log as logging
 
 from rpcworker import failures, protocol
 from rpcworker.bindings import Binding
-from rpcworker.dispatcher import Action, Outcome
+from rpcworker.dispatcher import Action, Outcome, log_fields, what
+from rpcworker.metrics import NULL, Recorder
 from rpcworker.publisher import ConfirmPublisher
 
 LOG = logging.getLogger(__name__)
@@ -69,13 +70,18 @@ class _ReturnedReply:
 
 
 class Outbox:
-    def __init__(self, conn: kombu.Connection, stats: Stats, retryable: set[str]) -> None:
+    def __init__(self, conn: kombu.Connection, stats: Stats, retryable: set[str],
+                 metrics: Recorder = NULL) -> None:
         self.stats = stats
+        self.metrics = metrics
         #: queues that have delay queues declared; failures elsewhere dead-letter
         self.retryable = retryable
         self.blocked = False
-        self._producer = kombu.Producer(conn.default_channel, auto_declare=False,
-                                        on_return=self._on_reply_return)
+        # kombu's filesystem channel has no events (no basic.return): no on_return there
+        self._producer = kombu.Producer(
+            conn.default_channel, auto_declare=False,
+            on_return=self._on_reply_return if hasattr(conn.default_channel, "events")
+            else None)
         # replies on py-amqp go straight to basic_publish: kombu's Producer.publish
         # costs more than the rest of a small reply's trip through the worker
         channel = conn.default_channel
@@ -117,6 +123,9 @@ class Outbox:
         """Publish the reply (if any), then carry out the action the dispatcher chose."""
         action = outcome.action
         if action is Action.RETRY and d.queue not in self.retryable:
+            LOG.warning("binding %s: queue %s has no delay queue (it is exclusive, or the "
+                        "transport has no message TTL): dead-lettered instead of retried",
+                        d.binding.name, d.queue)
             action = Action.DEAD_LETTER
             outcome = dataclasses.replace(outcome, action=action)
         publishes = outcome.reply is not None or action in (Action.RETRY, Action.COUNT) or (
@@ -128,6 +137,7 @@ class Outbox:
             self.reply(outcome.reply)
         if action is Action.ACK:
             self.ack(d.message)
+            self.metrics.acked(d.binding.name)
         elif action is Action.RETRY:
             self._retry(d, outcome)
         elif action is Action.DEAD_LETTER:
@@ -193,11 +203,15 @@ class Outbox:
             if ok:
                 self.ack(d.message)
                 self.stats.retried += 1
+                self.metrics.acked(d.binding.name)
+                self.metrics.retried(d.binding.name)
             else:  # never requeue: a missing delay queue must not make a loop
-                LOG.error("binding %s: the delay queue %s refused a retry; rejecting the "
-                          "message", d.binding.name, copy.routing_key)
+                LOG.error("binding %s: the delay queue %s refused a retry of %s; rejecting "
+                          "the message", d.binding.name, copy.routing_key, _what(d),
+                          extra=log_fields(d.binding.name, d.request))
                 self.reject(d.message, requeue=False)
                 self.stats.rejected += 1
+                self.metrics.rejected(d.binding.name)
 
         self._copies.publish(copy.exchange, copy.routing_key, copy.body, copy.properties,
                              copy.headers, done)
@@ -210,17 +224,23 @@ class Outbox:
             self.reject(d.message, requeue=False)
             self.stats.rejected += 1
             self.stats.dead_lettered += 1
+            self.metrics.rejected(d.binding.name)
+            self.metrics.dead_lettered(d.binding.name)
             return
 
         def done(ok: bool) -> None:
             if ok:
                 self.ack(d.message)
                 self.stats.dead_lettered += 1
+                self.metrics.acked(d.binding.name)
+                self.metrics.dead_lettered(d.binding.name)
             else:
-                LOG.error("binding %s: the parking lot refused a dead letter; rejecting the "
-                          "message instead", d.binding.name)
+                LOG.error("binding %s: the parking lot refused a dead letter (%s); "
+                          "rejecting the message instead", d.binding.name, _what(d),
+                          extra=log_fields(d.binding.name, d.request))
                 self.reject(d.message, requeue=False)
                 self.stats.rejected += 1
+                self.metrics.rejected(d.binding.name)
 
         self._copies.publish(copy.exchange, copy.routing_key, copy.body, copy.properties,
                              copy.headers, done)
@@ -233,8 +253,10 @@ class Outbox:
             if ok:
                 self.ack(d.message)
                 self.stats.counted += 1
+                self.metrics.acked(d.binding.name)
             else:
                 self.reject(d.message, requeue=True)
+                self.metrics.rejected(d.binding.name)
 
         self._copies.publish(copy.exchange, copy.routing_key, copy.body, copy.properties,
                              copy.headers, done)
@@ -296,3 +318,9 @@ class Outbox:
                 self.reply(pending.reply)
             wait = min(wait, max(0.0, pending.due - now))
         return wait
+
+
+def _what(d: Delivery) -> str:
+    """The delivery as log lines name it (dispatcher.what), or ``a message that did not
+    decode``."""
+    return what(d.request) if d.request is not None else "a message that did not decode"

@@ -11,6 +11,7 @@ from typing import Any
 from oslo_config import cfg
 from stevedore import NamedExtensionManager
 
+from rpcworker import dispatcher
 from rpcworker.bindings import Binding
 from rpcworker.errors import PluginError
 
@@ -20,8 +21,15 @@ NAMESPACE = "rpcworker.handlers"
 @dataclasses.dataclass(frozen=True)
 class PluginInfo:
     name: str
+    #: the entry point's value, ``module:attr``
     target: str
     summary: str
+    #: the RPC namespace and version of the handler's ``target`` (None, "1.0" without one)
+    namespace: str | None = None
+    version: str = "1.0"
+    #: public RPC methods (dispatcher.find_method's rule); None: not known without an
+    #: instance (a factory function, or a ``__getattr__`` that answers any name)
+    methods: tuple[str, ...] | None = None
 
 
 def load(conf: cfg.ConfigOpts, bindings: Iterable[Binding]) -> dict[str, Any]:
@@ -69,14 +77,49 @@ def _all_entry_points() -> list[importlib.metadata.EntryPoint]:
     return list(unique.values())
 
 
+def rpc_methods(cls: type) -> tuple[str, ...] | None:
+    """The names ``dispatcher.find_method`` would call on an instance of ``cls``: defined
+    with ``def``/``staticmethod``/``classmethod`` in its class body or a non-builtin
+    base, public, not ``target``/``handle_message``. None when a ``__getattr__`` of its
+    own may answer other names too."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__ == "builtins":
+            continue
+        names.update(vars(klass))
+    found = []
+    for name in sorted(names):
+        if not name.isidentifier() or name.startswith("_") or name in dispatcher._NOT_RPC:
+            continue
+        owner = next(k for k in cls.__mro__ if name in vars(k))  # the definition used
+        if owner.__module__ != "builtins" and isinstance(vars(owner)[name],
+                                                         dispatcher._METHOD_TYPES):
+            found.append(name)
+    if any("__getattr__" in vars(k) for k in cls.__mro__ if k.__module__ != "builtins"):
+        return None
+    return tuple(found)
+
+
+def describe(name: str, value: str, factory: Any) -> PluginInfo:
+    """What ``--list-handlers`` shows of one loaded entry point."""
+    doc = inspect.getdoc(factory) or ""
+    summary = doc.strip().splitlines()[0] if doc.strip() else ""
+    target = getattr(factory, "target", None)
+    namespace = getattr(target, "namespace", None)
+    version = getattr(target, "version", None) or "1.0"
+    methods = rpc_methods(factory) if isinstance(factory, type) else None
+    return PluginInfo(name, value, summary,
+                      None if namespace is None else str(namespace), str(version), methods)
+
+
 def list_handlers() -> list[PluginInfo]:
-    """Installed handler plugins: entry point name, target, first docstring line."""
+    """Installed handler plugins: entry point name, target, first docstring line, RPC
+    namespace/version and methods."""
     result = []
     for ep in sorted(_all_entry_points(), key=lambda e: e.name):
         try:
-            doc = inspect.getdoc(ep.load()) or ""
-            summary = doc.strip().splitlines()[0] if doc.strip() else ""
+            result.append(describe(ep.name, ep.value, ep.load()))
         except Exception as exc:  # a broken plugin is listed, not fatal here
-            summary = f"(cannot be imported: {type(exc).__name__}: {exc})"
-        result.append(PluginInfo(ep.name, ep.value, summary))
+            result.append(PluginInfo(
+                ep.name, ep.value, f"(cannot be imported: {type(exc).__name__}: {exc})"))
     return result

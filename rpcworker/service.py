@@ -18,7 +18,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import broker, plugins, systemd, topology
+from rpcworker import broker, metrics, plugins, systemd, topology
 from rpcworker.bindings import Binding
 from rpcworker.consumer import Worker
 from rpcworker.executor import Executor
@@ -34,15 +34,19 @@ def validate(conf: cfg.ConfigOpts
     The supervisor calls it before forking and drops the handlers: each worker process
     makes its own in ``build()``.
     """
+    metrics.listen_address(conf)
     parsed = bindings_mod.parse(conf)
     handlers = plugins.load(conf, parsed)
     return parsed, handlers, broker.settings(conf)
 
 
-def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None) -> Worker:
+def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None,
+          serve_metrics: bool = True) -> Worker:
     """Everything a worker process needs, from a prepared conf (raises ConfigError/PluginError).
 
     ``notifier``: where the loop's systemd notifications go (default: ``$NOTIFY_SOCKET``).
+    ``serve_metrics``: with ``[metrics] listen``, start the HTTP endpoint here (false in
+    the worker processes of a supervisor, which serves it).
     """
     parsed, handlers, settings = validate(conf)
     # after validate(): binding and plugin groups are registered; secrets print as ****
@@ -53,8 +57,16 @@ def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None) -> Wor
     LOG.info("rpcworker starting: broker %s, bindings %s, %d handler threads",
              broker.describe(settings), ", ".join(b.name for b in parsed),
              conf.executor_thread_pool_size)
-    return Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
-                  notifier=notifier if notifier is not None else systemd.from_environment())
+    sink = notifier if notifier is not None else systemd.from_environment()
+    address = metrics.listen_address(conf)
+    probe = metrics.LoopProbe(sink) if address is not None and serve_metrics else None
+    worker = Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
+                    notifier=probe or sink)
+    if address is not None:
+        worker.metrics = recorder = metrics.Metrics([b.name for b in parsed])
+        if probe is not None:
+            metrics.serve_process(address, recorder.registry, probe, worker)
+    return worker
 
 
 def warn_consumer_timeout(conf: cfg.ConfigOpts, parsed: list[Binding]) -> None:

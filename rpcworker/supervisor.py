@@ -40,7 +40,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import service, systemd
+from rpcworker import metrics, service, systemd
 from rpcworker.consumer import Worker
 from rpcworker.errors import ConfigError, PluginError
 from rpcworker.systemd import Notifier
@@ -148,8 +148,12 @@ class WorkerService(cotyledon.Service):
     name = "rpcworker"
 
     def __init__(self, worker_id: int, conf: cfg.ConfigOpts, outbox: socket.socket,
-                 inbox: socket.socket, watchdog_every: float | None) -> None:
+                 inbox: socket.socket, watchdog_every: float | None,
+                 listener: socket.socket | None = None) -> None:
         super().__init__(cotyledon_types.WorkerId(worker_id))
+        if listener is not None:  # the supervisor's metrics endpoint: not ours to hold
+            with contextlib.suppress(OSError):
+                listener.close()
         # Ctrl-C in a terminal reaches the whole process group: only the supervisor
         # acts on it (gracefully), and stops the children with SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -162,7 +166,8 @@ class WorkerService(cotyledon.Service):
         self._done = threading.Event()
         self._stopping = False
         try:
-            self.worker: Worker = service.build(conf, notifier=self.notifier)
+            self.worker: Worker = service.build(conf, notifier=self.notifier,
+                                                serve_metrics=False)
         except (ConfigError, PluginError) as exc:
             LOG.error("worker %d (pid %d) cannot start: %s", worker_id, os.getpid(), exc)
             sys.exit(2)
@@ -344,6 +349,28 @@ class Hub:
         with self._lock:
             return [s.pid for s in self._slots.values()]
 
+    def pid_of(self, worker_id: int) -> int | None:
+        with self._lock:
+            slot = self._slots.get(worker_id)
+            return slot.pid if slot is not None else None
+
+    def health(self, stale_after: float) -> tuple[bool, str]:
+        """/healthz: every live worker's consume loop reported within ``stale_after``."""
+        with self._lock:
+            now = self._clock()
+            silent = [f"worker {w} (pid {s.pid}) silent for {now - s.last_watchdog:.0f} s"
+                      for w, s in sorted(self._slots.items())
+                      if now - s.last_watchdog > stale_after]
+            if silent:
+                return False, "consume loop stuck: " + "; ".join(silent)
+            return True, f"{len(self._slots)} worker consume loop(s) alive"
+
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz: every worker connected and consuming on every binding."""
+        with self._lock:
+            consuming = sum(1 for s in self._slots.values() if s.consuming and not s.stopping)
+            return consuming >= self.workers and not self._stopping, self.status_line()
+
     def status_line(self) -> str:
         with self._lock:
             slots = self._slots
@@ -461,8 +488,27 @@ def run(conf: cfg.ConfigOpts) -> int:
               extend_seconds=conf.graceful_shutdown_timeout + STOP_MARGIN)
     inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     outbox.setblocking(False)
-    # the children report watchdog events four times per interval
+    address = metrics.listen_address(conf)
+    # the children report watchdog events four times per interval (and at least once a
+    # second for /healthz)
     every = watchdog_usec / 4e6 if watchdog_usec else None
+    if address is not None:
+        every = min(every or metrics.TICK_EVERY, metrics.TICK_EVERY)
+    metrics_dir = metrics.enable_multiprocess() if address is not None else None
+    try:
+        endpoint = None if address is None or metrics_dir is None else \
+            metrics.serve_supervisor(address, metrics_dir,
+                                     lambda: hub.health(metrics.STALE_AFTER), hub.readiness)
+    except ConfigError:
+        if metrics_dir is not None:
+            metrics.disable_multiprocess(metrics_dir)
+        raise
+
+    def on_dead_worker(service_id: Any, worker_id: int, code: int | None) -> None:
+        pid = hub.pid_of(worker_id)
+        hub.on_dead(worker_id, code)
+        if metrics_dir is not None and pid is not None:
+            metrics.mark_dead(metrics_dir, pid)
 
     def on_sighup() -> None:
         LOG.info("SIGHUP: reloading %d worker process(es)", len(hub.pids))
@@ -475,10 +521,9 @@ def run(conf: cfg.ConfigOpts) -> int:
     manager = _Manager(on_sighup,
                        graceful_shutdown_timeout=conf.graceful_shutdown_timeout + STOP_MARGIN,
                        mp_context=multiprocessing.get_context("fork"))
-    manager.add(WorkerService, workers=conf.workers, args=(conf, outbox, inbox, every))
-    manager.register_hooks(
-        on_terminate=hub.on_stop,
-        on_dead_worker=lambda service_id, worker_id, code: hub.on_dead(worker_id, code))
+    manager.add(WorkerService, workers=conf.workers, args=(
+        conf, outbox, inbox, every, endpoint.server.socket if endpoint else None))
+    manager.register_hooks(on_terminate=hub.on_stop, on_dead_worker=on_dead_worker)
     LOG.info("rpcworker supervisor (pid %d) starting %d worker processes", os.getpid(),
              conf.workers)
     sink.status(f"starting {conf.workers} worker processes")
@@ -489,6 +534,11 @@ def run(conf: cfg.ConfigOpts) -> int:
         code = exc.code
     else:
         code = 0
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+        if metrics_dir is not None:
+            metrics.disable_multiprocess(metrics_dir)
     LOG.info("rpcworker stopped")
     return code if isinstance(code, int) else (0 if code is None else 1)
 

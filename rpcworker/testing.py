@@ -9,6 +9,15 @@ kombu's in-memory transport and call it like a client would.
             fx.cast("forget", key="k")
             fx.publish_event({"event_type": "thing.created"}, routing_key="thing.created")
             fx.wait_idle()
+            assert [o.method for o in fx.acked] == ["add", "forget", None]
+
+The fixture records the outcome of every delivery (``fx.outcomes``: acked, retried or
+dead-lettered, with the reason): ``fx.acked``, ``fx.retried`` and ``fx.dead_letters``
+filter it, ``fx.wait_for_outcomes(n, ...)`` waits for them, and ``fx.release_retries()``
+plays the part of the delay queue's TTL (moves retried copies back to the work queue).
+With pytest, ``pytest_plugins = ["rpcworker.testing"]`` in a conftest.py gives the
+``rpcworker_handler`` fixture: ``fx = rpcworker_handler(MyHandler, **options)`` is a
+started HandlerFixture, stopped after the test.
 
 The handler runs exactly as in the daemon: the same decoding, dispatcher,
 ack policy and thread pool. ``memory://`` is for tests only: it has no message
@@ -18,6 +27,7 @@ counts it) instead of coming back.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -26,17 +36,30 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from queue import Empty
 from typing import Any
 
 import kombu
 from oslo_config import cfg
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import config, opts, protocol, topology
+from rpcworker import config, failures, opts, protocol, topology
 from rpcworker.consumer import Worker
+from rpcworker.dispatcher import Action, Outcome, retries_of
 from rpcworker.errors import RPCWorkerError
 from rpcworker.executor import Executor
+from rpcworker.outbox import Delivery
+
+try:
+    import pytest as _pytest
+except ImportError:  # pragma: no cover - pytest is optional at run time
+    _pytest = None  # type: ignore[assignment]
+
+ACKED = "acked"
+RETRIED = "retried"
+DEAD_LETTERED = "dead-lettered"
+COUNTED = "counted"
 
 _fixture_ids = itertools.count(1)
 
@@ -49,6 +72,109 @@ class RemoteFailure(RPCWorkerError):
         self.exc_type = str(info.get("class", ""))
         self.module = str(info.get("module", ""))
         super().__init__(f"{self.exc_type}: {info.get('message', '')}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryOutcome:
+    """What became of one delivery, as the worker settled it.
+
+    ``action``: ``"acked"`` (also a call answered with an error, and a delivery acked on
+    receipt with ``acknowledge = before``), ``"retried"`` (a copy went to a delay queue),
+    ``"dead-lettered"`` (parked or rejected without requeue) or ``"counted"`` (a
+    redelivery sent to the tail of its queue). ``kind``: ``"call"``, ``"cast"``,
+    ``"event"`` or ``"refused"`` (not decoded: not JSON, too big, ...).
+    """
+
+    action: str
+    kind: str
+    method: str | None
+    args: dict[str, Any]
+    body: Any  # the decoded body; the raw bytes of a refused delivery
+    routing_key: str
+    binding: str
+    queue: str
+    reason: str | None
+    #: retries before this delivery (the ``x-rpcworker-retries`` header)
+    retries: int
+    #: the result of a call (None when it failed or was not a call)
+    result: Any = None
+    #: the failure sent to the caller of a call: oslo's fields (class, module, message...)
+    failure: dict[str, Any] | None = None
+
+    @property
+    def acked(self) -> bool:
+        return self.action == ACKED
+
+    @property
+    def retried(self) -> bool:
+        return self.action == RETRIED
+
+    @property
+    def dead_lettered(self) -> bool:
+        return self.action == DEAD_LETTERED
+
+
+def _reply_fields(outcome: Outcome) -> tuple[Any, dict[str, Any] | None]:
+    """(result, failure) of the reply the worker sends, in oslo's or plain AMQP style."""
+    if outcome.reply is None:
+        return None, None
+    try:
+        data = json.loads(outcome.reply.body)
+        if protocol.OSLO_MESSAGE_KEY in data:
+            inner = json.loads(data[protocol.OSLO_MESSAGE_KEY])
+            failure = json.loads(inner["failure"]) if inner.get("failure") else None
+            return inner.get("result"), failure
+        if "error" in data:
+            err = data["error"]
+            return None, {"class": err.get("type"), "module": err.get("module"),
+                          "message": err.get("message")}
+        return data.get("result"), None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None, None
+
+
+def _record(d: Delivery, outcome: Outcome, retryable: set[str]) -> DeliveryOutcome:
+    action = outcome.action
+    if action is Action.RETRY and d.queue not in retryable:  # as Outbox.settle decides
+        action = Action.DEAD_LETTER
+    name = {Action.ACK: ACKED, Action.NONE: ACKED, Action.RETRY: RETRIED,
+            Action.DEAD_LETTER: DEAD_LETTERED, Action.COUNT: COUNTED}[action]
+    req = d.request
+    info = getattr(d.message, "delivery_info", None) or {}
+    result, failure = _reply_fields(outcome)
+    if req is None:
+        kind, method, args, body = "refused", None, {}, getattr(d.message, "body", None)
+        retries = retries_of(getattr(d.message, "headers", None) or {})
+    else:
+        kind = "event" if req.method is None else "call" if req.is_call else "cast"
+        method, args, body = req.method, dict(req.args), req.body
+        retries = retries_of(req.headers)
+    return DeliveryOutcome(name, kind, method, args, body, str(info.get("routing_key", "")),
+                           d.binding.name, d.queue, outcome.reason, retries, result, failure)
+
+
+class _RecordingWorker(Worker):
+    """A Worker whose outbox reports each settlement to ``on_settle`` (loop thread)."""
+
+    def __init__(self, *args: Any, on_settle: Callable[[DeliveryOutcome], None],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_settle = on_settle
+
+    def _start_binding(self, conn: kombu.Connection, topo: topology.Topology) -> None:
+        outbox = self._outbox
+        if outbox is not None and "settle" not in vars(outbox):  # once per connection
+            settle = outbox.settle
+
+            def recording_settle(d: Delivery, outcome: Outcome) -> None:
+                # recorded once settled (on memory:// the copy is in its queue by then);
+                # memory:// never blocks a connection, so nothing is deferred and
+                # settled twice
+                settle(d, outcome)
+                self._on_settle(_record(d, outcome, outbox.retryable))
+
+            outbox.settle = recording_settle  # type: ignore[method-assign]
+        super()._start_binding(conn, topo)
 
 
 class HandlerFixture:
@@ -104,11 +230,12 @@ class HandlerFixture:
             else handler
         parsed = bindings_mod.parse(self.conf)
         self._executor = Executor(threads)
-        self.worker = Worker(self.conf, kombu.Connection(self.url,
-                                                         transport_options={"polling_interval":
-                                                                            0.01}),
-                             [topology.build(b) for b in parsed], {"handler": self.handler},
-                             self._executor)
+        self._outcomes: list[DeliveryOutcome] = []
+        self._outcomes_lock = threading.Lock()
+        self.worker: Worker = _RecordingWorker(
+            self.conf, kombu.Connection(self.url, transport_options={"polling_interval": 0.01}),
+            [topology.build(b) for b in parsed], {"handler": self.handler}, self._executor,
+            on_settle=self._add_outcome)
         self._thread: threading.Thread | None = None
         self._client = kombu.Connection(self.url)
 
@@ -192,6 +319,112 @@ class HandlerFixture:
             return self.worker.executor.pending == 0 and not self.worker._inflight
         self._wait(idle, timeout, "the worker to be idle")
 
+    def call_amqp(self, method: str, context: dict[str, Any] | None = None,
+                  timeout: float = 5.0, **args: Any) -> Any:
+        """A plain AMQP RPC call (JSON body, ``reply_to``/``correlation_id``), as a client
+        in any language sends it; returns the result or raises RemoteFailure."""
+        reply_q, corr = f"reply_{uuid.uuid4().hex}", uuid.uuid4().hex
+        request: dict[str, Any] = {"method": method, "args": args, "context": context or {}}
+        if self.namespace is not None:
+            request["namespace"] = self.namespace
+        if self.version is not None:
+            request["version"] = self.version
+        with self._client.channel() as channel:
+            queue = kombu.Queue(reply_q, exchange=kombu.Exchange("", type="direct"),
+                                routing_key=reply_q, channel=channel)
+            queue.declare()
+            with self._client.Producer() as producer:
+                producer.publish(json.dumps(request).encode(), exchange="openstack",
+                                 routing_key=self.topic, content_type=protocol.JSON,
+                                 content_encoding="utf-8", reply_to=reply_q,
+                                 correlation_id=corr)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message = queue.get(no_ack=True)
+                if message is None:
+                    time.sleep(0.005)
+                    continue
+                if message.properties.get("correlation_id") != corr:
+                    continue
+                answer = json.loads(message.body)
+                if "error" in answer:
+                    err = answer["error"]
+                    raise RemoteFailure({"class": err.get("type"), "module": err.get("module"),
+                                         "message": err.get("message")})
+                return answer.get("result")
+        raise TimeoutError(f"no reply to {method!r} within {timeout}s")
+
+    # -- outcomes --------------------------------------------------------------
+
+    def _add_outcome(self, outcome: DeliveryOutcome) -> None:
+        with self._outcomes_lock:
+            self._outcomes.append(outcome)
+
+    @property
+    def outcomes(self) -> list[DeliveryOutcome]:
+        """Every delivery settled so far, in order (a copy)."""
+        with self._outcomes_lock:
+            return list(self._outcomes)
+
+    @property
+    def acked(self) -> list[DeliveryOutcome]:
+        return [o for o in self.outcomes if o.action == ACKED]
+
+    @property
+    def retried(self) -> list[DeliveryOutcome]:
+        return [o for o in self.outcomes if o.action == RETRIED]
+
+    @property
+    def dead_letters(self) -> list[DeliveryOutcome]:
+        return [o for o in self.outcomes if o.action == DEAD_LETTERED]
+
+    def clear_outcomes(self) -> None:
+        with self._outcomes_lock:
+            self._outcomes.clear()
+
+    def wait_for_outcomes(self, count: int = 1, *, timeout: float = 5.0,
+                          action: str | None = None, method: str | None = None,
+                          kind: str | None = None) -> list[DeliveryOutcome]:
+        """Wait until at least ``count`` recorded outcomes match the filters (each
+        filter that is not None must be equal) and return those that match."""
+        def matching() -> list[DeliveryOutcome]:
+            return [o for o in self.outcomes
+                    if (action is None or o.action == action)
+                    and (method is None or o.method == method)
+                    and (kind is None or o.kind == kind)]
+        wanted = ", ".join(f"{k}={v!r}" for k, v in
+                           (("action", action), ("method", method), ("kind", kind))
+                           if v is not None)
+        try:
+            self._wait(lambda: len(matching()) >= count, timeout,
+                       f"{count} outcome(s) {wanted}".rstrip())
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; recorded: {self.outcomes!r}") from None
+        return matching()
+
+    def wait_for(self, cond: Callable[[], bool], timeout: float = 5.0,
+                 what: str = "the condition") -> None:
+        """Poll ``cond`` until it is true; TimeoutError after ``timeout`` seconds."""
+        self._wait(cond, timeout, what)
+
+    def release_retries(self) -> int:
+        """Move every retried copy from its delay queue back to its work queue, as the
+        delay queue's message TTL does on RabbitMQ (memory:// has no TTL). Returns how
+        many were moved; call ``wait_idle()`` to let the worker handle them."""
+        moved = 0
+        with self._client.channel() as channel:
+            for topo in self.worker.topologies:
+                for queue in topo.queues:
+                    for delay in failures.retry_queues(topo.binding, queue):
+                        while True:  # moved as they are, as the broker moves them
+                            try:
+                                raw = channel._get(delay.name)
+                            except Empty:
+                                break
+                            channel._put(queue.name, raw)
+                            moved += 1
+        return moved
+
     def _publish_rpc(self, method: str, ctxt: dict[str, Any] | None, args: dict[str, Any],
                      extra: dict[str, Any]) -> None:
         body = protocol.envelope(protocol.oslo_request(
@@ -207,3 +440,22 @@ class HandlerFixture:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
             time.sleep(0.005)
+
+
+if _pytest is not None:
+
+    @_pytest.fixture
+    def rpcworker_handler() -> Iterator[Callable[..., HandlerFixture]]:
+        """A factory of started HandlerFixtures, stopped when the test ends:
+        ``fx = rpcworker_handler(MyHandler, config_text=..., namespace=...)``.
+        Enable it with ``pytest_plugins = ["rpcworker.testing"]`` in a conftest.py."""
+        started: list[HandlerFixture] = []
+
+        def factory(handler: Any, **kwargs: Any) -> HandlerFixture:
+            fx = HandlerFixture(handler, **kwargs).start()
+            started.append(fx)
+            return fx
+
+        yield factory
+        for fx in reversed(started):
+            fx.stop()

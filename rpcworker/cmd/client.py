@@ -8,6 +8,11 @@ file as the daemon (``--config-file`` / ``--config-dir``).
 Exit status: 0 success, 1 the remote method raised, 2 usage or configuration
 error, 3 no reply in time, 4 broker unreachable or refused an operation.
 
+``--json``: an error is one JSON object on stderr, ``{"error": {"type", "module",
+"message"}, "exit": N}`` (warnings: ``{"warning": "..."}``); results are JSON on
+stdout either way. ``--count N [--concurrency C]``: N requests over C connections
+(one thread each), then one JSON summary line on stdout.
+
 Reply queue: ``reply_<uuid hex>``, non-durable, **exclusive and auto-delete**
 (oslo.messaging uses a non-exclusive queue with ``x-expires`` because its
 transport lives as long as the service). A one-shot tool is better served by a
@@ -21,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import math
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import amqp.exceptions
@@ -53,15 +61,59 @@ EXCHANGE_TYPES = ("direct", "fanout", "topic")
 _POLL = 1.0
 
 _EPILOG = ("exit status: 0 ok, 1 remote error, 2 usage or configuration error, "
-           "3 timeout, 4 broker unreachable or refused the operation")
+           "3 timeout, 4 broker unreachable or refused the operation (with --count: the "
+           "status of the first failed request); 130 interrupted. --json: an error is one "
+           'JSON object on stderr: {"error": {"type", "module", "message"}, "exit": N}')
+
+#: ``error.module`` of the errors the client itself reports (not the remote method's)
+CLIENT_MODULE = "rpcworker.cmd.client"
+_ERROR_TYPES = {1: "RemoteError", 2: "UsageError", 3: "Timeout", 4: "BrokerError"}
 
 
 class ClientError(Exception):
     """Ends the command: ``str()`` is printed on stderr, ``status`` is the exit status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, type_: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.type = type_ or _ERROR_TYPES.get(status, "Error")
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``--json`` form: ``{"error": {"type", "module", "message"}, "exit": N}``."""
+        return {"error": {"type": self.type, "module": CLIENT_MODULE,
+                          "message": str(self)}, "exit": self.status}
+
+
+class UsageError(ClientError):
+    """A command-line error; ``usage`` is the usage text of the (sub)command."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(EXIT_USAGE, message)
+        self.usage = usage
+
+
+class RemoteCallError(ClientError):
+    """The remote method raised: printed as ``Type: message``."""
+
+    def __init__(self, failure: RemoteFailure, traceback: bool = False) -> None:
+        super().__init__(EXIT_REMOTE, failure.line(), failure.cls)
+        self.failure = failure
+        self.traceback = traceback
+
+    def as_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.failure.cls, "module": self.failure.module,
+                                 "message": self.failure.message}
+        if self.traceback and self.failure.traceback:
+            error["traceback"] = "".join(self.failure.traceback).rstrip("\n")
+        return {"error": error, "exit": self.status}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing and exiting (main prints it,
+    as text or as JSON)."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{self.prog}: error: {message}", self.format_usage())
 
 
 # -- argument parsing -------------------------------------------------------------
@@ -88,13 +140,17 @@ def key_value(text: str) -> tuple[str, Any]:
 
 
 def json_object(text: str) -> dict[str, Any]:
-    """argparse type of ``--args``: a JSON object."""
+    """argparse type of ``--args``: a JSON object; ``-`` reads it from stdin."""
+    where = ""
+    if text == "-":
+        text, where = sys.stdin.read(), "stdin: "
     try:
         value = _json_loads(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{where}not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object, not {type(value).__name__}")
+        raise argparse.ArgumentTypeError(
+            f"{where}must be a JSON object, not {type(value).__name__}")
     return value
 
 
@@ -117,6 +173,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def merge_args(base: Mapping[str, Any] | None,
                pairs: Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
     """``--args`` JSON, with each ``--arg k=v`` set over it (the last one wins)."""
@@ -130,6 +196,9 @@ def _config_options(p: argparse.ArgumentParser, dest_prefix: str) -> None:
                    metavar="PATH", help="configuration file (as for rpcworker); repeatable")
     p.add_argument("--config-dir", dest=f"{dest_prefix}config_dir", action="append",
                    metavar="DIR", help="directory of *.conf files; repeatable")
+    p.add_argument("--json", dest=f"{dest_prefix}json", action="store_true",
+                   help="report an error as one JSON object on stderr: "
+                   '{"error": {"type", "module", "message"}, "exit": N}')
 
 
 def _rpc_options(p: argparse.ArgumentParser, *, server: bool, timeout: bool) -> None:
@@ -151,15 +220,22 @@ def _rpc_options(p: argparse.ArgumentParser, *, server: bool, timeout: bool) -> 
     p.add_argument("--arg", dest="arg", action="append", type=key_value, metavar="K=V",
                    help="one argument; V is JSON when it parses, else a string; repeatable")
     p.add_argument("--args", dest="args_json", type=json_object, metavar="JSON",
-                   help="all arguments as a JSON object (--arg values override it)")
+                   help="all arguments as a JSON object, or - to read it from stdin "
+                   "(--arg values override it)")
     p.add_argument("--context", action="append", type=key_value, metavar="K=V",
                    help="request context entry (sent as _context_K); repeatable")
     p.add_argument("--version", help="requested API version, e.g. 1.2 (oslo Target.version)")
     p.add_argument("--namespace", help="API namespace (oslo Target.namespace)")
+    p.add_argument("--count", type=positive_int, metavar="N",
+                   help="load test: send N requests, then print one JSON summary line "
+                   "(sent, ok, errors, elapsed and rate; calls also p50/p95 latency) "
+                   "instead of the results")
+    p.add_argument("--concurrency", type=positive_int, metavar="C",
+                   help="with --count: over C connections, one thread each (default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, epilog=_EPILOG,
         description="Send oslo.messaging RPC requests or raw JSON messages to the broker "
         "configured in rpcworker's configuration file.")
@@ -187,8 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse the command line; argparse exits 2 (SystemExit) on a usage error."""
-    return build_parser().parse_args(list(argv))
+    """Parse the command line: UsageError on a usage error, SystemExit(0) for --help."""
+    parser = build_parser()
+    ns = parser.parse_args(list(argv))
+    if getattr(ns, "concurrency", None) is not None and ns.count is None:
+        parser.error("--concurrency needs --count")
+    return ns
+
+
+def json_errors(ns: argparse.Namespace | None, argv: Sequence[str]) -> bool:
+    """Whether ``--json`` was given (before the options parse: a scan of ``argv``)."""
+    if ns is not None:
+        return bool(getattr(ns, "json", False) or getattr(ns, "sub_json", False))
+    argv = list(argv)
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
 
 
 def oslo_args(ns: argparse.Namespace) -> list[str]:
@@ -360,7 +448,7 @@ def load_settings(argv: Sequence[str]) -> tuple[cfg.ConfigOpts, broker.BrokerSet
         conf = config.prepare(argv, with_cli=False)
         return conf, broker.settings(conf)
     except ConfigError as exc:
-        raise ClientError(EXIT_USAGE, f"configuration error: {exc}") from None
+        raise ClientError(EXIT_USAGE, f"configuration error: {exc}", "ConfigError") from None
 
 
 def _broker_errors(conn: kombu.Connection) -> tuple[type[BaseException], ...]:
@@ -390,6 +478,9 @@ def connect(conf: cfg.ConfigOpts, settings: broker.BrokerSettings) -> Session:
 
 def exchange_exists(session: Session, name: str) -> bool:
     """Passive declare on a throw-away channel (a 404 closes the channel)."""
+    if session.settings.folder is not None:  # filesystem://: bindings live in files
+        return os.path.exists(os.path.join(session.settings.folder, "exchanges",
+                                           f"{name}.exchange"))
     channel = session.conn.channel()
     try:
         channel.exchange_declare(exchange=name, type="topic", passive=True)
@@ -401,8 +492,11 @@ def exchange_exists(session: Session, name: str) -> bool:
 
 def ensure_exchange(session: Session, name: str, type_: str, *, durable: bool,
                     auto_delete: bool) -> bool:
-    """Declare ``name`` unless it exists (never redeclare with other flags). True if created."""
-    if not name or exchange_exists(session, name):
+    """Declare ``name`` unless it exists (never redeclare with other flags). True if created.
+
+    filesystem://: an exchange's type lives in each process, so it is always declared."""
+    local = session.settings.folder is not None
+    if not name or (not local and exchange_exists(session, name)):
         return False
     channel = session.conn.channel()
     channel.exchange_declare(exchange=name, type=type_, durable=durable,
@@ -415,7 +509,10 @@ def publish(session: Session, body: bytes | str, exchange: str, routing_key: str
             expiration: float | None = None,
             on_return: Callable[..., None] | None = None) -> None:
     """One confirmed publish: JSON, utf-8, persistent (kombu's and oslo's properties)."""
-    producer = kombu.Producer(session.conn.default_channel, on_return=on_return)
+    channel = session.conn.default_channel
+    # filesystem://: no basic.return (an unroutable message is dropped unseen)
+    producer = kombu.Producer(channel, on_return=on_return
+                              if hasattr(channel, "events") else None)
     producer.publish(
         body, exchange=exchange, routing_key=routing_key,
         content_type=protocol.JSON, content_encoding="utf-8", delivery_mode=2,
@@ -427,25 +524,41 @@ def publish(session: Session, body: bytes | str, exchange: str, routing_key: str
 # -- commands ---------------------------------------------------------------------
 
 
+class Caller:
+    """Calls over one session, one after the other, with one reply queue for all."""
+
+    def __init__(self, session: Session, req: RpcRequest, ns: argparse.Namespace) -> None:
+        self.session, self.req = session, req
+        self.timeout: float = ns.timeout
+        self.monitor: float | None = ns.call_monitor_timeout
+        # oslo declares the control exchange (topic, non-durable by default) before sending
+        ensure_exchange(session, req.exchange, "topic", durable=False, auto_delete=False)
+        self.reply_q = f"reply_{uuid.uuid4().hex}"
+        self.waiter: ReplyWaiter | None = None
+        queue = kombu.Queue(self.reply_q, durable=False, exclusive=True, auto_delete=True)
+        kombu.Consumer(session.conn.default_channel, queues=[queue], no_ack=True,
+                       on_message=self._on_reply).consume()
+
+    def _on_reply(self, message: Any) -> None:
+        if self.waiter is not None:  # replies to an earlier call that timed out: dropped
+            self.waiter.feed(message.body)
+
+    def call(self) -> ReplyWaiter:
+        """One call: the complete waiter (result or failure); ClientError(3) on a timeout."""
+        req = self.req
+        self.waiter = waiter = ReplyWaiter(uuid.uuid4().hex)
+        inner = inner_message(req, msg_id=waiter.msg_id, reply_q=self.reply_q,
+                              monitor_timeout=self.monitor)
+        publish(self.session, envelope(inner), req.exchange, req.routing_key,
+                expiration=self.timeout)
+        wait_reply(self.session, waiter, req, self.timeout, self.monitor)
+        return waiter
+
+
 def cmd_call(session: Session, ns: argparse.Namespace) -> int:
-    req = rpc_request(ns)
-    # oslo declares the control exchange (topic, non-durable by default) before sending
-    ensure_exchange(session, req.exchange, "topic", durable=False, auto_delete=False)
-    reply_q = f"reply_{uuid.uuid4().hex}"
-    waiter = ReplyWaiter(uuid.uuid4().hex)
-    queue = kombu.Queue(reply_q, durable=False, exclusive=True, auto_delete=True)
-    consumer = kombu.Consumer(session.conn.default_channel, queues=[queue], no_ack=True,
-                              on_message=lambda message: waiter.feed(message.body))
-    consumer.consume()
-    inner = inner_message(req, msg_id=waiter.msg_id, reply_q=reply_q,
-                          monitor_timeout=ns.call_monitor_timeout)
-    publish(session, envelope(inner), req.exchange, req.routing_key, expiration=ns.timeout)
-    wait_reply(session, waiter, req, ns.timeout, ns.call_monitor_timeout)
+    waiter = Caller(session, rpc_request(ns), ns).call()
     if waiter.failure is not None:
-        if ns.traceback and waiter.failure.traceback:
-            sys.stderr.write("".join(waiter.failure.traceback).rstrip("\n") + "\n")
-        print(waiter.failure.line(), file=sys.stderr)
-        return EXIT_REMOTE
+        raise RemoteCallError(waiter.failure, traceback=ns.traceback)
     print(json.dumps(waiter.result, ensure_ascii=False))
     return EXIT_OK
 
@@ -471,21 +584,29 @@ def wait_reply(session: Session, waiter: ReplyWaiter, req: RpcRequest, timeout: 
             continue
 
 
+def caster(session: Session, ns: argparse.Namespace) -> Callable[[], None]:
+    """Declare what a cast or fanout needs; return the function that sends one."""
+    req = rpc_request(ns)
+    if ns.command == "fanout":
+        exchange, routing_key = f"{req.topic}_fanout", ""
+        # as oslo's fanout_send declares it; an existing one is left as is (it may be
+        # durable where the servers use rabbit_transient_quorum_queue)
+        ensure_exchange(session, exchange, "fanout", durable=False, auto_delete=True)
+    else:
+        exchange, routing_key = req.exchange, req.routing_key
+        ensure_exchange(session, exchange, "topic", durable=False, auto_delete=False)
+
+    def send() -> None:  # a new _unique_id each time
+        publish(session, envelope(inner_message(req)), exchange, routing_key)
+    return send
+
+
 def cmd_cast(session: Session, ns: argparse.Namespace) -> int:
-    req = rpc_request(ns)
-    ensure_exchange(session, req.exchange, "topic", durable=False, auto_delete=False)
-    publish(session, envelope(inner_message(req)), req.exchange, req.routing_key)
+    caster(session, ns)()
     return EXIT_OK
 
 
-def cmd_fanout(session: Session, ns: argparse.Namespace) -> int:
-    req = rpc_request(ns)
-    exchange = f"{req.topic}_fanout"
-    # as oslo's fanout_send declares it; an existing one is left as is (it may be durable
-    # where the servers use rabbit_transient_quorum_queue)
-    ensure_exchange(session, exchange, "fanout", durable=False, auto_delete=True)
-    publish(session, envelope(inner_message(req)), exchange, "")
-    return EXIT_OK
+cmd_fanout = cmd_cast
 
 
 def cmd_publish(session: Session, ns: argparse.Namespace) -> int:
@@ -495,8 +616,10 @@ def cmd_publish(session: Session, ns: argparse.Namespace) -> int:
             raise ClientError(EXIT_USAGE, f"exchange {exchange!r} does not exist; give --type "
                               "to declare it")
         ensure_exchange(session, exchange, ns.type, durable=True, auto_delete=False)
-        print(f"{PROG}: exchange {exchange!r} did not exist: declared it "
-              f"(type {ns.type}, durable)", file=sys.stderr)
+        warn(ns, f"exchange {exchange!r} did not exist: declared it (type {ns.type}, durable)")
+    elif exchange and session.settings.folder is not None:
+        ensure_exchange(session, exchange, ns.type or "direct", durable=True,
+                        auto_delete=False)
     returned: list[str] = []
 
     def on_return(exc: BaseException, *_: Any) -> None:
@@ -504,9 +627,139 @@ def cmd_publish(session: Session, ns: argparse.Namespace) -> int:
 
     publish(session, ns.body, exchange, ns.routing_key, on_return=on_return)
     if returned:
-        print(f"{PROG}: warning: no queue is bound to exchange {exchange!r} for routing key "
-              f"{ns.routing_key!r}: the broker dropped the message", file=sys.stderr)
+        warn(ns, f"warning: no queue is bound to exchange {exchange!r} for routing key "
+             f"{ns.routing_key!r}: the broker dropped the message")
     return EXIT_OK
+
+
+def warn(ns: argparse.Namespace, text: str) -> None:
+    """A note on stderr: ``rpcworker-client: text``, or ``{"warning": text}`` with --json."""
+    line = json.dumps({"warning": text}) if json_errors(ns, ()) else f"{PROG}: {text}"
+    print(line, file=sys.stderr)
+
+
+# -- --count: quick load ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadRun:
+    """Shared by the sender threads of one ``--count`` run."""
+
+    count: int
+    tickets: Iterator[int] = dataclasses.field(default_factory=itertools.count)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    first_error: ClientError | None = None
+
+    def take(self) -> bool:
+        """Whether one more request is to be sent (by the calling thread)."""
+        with self.lock:
+            return not self.stop.is_set() and next(self.tickets) < self.count
+
+    def failed(self, exc: ClientError) -> None:
+        with self.lock:
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = exc
+
+
+def _percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (None for no values)."""
+    if not sorted_values:
+        return None
+    return sorted_values[max(1, math.ceil(len(sorted_values) * fraction)) - 1]
+
+
+def _load_worker(session: Session, ns: argparse.Namespace, state: LoadRun) -> None:
+    """One thread: requests on its own connection until the tickets run out."""
+    try:
+        if ns.command == "call":
+            caller = Caller(session, rpc_request(ns), ns)
+            while state.take():
+                start = time.monotonic()
+                with state.lock:
+                    state.sent += 1
+                try:
+                    waiter = caller.call()
+                except ClientError as exc:  # timeout: the next call goes on
+                    state.failed(exc)
+                    continue
+                if waiter.failure is not None:
+                    state.failed(RemoteCallError(waiter.failure))
+                else:
+                    with state.lock:
+                        state.ok += 1
+                        state.latencies.append(time.monotonic() - start)
+        else:
+            send = caster(session, ns)
+            while state.take():
+                with state.lock:
+                    state.sent += 1
+                send()
+                with state.lock:
+                    state.ok += 1
+    except _broker_errors(session.conn) as exc:  # this connection is done for
+        state.failed(session.broker_error(f"running {ns.command}", exc))
+    except ClientError as exc:
+        state.failed(exc)
+
+
+def run_load(conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
+             ns: argparse.Namespace) -> int:
+    """``--count N --concurrency C``: N requests over C connections; a JSON summary."""
+    count: int = ns.count
+    sessions: list[Session] = []
+    try:
+        for _ in range(min(ns.concurrency or 1, count)):
+            sessions.append(connect(conf, settings))
+        state = LoadRun(count)
+        threads = [threading.Thread(target=_load_worker, args=(s, ns, state), daemon=True,
+                                    name=f"{PROG}-{i}") for i, s in enumerate(sessions)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:
+            state.stop.set()
+            raise
+        elapsed = time.monotonic() - start
+    finally:
+        for s in sessions:
+            s.conn.release()
+    summary: dict[str, Any] = {
+        "command": ns.command, "count": count, "concurrency": len(sessions),
+        "sent": state.sent, "ok": state.ok, "errors": state.errors,
+        "elapsed": round(elapsed, 6),
+        "rate": round(state.sent / elapsed, 3) if elapsed > 0 else None,
+    }
+    if ns.command == "call":
+        latencies = sorted(state.latencies)
+        for name, fraction in (("p50", 0.5), ("p95", 0.95)):
+            value = _percentile(latencies, fraction)
+            summary[name] = None if value is None else round(value, 6)
+    print(json.dumps(summary), flush=True)
+    if state.first_error is not None:
+        raise LoadError(state.first_error, state.errors, count)
+    return EXIT_OK
+
+
+class LoadError(ClientError):
+    """Some requests of a ``--count`` run failed: the exit status of the first failure."""
+
+    def __init__(self, first: ClientError, errors: int, count: int) -> None:
+        super().__init__(first.status, f"{errors} of {count} requests failed; the first: "
+                         f"{first}", first.type)
+        self.first, self.errors = first, errors
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.first.as_json(), "errors": self.errors}
 
 
 COMMANDS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
@@ -519,6 +772,8 @@ COMMANDS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
 
 def run(ns: argparse.Namespace) -> int:
     conf, settings = load_settings(oslo_args(ns))
+    if getattr(ns, "count", None) is not None:
+        return run_load(conf, settings, ns)
     session = connect(conf, settings)
     try:
         return COMMANDS[ns.command](session, ns)
@@ -533,19 +788,33 @@ def _exit_status(exc: SystemExit) -> int:
     return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
 
 
+def report(exc: ClientError, as_json: bool) -> None:
+    """Print the error that ends the command on stderr (one JSON object with --json)."""
+    if as_json:
+        print(json.dumps(exc.as_json(), ensure_ascii=False), file=sys.stderr)
+    elif isinstance(exc, UsageError):
+        sys.stderr.write(f"{exc.usage}{exc}\n")  # as argparse prints it
+    elif isinstance(exc, RemoteCallError):
+        if exc.traceback and exc.failure.traceback:
+            sys.stderr.write("".join(exc.failure.traceback).rstrip("\n") + "\n")
+        print(str(exc), file=sys.stderr)
+    else:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    ns: argparse.Namespace | None = None
     try:
         ns = parse_args(args)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
-        return _exit_status(exc)
-    try:
         return run(ns)
+    except SystemExit as exc:  # argparse: --help (0)
+        return _exit_status(exc)
     except ClientError as exc:
-        print(f"{PROG}: {exc}" if exc.status != EXIT_REMOTE else str(exc), file=sys.stderr)
+        report(exc, json_errors(ns, args))
         return exc.status
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        report(ClientError(130, "interrupted", "KeyboardInterrupt"), json_errors(ns, args))
         return 130
 
 

@@ -8,13 +8,15 @@ from collections.abc import Sequence
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import broker, config, plugins, service, supervisor, topology
+from rpcworker import broker, brokercheck, config, plugins, service, supervisor, topology
 from rpcworker.errors import ConfigError, PluginError
 
 LOG = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
+EXIT_BROKER_CONFLICT = 1  # --check-config --broker: a declaration would be refused
+EXIT_BROKER_UNREACHABLE = 4  # --check-config --broker: no connection to the broker
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         return _fail(f"plugin error: {exc}")
     if conf.workers > 1:
-        return supervisor.run(conf)
+        try:
+            return supervisor.run(conf)
+        except ConfigError as exc:  # [metrics] listen: the port is taken
+            return _fail(f"configuration error: {exc}")
     return service.run(conf, worker)
 
 
@@ -57,6 +62,12 @@ def list_handlers() -> int:
     width = max(len(i.name) for i in infos)
     for info in infos:
         print(f"{info.name:<{width}}  {info.target}  {info.summary}".rstrip())
+        if info.summary.startswith("(cannot be imported"):
+            continue
+        methods = ("(any public name: decided by the handler at run time)"
+                   if info.methods is None else ", ".join(info.methods) or "(none)")
+        print(f"{'':<{width}}    target: namespace {info.namespace}, version {info.version}")
+        print(f"{'':<{width}}    methods: {methods}")
     return EXIT_OK
 
 
@@ -70,4 +81,16 @@ def check_config(conf: cfg.ConfigOpts) -> int:
         for line in topology.describe(topology.build(b, instance_id="<per-process id>")):
             print(line)
     print("configuration OK")
-    return EXIT_OK
+    if not conf.check_broker:
+        return EXIT_OK
+    if settings.folder is not None:
+        print("rpcworker: --broker: there is no broker to check with a filesystem:// "
+              "transport_url", file=sys.stderr)
+        return EXIT_CONFIG
+    result = brokercheck.check(parsed, settings, broker.connection(conf, settings))
+    if result.unreachable:
+        print(f"rpcworker: broker unreachable: {result.unreachable}", file=sys.stderr)
+        return EXIT_BROKER_UNREACHABLE
+    for line in result.lines():
+        print(line)
+    return EXIT_BROKER_CONFLICT if result.conflicts else EXIT_OK

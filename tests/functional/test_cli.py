@@ -159,14 +159,31 @@ def test_check_config_prints_the_plan() -> None:
 def test_list_handlers() -> None:
     result = run("--list-handlers")
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
-    assert "rpcworker.handlers.echo:" in rows["echo"]
-    assert "rpcworker.handlers.log:" in rows["log"]
-    assert "rpcworker_testplugin:Recorder" in rows["recorder"]
-    assert "Record every call, cast and event" in rows["recorder"]
+    rows: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        if line.strip() and not line.startswith(" "):
+            rows[line.split()[0]] = [line]
+        elif line.strip():
+            rows[list(rows)[-1]].append(line.strip())
+    assert "rpcworker.handlers.echo:" in rows["echo"][0]
+    assert "rpcworker.handlers.log:" in rows["log"][0]
+    assert "rpcworker_testplugin:Recorder" in rows["recorder"][0]
+    assert "Record every call, cast and event" in rows["recorder"][0]
     # every row has a summary after the target
     for name in ("echo", "log", "recorder"):
-        assert len(rows[name].split(None, 2)) == 3, rows[name]
+        assert len(rows[name][0].split(None, 2)) == 3, rows[name]
+    # then its RPC target and public methods (dispatcher.find_method's rule)
+    assert rows["versioned"][1:] == ["target: namespace testns, version 1.3",
+                                     "methods: which"]
+    assert rows["echo"][1] == "target: namespace None, version 1.0"
+    echo_methods = rows["echo"][2].removeprefix("methods: ").split(", ")
+    assert {"echo", "fail", "context", "sleep"} <= set(echo_methods)
+    assert not [m for m in echo_methods if m.startswith("_") or m == "handle_message"]
+    assert rows["recorder"][2] == ("methods: crash, fail, hang, record, reject, requeue, "
+                                   "slow")
+    assert rows["log"][2] == "methods: (any public name: decided by the handler at run time)"
+    # a plugin that cannot be imported is listed on one line, without a target
+    assert len(rows["broken_import"]) == 1 and "cannot be imported" in rows["broken_import"][0]
     assert "Traceback" not in result.stdout + result.stderr
 
 

@@ -25,10 +25,10 @@ _SCRIPT = Path(sys.executable).with_name("rpcworker-client")
 CLIENT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "rpcworker.cmd.client"]
 
 
-def run_client(conf: Path | str, *args: str,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_client(conf: Path | str, *args: str, timeout: float = 60,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLIENT, "--config-file", str(conf), *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, input=stdin)
 
 
 def worker_config(uid: str, records: Path) -> str:
@@ -175,6 +175,94 @@ def test_bad_json_exits_2(worker: Any) -> None:
     p = run_client(worker.config_path, "publish", "--exchange", f"ev-{worker.uid}",
                    "--routing-key", "a.b", "not json")
     assert p.returncode == 2 and "BODY_JSON: not valid JSON" in p.stderr
+
+
+# -- --args -, --json, --count ---------------------------------------------------------
+
+
+def test_call_args_from_stdin(worker: Any) -> None:
+    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "echo", "--args", "-",
+                   "--arg", "x=2", stdin='{"x": 1, "nested": {"l": [1, "two", null]}}')
+    assert (p.returncode, p.stderr) == (0, "")
+    assert json.loads(p.stdout) == {"x": 2, "nested": {"l": [1, "two", None]}}
+    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "echo", "--args", "-",
+                   stdin="[1]")
+    assert (p.returncode, p.stdout) == (2, "")
+    assert "--args: stdin: must be a JSON object, not list" in p.stderr
+
+
+def only_json_error(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    [line] = p.stderr.strip().splitlines()
+    data = json.loads(line)
+    assert data["exit"] == p.returncode
+    return data["error"]  # type: ignore[no-any-return]
+
+
+def test_json_remote_error(worker: Any) -> None:
+    p = run_client(worker.config_path, "--json", "call", f"t-{worker.uid}", "fail",
+                   "--arg", "message=boom")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_json_error(p) == {"type": "ValueError", "module": "builtins",
+                                  "message": "boom"}
+    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "no_such_method", "--json",
+                   "--traceback")
+    error = only_json_error(p)
+    assert (error["type"], error["module"]) == ("NoSuchMethod",
+                                                "oslo_messaging.rpc.dispatcher")
+    assert "no_such_method" in error["message"]
+
+
+def test_json_timeout(worker: Any) -> None:
+    p = run_client(worker.config_path, "--json", "call", f"nobody-{worker.uid}", "echo",
+                   "--timeout", "1")
+    assert (p.returncode, p.stdout) == (3, "")
+    error = only_json_error(p)
+    assert (error["type"], error["module"]) == ("Timeout", "rpcworker.cmd.client")
+    assert "timed out after 1s" in error["message"]
+
+
+def summary_of(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    [line] = p.stdout.splitlines()
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
+def test_count_calls_over_several_connections(worker: Any) -> None:
+    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "echo", "--arg", "x=1",
+                   "--count", "40", "--concurrency", "4")
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    s = summary_of(p)
+    assert (s["command"], s["count"], s["concurrency"]) == ("call", 40, 4)
+    assert (s["sent"], s["ok"], s["errors"]) == (40, 40, 0)
+    assert s["elapsed"] > 0 and s["rate"] > 0
+    assert 0 < s["p50"] <= s["p95"] < s["elapsed"]
+
+
+def test_count_casts_are_all_handled(worker: Any) -> None:
+    p = run_client(worker.config_path, "cast", f"r-{worker.uid}", "record", "--args", "-",
+                   "--count", "12", "--concurrency", "3", stdin='{"n": 7}')
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    s = summary_of(p)
+    assert (s["sent"], s["ok"], s["errors"], s["concurrency"]) == (12, 12, 0, 3)
+    assert "p50" not in s and "p95" not in s  # latencies are for calls
+    recs = records_of(worker, "rpc", 12)
+    assert len(recs) == 12 and all(r["args"] == {"n": 7} for r in recs)
+
+
+def test_count_with_remote_errors_exits_1(worker: Any) -> None:
+    p = run_client(worker.config_path, "--json", "call", f"t-{worker.uid}", "fail",
+                   "--arg", "message=boom", "--count", "5", "--concurrency", "2")
+    assert p.returncode == 1
+    s = summary_of(p)
+    assert (s["sent"], s["ok"], s["errors"]) == (5, 0, 5)
+    assert (s["p50"], s["p95"]) == (None, None)
+    data = json.loads(p.stderr)
+    assert data == {"error": {"type": "ValueError", "module": "builtins", "message": "boom"},
+                    "exit": 1, "errors": 5}
+    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "fail", "--arg",
+                   "message=boom", "--count", "2")
+    assert p.returncode == 1
+    assert p.stderr.strip() == ("rpcworker-client: 2 of 2 requests failed; the first: "
+                                "ValueError: boom")
 
 
 # -- the wire, without a daemon -------------------------------------------------------

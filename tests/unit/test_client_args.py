@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,135 @@ def test_unreachable_broker_exits_4_without_password(
     assert err.startswith("rpcworker-client: cannot connect to the broker at amqp://guest:***@")
     assert "Sup3rS3cret" not in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+# -- --args -, --json, --count ---------------------------------------------------------
+
+
+def test_args_dash_reads_the_json_object_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"x": 0, "big": [1, 2, 3]}\n'))
+    req = request("call", "t", "m", "--args", "-", "--arg", "x=1")
+    assert req.args == {"x": 1, "big": [1, 2, 3]}
+
+
+@pytest.mark.parametrize(("stdin", "error"), [
+    ("{x", "argument --args: stdin: not valid JSON"),
+    ("[1]", "argument --args: stdin: must be a JSON object, not list"),
+    ("", "argument --args: stdin: not valid JSON"),
+])
+def test_args_dash_bad_stdin_exits_2(stdin: str, error: str, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    assert client.main(["cast", "t", "m", "--args", "-"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage:" in err and error in err
+
+
+def json_error(err: str) -> dict[str, Any]:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    data = json.loads(lines[0])
+    assert set(data) >= {"error", "exit"} and set(data["error"]) >= {"type", "module",
+                                                                      "message"}
+    return data  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--json", "call", "t", "m", "--args", "{bad"],
+    ["call", "t", "m", "--json", "--timeout", "0"],
+    ["--json", "cast", "t", "m", "--concurrency", "2"],  # --concurrency needs --count
+    ["--json"],
+])
+def test_json_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main(argv) == client.EXIT_USAGE
+    out, err = capsys.readouterr()
+    data = json_error(err)
+    assert out == "" and "usage:" not in err
+    assert data["exit"] == 2 and data["error"]["type"] == "UsageError"
+    assert data["error"]["module"] == client.CLIENT_MODULE
+    assert data["error"]["message"].startswith("rpcworker-client")
+
+
+def test_json_after_double_dash_is_not_the_option() -> None:
+    assert client.json_errors(None, ["cast", "--", "--json"]) is False
+    assert client.json_errors(None, ["--json", "cast"]) is True
+
+
+def test_json_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "nope.conf")
+    assert client.main(["--json", "--config-file", missing, "call", "t", "m"]) == 2
+    data = json_error(capsys.readouterr().err)
+    assert data["exit"] == 2 and data["error"]["type"] == "ConfigError"
+    assert missing in data["error"]["message"]
+
+
+def test_json_broker_error_has_no_password(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    conf = write_conf(tmp_path, "[broker]\nhostname = 127.0.0.1\nport = 1\n"
+                      "password = Sup3rS3cret\nconnect_timeout = 1\n")
+    assert client.main(["--config-file", conf, "cast", "t", "m", "--json"]) == 4
+    out, err = capsys.readouterr()
+    data = json_error(err)
+    assert out == "" and "Sup3rS3cret" not in err
+    assert (data["exit"], data["error"]["type"]) == (4, "BrokerError")
+    assert data["error"]["message"].startswith("cannot connect to the broker at")
+
+
+def test_count_on_an_unreachable_broker_exits_4(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    conf = write_conf(tmp_path, "[broker]\nhostname = 127.0.0.1\nport = 1\n"
+                      "connect_timeout = 1\n")
+    assert client.main(["--config-file", conf, "call", "t", "m", "--count", "5",
+                        "--concurrency", "2"]) == 4
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("rpcworker-client: cannot connect to the broker")
+
+
+def test_remote_failure_as_json() -> None:
+    failure = client.RemoteFailure("NoSuchMethod", "oslo_messaging.rpc.dispatcher",
+                                   "Endpoint does not support RPC method x",
+                                   ("Traceback (most recent call last):\n", "  ...\n"))
+    assert client.RemoteCallError(failure).as_json() == {
+        "error": {"type": "NoSuchMethod", "module": "oslo_messaging.rpc.dispatcher",
+                  "message": "Endpoint does not support RPC method x"}, "exit": 1}
+    with_tb = client.RemoteCallError(failure, traceback=True).as_json()
+    assert with_tb["error"]["traceback"] == "Traceback (most recent call last):\n  ..."
+    load = client.LoadError(client.RemoteCallError(failure), 3, 10)
+    assert load.status == 1 and str(load).startswith("3 of 10 requests failed; the first: ")
+    assert load.as_json()["errors"] == 3 and load.as_json()["error"]["type"] == "NoSuchMethod"
+
+
+def test_count_and_concurrency_options() -> None:
+    ns = client.parse_args(["call", "t", "m"])
+    assert (ns.count, ns.concurrency) == (None, None)
+    ns = client.parse_args(["cast", "t", "m", "--count", "100", "--concurrency", "4"])
+    assert (ns.count, ns.concurrency) == (100, 4)
+    assert client.parse_args(["fanout", "t", "m", "--count", "1"]).count == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["call", "t", "m", "--count", "0"],
+    ["call", "t", "m", "--count", "x"],
+    ["call", "t", "m", "--count", "2", "--concurrency", "0"],
+    ["cast", "t", "m", "--concurrency", "2"],
+    ["publish", "--exchange", "e", "--count", "2", "{}"],
+])
+def test_count_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert client._percentile(values, 0.5) == 50.0
+    assert client._percentile(values, 0.95) == 95.0
+    assert client._percentile([7.0], 0.95) == 7.0
+    assert client._percentile([], 0.5) is None
+
+
+def test_help_documents_exit_statuses_and_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert client.main(["call", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("0 ok, 1 remote error, 2 usage or configuration error, 3 timeout, 4 broker",
+                 "--json", "--count N", "--concurrency C", "or - to read it from stdin"):
+        assert text in out

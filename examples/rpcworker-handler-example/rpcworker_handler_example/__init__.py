@@ -1,0 +1,1 @@
+"""An example rpcworker handler plugin: a mail outbox service."""
