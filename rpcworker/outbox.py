@@ -123,9 +123,10 @@ class Outbox:
         """Publish the reply (if any), then carry out the action the dispatcher chose."""
         action = outcome.action
         if action is Action.RETRY and d.queue not in self.retryable:
-            LOG.warning("binding %s: queue %s has no delay queue (it is exclusive, or the "
-                        "transport has no message TTL): dead-lettered instead of retried",
-                        d.binding.name, d.queue)
+            LOG.warning("binding %s: %s: queue %s has no delay queue (it is exclusive, or "
+                        "the transport has no message TTL): dead-lettered instead of retried",
+                        d.binding.name, _what(d), d.queue,
+                        extra=log_fields(d.binding.name, d.request))
             action = Action.DEAD_LETTER
             outcome = dataclasses.replace(outcome, action=action)
         publishes = outcome.reply is not None or action in (Action.RETRY, Action.COUNT) or (

@@ -310,14 +310,33 @@ class HandlerFixture:
 
     def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until every message published so far has been handled and settled."""
-        def idle() -> bool:
+        def quiet() -> bool:
             with self._client.channel() as channel:
                 for t in self.worker.topologies:
                     for q in t.queues:
                         if q.name and channel._size(q.name):
                             return False
-            return self.worker.executor.pending == 0 and not self.worker._inflight
+            return (self.worker.executor.pending == 0 and not self.worker._inflight
+                    and self._unacked() == 0)
+
+        def idle() -> bool:
+            # twice, a moment apart: a message the loop has just taken off its queue
+            # is for a few instructions in neither the queue nor the channel's unacked set
+            if not quiet():
+                return False
+            time.sleep(0.02)
+            return quiet()
         self._wait(idle, timeout, "the worker to be idle")
+
+    def _unacked(self) -> int:
+        """Deliveries the worker's channels hold, not yet acked or rejected (an outcome
+        is settled, and counted in ``stats``, before its delivery is acked)."""
+        count = 0
+        for consumer in list(self.worker._consumers.values()):
+            qos = getattr(consumer.channel, "qos", None)
+            if qos is not None:
+                count += len(set(qos._delivered) - set(qos._dirty))
+        return count
 
     def call_amqp(self, method: str, context: dict[str, Any] | None = None,
                   timeout: float = 5.0, **args: Any) -> Any:

@@ -143,7 +143,7 @@ def test_worker_and_client_without_a_broker(daemon_factory: Any, tmp_path: Path,
         d.signal(signal.SIGTERM)
         assert d.wait_exit(timeout=30) == 0
     logs = w1.log() + w2.log()
-    assert "queue jobs-q has no delay queue" in logs
+    assert "cast 'fail'" in logs and "queue jobs-q has no delay queue" in logs
     assert logs.count("Traceback") == 1, "only the failing job's traceback is logged"
     assert connections_to(trap) == 0, "filesystem:// must never contact the broker"
 
