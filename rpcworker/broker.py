@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import ssl as ssl_module
+import time
+import uuid
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import kombu
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils import json as kombu_json
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -241,6 +247,57 @@ def connection(conf: cfg.ConfigOpts, s: BrokerSettings | None = None) -> kombu.C
     )
 
 
+class _FilesystemChannel(filesystem.Channel):
+    """kombu's filesystem channel with its exchange tables guarded by one lock file.
+
+    kombu creates a table file with ``open("wb")`` before locking it: two workers binding
+    to the same new exchange at once each wrote a table holding only their own binding
+    (a fanout then reached one of them), and a reader could see the truncated file."""
+
+    def _table_lock(self, mode: int) -> Any:
+        return _flock(os.path.join(str(self.control_folder), ".lock"), mode)
+
+    def get_table(self, exchange: str) -> Any:
+        with self._table_lock(fcntl.LOCK_SH):
+            return super().get_table(exchange)
+
+    def _queue_bind(self, *args: Any) -> Any:
+        with self._table_lock(fcntl.LOCK_EX):
+            return super()._queue_bind(*args)
+
+    def _delete(self, *args: Any, **kwargs: Any) -> Any:
+        with self._table_lock(fcntl.LOCK_EX):
+            return super()._delete(*args, **kwargs)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """kombu writes a message file in place, so a consumer could take and read it
+        before the bytes were in (an empty file: JSONDecodeError in the consumer). Here
+        it is written under a name no consumer looks at, then renamed into place."""
+        name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = os.path.join(self.data_folder_out, f".{name}.partial")
+        try:
+            with open(partial, "wb") as f:
+                f.write(kombu_json.dumps(message).encode("utf-8"))
+            os.rename(partial, final)
+        except OSError as exc:
+            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+class _FilesystemTransport(filesystem.Transport):
+    Channel = _FilesystemChannel
+
+
+@contextlib.contextmanager
+def _flock(path: str, mode: int) -> Any:
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def filesystem_connection(folder: str) -> kombu.Connection:
     """kombu's filesystem transport: messages are files in ``folder/queues``, exchange
     bindings in ``folder/exchanges`` (shared by every process using ``folder``)."""
@@ -252,7 +309,7 @@ def filesystem_connection(folder: str) -> kombu.Connection:
         raise ConfigError("DEFAULT", "transport_url",
                           f"cannot create {folder}: {exc.strerror}") from None
     # a host name only to keep kombu from warning that none was given
-    return kombu.Connection("filesystem://localhost", transport_options={
+    return kombu.Connection("localhost", transport=_FilesystemTransport, transport_options={
         "data_folder_in": queues, "data_folder_out": queues, "control_folder": exchanges})
 
 
