@@ -75,6 +75,16 @@ def _delete_delay_queues(_require_broker: None) -> Iterator[None]:
 
 
 @pytest.fixture
+def trap() -> Iterator[socket.socket]:
+    """A listening socket standing in for the broker: nothing may connect to it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
 def uid() -> str:
     """A short unique suffix for queue/exchange/topic names of one test."""
     return uuid.uuid4().hex[:10]

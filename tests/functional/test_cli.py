@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,6 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=timeout,
                           env=env, check=False)
-
-
-@pytest.fixture
-def trap() -> Iterator[socket.socket]:
-    """A listening socket standing in for the broker: nothing may connect to it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    yield sock
-    sock.close()
 
 
 def connections_to(sock: socket.socket) -> int:

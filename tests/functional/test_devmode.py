@@ -13,26 +13,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.functional.test_cli import connections_to
 from tests.helpers import wait_for
 from tests.plugin.rpcworker_testplugin import read_records
 
 CLIENT = Path(sys.executable).parent / "rpcworker-client"
-
-
-@pytest.fixture
-def trap() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    yield sock
-    sock.close()
 
 
 def dev_config(folder: Path, records: Path, trap_port: int, host: str) -> str:
