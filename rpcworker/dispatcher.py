@@ -133,6 +133,17 @@ def refused(binding: Binding, rejected: protocol.Rejected) -> Outcome:
     return Outcome(Action.DEAD_LETTER, reply, f"refused: {rejected.reason}")
 
 
+#: (handler, method, namespace, version) that find_method accepted: the loop thread
+#: checks every request, and the class lookup costs a few microseconds. Only successes
+#: are kept (a flood of unknown names cannot fill it), and it is bounded.
+_FOUND: set[tuple[Any, ...]] = set()
+_FOUND_MAX = 4096
+
+
+def _has_getattr_hook(cls: type) -> bool:
+    return any("__getattr__" in vars(k) for k in cls.__mro__ if k is not object)
+
+
 def unknown_method(handler: Any, binding: Binding, request: protocol.Request
                    ) -> Outcome | None:
     """Decide on receipt, before any receipt ack: a request for a method or version the
@@ -142,8 +153,15 @@ def unknown_method(handler: Any, binding: Binding, request: protocol.Request
     The caller logs the refusal (rate limited, as for a message ``decode`` refused)."""
     if not request.is_rpc:
         return None
+    key = (id(handler), type(handler), request.method, request.namespace, request.version)
+    if key in _FOUND:
+        return None
     try:
         find_method(handler, request)
+        if not _has_getattr_hook(type(handler)):  # its answers may change: never cached
+            if len(_FOUND) >= _FOUND_MAX:
+                _FOUND.clear()
+            _FOUND.add(key)
     except (NoSuchMethod, UnsupportedVersion) as exc:
         reply = protocol.encode_failure(request.reply, exc) if request.reply else None
         action = Action.ACK if request.is_call else Action.DEAD_LETTER

@@ -352,3 +352,24 @@ def test_refusal_log_lines_cannot_be_forged() -> None:
 
     assert _printable("method a\nERROR forged line") == "method a\\nERROR forged line"
     assert _printable("plain reason: 'x'") == "plain reason: 'x'"
+
+
+def test_unknown_method_caches_only_what_it_found() -> None:
+    h = Handler()
+    assert dispatcher.unknown_method(h, AFTER, req("add")) is None
+    assert (id(h), Handler, "add", None, "1.0") in dispatcher._FOUND
+    assert dispatcher.unknown_method(h, AFTER, req("nope")) is not None
+    assert not any(key[2] == "nope" for key in dispatcher._FOUND)
+
+    class Dynamic:
+        names = {"ping"}
+
+        def __getattr__(self, name: str) -> Any:
+            if name in self.names:
+                return lambda ctxt: "pong"
+            raise AttributeError(name)
+
+    d = Dynamic()
+    assert dispatcher.unknown_method(d, AFTER, req("ping")) is None
+    d.names = set()  # a __getattr__ handler may stop answering: never cached
+    assert dispatcher.unknown_method(d, AFTER, req("ping")) is not None
