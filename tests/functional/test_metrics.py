@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from tests.functional.support import records
 from tests.functional.tcpproxy import TCPProxy
 from tests.functional.test_lifecycle import cast, delete_entities
 from tests.functional.test_workers import children
+from tests.helpers import http_get as get
 from tests.helpers import wait_for
 
 
@@ -25,16 +24,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:  # not listening yet
-        return 0, str(exc)
 
 
 def scrape(port: int) -> dict[tuple[str, str], float]:

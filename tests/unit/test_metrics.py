@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import kombu
@@ -17,6 +15,7 @@ from rpcworker.errors import ConfigError
 from rpcworker.outbox import Delivery, Outbox, Stats
 from rpcworker.supervisor import Hub
 from rpcworker.systemd import NullNotifier
+from tests.helpers import http_get as get
 from tests.unit.test_outbox import BINDING, FakeMessage
 from tests.unit.test_supervisor import Clock, Sink
 
@@ -167,14 +166,6 @@ def test_hub_health_and_readiness() -> None:
 
 
 # -- the HTTP endpoint --------------------------------------------------------------------
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_endpoint_routes() -> None:
