@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import random
 import ssl as ssl_module
 import time
 import uuid
@@ -209,6 +210,45 @@ class Connection(kombu.Connection):
     A failed attempt's exception carries the (masked) URL of the host it was for; see
     ``attempted()``.
     """
+
+    #: the entry of ``alt`` (a host URL) this connection is set to connect to
+    current: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.alt:
+            first = args[0] if args else kwargs.get("hostname")
+            self.current = first if first in self.alt else self.alt[0]
+
+    def switch(self, conn_str: str) -> None:
+        super().switch(conn_str)
+        self.current = conn_str
+
+    def failover_clone(self, after: str | None = None) -> Connection:
+        """A new, unconnected copy for the next session, ``after`` being the host (an
+        entry of ``alt``) the lost session was connected to.
+
+        round-robin: the first attempt goes to the host after ``after`` in the
+        configured order (the lost one is tried last), then on round the list.
+        shuffle: the first attempt goes to a random host other than ``after`` (at the
+        first start, to any host: workers sharing one transport_url spread over the
+        cluster), then random ones. kombu alone restarts every session at the first
+        host and tries it twice before moving on: a dead first node cost every
+        reconnect two attempts, a black-holed one two connect timeouts.
+        """
+        hosts = list(self.alt)
+        if len(hosts) < 2:
+            return self.clone()  # type: ignore[no-any-return]
+        shuffle = self._failover_strategy == "shuffle"
+        if shuffle:
+            first = random.choice([i for i, url in enumerate(hosts) if url != after])
+        else:
+            first = (hosts.index(after) + 1) % len(hosts) if after in hosts else 0
+        clone: Connection = self.clone(hostname=hosts[first])
+        if not shuffle:
+            for _ in range(first):  # kombu's round-robin cycle is set to go to alt[1] next
+                next(clone.cycle)
+        return clone
 
     def _init_params(self, *args: Any, **params: Any) -> None:
         tls = params.get("ssl")

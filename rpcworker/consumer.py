@@ -91,6 +91,9 @@ class Worker(ConsumerMixin):
         #: bindings taken away by a reload, kept open until their in-flight work is settled
         self._retiring: list[tuple[Binding, Any, tuple[str, ...]]] = []
         self._last_heartbeat_check = 0.0
+        #: the broker host (transport_url entry) of the last session: the next one starts
+        #: with the host after it (broker.Connection.failover_clone)
+        self._last_host: str | None = None
         #: refusal log lines: at most 10 per binding in 10 s, then one summary
         self._refusals = ratelimit.LogLimiter()
         b = conf.broker
@@ -184,7 +187,10 @@ class Worker(ConsumerMixin):
 
     @contextlib.contextmanager
     def _connected(self) -> Iterator[kombu.Connection]:
-        conn = self.connection.clone()
+        if isinstance(self.connection, broker.Connection):
+            conn = self.connection.failover_clone(self._last_host)
+        else:
+            conn = self.connection.clone()
         clean = False
         try:
             start, step, top = self._reconnect
@@ -219,6 +225,7 @@ class Worker(ConsumerMixin):
             self._monitors.clear()
             self.stats.connects += 1
             self.metrics.connection_up(first=self.stats.connects == 1)
+            self._last_host = getattr(conn, "current", None)
             LOG.info("Connected to the broker at %s", _where(conn))
             retryable = {q.name for t in self.topologies for q in t.queues
                          if self._retry_queues(t.binding, q)}

@@ -311,3 +311,59 @@ def test_explain_other_errors_unchanged() -> None:
     assert broker.explain(TimeoutError()) == "TimeoutError"
     assert broker.attempted(TimeoutError(), kombu.Connection("amqp://u:p@h9//")) == (
         "amqp://u:**@h9:5672//")
+
+
+def _failover_conn(make_conf: MakeConf, strategy: str) -> broker.Connection:
+    conf = make_conf(f"""
+        [DEFAULT]
+        transport_url = rabbit://u:p@h1:5672,u:p@h2:5673,u2:p2@h3:5674/
+        [broker]
+        failover_strategy = {strategy}
+        """)
+    conn = broker.connection(conf)
+    assert isinstance(conn, broker.Connection)
+    return conn
+
+
+def _next_hosts(conn: kombu.Connection, n: int) -> list[str]:
+    """The hosts of the first attempt and of the next ``n`` failovers."""
+    seen = [f"{conn.hostname}:{conn.port}"]
+    for _ in range(n):
+        conn.maybe_switch_next()
+        seen.append(f"{conn.hostname}:{conn.port}")
+    return seen
+
+
+def test_round_robin_reconnects_start_after_the_lost_host(make_conf: MakeConf) -> None:
+    conn = _failover_conn(make_conf, "round-robin")
+    h1, h2, h3 = conn.alt
+    assert conn.current == h1
+    # the first session: the configured order
+    assert _next_hosts(conn.failover_clone(None), 4) == [
+        "h1:5672", "h2:5673", "h3:5674", "h1:5672", "h2:5673"]
+    # the session on h2 was lost: h3 first, h2 last, each once per round
+    again = conn.failover_clone(h2)
+    assert again.current == h3 and again.userid == "u2" and again.password == "p2"
+    assert _next_hosts(again, 3) == ["h3:5674", "h1:5672", "h2:5673", "h3:5674"]
+    assert _next_hosts(conn.failover_clone(h3), 2) == ["h1:5672", "h2:5673", "h3:5674"]
+    # switch() keeps track of where a connection is
+    again.maybe_switch_next()
+    assert again.current == h1 and again.userid == "u"
+
+
+def test_shuffle_never_starts_on_the_lost_host_and_spreads_first_starts(
+        make_conf: MakeConf) -> None:
+    conn = _failover_conn(make_conf, "shuffle")
+    h1, _, _ = conn.alt
+    firsts = {conn.failover_clone(h1).hostname for _ in range(60)}
+    assert firsts == {"h2", "h3"}
+    assert {conn.failover_clone(None).hostname for _ in range(60)} == {"h1", "h2", "h3"}
+
+
+def test_single_host_reconnects_to_it(make_conf: MakeConf) -> None:
+    conf = make_conf("""
+        [broker]
+        hostname = h9
+        """)
+    conn = broker.connection(conf)
+    assert conn.failover_clone("whatever").hostname == "h9"
