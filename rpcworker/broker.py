@@ -233,12 +233,12 @@ class Connection(kombu.Connection):
         shuffle: the first attempt goes to a random host other than ``after`` (at the
         first start, to any host: workers sharing one transport_url spread over the
         cluster), then random ones. kombu alone restarts every session at the first
-        host and tries it twice before moving on: a dead first node cost every
-        reconnect two attempts, a black-holed one two connect timeouts.
+        host: after losing the first node, every reconnect began with a dead host (with a
+        black-holed one, a connect timeout each time).
         """
         hosts = list(self.alt)
         if len(hosts) < 2:
-            return self.clone()  # type: ignore[no-any-return]
+            return self.clone()
         shuffle = self._failover_strategy == "shuffle"
         if shuffle:
             first = random.choice([i for i, url in enumerate(hosts) if url != after])
@@ -247,7 +247,7 @@ class Connection(kombu.Connection):
         clone: Connection = self.clone(hostname=hosts[first])
         if not shuffle:
             for _ in range(first):  # kombu's round-robin cycle is set to go to alt[1] next
-                next(clone.cycle)
+                next(clone.cycle)  # type: ignore[arg-type]
         return clone
 
     def _init_params(self, *args: Any, **params: Any) -> None:

@@ -17,19 +17,15 @@ it in a ``finally``). Run under the shared lock:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import json
 import logging
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
 from tests.functional.conftest import (
@@ -42,6 +38,7 @@ from tests.functional.conftest import (
     delete_queues,
 )
 from tests.functional.faults_report import Tally, handled_ids, report, tally
+from tests.functional.stream import COUNT, STREAM_TIMEOUT, Stream
 from tests.functional.support import (
     broker_stopped,
     queue_drained,
@@ -55,16 +52,12 @@ from tests.helpers import wait_for
 LOST = "Connection to the broker lost"
 CONSUMING = "Consuming:"
 
-#: ids per stream, publishing rate (messages/s) and the recorder's per-message delay.
+#: the stream (tests/functional/stream.py: COUNT ids at RATE per second) and the recorder's delay.
 #: 16 handler threads x 1/DELAY = 320 messages/s: the stream (about 5 s) runs a little
 #: ahead of the worker, whose prefetch window is thus full of unacked deliveries when
 #: a fault lands
-COUNT = 2000
 RESTART_COUNT = 5000
-RATE = 400.0
 DELAY = 0.05
-#: the longest any one stream may take, outages included
-STREAM_TIMEOUT = 90.0
 #: after the stream: every id handled, then the queue empty and nothing unacked
 HANDLED_TIMEOUT = 60.0
 DRAINED_TIMEOUT = 30.0
@@ -76,110 +69,6 @@ DRAINED_TIMEOUT = 30.0
 def queues_starting_with(prefix: str) -> list[str]:
     out = rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", timeout=60)
     return [name for name in out.stdout.split() if name.startswith(prefix)]
-
-
-# -- the publisher ---------------------------------------------------------------------
-
-
-class Stream(threading.Thread):
-    """Publish ids 0..count-1 as persistent, confirmed casts, about ``rate`` per second.
-
-    ``basic_publish`` on a channel in confirm mode returns once the broker has
-    confirmed the message (persistent, on a durable queue: it is on disk). Anything
-    else (connection lost, broker down, nack, unroutable) means "not confirmed": the
-    same id is sent again on a new connection until it is confirmed. A publish that
-    failed may still have reached the queue, so each one can add a duplicate.
-    """
-
-    RETRY = 0.2  # between two attempts to reconnect and re-send
-
-    def __init__(self, exchange: str, routing_key: str, count: int = COUNT,
-                 rate: float = RATE, timeout: float = STREAM_TIMEOUT) -> None:
-        super().__init__(name="fault-stream", daemon=True)
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.count = count
-        self.rate = rate
-        self.timeout = timeout
-        self.confirmed = 0  #: ids 0..confirmed-1 are confirmed
-        self.unconfirmed = 0  #: publishes that raised (each re-sent; each may duplicate)
-        self.connect_failures = 0
-        self.failures: collections.Counter[str] = collections.Counter()
-        self.error: BaseException | None = None
-        self.elapsed = 0.0
-        self._halt = threading.Event()
-        self._conn: pika.BlockingConnection | None = None
-
-    def halt(self) -> None:
-        self._halt.set()
-
-    def done(self) -> bool:
-        return not self.is_alive()
-
-    def _channel(self) -> Any:
-        self._conn = pika.BlockingConnection(pika.ConnectionParameters(
-            host=BROKER_HOST, port=BROKER_PORT,
-            credentials=pika.PlainCredentials("guest", "guest"),
-            connection_attempts=1, socket_timeout=5, blocked_connection_timeout=30))
-        channel = self._conn.channel()
-        channel.confirm_delivery()
-        return channel
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def run(self) -> None:
-        props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-        start = due = time.monotonic()
-        channel = None
-        try:
-            i = 0
-            while i < self.count and not self._halt.is_set():
-                now = time.monotonic()
-                if now - start > self.timeout:
-                    raise TimeoutError(f"{self.confirmed} of {self.count} ids confirmed "
-                                       f"after {self.timeout} s")
-                # pacing, without a catch-up burst after an outage
-                due = max(due, now - 1 / self.rate)
-                if due > now and self._halt.wait(due - now):
-                    break
-                if channel is None:
-                    try:
-                        channel = self._channel()
-                    except Exception as exc:
-                        self.connect_failures += 1
-                        self.failures[type(exc).__name__] += 1
-                        self._drop()
-                        self._halt.wait(self.RETRY)
-                        continue
-                body = json.dumps({"method": "record", "args": {"id": i}}).encode()
-                try:
-                    channel.basic_publish(self.exchange, self.routing_key, body, props,
-                                          mandatory=True)
-                except Exception as exc:  # not confirmed: re-send it
-                    self.unconfirmed += 1
-                    self.failures[type(exc).__name__] += 1
-                    channel = None
-                    self._drop()
-                    self._halt.wait(self.RETRY)
-                    continue
-                i += 1
-                self.confirmed = i
-                due += 1 / self.rate
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.elapsed = time.monotonic() - start
-            self._drop()
-
-    def describe(self) -> str:
-        text = f"{self.unconfirmed} publishes re-sent"
-        if self.failures:
-            text += " [" + ", ".join(f"{k} x{v}" for k, v in sorted(self.failures.items())) + "]"
-        return text
 
 
 # -- the rig: names, config, daemons, the final check ----------------------------------------
