@@ -6,7 +6,7 @@ CONF ?= etc/rpcworker/rpcworker.conf
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv install run test lint typecheck unit functional sample bench clean
+.PHONY: venv install run test lint typecheck unit functional test-cluster sample bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ unit: install
 
 functional: install
 	$(BIN)/pytest -q -ra tests/functional
+
+## the tests on a throw-away 3-node RabbitMQ cluster (tests/cluster; needs root)
+test-cluster: install
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests/cluster
 
 ## regenerate etc/rpcworker/rpcworker.conf.sample
 sample: install
