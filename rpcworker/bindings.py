@@ -59,6 +59,25 @@ class Binding:
         return self.queue_arguments.get("x-queue-type") == "quorum"
 
     @property
+    def delivery_limit(self) -> int:
+        """The quorum queues' x-delivery-limit (0: none)."""
+        if not self.quorum:
+            return 0
+        return max(0, int(self.queue_arguments.get("x-delivery-limit") or 0))
+
+    @property
+    def work_queues(self) -> tuple[str, ...]:
+        """The named queues the binding consumes (not the per-process ones)."""
+        if self.type == "rpc":
+            return (f"{self.topic}", f"{self.topic}.{self.server}")
+        return (self.queue,) if self.queue else ()
+
+    def is_quorum_queue(self, queue: str) -> bool:
+        """Whether ``queue`` (one the binding consumes) is a quorum queue: an rpc
+        binding's per-process fanout queue stays classic, as oslo.messaging's."""
+        return self.quorum and queue in self.work_queues
+
+    @property
     def dead_letters_published(self) -> bool:
         """Dead letters go to a parking lot of ours (else: rejected to the queue's DLX)."""
         return bool(self.dead_letter_exchange or self.dead_letter_queue)
@@ -86,6 +105,7 @@ def parse(conf: cfg.ConfigOpts) -> list[Binding]:
         result.append(_parse_one(conf, name))
     _check_queues_unique(result)
     _check_exchanges_consistent(result)
+    _check_parking_lots_consistent(result)
     return result
 
 
@@ -103,7 +123,7 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
         raise fail("handler", "required: the entry point name of a handler plugin "
                    "(see `rpcworker --list-handlers`)")
     args = _queue_arguments(g.queue_arguments, fail)
-    quorum = args.get("x-queue-type") == "quorum"
+    quorum = _apply_queue_type(g, args, fail)
 
     if g.type == "rpc":
         for option in ("queue", "routing_key", "auto_delete", "exclusive"):
@@ -113,11 +133,11 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
         topic = g.topic or name
         server = g.server or conf.host
         exchange = g.exchange or "openstack"
-        durable = bool(g.durable) if g.durable is not None else False
+        durable = bool(g.durable) if g.durable is not None else quorum
         for option, value in (("topic", topic), ("server", server), ("exchange", exchange)):
             _check_name(value, option, fail)
         if quorum and not durable:
-            raise fail("durable", "quorum queues are always durable: set durable = true")
+            raise fail("durable", _QUORUM_DURABLE)
         return Binding(name=name, type="rpc", handler=g.handler, exchange=exchange,
                        durable=durable, prefetch_count=g.prefetch_count,
                        acknowledge=g.acknowledge, queue_arguments=args,
@@ -147,12 +167,12 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
     if g.durable is not None:
         durable = bool(g.durable)
     else:
-        durable = not per_process
+        durable = quorum or not per_process
     exclusive = True if per_process else bool(g.exclusive)
     auto_delete = True if per_process else bool(g.auto_delete)
     if quorum:
         if not durable:
-            raise fail("durable", "quorum queues are always durable: set durable = true")
+            raise fail("durable", _QUORUM_DURABLE)
         if exclusive or auto_delete:
             raise fail("exclusive" if exclusive else "auto_delete",
                        "quorum queues cannot be exclusive or auto-delete"
@@ -163,6 +183,51 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
                    acknowledge=g.acknowledge, queue_arguments=args, queue=queue,
                    routing_keys=keys, auto_delete=auto_delete, exclusive=exclusive,
                    **_policy(g, fail))
+
+
+_QUORUM_DURABLE = "quorum queues are always durable: set durable = true (or leave it unset)"
+
+#: quorum-only options and the queue argument each sets when above 0 (oslo.messaging's
+#: rabbit_quorum_delivery_limit, rabbit_quorum_max_memory_length, ..._bytes)
+_QUORUM_ARGUMENTS = (
+    ("delivery_limit", "x-delivery-limit"),
+    ("quorum_max_memory_length", "x-max-in-memory-length"),
+    ("quorum_max_memory_bytes", "x-max-in-memory-bytes"),
+)
+
+
+def _apply_queue_type(g: Any, args: dict[str, Any], fail: Any) -> bool:
+    """Merge queue_type and the quorum options into ``args``; True for a quorum queue."""
+    given = args.get("x-queue-type")
+    if g.queue_type is not None:
+        if given is not None and given != g.queue_type:
+            raise fail("queue_type", f"{g.queue_type} disagrees with queue_arguments "
+                       f"x-queue-type:{given}; set the type in one place")
+        if g.queue_type == "quorum":
+            args["x-queue-type"] = "quorum"
+    quorum = args.get("x-queue-type") == "quorum"
+    for option, argument in _QUORUM_ARGUMENTS:
+        value = getattr(g, option)
+        if not value:
+            continue
+        if not quorum:
+            raise fail(option, "only for quorum queues: set queue_type = quorum")
+        if argument in args and args[argument] != value:
+            raise fail(option, f"{value} disagrees with queue_arguments "
+                       f"{argument}:{args[argument]}; set it in one place")
+        args[argument] = value
+    if quorum:
+        _check_quorum_arguments(args, fail)
+    return quorum
+
+
+def _check_quorum_arguments(args: Mapping[str, Any], fail: Any) -> None:
+    """x-delivery-limit and x-max-in-memory-* given in queue_arguments are integers."""
+    for option, argument in _QUORUM_ARGUMENTS:
+        value = args.get(argument)
+        if value is not None and (type(value) is not int or value < 0):
+            raise fail("queue_arguments", f"{argument}: {value!r} is not an integer >= 0 "
+                       f"(prefer the {option} option)")
 
 
 def _policy(g: Any, fail: Any) -> dict[str, Any]:
@@ -230,10 +295,7 @@ def _scalar(value: str) -> Any:
 def _check_queues_unique(bindings: list[Binding]) -> None:
     owner: dict[str, str] = {}
     for b in bindings:
-        names = [b.queue] if b.queue else []
-        if b.type == "rpc":
-            names = [f"{b.topic}", f"{b.topic}.{b.server}"]
-        for q in names:
+        for q in b.work_queues:
             if q in owner:
                 raise ConfigError(b.group, "queue" if b.type != "rpc" else "topic",
                                   f"queue {q!r} is already consumed by binding {owner[q]!r}")
@@ -251,3 +313,20 @@ def _check_exchanges_consistent(bindings: list[Binding]) -> None:
                               f"exchange {b.exchange!r} is also used by binding {first[0]!r} "
                               f"as type {first[1]}, durable={first[2]}; this binding would "
                               f"declare it as type {kind}, durable={b.durable}")
+
+
+def _check_parking_lots_consistent(bindings: list[Binding]) -> None:
+    """A dead_letter_queue is declared with its binding's queue type: bindings sharing
+    one must agree, or the second declaration is refused (406)."""
+    seen: dict[str, Binding] = {}
+    for b in bindings:
+        if b.dead_letter_queue is None:
+            continue
+        first = seen.setdefault(b.dead_letter_queue, b)
+        if first.quorum != b.quorum:
+            kinds = {True: "quorum", False: "classic"}
+            raise ConfigError(b.group, "dead_letter_queue",
+                              f"queue {b.dead_letter_queue!r} is also the parking lot of "
+                              f"binding {first.name!r}, a {kinds[first.quorum]} binding; "
+                              f"this {kinds[b.quorum]} binding would declare it as a "
+                              f"{kinds[b.quorum]} queue")

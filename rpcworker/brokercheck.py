@@ -298,7 +298,8 @@ def migration(e: Expected, diffs: list[Difference], rpc: bool) -> list[str]:
              f"(rabbitmqctl delete_queue {e.name}) and start rpcworker to redeclare it")
     if "x-queue-type" in fields:
         d = next(d for d in diffs if d.field == "x-queue-type")
-        steps.append(f"a queue's type cannot change in place ({d.actual} -> {d.configured})")
+        steps.append(f"a queue's type cannot change in place ({d.actual or 'classic'} -> "
+                     f"{d.configured or 'classic'})")
         if not rpc:
             steps.append("give the binding a new queue name (queue = ...), let the old "
                          f"queue {e.name!r} drain, then delete it")
@@ -324,6 +325,8 @@ def _match_config(diffs: list[Difference]) -> str:
             wanted.append(f"{d.field} = {_show(d.actual)}")
         elif d.field == "type":
             wanted.append(f"an exchange of type {d.actual}")
+        elif d.field == "x-queue-type" and d.actual in (None, "classic", "quorum"):
+            wanted.append(f"queue_type = {d.actual or 'classic'}")
         elif d.field.startswith("x-") and d.actual is None:
             wanted.append(f"queue_arguments without {d.field}")
         elif d.field.startswith("x-"):

@@ -17,6 +17,8 @@ no such method / version, cast (on receipt)  dead-letter     (call: ack + the er
 event and no ``handle_message``              dead-letter     -
 handler ran past ``handler_timeout``         as a failure    HandlerTimeout
 redelivered more than ``max_redeliveries``   dead-letter     PoisonMessage
+quorum, ``x-delivery-count`` >= ``delivery_  dead-letter     PoisonMessage
+limit`` (the broker's last delivery)
 redelivered (classic queue), within bounds   count           - (runs when it comes back)
 already completed (duplicate id)             ack             the remembered reply
 refused before dispatch (bad message)        dead-letter     the error, when routable
@@ -32,6 +34,15 @@ if any, applies). ``count``: a copy with ``x-rpcworker-redeliveries`` incremente
 goes to the tail of the same queue, then the original is acked, so crash loops
 are counted on classic queues (quorum queues count with ``x-delivery-count``).
 No outcome makes a message loop forever.
+
+Quorum queues with ``x-delivery-limit`` L (``delivery_limit``): measured on RabbitMQ
+3.10, the broker makes L + 1 deliveries of a message that is rejected with requeue or
+whose channel closes unacked, with ``x-delivery-count`` 0, 1, ..., L; when the last one
+comes back it drops the message (or dead-letters it to the queue's
+``x-dead-letter-exchange``, reason ``delivery_limit``). So the delivery with count L is
+never run: it is dead-lettered by us, with its reason, while we still hold it. With
+``max_redeliveries`` M too, the bound is the smaller one: a redelivery with count
+``c`` runs while ``c <= min(M or infinity, L - 1)``.
 
 With ``acknowledge = before`` the delivery is acked on receipt (at-most-once, as
 oslo.messaging's RPC server does): the action is ``none`` whatever happens.
@@ -102,20 +113,51 @@ def retries_of(headers: Any) -> int:
     return int_header(headers, RETRIES_HEADER)
 
 
+def limited_by_delivery_limit(binding: Binding) -> bool:
+    """Whether the quorum queue's delivery_limit, not max_redeliveries, bounds the
+    redeliveries that are run (the smaller bound wins; max_redeliveries 0 is off)."""
+    limit, most = binding.delivery_limit, binding.max_redeliveries
+    return bool(limit) and (not most or limit - 1 < most)
+
+
+def redelivery_bound(binding: Binding) -> int | None:
+    """The most redeliveries of one message that are run on a quorum binding (None: no
+    bound): max_redeliveries (0 = off) or, with delivery_limit L > 0, L - 1 when smaller,
+    since the broker's last delivery (x-delivery-count L) is dead-lettered, not run."""
+    if limited_by_delivery_limit(binding):
+        return binding.delivery_limit - 1
+    return binding.max_redeliveries or None
+
+
 def on_receipt(binding: Binding, request: protocol.Request) -> Outcome | None:
     """Decide before dispatch: a poison message, or a redelivery to count. None: run it."""
-    if binding.ack_before or not request.redelivered or not binding.max_redeliveries:
+    if binding.ack_before or not request.redelivered:
         return None
-    if binding.quorum:
-        count = int_header(request.headers, QUORUM_DELIVERY_COUNT)
-        if count <= binding.max_redeliveries:
+    headers = request.headers or {}
+    if binding.quorum and QUORUM_DELIVERY_COUNT in headers:
+        count = int_header(headers, QUORUM_DELIVERY_COUNT)
+        bound = redelivery_bound(binding)
+        if bound is None or count <= bound:
             return None
-    else:
-        count = int_header(request.headers, REDELIVERIES_HEADER) + 1
+        if limited_by_delivery_limit(binding):
+            reason = (f"x-delivery-count {count} reached the queue's delivery limit "
+                      f"(delivery_limit {binding.delivery_limit}): the broker's last "
+                      f"delivery is dead-lettered instead of run; its handler crashed, hung "
+                      f"or lost the connection {count} times")
+            return _poison(binding, request, reason)
+    elif not binding.max_redeliveries:
+        return None
+    else:  # classic queues (and an rpc binding's fanout queue): counted by copies
+        count = int_header(headers, REDELIVERIES_HEADER) + 1
         if count <= binding.max_redeliveries:
             return Outcome(Action.COUNT, reason=f"redelivery {count}")
     reason = (f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "
               f"its handler crashed, hung or lost the connection every time")
+    return _poison(binding, request, reason)
+
+
+def _poison(binding: Binding, request: protocol.Request, reason: str) -> Outcome:
+    """Dead-letter a poison message without running it; a call gets PoisonMessage."""
     LOG.error("binding %s: poison message %s dead-lettered: %s", binding.name,
               _what(request), reason, extra=log_fields(binding.name, request))
     reply = None

@@ -36,10 +36,21 @@ class Copy:
     headers: dict[str, Any]
 
 
-def retry_queue_name(queue: str, ttl_ms: int) -> str:
+#: what makes a delay queue of a quorum work queue replicated and loss-free: its
+#: TTL dead-lettering back to the work queue is at-least-once (RabbitMQ >= 3.10), which
+#: requires x-overflow reject-publish
+_QUORUM_DELAY_ARGUMENTS = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
+def retry_queue_name(queue: str, ttl_ms: int, quorum: bool = False) -> str:
     """The delay queue for retries of ``queue`` waiting ``ttl_ms``: named by its TTL,
-    so changing retry_delay never redeclares an existing queue with other arguments."""
-    return f"{queue}.retry.{ttl_ms}"
+    so changing retry_delay never redeclares an existing queue with other arguments,
+    and by its type, so switching a binding's queue_type never meets the old one (406)."""
+    return f"{queue}.retry.{ttl_ms}" + (".quorum" if quorum else "")
 
 
 def retry_ttls(binding: Binding) -> list[int]:
@@ -57,6 +68,7 @@ def retry_queues(binding: Binding, queue: Queue) -> list[Queue]:
     """Delay queues of ``queue``: a message TTL that dead-letters back to ``queue``."""
     if binding.ack_before or not can_retry(queue):
         return []
+    quorum = binding.is_quorum_queue(queue.name)
     result = []
     for ttl in retry_ttls(binding):
         args: dict[str, Any] = {
@@ -64,11 +76,14 @@ def retry_queues(binding: Binding, queue: Queue) -> list[Queue]:
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": queue.name,
         }
+        if quorum:
+            args.update(_QUORUM_DELAY_ARGUMENTS)
         expires = (getattr(queue, "queue_arguments", None) or {}).get("x-expires")
         if expires:  # the work queue itself is transient (oslo fanout queues)
             args["x-expires"] = int(expires) + ttl
-        result.append(Queue(retry_queue_name(queue.name, ttl), durable=queue.durable,
-                            auto_delete=False, queue_arguments=args, no_declare=False))
+        result.append(Queue(retry_queue_name(queue.name, ttl, quorum),
+                            durable=queue.durable or quorum, auto_delete=False,
+                            queue_arguments=args, no_declare=False))
     return result
 
 
@@ -79,11 +94,13 @@ def parking_lot(binding: Binding) -> tuple[Exchange | None, Queue | None]:
         exchange = Exchange(binding.dead_letter_exchange, type="topic", durable=True)
     queue = None
     if binding.dead_letter_queue:
+        args = {"x-queue-type": "quorum"} if binding.quorum else None
         if exchange is not None:
             queue = Queue(binding.dead_letter_queue, exchange,
-                          routing_key=binding.dead_letter_routing_key or "#", durable=True)
+                          routing_key=binding.dead_letter_routing_key or "#", durable=True,
+                          queue_arguments=args)
         else:
-            queue = Queue(binding.dead_letter_queue, durable=True)
+            queue = Queue(binding.dead_letter_queue, durable=True, queue_arguments=args)
     return exchange, queue
 
 
@@ -112,7 +129,8 @@ def retry_copy(binding: Binding, queue: str, body: bytes, properties: Mapping[st
     if reason:
         hdrs[FAILURE_HEADER] = reason[:1000]
     ttl = max(1, int(binding.retry_delay_for(attempt) * 1000))
-    return Copy("", retry_queue_name(queue, ttl), body, props, hdrs)
+    return Copy("", retry_queue_name(queue, ttl, binding.is_quorum_queue(queue)), body, props,
+                hdrs)
 
 
 def count_copy(queue: str, body: bytes, properties: Mapping[str, Any],

@@ -189,9 +189,9 @@ binding_opts = [
     ),
     cfg.BoolOpt(
         "durable",
-        help="Queue and exchange survive a broker restart. Default: false for rpc "
-        "(as oslo.messaging's amqp_durable_queues) and for a default fanout queue, "
-        "true otherwise.",
+        help="Queue and exchange survive a broker restart. Default: true for quorum "
+        "queues (queue_type); false for rpc (as oslo.messaging's amqp_durable_queues) and "
+        "for a default fanout queue; true otherwise.",
     ),
     cfg.BoolOpt("auto_delete", default=False, help="Delete the queue when its last consumer goes."),
     cfg.BoolOpt(
@@ -203,8 +203,56 @@ binding_opts = [
     cfg.DictOpt(
         "queue_arguments",
         default={},
-        help="Queue arguments, e.g. x-queue-type:quorum, x-max-length:100000. Integers "
-        "and true/false are converted. rpc: applied to the TOPIC and TOPIC.SERVER queues.",
+        help="Queue arguments, e.g. x-max-length:100000. Integers and true/false are "
+        "converted. rpc: applied to the TOPIC and TOPIC.SERVER queues. For quorum queues "
+        "prefer queue_type and the options below to x-queue-type, x-delivery-limit, ...",
+    ),
+    cfg.StrOpt(
+        "queue_type",
+        choices=[
+            ("classic", "a classic queue (RabbitMQ's default)"),
+            ("quorum", "a replicated, durable quorum queue (x-queue-type: quorum)"),
+        ],
+        help="Type of the binding's queue. Default: classic, unless queue_arguments sets "
+        "x-queue-type (which must then agree with this option). quorum makes durable "
+        "default to true (durable = false is an error) and cannot be exclusive or "
+        "auto-delete. rpc: the TOPIC and TOPIC.SERVER queues and the topic exchange are "
+        "declared exactly as an oslo.messaging server with rabbit_quorum_queue = true and "
+        "the same rabbit_quorum_* values, which every server sharing the topic must use "
+        "(else the broker refuses with 406 PRECONDITION_FAILED); the per-process fanout "
+        "queue stays classic (oslo's rabbit_transient_quorum_queue = false). Delay queues "
+        "of a quorum binding (<queue>.retry.<ms>.quorum) and its dead_letter_queue are "
+        "quorum queues too. A classic queue cannot become a quorum queue in place: "
+        "delete it (or use another name) first; `rpcworker --check-config --broker` "
+        "shows the conflict.",
+    ),
+    cfg.IntOpt(
+        "delivery_limit",
+        default=0,
+        min=0,
+        help="quorum only (oslo's rabbit_quorum_delivery_limit): x-delivery-limit of the "
+        "queue(s); 0 sets none. The broker delivers a message at most delivery_limit + 1 "
+        "times (x-delivery-count 0 .. delivery_limit) and then drops it, or dead-letters "
+        "it to the queue's x-dead-letter-exchange. rpcworker does not run the last of "
+        "those deliveries (x-delivery-count >= delivery_limit): it dead-letters it itself, "
+        "with its reason, so a handler that crashes or hangs runs at most delivery_limit "
+        "times and the message is never lost silently. Combined with max_redeliveries, the "
+        "smaller bound wins.",
+    ),
+    cfg.IntOpt(
+        "quorum_max_memory_length",
+        default=0,
+        min=0,
+        help="quorum only (oslo's rabbit_quorum_max_memory_length): "
+        "x-max-in-memory-length of the queue(s), the most messages kept in memory; 0 sets "
+        "none.",
+    ),
+    cfg.IntOpt(
+        "quorum_max_memory_bytes",
+        default=0,
+        min=0,
+        help="quorum only (oslo's rabbit_quorum_max_memory_bytes): x-max-in-memory-bytes "
+        "of the queue(s), the most message bytes kept in memory; 0 sets none.",
     ),
     cfg.IntOpt(
         "prefetch_count",
@@ -245,7 +293,9 @@ binding_opts = [
         "connection while handling it) more than this many times is a poison message: it "
         "is dead-lettered without being run again. Counted by the broker's x-delivery-count "
         "on quorum queues, by rpcworker (header x-rpcworker-redeliveries) on classic queues. "
-        "0 disables the check.",
+        "0 disables the check. On a quorum binding with delivery_limit L > 0 the bound is "
+        "min(max_redeliveries, L - 1) (0 meaning off): the broker's last delivery is never "
+        "run.",
     ),
     cfg.FloatOpt(
         "handler_timeout",
@@ -271,7 +321,8 @@ binding_opts = [
     ),
     cfg.StrOpt(
         "dead_letter_queue",
-        help="A parking-lot queue, declared durable by rpcworker. Without "
+        help="A parking-lot queue, declared durable by rpcworker, with the binding's "
+        "queue type (a quorum queue for a quorum binding). Without "
         "dead_letter_exchange, dead letters are published to it directly; with it, the "
         "queue is bound to that exchange with dead_letter_routing_key (or '#').",
     ),

@@ -3,7 +3,12 @@
 ``rpc`` bindings declare exactly what an oslo.messaging RPC server declares for
 ``Target(topic, server)`` (oslo.messaging ``_drivers/impl_rabbit.py``): queues
 TOPIC and TOPIC.SERVER on the topic control exchange, and the TOPIC_fanout
-fanout exchange with a per-process ``TOPIC_fanout_<uuid hex>`` queue.
+fanout exchange with a per-process ``TOPIC_fanout_<uuid hex>`` queue. A quorum
+binding (``queue_type = quorum``) declares them as oslo.messaging does with
+``rabbit_quorum_queue = True``: TOPIC, TOPIC.SERVER and the exchange durable, the
+queues with ``x-queue-type: quorum`` and the binding's ``x-delivery-limit`` /
+``x-max-in-memory-*`` (``bindings`` merged them into ``queue_arguments``); the fanout
+queue stays classic (oslo's ``rabbit_transient_quorum_queue = False``).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _require_broker() -> None:
     pytest.skip(line)
 
 
-_RETRY_QUEUE = re.compile(r"\.retry\.\d+$")
+_RETRY_QUEUE = re.compile(r"\.retry\.\d+(\.quorum)?$")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,10 +27,10 @@ from tests.functional.support import queue_info
 from tests.functional.test_cli import run
 
 
-def config(uid: str, port: int = BROKER_PORT, quorum: bool = False) -> str:
-    """A direct binding (queue bq-UID on exchange bx-UID, no retries) and a default
-    fanout binding (a per-process queue: skipped)."""
-    args = "queue_arguments = x-queue-type:quorum\n" if quorum else ""
+def config(uid: str, port: int = BROKER_PORT, quorum: bool = False, extra: str = "") -> str:
+    """A direct binding (queue bq-UID on exchange bx-UID, no retries; ``extra`` options)
+    and a default fanout binding (a per-process queue: skipped)."""
+    args = ("queue_arguments = x-queue-type:quorum\n" if quorum else "") + extra
     return textwrap.dedent(f"""\
         [DEFAULT]
         bindings = work, fan
@@ -218,3 +218,30 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
     info = queue_info(names["queue"])
     assert info is not None and "x-max-length" in str(info["arguments"])
     assert "quorum" not in str(info["arguments"])
+
+
+def test_quorum_binding_matches_a_quorum_queue_and_conflicts_with_a_classic_one(
+        tmp_path: Path, uid: str, names: dict[str, str], daemon_factory: Any) -> None:
+    parking = f"bd-{uid}"
+    text = config(uid, extra=f"queue_type = quorum\ndelivery_limit = 2\n"
+                  f"dead_letter_queue = {parking}\n")
+    try:
+        d = daemon_factory(text, "once")
+        d.wait_consuming(names["queue"])
+        assert d.stop(timeout=30) == 0
+        rc, out, err = check(tmp_path, text)
+        assert rc == 0, out + err
+        assert f"ok        queue {names['queue']!r}" in out
+        assert f"ok        queue {parking!r}" in out
+        assert "broker: consistent (0 to create at start-up)" in out
+        delete_queues(names["queue"])  # the same queue, now classic
+        with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
+            conn.channel().queue_declare(names["queue"], durable=True, auto_delete=False)
+        rc, out, err = check(tmp_path, text)
+        assert rc == 1, out + err
+        assert f"CONFLICT  queue {names['queue']!r} (binding work)" in out
+        assert "x-queue-type: configured quorum" in out
+        assert "type cannot change in place (classic -> quorum)" in out
+        assert "configure queue_type = classic" in out
+    finally:
+        delete_queues(parking)

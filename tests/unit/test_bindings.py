@@ -189,3 +189,80 @@ def test_bindings_sharing_an_exchange_must_agree(make_conf: MakeConf) -> None:
         durable = false
         """)
     assert (exc.group, exc.option) == ("binding:t", "exchange")
+
+
+def group(name: str, kind: str = "direct", **options: object) -> str:
+    """A [binding:NAME] group on the echo handler (a direct one has routing key k)."""
+    lines = [f"[binding:{name}]", f"type = {kind}", "handler = echo"]
+    lines += ["routing_key = k"] if kind == "direct" else []
+    lines += [f"{key} = {value}" for key, value in options.items()]
+    return "\n".join(lines) + "\n"
+
+
+def enabled(**groups: str) -> str:
+    """The configuration enabling ``groups`` (name -> its group text), host h1."""
+    return f"[DEFAULT]\nhost = h1\nbindings = {', '.join(groups)}\n" + "".join(groups.values())
+
+
+def test_quorum_rpc_binding_is_oslo_s_rabbit_quorum_queue(make_conf: MakeConf) -> None:
+    """queue_type = quorum: durable by default and oslo's x-* arguments, each only when
+    its option is above 0 (as oslo's rabbit_quorum_* options)."""
+    [b] = parse(make_conf, enabled(compute=group(
+        "compute", "rpc", queue_type="quorum", delivery_limit=3,
+        quorum_max_memory_bytes=1048576)))
+    assert b.quorum and b.durable and b.delivery_limit == 3
+    assert b.queue_arguments == {"x-queue-type": "quorum", "x-delivery-limit": 3,
+                                 "x-max-in-memory-bytes": 1048576}
+    assert b.work_queues == ("compute", "compute.h1")
+    assert b.is_quorum_queue("compute.h1") and not b.is_quorum_queue("compute_fanout_x")
+
+
+def test_queue_type_defaults_and_agreement(make_conf: MakeConf) -> None:
+    q, c, a = parse(make_conf, enabled(
+        q=group("q", queue_type="quorum"), c=group("c", queue_type="classic"),
+        a=group("a", "rpc", queue_type="quorum",
+                queue_arguments="x-queue-type:quorum, x-delivery-limit:4")))
+    assert q.quorum and q.durable and q.queue_arguments == {"x-queue-type": "quorum"}
+    assert q.delivery_limit == 0
+    assert not c.quorum and c.queue_arguments == {}
+    # queue_arguments alone still makes a quorum queue, now durable by default
+    assert a.quorum and a.durable and a.delivery_limit == 4
+
+
+@pytest.mark.parametrize("extra, option, words", [
+    ("queue_type = quorum\ndurable = false", "durable", "always durable"),
+    ("queue_type = classic\nqueue_arguments = x-queue-type:quorum", "queue_type",
+     "disagrees"),
+    ("queue_type = quorum\nqueue_arguments = x-queue-type:stream", "queue_type",
+     "disagrees"),
+    ("queue_type = lazy", "queue_type", "lazy"),
+    ("delivery_limit = 3", "delivery_limit", "only for quorum"),
+    ("queue_type = classic\ndelivery_limit = 3", "delivery_limit", "only for quorum"),
+    ("quorum_max_memory_length = 10", "quorum_max_memory_length", "only for quorum"),
+    ("quorum_max_memory_bytes = 10", "quorum_max_memory_bytes", "only for quorum"),
+    ("queue_type = quorum\ndelivery_limit = -1", "delivery_limit", ""),
+    ("queue_type = quorum\ndelivery_limit = 3\nqueue_arguments = x-delivery-limit:5",
+     "delivery_limit", "disagrees"),
+    ("queue_type = quorum\nqueue_arguments = x-delivery-limit:many", "queue_arguments",
+     "x-delivery-limit"),
+    ("queue_type = quorum\nauto_delete = true", "auto_delete", "quorum"),
+])
+def test_bad_quorum_options_name_the_option(make_conf: MakeConf, extra: str, option: str,
+                                            words: str) -> None:
+    exc = error_of(make_conf, enabled(b=group("b") + extra + "\n"))
+    assert (exc.group, exc.option) == ("binding:b", option)
+    assert words in exc.reason
+
+
+def test_quorum_fanout_needs_a_named_queue(make_conf: MakeConf) -> None:
+    exc = error_of(make_conf, enabled(b=group("b", "fanout", queue_type="quorum")))
+    assert (exc.group, exc.option) == ("binding:b", "exclusive")
+
+
+def test_a_parking_lot_shared_by_quorum_and_classic_bindings_is_an_error(
+        make_conf: MakeConf) -> None:
+    exc = error_of(make_conf, enabled(
+        a=group("a", dead_letter_queue="parked"),
+        b=group("b", queue_type="quorum", dead_letter_queue="parked")))
+    assert (exc.group, exc.option) == ("binding:b", "dead_letter_queue")
+    assert "'a'" in exc.reason and "classic" in exc.reason

@@ -161,8 +161,7 @@ def test_migration_advice() -> None:
     steps = brokercheck.migration(queue("orders"), diffs, rpc=False)
     assert any("new queue name" in s for s in steps)
     assert any("rabbitmqctl delete_queue orders" in s for s in steps)
-    assert steps[-1] == ("or keep what the broker has: configure queue_arguments with "
-                         "x-queue-type:classic")
+    assert steps[-1] == "or keep what the broker has: configure queue_type = classic"
     # an rpc queue is named by its topic: no new queue name to offer
     assert not any("new queue name" in s
                    for s in brokercheck.migration(queue("orders"), diffs, rpc=True))
@@ -207,3 +206,18 @@ def test_report_lines() -> None:
     assert "the queue holds 7 message(s)" in text
     assert "migrate: drain it" in text
     assert result.lines()[-1].startswith("broker: 1 conflict(s)")
+
+
+def test_quorum_binding_expects_quorum_delay_queues_and_parking_lot() -> None:
+    b = Binding(name="q", type="direct", handler="echo", exchange="ex", durable=True,
+                prefetch_count=1, acknowledge="after", queue="jobs", routing_keys=("k",),
+                queue_arguments={"x-queue-type": "quorum", "x-max-length": 1000},
+                max_retries=1, retry_delay=0.5, dead_letter_queue="parked")
+    found = {(e.kind, e.name): e for e in brokercheck.expected_entities([b])}
+    delay = found[("queue", "jobs.retry.500.quorum")]
+    assert delay.queue_type == "quorum" and delay.durable
+    assert found[("queue", "parked")].queue_type == "quorum"
+    jobs = found[("queue", "jobs")]
+    assert brokercheck.compare(jobs, QUORUM_QUEUE) == []  # the same type and arguments
+    assert brokercheck.compare(jobs, dict(CLASSIC_QUEUE, name="jobs")) == [
+        Difference("x-queue-type", "quorum", "classic"), Difference("x-max-length", 1000, None)]

@@ -131,6 +131,63 @@ def test_poison_messages_on_quorum_queues_use_the_delivery_count() -> None:
     assert poison is not None and poison.action is Action.DEAD_LETTER
 
 
+def quorum(max_redeliveries: int, delivery_limit: int) -> Binding:
+    args: dict[str, Any] = {"x-queue-type": "quorum"}
+    if delivery_limit:
+        args["x-delivery-limit"] = delivery_limit
+    return dataclasses.replace(AFTER, max_redeliveries=max_redeliveries, queue_arguments=args)
+
+
+def delivered(b: Binding, count: int, call: bool = False) -> dispatcher.Outcome | None:
+    return dispatcher.on_receipt(b, req("add", call=call, redelivered=count > 0,
+                                        headers={"x-delivery-count": count}))
+
+
+@pytest.mark.parametrize("max_redeliveries, limit, runs, by_limit", [
+    # the broker delivers x-delivery-count 0..L, then drops the message: count L is
+    # never run, so at most L runs (counts 0..L-1), fewer when max_redeliveries says so
+    (10, 3, 3, True),   # max_redeliveries bigger: the delivery limit bounds it
+    (0, 3, 3, True),    # max_redeliveries off
+    (1, 3, 2, False),   # max_redeliveries smaller: it bounds, as without a limit
+    (2, 3, 3, False),   # equal bounds (L - 1 == max_redeliveries)
+    (0, 1, 1, True),    # L = 1: the one redelivery the broker makes is not run
+    (2, 0, 3, False),   # no delivery_limit: max_redeliveries as before
+])
+def test_quorum_delivery_limit_boundaries(max_redeliveries: int, limit: int, runs: int,
+                                          by_limit: bool) -> None:
+    b = quorum(max_redeliveries, limit)
+    for count in range(runs):  # these deliveries run
+        assert delivered(b, count) is None, count
+    last = delivered(b, runs)
+    assert last is not None and last.action is Action.DEAD_LETTER
+    assert ("delivery limit" in (last.reason or "")) is by_limit
+    beyond = delivered(b, runs + 1)  # the broker never sends it with a limit: still parked
+    assert beyond is not None and beyond.action is Action.DEAD_LETTER
+
+
+def test_quorum_delivery_limit_counts_l_minus_1_l_l_plus_1() -> None:
+    b = quorum(10, 2)
+    assert delivered(b, 1) is None  # L - 1: run
+    at_limit = delivered(b, 2, call=True)  # L: the broker's last delivery
+    assert at_limit is not None and at_limit.action is Action.DEAD_LETTER
+    assert error_type(at_limit) == "PoisonMessage"
+    assert "x-delivery-count 2" in (at_limit.reason or "")
+    assert "delivery_limit 2" in (at_limit.reason or "")
+    assert delivered(b, 3) is not None  # L + 1
+    assert delivered(quorum(0, 0), 50) is None  # no bound at all
+    assert dispatcher.on_receipt(dataclasses.replace(b, acknowledge="before"),
+                                 req("add", redelivered=True,
+                                     headers={"x-delivery-count": 5})) is None
+
+
+def test_quorum_binding_without_delivery_count_counts_like_a_classic_queue() -> None:
+    """An rpc quorum binding's fanout queue is classic: no x-delivery-count there."""
+    b = quorum(2, 3)
+    first = dispatcher.on_receipt(b, req("add", call=False, redelivered=True))
+    assert first is not None and first.action is Action.COUNT
+    assert dispatcher.on_receipt(quorum(0, 3), req("add", redelivered=True)) is None
+
+
 def test_timeout_and_duplicates() -> None:
     b = dataclasses.replace(RETRYING, handler_timeout=2.5)
     cast = dispatcher.timed_out(b, req("add", call=False))

@@ -51,3 +51,36 @@ def test_fanout_default_queue_is_exclusive_and_named_per_process() -> None:
     assert t1.queues[0].exclusive and t1.queues[0].auto_delete
     lines = topology.describe(t1)
     assert lines[0].startswith("binding bc (type fanout") and "exclusive=True" in lines[-1]
+
+
+OSLO_QUORUM = Binding(name="c", type="rpc", handler="echo", exchange="nova", durable=True,
+                      prefetch_count=0, acknowledge="after", topic="c", server="h",
+                      queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": 3,
+                                       "x-max-in-memory-length": 100})
+
+
+def test_quorum_rpc_binding_declares_what_oslo_declares() -> None:
+    """oslo.messaging with rabbit_quorum_queue=True, rabbit_quorum_delivery_limit=3,
+    rabbit_quorum_max_memory_length=100 (impl_rabbit._get_queue_arguments): the
+    exchange and both topic queues durable, the arguments exactly; fanout unchanged."""
+    topic_q, server_q, fanout_q = topology.build(OSLO_QUORUM, instance_id="abc").queues
+    for q, key in ((topic_q, "c"), (server_q, "c.h")):
+        assert (q.name, q.routing_key, q.exchange.name, q.exchange.type) == (
+            key, key, "nova", "topic")
+        assert q.durable and not q.auto_delete and not q.exclusive
+        assert q.exchange.durable and not q.exchange.auto_delete
+        assert q.queue_arguments == {"x-queue-type": "quorum", "x-delivery-limit": 3,
+                                     "x-max-in-memory-length": 100}
+    assert fanout_q.name == "c_fanout_abc" and not fanout_q.durable
+    assert fanout_q.queue_arguments == {"x-expires": 1800000}
+    assert not fanout_q.exchange.durable and fanout_q.exchange.auto_delete
+
+
+def test_quorum_direct_binding() -> None:
+    b = Binding(name="d", type="direct", handler="log", exchange="ex", durable=True,
+                prefetch_count=5, acknowledge="after", queue="work", routing_keys=("k",),
+                queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": 2})
+    [q] = topology.build(b).queues
+    assert q.name == "work" and q.durable and not q.auto_delete and not q.exclusive
+    assert q.queue_arguments == {"x-queue-type": "quorum", "x-delivery-limit": 2}
+    assert "x-delivery-limit" in topology.describe(topology.build(b))[-1]
