@@ -25,6 +25,7 @@ from oslo_config import cfg
 from rpcworker_testplugin import read_records
 
 from tests.cluster.cluster import NODES, PORTS, Cluster
+from tests.functional.conftest import stop_all
 from tests.functional.faults_report import handled_ids, report, tally
 from tests.functional.stream import Stream
 from tests.functional.tcpproxy import TCPProxy
@@ -121,11 +122,7 @@ queue_type = quorum
         return om.get_rpc_client(transport, om.Target(topic=self.topic), timeout=timeout)
 
     def cleanup(self) -> None:
-        for d in self.daemons:
-            try:
-                d.stop(timeout=30)
-            except Exception:
-                pass
+        stop_all(self.daemons)
         for t in self.transports:
             try:
                 t.cleanup()
@@ -312,15 +309,19 @@ def test_three_workers_share_one_topic(rig: Rig) -> None:
     def records() -> dict[str, list[dict[str, Any]]]:
         return {d.name: read_records(d.records_path) for d in workers}
 
-    first = set(range(300))
-    for i in sorted(first):
-        client.cast(CTXT, "record", id=i)
-    wait_for(lambda: sum(_share(records(), first).values()) >= len(first), 60,
-             message="300 casts handled")
-    share = _share(records(), first)
-    print(f"\nCLUSTER share of 300 casts over 3 workers: {share}")
-    assert sum(share.values()) == len(first), share  # each once: nothing failed
-    assert min(share.values()) >= len(first) // 6, f"unfair spread: {share}"
+    def spread(ids: range, when: str) -> None:
+        """Cast ``ids``; each is handled once, and each worker handles a fair part."""
+        for i in ids:
+            client.cast(CTXT, "record", id=i)
+        wanted = set(ids)
+        wait_for(lambda: sum(_share(records(), wanted).values()) >= len(wanted), 60,
+                 message=f"{len(wanted)} casts handled {when}")
+        share = _share(records(), wanted)
+        print(f"\nCLUSTER share of {len(wanted)} casts over 3 workers {when}: {share}")
+        assert sum(share.values()) == len(wanted), share  # each once: nothing failed
+        assert min(share.values()) >= len(wanted) // 6, f"unfair spread: {share}"
+
+    spread(range(300), "with all nodes up")
 
     client.prepare(fanout=True).cast(CTXT, "record", id=10_000)
     wait_for(lambda: all(v == 1 for v in _share(records(), {10_000}).values()), 30,
@@ -340,14 +341,7 @@ def test_three_workers_share_one_topic(rig: Rig) -> None:
     _watch_reconnect(moved, before)
     wait_for(lambda: (cluster.queue_info(rig.topic) or {}).get("consumers") == 3, 60,
              message="three consumers again after the leader's node stopped")
-    second = set(range(1000, 1300))
-    for i in sorted(second):
-        client.cast(CTXT, "record", id=i)
-    wait_for(lambda: sum(_share(records(), second).values()) >= len(second), 60,
-             message="300 more casts handled")
-    after = _share(records(), second)
-    print(f"CLUSTER share of 300 casts after stopping {NODES[leader]}: {after}")
-    assert min(after.values()) >= len(second) // 6, f"unfair spread: {after}"
+    spread(range(1000, 1300), f"after stopping {NODES[leader]}")
     for d in others:  # a leader change does not disturb consumers on other nodes
         assert LOST not in d.log() and len(connected_lines(d)) == 1, d.log_tail()
     cluster.start_node(leader)

@@ -198,6 +198,16 @@ class Daemon:
         return "\n".join(self.log().splitlines()[-lines:])
 
 
+def stop_all(daemons: list[Daemon], timeout: float = 30) -> None:
+    """Stop every daemon that still runs (SIGTERM, then SIGKILL after ``timeout``)."""
+    for d in daemons:
+        if d.alive():
+            try:
+                d.stop(timeout=timeout)
+            except Exception:
+                pass
+
+
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     """daemon_factory(config_text, name=...) -> a started Daemon; stopped at teardown."""
@@ -211,12 +221,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
         return d
 
     yield make
-    for d in started:
-        if d.alive():
-            try:
-                d.stop(timeout=30)
-            except Exception:
-                pass
+    stop_all(started)
 
 
 def broker_section() -> str:

@@ -19,6 +19,7 @@ from tests.functional.conftest import (
     broker_section,
     delete_exchanges,
     delete_queues,
+    stop_all,
 )
 from tests.helpers import wait_for
 
@@ -106,11 +107,7 @@ class Workers:
         return d
 
     def cleanup(self) -> None:
-        for d in self.daemons:
-            try:
-                d.stop(timeout=30)
-            except Exception:
-                pass
+        stop_all(self.daemons)
         delete_queues(*sorted(self.queues))
         delete_exchanges(*sorted(self.exchanges))
 

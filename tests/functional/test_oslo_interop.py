@@ -15,6 +15,7 @@ from tests.functional.conftest import (
     broker_section,
     consumer_count,
     delete_queues,
+    stop_all,
 )
 from tests.helpers import wait_for
 
@@ -112,11 +113,7 @@ class RecorderWorkers:
         return d
 
     def cleanup(self) -> None:
-        for d in self.daemons:
-            try:
-                d.stop(timeout=30)
-            except Exception:
-                pass
+        stop_all(self.daemons)
         delete_queues(*sorted(self.queues))
 
 
