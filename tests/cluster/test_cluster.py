@@ -52,7 +52,8 @@ class Rig:
         self.daemons: list[Any] = []
         self.transports: list[Any] = []
 
-    def config(self, name: str, transport_url: str, heartbeat: int = 10) -> str:
+    def config(self, name: str, transport_url: str, heartbeat: int = 10,
+               strategy: str = "round-robin") -> str:
         return f"""\
 [DEFAULT]
 bindings = work, rpc
@@ -63,6 +64,7 @@ graceful_shutdown_timeout = 10
 [broker]
 heartbeat = {heartbeat}
 connect_timeout = 3
+failover_strategy = {strategy}
 reconnect_interval_start = 0.2
 reconnect_interval_step = 0.5
 reconnect_interval_max = 2
@@ -87,23 +89,24 @@ queue_type = quorum
 """
 
     def start(self, name: str, order: tuple[int, ...], proxy: TCPProxy | None = None,
-              heartbeat: int = 10) -> Any:
+              heartbeat: int = 10, strategy: str = "round-robin") -> Any:
         """A worker whose transport_url lists the nodes in ``order`` (the first one
-        through ``proxy`` when given); waits until it consumes, and checks it is
-        connected to the first one."""
+        through ``proxy`` when given); waits until it consumes, and (round-robin) checks
+        it is connected to the first one."""
         url = self.cluster.transport_url(order)
         first = PORTS[order[0]]
         if proxy is not None:
             url = url.replace(f":{first},", f":{proxy.port},", 1)
             first = proxy.port
-        d = self.factory(self.config(name, url, heartbeat), name=name)
+        d = self.factory(self.config(name, url, heartbeat, strategy), name=name)
         d.records_path = str(self.tmp / f"records-{name}.jsonl")
         d.name = name
         self.daemons.append(d)
         wait_for(lambda: "Consuming:" in d.log() or not d.alive(), 60,
                  message=f"worker {name} consuming")
         assert d.alive(), d.log_tail()
-        assert f":{first}/" in connected_lines(d)[0], d.log_tail()
+        if strategy == "round-robin":
+            assert f":{first}/" in connected_lines(d)[0], d.log_tail()
         return d
 
     def transport(self, node: int) -> Any:
@@ -274,6 +277,12 @@ def _failover(rig: Rig, w: Any, fault: str, proxy: TCPProxy | None) -> None:
         stream.halt()
         caller.halt()
     assert w.alive() and caller.wrong == [], caller.wrong
+    # the per-process fanout queue was declared again on the new node
+    rig.client(rig.transports[0]).prepare(fanout=True).cast(
+        CTXT, "slow", seconds=0, n="fanout-after-failover")
+    wait_for(lambda: any(r["args"].get("n") == "fanout-after-failover"
+                         for r in read_records(w.records_path) if r.get("method") == "slow"),
+             30, message="a fanout cast reaching the worker after the failover")
     if proxy is not None:  # the first attempt after the loss went to the next node
         assert proxy.held_accepted == 0, "a reconnect attempt went to the lost host first"
     for q in (rig.queue, rig.topic):
@@ -369,3 +378,25 @@ def test_restarted_node_rejoins_and_serves(rig: Rig) -> None:
              message="the worker on the rejoined node served the queued casts")
     assert rig.client(rig.transport(1)).call(CTXT, "slow", seconds=0, n="back") == {
         "n": "back"}
+
+
+def _node_of(line: str) -> int:
+    return next(i for i, port in enumerate(PORTS) if f":{port}/" in line)
+
+
+def test_shuffle_fails_over_to_another_node(rig: Rig) -> None:
+    """failover_strategy = shuffle: the worker starts on some node; that node is killed;
+    the worker's first attempt goes to one of the two others (never back to the dead
+    one: no 'Cannot connect' line), and it serves calls there."""
+    cluster = rig.cluster
+    w = rig.start("w1", (0, 1, 2), strategy="shuffle")
+    lost_node = _node_of(connected_lines(w)[0])
+    client = rig.client(rig.transport((lost_node + 1) % 3))
+    assert client.call(CTXT, "slow", seconds=0, n="before") == {"n": "before"}
+    before = len(connected_lines(w))
+    cluster.kill_node(lost_node)
+    _watch_reconnect(w, before)
+    assert _node_of(connected_lines(w)[-1]) != lost_node
+    assert "Cannot connect to the broker" not in w.log(), w.log_tail()
+    assert client.call(CTXT, "slow", seconds=0, n="after") == {"n": "after"}
+    cluster.start_node(lost_node)
