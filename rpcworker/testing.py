@@ -177,6 +177,26 @@ class _RecordingWorker(Worker):
         super()._start_binding(conn, topo)
 
 
+def _declare_reply_queue(channel: Any) -> tuple[str, kombu.Queue]:
+    """A new reply queue ``reply_<uuid hex>`` on the default exchange, declared."""
+    name = f"reply_{uuid.uuid4().hex}"
+    queue = kombu.Queue(name, exchange=kombu.Exchange("", type="direct"), routing_key=name,
+                        channel=channel)
+    queue.declare()
+    return name, queue
+
+
+def _replies(queue: kombu.Queue, timeout: float) -> Iterator[Any]:
+    """The messages arriving on ``queue`` (polled) until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = queue.get(no_ack=True)
+        if message is None:
+            time.sleep(0.005)
+            continue
+        yield message
+
+
 class HandlerFixture:
     """Run ``handler`` (an instance, or a class called as ``handler(conf)``) in a Worker.
 
@@ -267,20 +287,12 @@ class HandlerFixture:
     def call(self, method: str, ctxt: dict[str, Any] | None = None, timeout: float = 5.0,
              **args: Any) -> Any:
         """An oslo.messaging-style call; returns the result or raises RemoteFailure."""
-        reply_q = f"reply_{uuid.uuid4().hex}"
         msg_id = uuid.uuid4().hex
         with self._client.channel() as channel:
-            queue = kombu.Queue(reply_q, exchange=kombu.Exchange("", type="direct"),
-                                routing_key=reply_q, channel=channel)
-            queue.declare()
+            reply_q, queue = _declare_reply_queue(channel)
             self._publish_rpc(method, ctxt, args, extra={"msg_id": msg_id,
                                                          "reply_q": reply_q})
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                message = queue.get(no_ack=True)
-                if message is None:
-                    time.sleep(0.005)
-                    continue
+            for message in _replies(queue, timeout):
                 inner = json.loads(json.loads(message.body)[protocol.OSLO_MESSAGE_KEY])
                 if inner.get("_msg_id") != msg_id or not inner.get("ending"):
                     continue
@@ -342,27 +354,20 @@ class HandlerFixture:
                   timeout: float = 5.0, **args: Any) -> Any:
         """A plain AMQP RPC call (JSON body, ``reply_to``/``correlation_id``), as a client
         in any language sends it; returns the result or raises RemoteFailure."""
-        reply_q, corr = f"reply_{uuid.uuid4().hex}", uuid.uuid4().hex
+        corr = uuid.uuid4().hex
         request: dict[str, Any] = {"method": method, "args": args, "context": context or {}}
         if self.namespace is not None:
             request["namespace"] = self.namespace
         if self.version is not None:
             request["version"] = self.version
         with self._client.channel() as channel:
-            queue = kombu.Queue(reply_q, exchange=kombu.Exchange("", type="direct"),
-                                routing_key=reply_q, channel=channel)
-            queue.declare()
+            reply_q, queue = _declare_reply_queue(channel)
             with self._client.Producer() as producer:
                 producer.publish(json.dumps(request).encode(), exchange="openstack",
                                  routing_key=self.topic, content_type=protocol.JSON,
                                  content_encoding="utf-8", reply_to=reply_q,
                                  correlation_id=corr)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                message = queue.get(no_ack=True)
-                if message is None:
-                    time.sleep(0.005)
-                    continue
+            for message in _replies(queue, timeout):
                 if message.properties.get("correlation_id") != corr:
                     continue
                 answer = json.loads(message.body)
