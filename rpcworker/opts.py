@@ -267,8 +267,9 @@ binding_opts = [
         min=0,
         help="Failure policy: how many times a cast or event whose handler failed (or "
         "raised rpcworker.Requeue) is tried again, after retry_delay, before it is "
-        "dead-lettered. Retries wait in per-binding delay queues (<queue>.retry.<n>, a "
-        "message TTL that dead-letters back to the work queue), never unacked in the worker. "
+        "dead-lettered. Retries wait in per-binding delay queues (<queue>.retry.<ms>, "
+        "<queue>.retry.<ms>.quorum for a quorum binding: a message TTL that dead-letters back "
+        "to the work queue), never unacked in the worker. "
         "0 dead-letters at the first failure. Calls are never retried: the caller gets the "
         "error.",
     ),
