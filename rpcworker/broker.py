@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import os
-import random
 import ssl as ssl_module
-import time
-import uuid
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import kombu
-from kombu.exceptions import ChannelError
-from kombu.transport import filesystem
-from kombu.utils import json as kombu_json
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import opts
-from rpcworker.errors import ConfigError
+from rpcworker import opts, transport
+from rpcworker.errors import ConfigError, oneline
 
 LOG = logging.getLogger(__name__)
 
@@ -196,76 +188,6 @@ def ssl_options(s: BrokerSettings) -> dict[str, Any] | bool:
     return sslopts
 
 
-class Connection(kombu.Connection):
-    """kombu.Connection that verifies each broker host against its own name.
-
-    Stock kombu (5.x, py-amqp transport) fills a ``server_hostname`` of None *in place*
-    in the ``ssl`` dict, from the first host it connects to, and only after turning
-    ``localhost`` into ``127.0.0.1``: a certificate for ``localhost`` then fails as an
-    IP address mismatch, and after a failover the next host is checked against the first
-    host's name. Here every ``_init_params()`` (construction, ``switch()`` to the next
-    failover host, ``clone()``) gets its own copy of the dict whose ``server_hostname``
-    is the name of the host being connected to, exactly as written in the URL.
-
-    A failed attempt's exception carries the (masked) URL of the host it was for; see
-    ``attempted()``.
-    """
-
-    #: the entry of ``alt`` (a host URL) this connection is set to connect to
-    current: str | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.alt:
-            first = args[0] if args else kwargs.get("hostname")
-            self.current = first if first in self.alt else self.alt[0]
-
-    def switch(self, conn_str: str) -> None:
-        super().switch(conn_str)
-        self.current = conn_str
-
-    def failover_clone(self, after: str | None = None) -> Connection:
-        """A new, unconnected copy for the next session, ``after`` being the host (an
-        entry of ``alt``) the lost session was connected to.
-
-        round-robin: the first attempt goes to the host after ``after`` in the
-        configured order (the lost one is tried last), then on round the list.
-        shuffle: the first attempt goes to a random host other than ``after`` (at the
-        first start, to any host: workers sharing one transport_url spread over the
-        cluster), then random ones. kombu alone restarts every session at the first
-        host: after losing the first node, every reconnect began with a dead host (with a
-        black-holed one, a connect timeout each time).
-        """
-        hosts = list(self.alt)
-        if len(hosts) < 2:
-            return self.clone()
-        shuffle = self._failover_strategy == "shuffle"
-        if shuffle:
-            first = random.choice([i for i, url in enumerate(hosts) if url != after])
-        else:
-            first = (hosts.index(after) + 1) % len(hosts) if after in hosts else 0
-        clone: Connection = self.clone(hostname=hosts[first])
-        if not shuffle:
-            for _ in range(first):  # kombu's round-robin cycle is set to go to alt[1] next
-                next(clone.cycle)  # type: ignore[arg-type]
-        return clone
-
-    def _init_params(self, *args: Any, **params: Any) -> None:
-        tls = params.get("ssl")
-        if isinstance(tls, dict) and "server_hostname" in tls:
-            params["ssl"] = dict(tls, server_hostname=params.get("hostname") or None)
-        super()._init_params(*args, **params)
-
-    def _establish_connection(self) -> Any:
-        uri = self.as_uri()  # before py-amqp rewrites localhost to 127.0.0.1
-        try:
-            return super()._establish_connection()
-        except Exception as exc:
-            with contextlib.suppress(AttributeError, TypeError):
-                exc._rpcworker_broker = uri  # type: ignore[attr-defined]
-            raise
-
-
 def connection(conf: cfg.ConfigOpts, s: BrokerSettings | None = None) -> kombu.Connection:
     """A (not yet connected) Connection for the configured broker."""
     s = s or settings(conf)
@@ -274,7 +196,7 @@ def connection(conf: cfg.ConfigOpts, s: BrokerSettings | None = None) -> kombu.C
     o = s.options
     if o["insist"]:
         LOG.warning("[broker] insist = true is ignored: AMQP 0-9-1 has no insist flag")
-    return Connection(
+    return transport.Connection(
         [h.url() for h in s.hosts],
         ssl=ssl_options(s),
         heartbeat=o["heartbeat"],
@@ -287,57 +209,6 @@ def connection(conf: cfg.ConfigOpts, s: BrokerSettings | None = None) -> kombu.C
     )
 
 
-class _FilesystemChannel(filesystem.Channel):
-    """kombu's filesystem channel with its exchange tables guarded by one lock file.
-
-    kombu creates a table file with ``open("wb")`` before locking it: two workers binding
-    to the same new exchange at once each wrote a table holding only their own binding
-    (a fanout then reached one of them), and a reader could see the truncated file."""
-
-    def _table_lock(self, mode: int) -> Any:
-        return _flock(os.path.join(str(self.control_folder), ".lock"), mode)
-
-    def get_table(self, exchange: str) -> Any:
-        with self._table_lock(fcntl.LOCK_SH):
-            return super().get_table(exchange)
-
-    def _queue_bind(self, *args: Any) -> Any:
-        with self._table_lock(fcntl.LOCK_EX):
-            return super()._queue_bind(*args)
-
-    def _delete(self, *args: Any, **kwargs: Any) -> Any:
-        with self._table_lock(fcntl.LOCK_EX):
-            return super()._delete(*args, **kwargs)
-
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        """kombu writes a message file in place, so a consumer could take and read it
-        before the bytes were in (an empty file: JSONDecodeError in the consumer). Here
-        it is written under a name no consumer looks at, then renamed into place."""
-        name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
-        final = os.path.join(self.data_folder_out, name)
-        partial = os.path.join(self.data_folder_out, f".{name}.partial")
-        try:
-            with open(partial, "wb") as f:
-                f.write(kombu_json.dumps(message).encode("utf-8"))
-            os.rename(partial, final)
-        except OSError as exc:
-            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
-
-
-class _FilesystemTransport(filesystem.Transport):
-    Channel = _FilesystemChannel
-
-
-@contextlib.contextmanager
-def _flock(path: str, mode: int) -> Any:
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def filesystem_connection(folder: str) -> kombu.Connection:
     """kombu's filesystem transport: messages are files in ``folder/queues``, exchange
     bindings in ``folder/exchanges`` (shared by every process using ``folder``)."""
@@ -348,16 +219,7 @@ def filesystem_connection(folder: str) -> kombu.Connection:
     except OSError as exc:
         raise ConfigError("DEFAULT", "transport_url",
                           f"cannot create {folder}: {exc.strerror}") from None
-    # a host name only to keep kombu from warning that none was given
-    return kombu.Connection("localhost", transport=_FilesystemTransport, transport_options={
-        "data_folder_in": queues, "data_folder_out": queues, "control_folder": exchanges})
-
-
-def attempted(exc: BaseException, conn: kombu.Connection) -> str:
-    """The masked URL of the host a failed connection attempt was for (``conn``'s when
-    the exception does not say: it did not come from a ``Connection``)."""
-    uri = getattr(exc, "_rpcworker_broker", None)
-    return uri if isinstance(uri, str) else str(conn.as_uri())
+    return transport.filesystem_connection(queues, exchanges)
 
 
 # OpenSSL X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code)
@@ -371,8 +233,7 @@ _CLIENT_CERT_REFUSED = {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
 
 def explain(exc: BaseException) -> str:
     """One line for a failed connection attempt: the error, and what a TLS error means."""
-    text = " ".join(str(exc).split())
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    line = oneline(exc)
     hint = _tls_hint(exc)
     return f"{line} ({hint})" if hint else line
 

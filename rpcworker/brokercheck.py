@@ -29,7 +29,7 @@ from urllib.parse import quote
 import kombu
 from kombu import Exchange, Queue
 
-from rpcworker import broker, failures, topology
+from rpcworker import broker, failures, topology, transport
 from rpcworker.bindings import Binding
 
 MANAGEMENT_PORT = 15672
@@ -350,7 +350,7 @@ def check(parsed: list[Binding], settings: broker.BrokerSettings, conn: kombu.Co
         conn.ensure_connection(max_retries=max(0, len(settings.hosts) - 1),
                                interval_start=0, interval_step=0, interval_max=0)
     except Exception as exc:
-        where = broker.attempted(exc, conn)
+        where = transport.attempted(exc, conn)
         conn.release()
         return BrokerCheck(broker=where, unreachable=f"{where}: {broker.explain(exc)}")
     where = broker.describe(settings)

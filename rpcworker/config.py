@@ -15,7 +15,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import opts
-from rpcworker.errors import ConfigError
+from rpcworker.errors import ConfigError, oneline
 
 PROJECT = "rpcworker"
 LOG = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
     except cfg.ConfigFileParseError as exc:
         raise ConfigError(None, None, f"{exc.config_file}: {exc.msg}") from exc
     except (cfg.Error, ValueError) as exc:
-        raise ConfigError(None, None, one_line(exc)) from exc
+        raise ConfigError(None, None, oneline(exc, with_type=False)) from exc
     check_values(conf, None, opts.default_opts)
     check_values(conf, None, _other_default_opts(conf))
     check_values(conf, opts.BROKER_GROUP, opts.broker_opts)
@@ -122,18 +122,13 @@ _OSLO_VALUE_ERROR = re.compile(r"^Value for option \S+ from LocationInfo\(.*?det
 
 def _value_error(exc: BaseException, source: str | None = None) -> str:
     """oslo.config's "Value for option X from LocationInfo(...) is not valid: Y" -> "Y (in F)"."""
-    text = one_line(exc)
+    text = oneline(exc, with_type=False)
     match = _OSLO_VALUE_ERROR.match(text)
     if match:
         path, reason = match.groups()
         source = source or path
         return f"invalid value: {reason}" + (f" (in {source})" if source else "")
     return text
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def setup_logging(conf: cfg.ConfigOpts) -> None:
@@ -146,10 +141,12 @@ def setup_logging(conf: cfg.ConfigOpts) -> None:
                               "needs the systemd-python package (pip install "
                               "'rpcworker[journal]'); without it, log to stderr, which "
                               "systemd sends to the journal anyway") from exc
-        raise ConfigError("DEFAULT", None, f"logging set-up failed: {one_line(exc)}") from exc
+        raise ConfigError("DEFAULT", None, "logging set-up failed: "
+                          f"{oneline(exc, with_type=False)}") from exc
     except OSError as exc:
         option = "log_file" if conf.log_file else None
-        raise ConfigError("DEFAULT", option, f"cannot open the log: {one_line(exc)}") from exc
+        raise ConfigError("DEFAULT", option, "cannot open the log: "
+                          f"{oneline(exc, with_type=False)}") from exc
     # py-amqp logs every heartbeat tick at DEBUG: keep that out even with --debug
     std_logging.getLogger("amqp.connection.Connection.heartbeat_tick").setLevel(
         std_logging.WARNING)

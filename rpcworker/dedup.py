@@ -6,8 +6,6 @@ import collections
 
 from rpcworker.protocol import Reply
 
-_MISSING = object()
-
 
 class CompletedCache:
     """The last ``size`` completed request ids and their replies (LRU, loop thread only)."""

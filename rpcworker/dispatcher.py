@@ -1,179 +1,25 @@
-"""Request -> handler -> Outcome. The ONE place where the ack policy is decided.
+"""Request -> the handler method, and the call. Decides nothing about the message.
 
-The policy (``acknowledge = after``, the default, at-least-once):
-
-===========================================  ==============  ============================
-what happened                                action          reply (calls only)
-===========================================  ==============  ============================
-handler returned                             ack             the result
-handler raised anything, call                ack             the error (the caller has
-                                                             its answer; never retried)
-handler raised ``Requeue`` or anything       retry, or       -
-else, cast/event                             dead-letter
-                                             once max_retries
-                                             retries are spent
-handler raised ``Reject``                    dead-letter     the error
-no such method / version, cast (on receipt)  dead-letter     (call: ack + the error)
-event and no ``handle_message``              dead-letter     -
-handler ran past ``handler_timeout``         as a failure    HandlerTimeout
-redelivered more than ``max_redeliveries``   dead-letter     PoisonMessage
-quorum, ``x-delivery-count`` >= ``delivery_  dead-letter     PoisonMessage
-limit`` (the broker's last delivery)
-redelivered (classic queue), within bounds   count           - (runs when it comes back)
-already completed (duplicate id)             ack             the remembered reply
-refused before dispatch (bad message)        dead-letter     the error, when routable
-===========================================  ==============  ============================
-
-``retry``: a copy goes to the binding's delay queue for that attempt (it comes
-back after ``retry_delay`` doubling up to ``retry_delay_max``) with header
-``x-rpcworker-retries``, then the original is acked. ``dead-letter``: a copy
-goes to the binding's parking lot (``dead_letter_exchange``/``dead_letter_queue``)
-with the reason in its headers, then the original is acked; with no parking lot
-configured it is rejected without requeue (the queue's own dead-letter exchange,
-if any, applies). ``count``: a copy with ``x-rpcworker-redeliveries`` incremented
-goes to the tail of the same queue, then the original is acked, so crash loops
-are counted on classic queues (quorum queues count with ``x-delivery-count``).
-No outcome makes a message loop forever.
-
-Quorum queues with ``x-delivery-limit`` L (``delivery_limit``): measured on RabbitMQ
-3.10, the broker makes L + 1 deliveries of a message that is rejected with requeue or
-whose channel closes unacked, with ``x-delivery-count`` 0, 1, ..., L; when the last one
-comes back it drops the message (or dead-letters it to the queue's
-``x-dead-letter-exchange``, reason ``delivery_limit``). So the delivery with count L is
-never run: it is dead-lettered by us, with its reason, while we still hold it. With
-``max_redeliveries`` M too, the bound is the smaller one: a redelivery with count
-``c`` runs while ``c <= min(M or infinity, L - 1)``.
-
-With ``acknowledge = before`` the delivery is acked on receipt (at-most-once, as
-oslo.messaging's RPC server does): the action is ``none`` whatever happens.
+``unknown(handler, request)`` tells on receipt whether a request names a method and
+version the handler serves (the policy refuses it when not); ``call()`` runs it in a
+handler thread and returns what the method returned or raises what it raised (the
+policy turns either into an Outcome). The rule of what is callable remotely is here,
+once: ``rpc_methods()`` lists it for ``--list-handlers``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import types
 from typing import Any
 
-from oslo_log import log as logging
-
 from rpcworker import protocol
-from rpcworker.bindings import Binding
-from rpcworker.errors import (
-    HandlerTimeout,
-    NoSuchMethod,
-    PoisonMessage,
-    Reject,
-    Requeue,
-    UnsupportedVersion,
-)
+from rpcworker.errors import DispatchError, NoHandleMessage, NoSuchMethod, UnsupportedVersion
 from rpcworker.message import Message
-
-LOG = logging.getLogger(__name__)
 
 #: handler attributes that are never RPC methods, besides the "_" names
 _NOT_RPC = frozenset({"handle_message", "target"})
 #: what a class body defines as a method (``def``, ``staticmethod``, ``classmethod``)
 _METHOD_TYPES = (types.FunctionType, staticmethod, classmethod)
-
-RETRIES_HEADER = "x-rpcworker-retries"
-REDELIVERIES_HEADER = "x-rpcworker-redeliveries"
-QUORUM_DELIVERY_COUNT = "x-delivery-count"
-
-
-class Action(enum.Enum):
-    NONE = "none"  # already acked on receipt
-    ACK = "ack"
-    RETRY = "retry"  # to the delay queue of the next attempt, then ack
-    DEAD_LETTER = "dead-letter"  # to the parking lot then ack, or reject (no requeue)
-    COUNT = "count"  # to the tail of the same queue with the redelivery count + 1, then ack
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    action: Action
-    reply: protocol.Reply | None = None
-    #: why it failed (dead-letter headers, logs)
-    reason: str | None = None
-
-
-def ack_on_receipt(binding: Binding) -> bool:
-    """Whether the delivery is acked before the handler runs."""
-    return binding.ack_before
-
-
-def int_header(headers: Any, name: str) -> int:
-    try:
-        return max(0, int(headers.get(name) or 0))
-    except (TypeError, ValueError, AttributeError, OverflowError):  # Overflow: a float inf
-        return 0
-
-
-def retries_of(headers: Any) -> int:
-    return int_header(headers, RETRIES_HEADER)
-
-
-def limited_by_delivery_limit(binding: Binding) -> bool:
-    """Whether the quorum queue's delivery_limit, not max_redeliveries, bounds the
-    redeliveries that are run (the smaller bound wins; max_redeliveries 0 is off)."""
-    limit, most = binding.delivery_limit, binding.max_redeliveries
-    return bool(limit) and (not most or limit - 1 < most)
-
-
-def redelivery_bound(binding: Binding) -> int | None:
-    """The most redeliveries of one message that are run on a quorum binding (None: no
-    bound): max_redeliveries (0 = off) or, with delivery_limit L > 0, L - 1 when smaller,
-    since the broker's last delivery (x-delivery-count L) is dead-lettered, not run."""
-    if limited_by_delivery_limit(binding):
-        return binding.delivery_limit - 1
-    return binding.max_redeliveries or None
-
-
-def on_receipt(binding: Binding, request: protocol.Request) -> Outcome | None:
-    """Decide before dispatch: a poison message, or a redelivery to count. None: run it."""
-    if binding.ack_before or not request.redelivered:
-        return None
-    headers = request.headers or {}
-    if binding.quorum and QUORUM_DELIVERY_COUNT in headers:
-        count = int_header(headers, QUORUM_DELIVERY_COUNT)
-        bound = redelivery_bound(binding)
-        if bound is None or count <= bound:
-            return None
-        if limited_by_delivery_limit(binding):
-            reason = (f"x-delivery-count {count} reached the queue's delivery limit "
-                      f"(delivery_limit {binding.delivery_limit}): the broker's last "
-                      f"delivery is dead-lettered instead of run; its handler crashed, hung "
-                      f"or lost the connection {count} times")
-            return _poison(binding, request, reason)
-    elif not binding.max_redeliveries:
-        return None
-    else:  # classic queues (and an rpc binding's fanout queue): counted by copies
-        count = int_header(headers, REDELIVERIES_HEADER) + 1
-        if count <= binding.max_redeliveries:
-            return Outcome(Action.COUNT, reason=f"redelivery {count}")
-    reason = (f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "
-              f"its handler crashed, hung or lost the connection every time")
-    return _poison(binding, request, reason)
-
-
-def _poison(binding: Binding, request: protocol.Request, reason: str) -> Outcome:
-    """Dead-letter a poison message without running it; a call gets PoisonMessage."""
-    LOG.error("binding %s: poison message %s dead-lettered: %s", binding.name,
-              _what(request), reason, extra=log_fields(binding.name, request))
-    reply = None
-    if request.reply is not None:
-        reply = protocol.encode_failure(request.reply, PoisonMessage(reason))
-    return Outcome(Action.DEAD_LETTER, reply, reason)
-
-
-def refused(binding: Binding, rejected: protocol.Rejected) -> Outcome:
-    """Outcome of a delivery that ``protocol.decode`` refused."""
-    reply = None
-    if rejected.reply is not None:
-        reply = protocol.encode_error(rejected.reply, "InvalidRequest", "rpcworker.errors",
-                                      rejected.reason)
-    return Outcome(Action.DEAD_LETTER, reply, f"refused: {rejected.reason}")
-
 
 #: (handler, method, namespace, version) that find_method accepted: the loop thread
 #: checks every request, and the class lookup costs a few microseconds. Only successes
@@ -182,173 +28,61 @@ _FOUND: set[tuple[Any, ...]] = set()
 _FOUND_MAX = 4096
 
 
-def _has_getattr_hook(cls: type) -> bool:
-    return any("__getattr__" in vars(k) for k in cls.__mro__ if k is not object)
+def is_rpc_name(name: str) -> bool:
+    """Whether ``name`` may be called remotely at all: an identifier, not ``_private``,
+    not ``handle_message`` or ``target``."""
+    return name.isidentifier() and not name.startswith("_") and name not in _NOT_RPC
 
 
-def unknown_method(handler: Any, binding: Binding, request: protocol.Request
-                   ) -> Outcome | None:
-    """Decide on receipt, before any receipt ack: a request for a method or version the
-    handler does not have is refused (a cast is dead-lettered, a call acked and answered
-    with the error) and never reaches a handler thread. None: the method exists.
+def has_getattr_hook(cls: type) -> bool:
+    """Whether ``cls`` (or a non-builtin base) defines ``__getattr__``: it may answer
+    any name, so its methods cannot be listed, and its answers may change."""
+    return any("__getattr__" in vars(k) for k in cls.__mro__ if k.__module__ != "builtins")
 
-    The caller logs the refusal (rate limited, as for a message ``decode`` refused)."""
-    if not request.is_rpc:
+
+def rpc_methods(cls: type) -> tuple[str, ...] | None:
+    """The names ``find_method`` would call on an instance of ``cls``, sorted; None when
+    a ``__getattr__`` of its own may answer other names too."""
+    if has_getattr_hook(cls):
+        return None
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__ != "builtins":
+            names.update(vars(klass))
+    return tuple(sorted(n for n in names if is_rpc_name(n) and _definition(cls, n)[1]
+                        is not None))
+
+
+def unknown(handler: Any, request: protocol.Request) -> DispatchError | None:
+    """Why ``request`` names no method of ``handler`` (no such method, or a namespace or
+    version the handler's target does not serve); None: it does, or it is an event."""
+    if request.method is None:
         return None
     key = (id(handler), type(handler), request.method, request.namespace, request.version)
     if key in _FOUND:
         return None
     try:
         find_method(handler, request)
-        if not _has_getattr_hook(type(handler)):  # its answers may change: never cached
-            if len(_FOUND) >= _FOUND_MAX:
-                _FOUND.clear()
-            _FOUND.add(key)
     except (NoSuchMethod, UnsupportedVersion) as exc:
-        reply = protocol.encode_failure(request.reply, exc) if request.reply else None
-        action = Action.ACK if request.is_call else Action.DEAD_LETTER
-        return Outcome(action, reply, f"{type(exc).__name__}: {exc}")
+        return exc
+    if not has_getattr_hook(type(handler)):  # its answers may change: never cached
+        if len(_FOUND) >= _FOUND_MAX:
+            _FOUND.clear()
+        _FOUND.add(key)
     return None
 
 
-def duplicate(binding: Binding, reply: protocol.Reply | None) -> Outcome:
-    """A request whose id already completed: not run again; a call gets the same reply.
-
-    Decided before any receipt ack, so it is acked here whatever ``acknowledge`` says."""
-    return Outcome(Action.ACK, reply)
-
-
-def timed_out(binding: Binding, request: protocol.Request) -> Outcome:
-    """The handler is still running after ``handler_timeout``."""
-    exc = HandlerTimeout(f"handler {binding.handler} did not finish {_what(request)} "
-                         f"within handler_timeout ({binding.handler_timeout} s)")
-    LOG.error("binding %s: %s; its thread is abandoned", binding.name, exc,
-              extra=log_fields(binding.name, request))
-    return _failed(binding, request, exc, log=False)
-
-
-def dispatch(handler: Any, binding: Binding, request: protocol.Request) -> Outcome:
-    """Run ``request`` on ``handler`` and decide the outcome. Runs in a handler thread.
-
-    Never raises: every failure becomes an Outcome.
-    """
-    try:
-        if request.is_rpc:
-            method = find_method(handler, request)
-            result = method(dict(request.context), **request.args)
-        else:
-            on_message = getattr(handler, "handle_message", None)
-            if on_message is None:
-                reason = f"handler {binding.handler} has no handle_message() for events"
-                LOG.error("binding %s: %s dead-lettered: %s", binding.name, _what(request),
-                          reason, extra=log_fields(binding.name, request))
-                return Outcome(Action.NONE if binding.ack_before else Action.DEAD_LETTER,
-                               None, reason)
-            result = on_message(Message.from_request(request))
-    except Requeue as exc:
-        LOG.info("binding %s: handler asked to retry %s: %s", binding.name,
-                 _what(request), exc, extra=log_fields(binding.name, request))
-        return _failed(binding, request, exc, log=False)
-    except Reject as exc:
-        LOG.warning("binding %s: handler rejected %s: %s", binding.name, _what(request), exc,
-                    extra=log_fields(binding.name, request))
-        return _failed(binding, request, exc, log=False, final=True)
-    except (NoSuchMethod, UnsupportedVersion) as exc:  # unknown_method() let it through
-        LOG.warning("binding %s: %s refused: %s", binding.name, _what(request), exc,
-                    extra=log_fields(binding.name, request))
-        return _failed(binding, request, exc, log=False, final=True, quiet=True)
-    except Exception as exc:
-        return _failed(binding, request, exc, log=True)
-    done = Action.NONE if binding.ack_before else Action.ACK
-    if request.reply is None:
-        return Outcome(done)
-    try:
-        reply = protocol.encode_result(request.reply, result)
-    except (TypeError, ValueError) as exc:
-        LOG.error("binding %s: result of %s is not JSON-serialisable: %s", binding.name,
-                  _what(request), exc, extra=log_fields(binding.name, request))
-        reply = protocol.encode_failure(request.reply, exc)
-    return Outcome(done, reply)
-
-
-def _failed(binding: Binding, request: protocol.Request, exc: Exception, *, log: bool,
-            final: bool = False, quiet: bool = False) -> Outcome:
-    """A failure: calls are answered with the error and acked; casts and events are
-    retried while max_retries allows (unless ``final``), then dead-lettered."""
-    reason = f"{type(exc).__name__}: {exc}"
-    if binding.ack_before:
-        action = Action.NONE
-    elif request.is_call:
-        action = Action.DEAD_LETTER if isinstance(exc, Reject) else Action.ACK
-    elif not final and retries_of(request.headers) < binding.max_retries:
-        action = Action.RETRY
-    else:
-        action = Action.DEAD_LETTER
-    if log:
-        LOG.error("binding %s: handler %s failed on %s (%s)", binding.name, binding.handler,
-                  _what(request), _consequence(action, request, binding), exc_info=exc,
-                  extra=log_fields(binding.name, request))
-    elif action is Action.DEAD_LETTER and not request.is_call and not quiet:
-        LOG.warning("binding %s: %s dead-lettered: %s", binding.name, _what(request), reason,
-                    extra=log_fields(binding.name, request))
-    reply = protocol.encode_failure(request.reply, exc) if request.reply is not None else None
-    return Outcome(action, reply, reason)
-
-
-def _consequence(action: Action, request: protocol.Request, binding: Binding) -> str:
-    if request.is_call:
-        return "error returned to the caller"
-    if action is Action.RETRY:
-        attempt = retries_of(request.headers) + 1
-        return (f"retry {attempt} of {binding.max_retries} in "
-                f"{binding.retry_delay_for(attempt):g} s")
-    if action is Action.DEAD_LETTER:
-        return f"dead-lettered after {retries_of(request.headers)} retries"
-    return "already acked on receipt"
-
-
-def _what(request: protocol.Request) -> str:
-    """How log lines name a request: ``call 'm' (msg_id='..', unique_id='..')``,
-    ``cast 'm' (unique_id='..')``, ``event (exchange 'e', routing key 'k'; message_id='..')``.
-
-    Only called for lines that are logged: the hot path never builds it."""
-    ids = ", ".join(f"{key}={value!r}" for key, value in log_ids(request).items())
+def call(handler: Any, request: protocol.Request) -> Any:
+    """Run ``request`` on ``handler`` (a handler thread): an RPC request as
+    ``method(ctxt, **args)``, an event as ``handle_message(message)``. Returns what it
+    returns, raises what it raises (``NoHandleMessage`` for an event the handler cannot
+    take)."""
     if request.method is not None:
-        kind = "call" if request.is_call else "cast"
-        return f"{kind} {request.method!r} ({ids or 'no id'})"
-    return (f"event (exchange {request.exchange!r}, routing key {request.routing_key!r}"
-            f"{'; ' + ids if ids else ''})")
-
-
-what = _what
-
-
-def log_ids(request: protocol.Request) -> dict[str, Any]:
-    """The ids a log line about ``request`` carries: ``msg_id`` (an oslo call's
-    ``_msg_id``), ``unique_id`` (oslo ``_unique_id``), ``correlation_id`` (plain AMQP
-    RPC), ``message_id`` (the AMQP property: an event's id)."""
-    ids: dict[str, Any] = {}
-    reply = request.reply
-    if reply is not None and reply.msg_id is not None:
-        ids["msg_id"] = reply.msg_id
-    if reply is not None and reply.correlation_id is not None:
-        ids["correlation_id"] = reply.correlation_id
-    if request.method is not None and request.unique_id is not None:
-        ids["unique_id"] = request.unique_id
-    message_id = request.properties.get("message_id")
-    if message_id is not None:
-        ids["message_id"] = message_id
-    return ids
-
-
-def log_fields(binding: str, request: protocol.Request | None) -> dict[str, Any]:
-    """``extra`` of a log line about a message: with ``use_json`` oslo.log's JSONFormatter
-    puts these under the line's ``"extra"`` key (``binding``, ``method``, which is
-    ``"event"`` for an event, and the ids of ``log_ids``)."""
-    if request is None:
-        return {"binding": binding}
-    method = request.method if request.method is not None else "event"
-    return {"binding": binding, "method": method, **log_ids(request)}
+        return find_method(handler, request)(dict(request.context), **request.args)
+    on_message = getattr(handler, "handle_message", None)
+    if on_message is None:
+        raise NoHandleMessage("has no handle_message() for events")
+    return on_message(Message.from_request(request))
 
 
 def find_method(handler: Any, request: protocol.Request) -> Any:
@@ -365,7 +99,7 @@ def find_method(handler: Any, request: protocol.Request) -> Any:
     if request.namespace not in accepted or not version_is_compatible(handler_version,
                                                                       request.version):
         raise UnsupportedVersion(request.version, method)
-    if not method.isidentifier() or method.startswith("_") or method in _NOT_RPC:
+    if not is_rpc_name(method):
         raise NoSuchMethod(method)
     func = _public_method(handler, method)
     if func is None:
@@ -385,13 +119,23 @@ def _public_method(handler: Any, name: str) -> Any:
     that neither its classes nor the instance define.
     """
     cls = type(handler)
+    defined, raw = _definition(cls, name)
+    if not defined:
+        return _from_getattr_hook(handler, cls, name)
+    return None if raw is None else raw.__get__(handler, cls)
+
+
+def _definition(cls: type, name: str) -> tuple[bool, Any]:
+    """(whether a class of ``cls``'s MRO defines ``name``, the definition used when it
+    is a ``def``, ``staticmethod`` or ``classmethod`` of a class that is not a builtin,
+    else None)."""
     for klass in cls.__mro__:
         if name in vars(klass):
             raw = vars(klass)[name]
             if klass.__module__ == "builtins" or not isinstance(raw, _METHOD_TYPES):
-                return None
-            return raw.__get__(handler, cls)
-    return _from_getattr_hook(handler, cls, name)
+                return True, None
+            return True, raw
+    return False, None
 
 
 def _from_getattr_hook(handler: Any, cls: type, name: str) -> Any:

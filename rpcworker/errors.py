@@ -108,5 +108,16 @@ class UnsupportedVersion(DispatchError):
         super().__init__(msg)
 
 
-class InvalidRequest(DispatchError):
-    """The request is well-formed JSON but not a valid request (e.g. args not an object)."""
+class NoHandleMessage(DispatchError):
+    """An event (a message without a method) reached a handler without ``handle_message``."""
+
+
+def oneline(exc: BaseException | None, *, with_type: bool = True) -> str:
+    """``exc`` as one log-safe line: ``Type: text`` (``with_type``) or just the text, the
+    whitespace of a multi-line message folded; the type name alone when it says nothing."""
+    if exc is None:
+        return "unknown error"
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if with_type else text

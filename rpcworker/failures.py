@@ -1,5 +1,6 @@
-"""Where failed messages go: delay queues for retries, the parking lot, and the
-copies that carry a message there. Pure functions; the consumer publishes.
+"""Where failed messages go: delay queues for retries, the parking lot, the copies
+that carry a message there and the counters in their headers. Pure functions: the
+policy decides which copy a delivery gets, settle publishes it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from rpcworker import dispatcher
 from rpcworker.bindings import Binding
 
+#: retries of a cast/event so far (set on each retry copy)
+RETRIES_HEADER = "x-rpcworker-retries"
+#: redeliveries counted on a classic queue (set on each count copy)
+REDELIVERIES_HEADER = "x-rpcworker-redeliveries"
+#: the broker's count on a quorum queue
+QUORUM_DELIVERY_COUNT = "x-delivery-count"
 BINDING_HEADER = "x-rpcworker-binding"
 FAILURE_HEADER = "x-rpcworker-failure"
 ORIGINAL_EXCHANGE_HEADER = "x-rpcworker-original-exchange"
@@ -44,6 +50,18 @@ _QUORUM_DELAY_ARGUMENTS = {
     "x-dead-letter-strategy": "at-least-once",
     "x-overflow": "reject-publish",
 }
+
+
+def int_header(headers: Any, name: str) -> int:
+    """A counter header as a non-negative int; 0 when missing or not a number."""
+    try:
+        return max(0, int(headers.get(name) or 0))
+    except (TypeError, ValueError, AttributeError, OverflowError):  # Overflow: a float inf
+        return 0
+
+
+def retries_of(headers: Any) -> int:
+    return int_header(headers, RETRIES_HEADER)
 
 
 def retry_queue_name(queue: str, ttl_ms: int, quorum: bool = False) -> str:
@@ -124,8 +142,8 @@ def retry_copy(binding: Binding, queue: str, body: bytes, properties: Mapping[st
     """The copy that waits in the delay queue of the next attempt."""
     props, hdrs = _base(properties, headers)
     _keep_origin(hdrs, exchange, routing_key)
-    attempt = dispatcher.retries_of(hdrs) + 1
-    hdrs[dispatcher.RETRIES_HEADER] = attempt
+    attempt = retries_of(hdrs) + 1
+    hdrs[RETRIES_HEADER] = attempt
     if reason:
         hdrs[FAILURE_HEADER] = reason[:1000]
     ttl = max(1, int(binding.retry_delay_for(attempt) * 1000))
@@ -139,8 +157,8 @@ def count_copy(queue: str, body: bytes, properties: Mapping[str, Any],
     """The copy that goes back to the tail of ``queue`` with one more redelivery counted."""
     props, hdrs = _base(properties, headers)
     _keep_origin(hdrs, exchange, routing_key)
-    hdrs[dispatcher.REDELIVERIES_HEADER] = (
-        dispatcher.int_header(hdrs, dispatcher.REDELIVERIES_HEADER) + 1)
+    hdrs[REDELIVERIES_HEADER] = (
+        int_header(hdrs, REDELIVERIES_HEADER) + 1)
     return Copy("", queue, body, props, hdrs)
 
 
@@ -157,7 +175,7 @@ def dead_letter_copy(binding: Binding, queue: str, body: bytes,
         BINDING_HEADER: binding.name,
         ORIGINAL_QUEUE_HEADER: queue,
     })
-    hdrs.setdefault(dispatcher.RETRIES_HEADER, 0)
+    hdrs.setdefault(RETRIES_HEADER, 0)
     if binding.dead_letter_exchange:
         return Copy(binding.dead_letter_exchange,
                     binding.dead_letter_routing_key or str(hdrs[ORIGINAL_KEY_HEADER]),

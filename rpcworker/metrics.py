@@ -1,9 +1,10 @@
 """Prometheus metrics and the optional HTTP endpoint (``[metrics] listen``).
 
-``Metrics`` holds the instruments; the consumer loop and the outbox call it where
-an outcome is decided or settled, so the counters are exact. ``NULL`` does
-nothing (no endpoint configured). ``serve()`` runs the HTTP endpoint in a daemon
-thread: ``/metrics`` (Prometheus text format), ``/healthz`` (the consume loop
+``Metrics`` holds the instruments: a ``Listener`` of the engine (a delivery received,
+settled, a binding consuming, the connection up or down), so the counters follow
+exactly what was carried out, and the timer of each handler run. ``NULL`` does
+nothing (no endpoint configured). ``serve_process()`` runs the HTTP endpoint in a
+daemon thread: ``/metrics`` (Prometheus text format), ``/healthz`` (the consume loop
 ticks: the same signal as the systemd watchdog) and ``/readyz`` (connected, every
 binding consumed). With ``workers`` > 1 the supervisor serves the endpoint for the
 whole service from prometheus_client's multiprocess mode (``enable_multiprocess()``
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 
 import prometheus_client
 from oslo_config import cfg
@@ -28,8 +29,9 @@ from oslo_log import log as logging
 from prometheus_client import CollectorRegistry, multiprocess, values
 
 from rpcworker import systemd
-from rpcworker.dispatcher import Outcome
 from rpcworker.errors import ConfigError
+from rpcworker.events import SETTLEMENT, Listener
+from rpcworker.policy import Action, Delivery, Outcome
 
 LOG = logging.getLogger(__name__)
 
@@ -84,49 +86,16 @@ def _check_ip(value: str, host: str) -> None:
 # -- the instruments ----------------------------------------------------------------------
 
 
-class Recorder(Protocol):
-    """What the loop and the outbox call; every method takes a binding name."""
-
-    def received(self, binding: str) -> None: ...
-    def acked(self, binding: str) -> None: ...
-    def rejected(self, binding: str) -> None: ...
-    def retried(self, binding: str) -> None: ...
-    def dead_lettered(self, binding: str) -> None: ...
-    def consuming(self, binding: str, on: bool) -> None: ...
-    def connection_up(self, first: bool) -> None: ...
-    def connection_down(self) -> None: ...
-    def run_handler(self, binding: str, call: Callable[[], Outcome]) -> Outcome: ...
-
-
-class NullMetrics:
-    """No endpoint configured: records nothing."""
-
-    def received(self, binding: str) -> None:
-        pass
-
-    def acked(self, binding: str) -> None:
-        pass
-
-    def rejected(self, binding: str) -> None:
-        pass
-
-    def retried(self, binding: str) -> None:
-        pass
-
-    def dead_lettered(self, binding: str) -> None:
-        pass
-
-    def consuming(self, binding: str, on: bool) -> None:
-        pass
-
-    def connection_up(self, first: bool) -> None:
-        pass
-
-    def connection_down(self) -> None:
-        pass
+class Recorder(Listener):
+    """What the engine tells the metrics: its events, and each handler run."""
 
     def run_handler(self, binding: str, call: Callable[[], Outcome]) -> Outcome:
+        """Run ``call`` (in a handler thread) and return its outcome."""
         return call()
+
+
+class NullMetrics(Recorder):
+    """No endpoint configured: records nothing."""
 
 
 NULL = NullMetrics()
@@ -144,7 +113,7 @@ class _Children(dict[str, Any]):
         return child
 
 
-class Metrics:
+class Metrics(Recorder):
     """The instruments of one process. ``bindings``: names created at zero up front.
 
     In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set) the values go to files the
@@ -194,27 +163,27 @@ class Metrics:
     def received(self, binding: str) -> None:
         self._received[binding].inc()
 
-    def acked(self, binding: str) -> None:
-        self._acked[binding].inc()
-
-    def rejected(self, binding: str) -> None:
-        self._rejected[binding].inc()
-
-    def retried(self, binding: str) -> None:
-        self._retried[binding].inc()
-
-    def dead_lettered(self, binding: str) -> None:
-        self._dead_lettered[binding].inc()
+    def settled(self, delivery: Delivery, outcome: Outcome) -> None:
+        binding = delivery.binding.name
+        acked, rejected = SETTLEMENT[outcome.action]
+        if acked:
+            self._acked[binding].inc()
+        if rejected:
+            self._rejected[binding].inc()
+        if outcome.action is Action.RETRY:
+            self._retried[binding].inc()
+        if outcome.dead_lettered:
+            self._dead_lettered[binding].inc()
 
     def consuming(self, binding: str, on: bool) -> None:
         self._consuming[binding].set(1 if on else 0)
 
-    def connection_up(self, first: bool) -> None:
+    def connected(self, first: bool) -> None:
         self._connected.set(1)
         if not first:
             self._reconnects.inc()
 
-    def connection_down(self) -> None:
+    def disconnected(self) -> None:
         self._connected.set(0)
         for child in list(self._consuming.values()):
             child.set(0)
@@ -363,7 +332,10 @@ def enable_multiprocess() -> str:
     in the environment the workers inherit. Returns its path (``disable_multiprocess``)."""
     path = tempfile.mkdtemp(prefix="rpcworker-metrics-")
     os.environ[MULTIPROC_ENV] = path
-    # prometheus_client picks its value class when first imported: pick again
+    # prometheus_client picks its value class once, when first imported
+    # (prometheus_client/values.py: ValueClass = get_value_class()), from the environment
+    # variable, and has no public call to pick again: the supervisor imported it long
+    # before it forks its workers
     values.ValueClass = values.get_value_class()
     return path
 

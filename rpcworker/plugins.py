@@ -27,7 +27,7 @@ class PluginInfo:
     #: the RPC namespace and version of the handler's ``target`` (None, "1.0" without one)
     namespace: str | None = None
     version: str = "1.0"
-    #: public RPC methods (dispatcher.find_method's rule); None: not known without an
+    #: public RPC methods (dispatcher.rpc_methods); None: not known without an
     #: instance (a factory function, or a ``__getattr__`` that answers any name)
     methods: tuple[str, ...] | None = None
 
@@ -77,29 +77,6 @@ def _all_entry_points() -> list[importlib.metadata.EntryPoint]:
     return list(unique.values())
 
 
-def rpc_methods(cls: type) -> tuple[str, ...] | None:
-    """The names ``dispatcher.find_method`` would call on an instance of ``cls``: defined
-    with ``def``/``staticmethod``/``classmethod`` in its class body or a non-builtin
-    base, public, not ``target``/``handle_message``. None when a ``__getattr__`` of its
-    own may answer other names too."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass.__module__ == "builtins":
-            continue
-        names.update(vars(klass))
-    found = []
-    for name in sorted(names):
-        if not name.isidentifier() or name.startswith("_") or name in dispatcher._NOT_RPC:
-            continue
-        owner = next(k for k in cls.__mro__ if name in vars(k))  # the definition used
-        if owner.__module__ != "builtins" and isinstance(vars(owner)[name],
-                                                         dispatcher._METHOD_TYPES):
-            found.append(name)
-    if any("__getattr__" in vars(k) for k in cls.__mro__ if k.__module__ != "builtins"):
-        return None
-    return tuple(found)
-
-
 def describe(name: str, value: str, factory: Any) -> PluginInfo:
     """What ``--list-handlers`` shows of one loaded entry point."""
     doc = inspect.getdoc(factory) or ""
@@ -107,7 +84,7 @@ def describe(name: str, value: str, factory: Any) -> PluginInfo:
     target = getattr(factory, "target", None)
     namespace = getattr(target, "namespace", None)
     version = getattr(target, "version", None) or "1.0"
-    methods = rpc_methods(factory) if isinstance(factory, type) else None
+    methods = dispatcher.rpc_methods(factory) if isinstance(factory, type) else None
     return PluginInfo(name, value, summary,
                       None if namespace is None else str(namespace), str(version), methods)
 

@@ -2,13 +2,16 @@
 
 Pure functions over bytes and properties, so they can be tested (and fuzzed)
 without a broker. ``decode`` never raises: it returns a ``Request`` or a
-``Rejected`` with the reason.
+``Rejected`` with the reason. Replies are encoded here (``encode_result``,
+``encode_failure``, ...) and read here as a caller reads them (``parse_reply``,
+``ReplyWaiter``): ``rpcworker-client`` and the test kit share that reader.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import traceback
 import uuid
 from collections.abc import Mapping
@@ -23,14 +26,6 @@ JSON = "application/json"
 _ACCEPTED_TYPES = ("", JSON)
 _ACCEPTED_ENCODINGS = ("", "utf-8", "utf8")
 
-# Request kinds
-OSLO_CALL = "oslo-call"
-OSLO_CAST = "oslo-cast"
-AMQP_CALL = "amqp-call"
-AMQP_CAST = "amqp-cast"
-EVENT = "event"
-
-
 @dataclasses.dataclass(frozen=True)
 class ReplyRoute:
     """Where and how the answer to a call goes."""
@@ -43,9 +38,8 @@ class ReplyRoute:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """A decoded delivery: an RPC request (call/cast) or an event."""
+    """A decoded delivery: an RPC request (call/cast) or an event (no ``method``)."""
 
-    kind: str
     body: Any
     method: str | None = None
     args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -172,11 +166,11 @@ def _decode(body: bytes | str, content_type: str | None, content_encoding: str |
         data = _unwrap_oslo(data)
         if isinstance(data, dict) and "method" in data:
             return _oslo_request(data, common)
-        return Request(kind=EVENT, body=data, **common)
+        return Request(body=data, **common)
 
     if isinstance(data, dict) and "method" in data:
         return _amqp_request(data, properties, common)
-    return Request(kind=EVENT, body=data, **common)
+    return Request(body=data, **common)
 
 
 def _unwrap_oslo(data: dict[str, Any]) -> Any:
@@ -234,7 +228,6 @@ def _oslo_request(msg: dict[str, Any], common: dict[str, Any]) -> Request | Reje
     context["client_timeout"] = timeout if route is not None else None
     unique = msg.get("_unique_id")
     return Request(
-        kind=OSLO_CALL if route else OSLO_CAST,
         body=msg,
         method=method,
         args=args,
@@ -261,7 +254,6 @@ def _amqp_request(msg: dict[str, Any], properties: Mapping[str, Any],
         return Rejected(str(exc), route)
     mid = properties.get("message_id")
     return Request(
-        kind=AMQP_CALL if route else AMQP_CAST,
         body=msg,
         method=method,
         args=args,
@@ -380,3 +372,115 @@ def encode_heartbeat(route: ReplyRoute) -> Reply:
     body = envelope({"result": None, "failure": None, "ending": False,
                            "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
     return Reply(route.routing_key, body, None)
+
+
+# -- replies, as the caller reads them -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteError:
+    """The failure a server sent back for a call: oslo's ``serialize_remote_exception``
+    fields (``info``), or a plain AMQP RPC reply's ``error`` (type, module, message)."""
+
+    cls: str
+    module: str
+    message: str
+    traceback: tuple[str, ...] = ()
+    #: the fields as they came (oslo: class, module, message, tb, args, kwargs)
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    def line(self) -> str:
+        """``module.Class: message`` (builtins without the module)."""
+        name = self.cls if self.module in ("", "builtins", "exceptions") else (
+            f"{self.module}.{self.cls}")
+        return f"{name}: {self.message}"
+
+
+def parse_failure(failure: Any) -> RemoteError:
+    """``failure`` as oslo sends it (a JSON string), or already a dict."""
+    data = failure
+    if isinstance(failure, str):
+        try:
+            data = loads(failure)
+        except ValueError:
+            return RemoteError("RemoteError", "", failure, info={"message": failure})
+    if not isinstance(data, dict):
+        return RemoteError("RemoteError", "", str(data), info={"message": str(data)})
+    tb = data.get("tb") or []
+    return RemoteError(
+        cls=str(data.get("class") or "RemoteError"),
+        module=str(data.get("module") or ""),
+        message=str(data.get("message", "")),
+        traceback=tuple(str(line) for line in tb) if isinstance(tb, list) else (),
+        info=data,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedReply:
+    """One reply message: an oslo reply (``msg_id`` set; ``ending`` false for a
+    call-monitor heartbeat or a pre-4.0 partial result) or a plain AMQP RPC reply."""
+
+    result: Any = None
+    failure: RemoteError | None = None
+    msg_id: str | None = None
+    ending: bool = True
+
+
+def parse_reply(body: bytes | str) -> ParsedReply | None:
+    """Read a reply body; None when it is neither an oslo nor a plain AMQP RPC reply."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+        data = loads(text)
+        oslo = isinstance(data, dict) and OSLO_MESSAGE_KEY in data
+        if oslo:
+            data = loads(data[OSLO_MESSAGE_KEY])
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if not oslo:
+        error = data.get("error")
+        if isinstance(error, dict):
+            info = {"class": error.get("type"), "module": error.get("module"),
+                    "message": error.get("message")}
+            return ParsedReply(failure=RemoteError(
+                str(info["class"] or "RemoteError"), str(info["module"] or ""),
+                str(info["message"] or ""), info=info))
+        return ParsedReply(result=data.get("result"))
+    failure = parse_failure(data["failure"]) if data.get("failure") else None
+    msg_id = data.get("_msg_id")
+    return ParsedReply(data.get("result"), failure, msg_id if isinstance(msg_id, str) else "",
+                       bool(data.get("ending")))
+
+
+class ReplyWaiter:
+    """Collects the replies to one oslo call, with oslo.messaging 18's client rules.
+
+    Replies for another ``_msg_id`` are dropped; ``ending: false`` without a
+    result is a call-monitor heartbeat; a truthy ``ending`` or a failure ends
+    the call, keeping the last non-null result (so the pre-4.0 two-message
+    form works too).
+    """
+
+    def __init__(self, msg_id: str) -> None:
+        self.msg_id = msg_id
+        self.done = False
+        self.result: Any = None
+        self.failure: RemoteError | None = None
+        self.last_heard = time.monotonic()
+
+    def feed(self, body: bytes | str) -> bool:
+        """Take one reply body; True once the call is complete."""
+        reply = parse_reply(body)
+        if reply is None or reply.msg_id != self.msg_id:
+            return self.done
+        self.last_heard = time.monotonic()
+        if reply.failure is not None:
+            self.failure = reply.failure
+            self.done = True
+        elif reply.result is not None:
+            self.result = reply.result
+        if reply.ending:
+            self.done = True
+        return self.done

@@ -20,15 +20,17 @@ SEQ_HEADER = "x-rpcworker-publish-seq"
 
 
 class ConfirmPublisher:
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, confirms: bool) -> None:
+        """``confirms``: the transport has publisher confirms (py-amqp); on virtual
+        transports a copy counts as accepted once published."""
         self.channel = channel
         self._pending: dict[int, Callable[[bool], None]] = {}
         self._returned: set[int] = set()
         self._seq = itertools.count(1)
-        events: Any = getattr(channel, "events", None)
-        self.async_confirms = hasattr(channel, "confirm_select") and isinstance(events, dict)
-        if self.async_confirms:
+        self.async_confirms = confirms
+        if confirms:
             channel.confirm_select()
+            events = channel.events
             events["basic_ack"].add(self._on_ack)
             events["basic_nack"].add(self._on_nack)
             events["basic_return"].add(self._on_return)

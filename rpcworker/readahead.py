@@ -4,7 +4,8 @@ py-amqp's TCPTransport reads every frame as three exact-size recv() calls
 (header, payload, frame end): about nine system calls per delivery. ``ReadAhead``
 serves those reads from one recv() of up to 64 KiB. The consumer loop asks
 ``pending()`` before it select()s, since buffered bytes are invisible to select().
-Only plain TCP transports are wrapped; TLS sockets keep their own buffering.
+``transport.install_readahead`` puts it in place, on plain TCP only (TLS sockets keep
+their own buffering).
 """
 
 from __future__ import annotations
@@ -38,15 +39,3 @@ class ReadAhead:
     def pending(self) -> int:
         """Bytes received from the socket and not yet handed to py-amqp."""
         return len(self._data) - self._pos
-
-
-def install(amqp_connection: Any) -> ReadAhead | None:
-    """Wrap the connection's plain-TCP transport; None when it is not one (TLS, memory)."""
-    transport: Any = getattr(amqp_connection, "transport", None)
-    if type(transport).__name__ != "TCPTransport" or not hasattr(transport, "_quick_recv"):
-        return None
-    if getattr(transport, "_read_buffer", b""):
-        return None  # a partial frame is already buffered by py-amqp: leave it alone
-    reader = ReadAhead(transport.sock)
-    transport._quick_recv = reader.recv
-    return reader

@@ -60,12 +60,11 @@ def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None,
     sink = notifier if notifier is not None else systemd.from_environment()
     address = metrics.listen_address(conf)
     probe = metrics.LoopProbe(sink) if address is not None and serve_metrics else None
+    recorder = metrics.Metrics([b.name for b in parsed]) if address is not None else None
     worker = Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
-                    notifier=probe or sink)
-    if address is not None:
-        worker.metrics = recorder = metrics.Metrics([b.name for b in parsed])
-        if probe is not None:
-            metrics.serve_process(address, recorder.registry, probe, worker)
+                    notifier=probe or sink, recorder=recorder or metrics.NULL)
+    if address is not None and recorder is not None and probe is not None:
+        metrics.serve_process(address, recorder.registry, probe, worker)
     return worker
 
 

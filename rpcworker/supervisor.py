@@ -444,6 +444,10 @@ class _Manager(cotyledon.ServiceManager):
     - SIGINT is graceful, as SIGTERM (cotyledon makes it an immediate exit).
     - SIGHUP is sent to each worker process (cotyledon sends it to the whole
       process group, which would also hit the subprocesses a handler runs).
+
+    cotyledon (2.x, ``_service_manager.py``) routes every signal through its private
+    ``_on_signal_received`` (SIGINT -> ``_fast_exit``, SIGHUP -> ``os.killpg``) and has
+    no hook that changes either, so that method is overridden.
     """
 
     def __init__(self, on_sighup: Callable[[], None], **kwargs: Any) -> None:

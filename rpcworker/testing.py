@@ -23,6 +23,10 @@ The handler runs exactly as in the daemon: the same decoding, dispatcher,
 ack policy and thread pool. ``memory://`` is for tests only: it has no message
 TTL, so a retried message stays in its delay queue (``worker.stats.retried``
 counts it) instead of coming back.
+
+The fixture records what the worker settled as a listener of its engine
+(``events.Listener.settled``), and asks the loop thread itself whether it is idle
+(``Worker.ask(Worker.idle)``): it never reads the loop's state from the test thread.
 """
 
 from __future__ import annotations
@@ -37,19 +41,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from queue import Empty
 from typing import Any
 
 import kombu
 from oslo_config import cfg
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import config, failures, opts, protocol, topology
+from rpcworker import config, failures, opts, protocol, topology, transport
 from rpcworker.consumer import Worker
-from rpcworker.dispatcher import Action, Outcome, retries_of
 from rpcworker.errors import RPCWorkerError
+from rpcworker.events import Listener
 from rpcworker.executor import Executor
-from rpcworker.outbox import Delivery
+from rpcworker.failures import retries_of
+from rpcworker.policy import Action, Delivery, Outcome
 
 try:
     import pytest as _pytest
@@ -60,6 +64,12 @@ ACKED = "acked"
 RETRIED = "retried"
 DEAD_LETTERED = "dead-lettered"
 COUNTED = "counted"
+REQUEUED = "requeued"
+
+#: how each action the worker carried out is recorded
+_RECORDED = {Action.ACK: ACKED, Action.NONE: ACKED, Action.RETRY: RETRIED,
+             Action.DEAD_LETTER: DEAD_LETTERED, Action.REJECT: DEAD_LETTERED,
+             Action.COUNT: COUNTED, Action.REQUEUE: REQUEUED}
 
 _fixture_ids = itertools.count(1)
 
@@ -73,6 +83,10 @@ class RemoteFailure(RPCWorkerError):
         self.module = str(info.get("module", ""))
         super().__init__(f"{self.exc_type}: {info.get('message', '')}")
 
+    @classmethod
+    def of(cls, error: protocol.RemoteError) -> RemoteFailure:
+        return cls(dict(error.info))
+
 
 @dataclasses.dataclass(frozen=True)
 class DeliveryOutcome:
@@ -80,8 +94,9 @@ class DeliveryOutcome:
 
     ``action``: ``"acked"`` (also a call answered with an error, and a delivery acked on
     receipt with ``acknowledge = before``), ``"retried"`` (a copy went to a delay queue),
-    ``"dead-lettered"`` (parked or rejected without requeue) or ``"counted"`` (a
-    redelivery sent to the tail of its queue). ``kind``: ``"call"``, ``"cast"``,
+    ``"dead-lettered"`` (parked or rejected without requeue), ``"counted"`` (a
+    redelivery sent to the tail of its queue) or ``"requeued"`` (rejected with requeue:
+    the worker was stopping). ``kind``: ``"call"``, ``"cast"``,
     ``"event"`` or ``"refused"`` (not decoded: not JSON, too big, ...).
     """
 
@@ -116,29 +131,13 @@ class DeliveryOutcome:
 
 def _reply_fields(outcome: Outcome) -> tuple[Any, dict[str, Any] | None]:
     """(result, failure) of the reply the worker sends, in oslo's or plain AMQP style."""
-    if outcome.reply is None:
+    reply = protocol.parse_reply(outcome.reply.body) if outcome.reply is not None else None
+    if reply is None:
         return None, None
-    try:
-        data = json.loads(outcome.reply.body)
-        if protocol.OSLO_MESSAGE_KEY in data:
-            inner = json.loads(data[protocol.OSLO_MESSAGE_KEY])
-            failure = json.loads(inner["failure"]) if inner.get("failure") else None
-            return inner.get("result"), failure
-        if "error" in data:
-            err = data["error"]
-            return None, {"class": err.get("type"), "module": err.get("module"),
-                          "message": err.get("message")}
-        return data.get("result"), None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None, None
+    return reply.result, (dict(reply.failure.info) if reply.failure is not None else None)
 
 
-def _record(d: Delivery, outcome: Outcome, retryable: set[str]) -> DeliveryOutcome:
-    action = outcome.action
-    if action is Action.RETRY and d.queue not in retryable:  # as Outbox.settle decides
-        action = Action.DEAD_LETTER
-    name = {Action.ACK: ACKED, Action.NONE: ACKED, Action.RETRY: RETRIED,
-            Action.DEAD_LETTER: DEAD_LETTERED, Action.COUNT: COUNTED}[action]
+def _record(d: Delivery, outcome: Outcome) -> DeliveryOutcome:
     req = d.request
     info = getattr(d.message, "delivery_info", None) or {}
     result, failure = _reply_fields(outcome)
@@ -149,32 +148,20 @@ def _record(d: Delivery, outcome: Outcome, retryable: set[str]) -> DeliveryOutco
         kind = "event" if req.method is None else "call" if req.is_call else "cast"
         method, args, body = req.method, dict(req.args), req.body
         retries = retries_of(req.headers)
-    return DeliveryOutcome(name, kind, method, args, body, str(info.get("routing_key", "")),
-                           d.binding.name, d.queue, outcome.reason, retries, result, failure)
+    return DeliveryOutcome(_RECORDED[outcome.action], kind, method, args, body,
+                           str(info.get("routing_key", "")), d.binding.name, d.queue,
+                           outcome.reason, retries, result, failure)
 
 
-class _RecordingWorker(Worker):
-    """A Worker whose outbox reports each settlement to ``on_settle`` (loop thread)."""
+class _Recorder(Listener):
+    """Records every settled delivery (on the loop thread; memory:// never blocks a
+    connection, so the copy is in its queue by then)."""
 
-    def __init__(self, *args: Any, on_settle: Callable[[DeliveryOutcome], None],
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_settle = on_settle
+    def __init__(self, add: Callable[[DeliveryOutcome], None]) -> None:
+        self._add = add
 
-    def _start_binding(self, conn: kombu.Connection, topo: topology.Topology) -> None:
-        outbox = self._outbox
-        if outbox is not None and "settle" not in vars(outbox):  # once per connection
-            settle = outbox.settle
-
-            def recording_settle(d: Delivery, outcome: Outcome) -> None:
-                # recorded once settled (on memory:// the copy is in its queue by then);
-                # memory:// never blocks a connection, so nothing is deferred and
-                # settled twice
-                settle(d, outcome)
-                self._on_settle(_record(d, outcome, outbox.retryable))
-
-            outbox.settle = recording_settle  # type: ignore[method-assign]
-        super()._start_binding(conn, topo)
+    def settled(self, delivery: Delivery, outcome: Outcome) -> None:
+        self._add(_record(delivery, outcome))
 
 
 def _declare_reply_queue(channel: Any) -> tuple[str, kombu.Queue]:
@@ -252,10 +239,10 @@ class HandlerFixture:
         self._executor = Executor(threads)
         self._outcomes: list[DeliveryOutcome] = []
         self._outcomes_lock = threading.Lock()
-        self.worker: Worker = _RecordingWorker(
+        self.worker = Worker(
             self.conf, kombu.Connection(self.url, transport_options={"polling_interval": 0.01}),
             [topology.build(b) for b in parsed], {"handler": self.handler}, self._executor,
-            on_settle=self._add_outcome)
+            listeners=[_Recorder(self._add_outcome)])
         self._thread: threading.Thread | None = None
         self._client = kombu.Connection(self.url)
 
@@ -292,13 +279,13 @@ class HandlerFixture:
             reply_q, queue = _declare_reply_queue(channel)
             self._publish_rpc(method, ctxt, args, extra={"msg_id": msg_id,
                                                          "reply_q": reply_q})
+            waiter = protocol.ReplyWaiter(msg_id)
             for message in _replies(queue, timeout):
-                inner = json.loads(json.loads(message.body)[protocol.OSLO_MESSAGE_KEY])
-                if inner.get("_msg_id") != msg_id or not inner.get("ending"):
+                if not waiter.feed(message.body):
                     continue
-                if inner.get("failure"):
-                    raise RemoteFailure(json.loads(inner["failure"]))
-                return inner.get("result")
+                if waiter.failure is not None:
+                    raise RemoteFailure.of(waiter.failure)
+                return waiter.result
         raise TimeoutError(f"no reply to {method!r} within {timeout}s")
 
     def cast(self, method: str, ctxt: dict[str, Any] | None = None, **args: Any) -> None:
@@ -321,34 +308,16 @@ class HandlerFixture:
                              content_type=content_type, content_encoding="utf-8")
 
     def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until every message published so far has been handled and settled."""
-        def quiet() -> bool:
-            with self._client.channel() as channel:
-                for t in self.worker.topologies:
-                    for q in t.queues:
-                        if q.name and channel._size(q.name):
-                            return False
-            return (self.worker.executor.pending == 0 and not self.worker._inflight
-                    and self._unacked() == 0)
+        """Wait until every message published so far has been handled and settled (the
+        loop thread says so: nothing in flight, nothing to settle, its queues empty)."""
+        deadline = time.monotonic() + timeout
 
         def idle() -> bool:
-            # twice, a moment apart: a message the loop has just taken off its queue
-            # is for a few instructions in neither the queue nor the channel's unacked set
-            if not quiet():
+            try:
+                return self.worker.ask(self.worker.idle, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
                 return False
-            time.sleep(0.02)
-            return quiet()
         self._wait(idle, timeout, "the worker to be idle")
-
-    def _unacked(self) -> int:
-        """Deliveries the worker's channels hold, not yet acked or rejected (an outcome
-        is settled, and counted in ``stats``, before its delivery is acked)."""
-        count = 0
-        for consumer in list(self.worker._consumers.values()):
-            qos = getattr(consumer.channel, "qos", None)
-            if qos is not None:
-                count += len(set(qos._delivered) - set(qos._dirty))
-        return count
 
     def call_amqp(self, method: str, context: dict[str, Any] | None = None,
                   timeout: float = 5.0, **args: Any) -> Any:
@@ -368,14 +337,12 @@ class HandlerFixture:
                                  content_encoding="utf-8", reply_to=reply_q,
                                  correlation_id=corr)
             for message in _replies(queue, timeout):
-                if message.properties.get("correlation_id") != corr:
+                reply = protocol.parse_reply(message.body)
+                if message.properties.get("correlation_id") != corr or reply is None:
                     continue
-                answer = json.loads(message.body)
-                if "error" in answer:
-                    err = answer["error"]
-                    raise RemoteFailure({"class": err.get("type"), "module": err.get("module"),
-                                         "message": err.get("message")})
-                return answer.get("result")
+                if reply.failure is not None:
+                    raise RemoteFailure.of(reply.failure)
+                return reply.result
         raise TimeoutError(f"no reply to {method!r} within {timeout}s")
 
     # -- outcomes --------------------------------------------------------------
@@ -440,13 +407,7 @@ class HandlerFixture:
             for topo in self.worker.topologies:
                 for queue in topo.queues:
                     for delay in failures.retry_queues(topo.binding, queue):
-                        while True:  # moved as they are, as the broker moves them
-                            try:
-                                raw = channel._get(delay.name)
-                            except Empty:
-                                break
-                            channel._put(queue.name, raw)
-                            moved += 1
+                        moved += transport.move_messages(channel, delay.name, queue.name)
         return moved
 
     def _publish_rpc(self, method: str, ctxt: dict[str, Any] | None, args: dict[str, Any],

@@ -10,7 +10,7 @@ import pytest
 from kombu.transport import pyamqp
 from oslo_config import cfg
 
-from rpcworker import broker
+from rpcworker import broker, transport
 from rpcworker.errors import ConfigError
 
 MakeConf = Callable[..., cfg.ConfigOpts]
@@ -211,7 +211,7 @@ def test_each_failover_host_is_verified_against_its_own_name(
     errors: list[str] = []
     work.ensure_connection(max_retries=3, interval_start=0, interval_step=0,
                            errback=lambda exc, interval: errors.append(
-                               broker.attempted(exc, conn)))
+                               transport.attempted(exc, conn)))
     assert fake_amqp == [("127.0.0.1:5699", "127.0.0.1"), ("127.0.0.1:5681", "localhost")]
     assert errors == ["amqp://u:**@127.0.0.1:5699//"]
     assert conn.ssl == template  # the template is never filled in
@@ -228,7 +228,7 @@ def test_each_failover_host_is_verified_against_its_own_name(
     with pytest.raises(kombu.exceptions.OperationalError):
         down.clone().ensure_connection(
             max_retries=3, interval_start=0, interval_step=0,
-            errback=lambda exc, interval: errors.append(broker.attempted(exc, down)))
+            errback=lambda exc, interval: errors.append(transport.attempted(exc, down)))
     assert [name for _, name in fake_amqp] == ["localhost", "b.test"] * 2
     assert errors[:2] == ["amqp://u:**@localhost:5699//", "amqp://u:**@b.test:5699//"]
 
@@ -309,11 +309,11 @@ def test_explain_other_errors_unchanged() -> None:
     assert broker.explain(ConnectionRefusedError(111, "Connection refused")) == (
         "ConnectionRefusedError: [Errno 111] Connection refused")
     assert broker.explain(TimeoutError()) == "TimeoutError"
-    assert broker.attempted(TimeoutError(), kombu.Connection("amqp://u:p@h9//")) == (
+    assert transport.attempted(TimeoutError(), kombu.Connection("amqp://u:p@h9//")) == (
         "amqp://u:**@h9:5672//")
 
 
-def _failover_conn(make_conf: MakeConf, strategy: str) -> broker.Connection:
+def _failover_conn(make_conf: MakeConf, strategy: str) -> transport.Connection:
     conf = make_conf(f"""
         [DEFAULT]
         transport_url = rabbit://u:p@h1:5672,u:p@h2:5673,u2:p2@h3:5674/
@@ -321,7 +321,7 @@ def _failover_conn(make_conf: MakeConf, strategy: str) -> broker.Connection:
         failover_strategy = {strategy}
         """)
     conn = broker.connection(conf)
-    assert isinstance(conn, broker.Connection)
+    assert isinstance(conn, transport.Connection)
     return conn
 
 

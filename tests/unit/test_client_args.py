@@ -152,7 +152,7 @@ def test_envelope_is_decoded_by_the_worker_as_the_same_request() -> None:
     assert outer["oslo.version"] == "2.0" and json.loads(outer["oslo.message"]) == inner
     decoded = protocol.decode(body, "application/json", "utf-8")
     assert isinstance(decoded, protocol.Request)
-    assert decoded.kind == protocol.OSLO_CALL
+    assert decoded.reply is not None and decoded.reply.style == "oslo"
     assert (decoded.method, dict(decoded.args), decoded.version) == ("echo", {"x": 1}, "1.2")
     assert decoded.reply == protocol.ReplyRoute("oslo", "reply_x", msg_id="mid")
     assert decoded.context["user_id"] == "u1"

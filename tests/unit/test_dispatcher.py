@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 import rpcworker
-from rpcworker import dispatcher, protocol
+from rpcworker import dispatcher, failures, policy, protocol
 from rpcworker.bindings import Binding
-from rpcworker.dispatcher import Action
+from rpcworker.consumer.inflight import run
+from rpcworker.dedup import CompletedCache
 from rpcworker.errors import NoSuchMethod
+from rpcworker.policy import Action
 
 AFTER = Binding(name="b", type="rpc", handler="h", exchange="openstack", durable=False,
                 prefetch_count=1, acknowledge="after", topic="t", server="s")
@@ -60,73 +62,80 @@ class Versioned(Handler):
 
 def req(method: str | None, call: bool = True, redelivered: bool = False,
         **kw: Any) -> protocol.Request:
-    return protocol.Request(kind="x", body={}, method=method, reply=ROUTE if call else None,
+    return protocol.Request(body={}, method=method, reply=ROUTE if call else None,
                             redelivered=redelivered, **kw)
 
 
-def error_type(outcome: dispatcher.Outcome) -> str:
+def unknown_method(handler: Any, binding: Binding, request: protocol.Request
+                   ) -> policy.Outcome | None:
+    """What the policy decides on receipt for a method the handler may not have."""
+    error = dispatcher.unknown(handler, request)
+    return None if error is None else policy.unknown_method(request, error)
+
+
+def error_type(outcome: policy.Outcome) -> str:
     assert outcome.reply is not None
     return str(json.loads(outcome.reply.body)["error"]["type"])
 
 
 def test_success_acks_and_replies() -> None:
-    out = dispatcher.dispatch(Handler(), AFTER, req("add", args={"a": 1, "b": 2}))
+    out = run(Handler(), AFTER, req("add", args={"a": 1, "b": 2}))
     assert out.action is Action.ACK and out.reply is not None
     assert json.loads(out.reply.body) == {"result": 3}
-    cast = dispatcher.dispatch(Handler(), AFTER, req("add", call=False, args={"a": 1, "b": 2}))
-    assert cast == dispatcher.Outcome(Action.ACK, None)
+    cast = run(Handler(), AFTER, req("add", call=False, args={"a": 1, "b": 2}))
+    assert cast == policy.Outcome(Action.ACK, None)
 
 
 RETRYING = dataclasses.replace(AFTER, max_retries=2)
 
 
 def test_exception_on_call_acks_with_error_on_cast_retries_then_dead_letters() -> None:
-    out = dispatcher.dispatch(Handler(), RETRYING, req("boom"))
+    out = run(Handler(), RETRYING, req("boom"))
     assert out.action is Action.ACK and error_type(out) == "KeyError"
-    cast = dispatcher.dispatch(Handler(), RETRYING, req("boom", call=False))
+    cast = run(Handler(), RETRYING, req("boom", call=False))
     assert cast.action is Action.RETRY and cast.reply is None
     assert cast.reason == "KeyError: 'boom'"
-    last = dispatcher.dispatch(Handler(), RETRYING, req("boom", call=False,
-                                                        headers={dispatcher.RETRIES_HEADER: 2}))
+    last = run(Handler(), RETRYING, req("boom", call=False,
+                                                        headers={failures.RETRIES_HEADER: 2}))
     assert last.action is Action.DEAD_LETTER
-    no_retries = dispatcher.dispatch(Handler(), AFTER, req("boom", call=False))
+    no_retries = run(Handler(), AFTER, req("boom", call=False))
     assert no_retries.action is Action.DEAD_LETTER
 
 
 def test_reject_dead_letters_at_once_and_requeue_is_a_bounded_retry() -> None:
-    rejected = dispatcher.dispatch(Handler(), RETRYING, req("reject", call=False))
+    rejected = run(Handler(), RETRYING, req("reject", call=False))
     assert rejected.action is Action.DEAD_LETTER and "Reject" in (rejected.reason or "")
-    call = dispatcher.dispatch(Handler(), RETRYING, req("reject"))
+    call = run(Handler(), RETRYING, req("reject"))
     assert call.action is Action.DEAD_LETTER and error_type(call) == "Reject"
-    first = dispatcher.dispatch(Handler(), RETRYING, req("requeue", call=False))
+    first = run(Handler(), RETRYING, req("requeue", call=False))
     assert first.action is Action.RETRY and first.reply is None
-    spent = dispatcher.dispatch(Handler(), RETRYING, req(
-        "requeue", call=False, headers={dispatcher.RETRIES_HEADER: "2"}))
+    spent = run(Handler(), RETRYING, req(
+        "requeue", call=False, headers={failures.RETRIES_HEADER: "2"}))
     assert spent.action is Action.DEAD_LETTER
 
 
 def test_poison_messages_on_classic_queues_are_counted_then_dead_lettered() -> None:
     b = dataclasses.replace(AFTER, max_redeliveries=2)
-    assert dispatcher.on_receipt(b, req("add", call=False)) is None  # not redelivered
-    first = dispatcher.on_receipt(b, req("add", call=False, redelivered=True))
+    assert policy.redelivered(b, req("add", call=False)) is None  # not redelivered
+    first = policy.redelivered(b, req("add", call=False, redelivered=True))
     assert first is not None and first.action is Action.COUNT
-    second = dispatcher.on_receipt(b, req("add", call=False, redelivered=True,
-                                          headers={dispatcher.REDELIVERIES_HEADER: 1}))
+    second = policy.redelivered(b, req("add", call=False, redelivered=True,
+                                          headers={failures.REDELIVERIES_HEADER: 1}))
     assert second is not None and second.action is Action.COUNT
-    third = dispatcher.on_receipt(b, req("add", redelivered=True,
-                                         headers={dispatcher.REDELIVERIES_HEADER: 2}))
+    third = policy.redelivered(b, req("add", redelivered=True,
+                                         headers={failures.REDELIVERIES_HEADER: 2}))
     assert third is not None and third.action is Action.DEAD_LETTER
     assert error_type(third) == "PoisonMessage"
-    assert dispatcher.on_receipt(dataclasses.replace(b, max_redeliveries=0),
+    assert policy.redelivered(dataclasses.replace(b, max_redeliveries=0),
                                  req("add", redelivered=True)) is None
 
 
 def test_poison_messages_on_quorum_queues_use_the_delivery_count() -> None:
     b = dataclasses.replace(AFTER, max_redeliveries=3, queue_arguments={"x-queue-type": "quorum"})
-    ok = dispatcher.on_receipt(b, req("add", call=False, redelivered=True,
+    ok = policy.redelivered(b, req("add", call=False, redelivered=True,
                                       headers={"x-delivery-count": 3}))
     assert ok is None
-    poison = dispatcher.on_receipt(b, req("add", call=False, redelivered=True,
+    poison = policy.redelivered(b, req("add", call=False, redelivered=True,
                                           headers={"x-delivery-count": 4}))
     assert poison is not None and poison.action is Action.DEAD_LETTER
 
@@ -138,8 +147,8 @@ def quorum(max_redeliveries: int, delivery_limit: int) -> Binding:
     return dataclasses.replace(AFTER, max_redeliveries=max_redeliveries, queue_arguments=args)
 
 
-def delivered(b: Binding, count: int, call: bool = False) -> dispatcher.Outcome | None:
-    return dispatcher.on_receipt(b, req("add", call=call, redelivered=count > 0,
+def delivered(b: Binding, count: int, call: bool = False) -> policy.Outcome | None:
+    return policy.redelivered(b, req("add", call=call, redelivered=count > 0,
                                         headers={"x-delivery-count": count}))
 
 
@@ -175,7 +184,7 @@ def test_quorum_delivery_limit_counts_l_minus_1_l_l_plus_1() -> None:
     assert "delivery_limit 2" in (at_limit.reason or "")
     assert delivered(b, 3) is not None  # L + 1
     assert delivered(quorum(0, 0), 50) is None  # no bound at all
-    assert dispatcher.on_receipt(dataclasses.replace(b, acknowledge="before"),
+    assert policy.redelivered(dataclasses.replace(b, acknowledge="before"),
                                  req("add", redelivered=True,
                                      headers={"x-delivery-count": 5})) is None
 
@@ -183,42 +192,46 @@ def test_quorum_delivery_limit_counts_l_minus_1_l_l_plus_1() -> None:
 def test_quorum_binding_without_delivery_count_counts_like_a_classic_queue() -> None:
     """An rpc quorum binding's fanout queue is classic: no x-delivery-count there."""
     b = quorum(2, 3)
-    first = dispatcher.on_receipt(b, req("add", call=False, redelivered=True))
+    first = policy.redelivered(b, req("add", call=False, redelivered=True))
     assert first is not None and first.action is Action.COUNT
-    assert dispatcher.on_receipt(quorum(0, 3), req("add", redelivered=True)) is None
+    assert policy.redelivered(quorum(0, 3), req("add", redelivered=True)) is None
 
 
 def test_timeout_and_duplicates() -> None:
     b = dataclasses.replace(RETRYING, handler_timeout=2.5)
-    cast = dispatcher.timed_out(b, req("add", call=False))
+    cast = policy.timed_out(b, req("add", call=False))
     assert cast.action is Action.RETRY and "HandlerTimeout" in (cast.reason or "")
-    call = dispatcher.timed_out(b, req("add"))
+    call = policy.timed_out(b, req("add"))
     assert call.action is Action.ACK and error_type(call) == "HandlerTimeout"
     reply = protocol.Reply("rq", b"{}")
-    assert dispatcher.duplicate(BEFORE, reply) == dispatcher.Outcome(Action.ACK, reply)
+    assert policy.duplicate(reply) == policy.Outcome(Action.ACK, reply)
 
 
 def test_acknowledge_before_never_acts_after() -> None:
     for method in ("add", "boom", "reject", "requeue", "nope"):
-        out = dispatcher.dispatch(Handler(), BEFORE, req(method, args={"a": 1, "b": 2}
+        out = run(Handler(), BEFORE, req(method, args={"a": 1, "b": 2}
                                                          if method == "add" else {}))
         assert out.action is Action.NONE, method
         assert out.reply is not None
-    assert dispatcher.ack_on_receipt(BEFORE) and not dispatcher.ack_on_receipt(AFTER)
+    add = req("add", args={"a": 1, "b": 2})
+    assert policy.on_receipt(BEFORE, add, Handler(), CompletedCache(0),
+                             draining=False) is policy.ACK_THEN_RUN
+    assert policy.on_receipt(AFTER, add, Handler(), CompletedCache(0),
+                             draining=False) is policy.RUN
 
 
 @pytest.mark.parametrize("method", ["nope", "_secret", "__init__", "attribute",
                                     "handle_message", "__class__"])
 def test_no_such_method(method: str) -> None:
-    out = dispatcher.dispatch(Handler(), AFTER, req(method))
+    out = run(Handler(), AFTER, req(method))
     assert out.action is Action.ACK and error_type(out) == "NoSuchMethod"
-    cast = dispatcher.dispatch(Handler(), RETRYING, req(method, call=False))
+    cast = run(Handler(), RETRYING, req(method, call=False))
     assert cast.action is Action.DEAD_LETTER  # retrying cannot help
 
 
 def test_oslo_failure_module_for_dispatch_errors() -> None:
     route = protocol.ReplyRoute("oslo", "rq", msg_id="m")
-    out = dispatcher.dispatch(Handler(), AFTER, protocol.Request(kind="x", body={},
+    out = run(Handler(), AFTER, protocol.Request(body={},
                                                                  method="nope", reply=route))
     assert out.reply is not None
     inner = json.loads(json.loads(out.reply.body)["oslo.message"])
@@ -234,7 +247,7 @@ def test_oslo_failure_module_for_dispatch_errors() -> None:
     ("other", "1.0", False), ("ns", "bad", False), ("ns", "1", False),
 ])
 def test_version_and_namespace_rules(namespace: str | None, version: str, ok: bool) -> None:
-    out = dispatcher.dispatch(Versioned(), AFTER, req("add", namespace=namespace,
+    out = run(Versioned(), AFTER, req("add", namespace=namespace,
                                                       version=version, args={"a": 1, "b": 1}))
     assert out.reply is not None
     body = json.loads(out.reply.body)
@@ -246,41 +259,41 @@ def test_version_and_namespace_rules(namespace: str | None, version: str, ok: bo
 
 
 def test_handler_without_target_is_namespace_none_version_1_0() -> None:
-    assert json.loads(dispatcher.dispatch(Handler(), AFTER, req(
+    assert json.loads(run(Handler(), AFTER, req(
         "add", version="1.0", args={"a": 0, "b": 0})).reply.body) == {"result": 0}  # type: ignore[union-attr]
-    out = dispatcher.dispatch(Handler(), AFTER, req("add", version="1.1"))
+    out = run(Handler(), AFTER, req("add", version="1.1"))
     assert error_type(out) == "UnsupportedVersion"
 
 
 def test_wrong_arguments_are_a_remote_type_error() -> None:
-    out = dispatcher.dispatch(Handler(), AFTER, req("add", args={"a": 1}))
+    out = run(Handler(), AFTER, req("add", args={"a": 1}))
     assert out.action is Action.ACK and error_type(out) == "TypeError"
 
 
 def test_unserialisable_result_becomes_failure() -> None:
-    out = dispatcher.dispatch(Handler(), AFTER, req("unjson"))
+    out = run(Handler(), AFTER, req("unjson"))
     assert out.action is Action.ACK and error_type(out) == "TypeError"
 
 
 def test_events_go_to_handle_message() -> None:
     h = Handler()
-    out = dispatcher.dispatch(h, AFTER, protocol.Request(kind="event", body={"e": 1},
+    out = run(h, AFTER, protocol.Request(body={"e": 1},
                                                          routing_key="a.b", exchange="ex"))
-    assert out == dispatcher.Outcome(Action.ACK, None)
+    assert out == policy.Outcome(Action.ACK, None)
     assert h.events[0].body == {"e": 1} and h.events[0].routing_key == "a.b"
 
 
 def test_event_without_handle_message_is_rejected() -> None:
     class NoEvents:
         pass
-    out = dispatcher.dispatch(NoEvents(), AFTER, protocol.Request(kind="event", body={}))
+    out = run(NoEvents(), AFTER, protocol.Request(body={}))
     assert out.action is Action.DEAD_LETTER
 
 
 def test_refused_delivery() -> None:
-    out = dispatcher.refused(AFTER, protocol.Rejected("args must be a JSON object", ROUTE))
+    out = policy.refused(AFTER, protocol.Rejected("args must be a JSON object", ROUTE))
     assert out.action is Action.DEAD_LETTER and error_type(out) == "InvalidRequest"
-    assert dispatcher.refused(AFTER, protocol.Rejected("x")).reply is None
+    assert policy.refused(AFTER, protocol.Rejected("x")).reply is None
 
 
 # -- only public methods of the handler's class are callable (security audit) -----------
@@ -329,14 +342,14 @@ class DictHandler(dict):  # type: ignore[type-arg]
 def test_only_methods_defined_in_the_class_body_are_callable(method: str) -> None:
     with pytest.raises(NoSuchMethod):
         dispatcher.find_method(Attributes(), req(method))
-    out = dispatcher.dispatch(Attributes(), AFTER, req(method))
+    out = run(Attributes(), AFTER, req(method))
     assert out.action is Action.ACK and error_type(out) == "NoSuchMethod"
 
 
 def test_static_and_class_methods_are_methods() -> None:
-    assert json.loads(dispatcher.dispatch(Attributes(), AFTER, req("static")).reply.body) \
+    assert json.loads(run(Attributes(), AFTER, req("static")).reply.body) \
         == {"result": "static"}  # type: ignore[union-attr]
-    assert json.loads(dispatcher.dispatch(Attributes(), AFTER, req("klass")).reply.body) \
+    assert json.loads(run(Attributes(), AFTER, req("klass")).reply.body) \
         == {"result": "Attributes"}  # type: ignore[union-attr]
     assert dispatcher.find_method(Attributes(), req("add"))(None, a=1, b=2) == 3  # inherited
 
@@ -364,7 +377,7 @@ def test_the_builtin_handlers_never_expose_their_conf() -> None:
     for handler in (EchoHandler(conf), LogHandler(conf)):
         with pytest.raises(NoSuchMethod):
             dispatcher.find_method(handler, attack)
-        out = dispatcher.dispatch(handler, AFTER, attack)
+        out = run(handler, AFTER, attack)
         assert error_type(out) == "NoSuchMethod"
     assert conf.marker == "untouched" and conf.config_file == []
     # what they do serve still works; the log handler answers any other public name
@@ -380,32 +393,32 @@ def test_the_builtin_handlers_never_expose_their_conf() -> None:
 def test_counter_headers_that_are_not_counts_are_zero(value: Any) -> None:
     """A float inf in x-rpcworker-redeliveries made on_receipt raise OverflowError in the
     consumer loop: the daemon died, and again on every redelivery."""
-    for name in (dispatcher.REDELIVERIES_HEADER, dispatcher.RETRIES_HEADER,
-                 dispatcher.QUORUM_DELIVERY_COUNT):
-        assert dispatcher.int_header({name: value}, name) == 0
+    for name in (failures.REDELIVERIES_HEADER, failures.RETRIES_HEADER,
+                 failures.QUORUM_DELIVERY_COUNT):
+        assert failures.int_header({name: value}, name) == 0
     b = dataclasses.replace(AFTER, max_redeliveries=2)
-    out = dispatcher.on_receipt(b, req("add", call=False, redelivered=True,
-                                       headers={dispatcher.REDELIVERIES_HEADER: value}))
+    out = policy.redelivered(b, req("add", call=False, redelivered=True,
+                                       headers={failures.REDELIVERIES_HEADER: value}))
     assert out is not None and out.action is Action.COUNT
-    failed = dispatcher.dispatch(Handler(), RETRYING, req(
-        "boom", call=False, headers={dispatcher.RETRIES_HEADER: value}))
+    failed = run(Handler(), RETRYING, req(
+        "boom", call=False, headers={failures.RETRIES_HEADER: value}))
     assert failed.action is Action.RETRY
 
 
 @pytest.mark.parametrize("binding", [AFTER, BEFORE])
 def test_unknown_method_is_refused_on_receipt(binding: Binding) -> None:
     """Decided on the loop thread before any receipt ack, so even at-most-once parks it."""
-    cast = dispatcher.unknown_method(Handler(), binding, req("nope", call=False))
+    cast = unknown_method(Handler(), binding, req("nope", call=False))
     assert cast is not None and cast.action is Action.DEAD_LETTER and cast.reply is None
     assert cast.reason == "NoSuchMethod: Endpoint does not support RPC method nope"
-    call = dispatcher.unknown_method(Handler(), binding, req("_secret"))
+    call = unknown_method(Handler(), binding, req("_secret"))
     assert call is not None and call.action is Action.ACK and error_type(call) == "NoSuchMethod"
-    assert dispatcher.unknown_method(Handler(), binding, req("add")) is None
-    assert dispatcher.unknown_method(Handler(), binding, req(None, call=False)) is None
+    assert unknown_method(Handler(), binding, req("add")) is None
+    assert unknown_method(Handler(), binding, req(None, call=False)) is None
 
 
 def test_refusal_log_lines_cannot_be_forged() -> None:
-    from rpcworker.consumer import _printable
+    from rpcworker.logfields import printable as _printable
 
     assert _printable("method a\nERROR forged line") == "method a\\nERROR forged line"
     assert _printable("plain reason: 'x'") == "plain reason: 'x'"
@@ -413,9 +426,9 @@ def test_refusal_log_lines_cannot_be_forged() -> None:
 
 def test_unknown_method_caches_only_what_it_found() -> None:
     h = Handler()
-    assert dispatcher.unknown_method(h, AFTER, req("add")) is None
+    assert unknown_method(h, AFTER, req("add")) is None
     assert (id(h), Handler, "add", None, "1.0") in dispatcher._FOUND
-    assert dispatcher.unknown_method(h, AFTER, req("nope")) is not None
+    assert unknown_method(h, AFTER, req("nope")) is not None
     assert not any(key[2] == "nope" for key in dispatcher._FOUND)
 
     class Dynamic:
@@ -427,6 +440,6 @@ def test_unknown_method_caches_only_what_it_found() -> None:
             raise AttributeError(name)
 
     d = Dynamic()
-    assert dispatcher.unknown_method(d, AFTER, req("ping")) is None
+    assert unknown_method(d, AFTER, req("ping")) is None
     d.names = set()  # a __getattr__ handler may stop answering: never cached
-    assert dispatcher.unknown_method(d, AFTER, req("ping")) is not None
+    assert unknown_method(d, AFTER, req("ping")) is not None

@@ -1,6 +1,6 @@
 """Hostile messages never hurt the worker: property-based fuzzing of the path every
 delivery takes in ``Worker._on_message`` (``protocol.decode``, then
-``dispatcher.refused`` or ``dispatcher.on_receipt`` and ``dispatcher.dispatch``).
+``policy.refused`` or ``policy.redelivered`` and ``inflight.run``).
 
 Whatever the body, content type, encoding, headers, properties and delivery info:
 
@@ -31,10 +31,11 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 import rpcworker
-from rpcworker import dispatcher, protocol
+from rpcworker import dispatcher, failures, policy, protocol
 from rpcworker.bindings import Binding
-from rpcworker.dispatcher import Action, Outcome
+from rpcworker.consumer.inflight import run
 from rpcworker.errors import NoSuchMethod, UnsupportedVersion
+from rpcworker.policy import Action, Outcome
 
 #: deterministic in CI (derandomize, no example database); about 10 s for the whole file
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=300,
@@ -188,8 +189,8 @@ amqp_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                 max_size=3),
     max_leaves=8)
-COUNTERS = [dispatcher.RETRIES_HEADER, dispatcher.REDELIVERIES_HEADER,
-            dispatcher.QUORUM_DELIVERY_COUNT]
+COUNTERS = [failures.RETRIES_HEADER, failures.REDELIVERIES_HEADER,
+            failures.QUORUM_DELIVERY_COUNT]
 HEADER_KEYS = [*COUNTERS, "compression", "x-death"]
 headers_st = st.dictionaries(st.sampled_from(HEADER_KEYS) | st.text(max_size=8), amqp_values,
                              max_size=5)
@@ -332,11 +333,11 @@ def assert_plain_json(value: Any, where: str) -> None:
         assert value is None or type(value) in (str, int, bool), (where, type(value))
 
 
-def assert_request(req: protocol.Request) -> None:
-    assert req.kind in (protocol.OSLO_CALL, protocol.OSLO_CAST, protocol.AMQP_CALL,
-                        protocol.AMQP_CAST, protocol.EVENT)
+def assert_request(req: protocol.Request, oslo: bool) -> None:
+    """``oslo``: the body was an oslo envelope."""
+    if req.reply is not None:
+        assert req.method is not None and req.reply.style == ("oslo" if oslo else "amqp")
     assert req.method is None or (isinstance(req.method, str) and req.method)
-    assert (req.method is None) == (req.kind == protocol.EVENT)
     assert isinstance(req.args, dict) and isinstance(req.context, dict)
     assert_plain_json(req.args, "args")
     assert_plain_json(req.context, "context")
@@ -348,7 +349,7 @@ def assert_request(req: protocol.Request) -> None:
     assert isinstance(req.redelivered, bool)
     if req.monitor_timeout is not None:
         assert req.reply is not None and req.monitor_timeout > 0
-    if req.kind in (protocol.OSLO_CALL, protocol.OSLO_CAST):  # never taken from a _context_
+    if oslo and req.method is not None:  # never taken from a _context_
         assert req.context["client_timeout"] == (req.body.get("_timeout") if req.reply else None)
     assert_route(req.reply)
 
@@ -404,19 +405,20 @@ def expected_error(handler: Any, req: protocol.Request) -> str | None:
 
 def check_dispatch(handler: FuzzHandler, binding: Binding, req: protocol.Request) -> None:
     SPRUNG.clear()
-    early = dispatcher.on_receipt(binding, req)
+    early = policy.redelivered(binding, req)
     if early is not None:
         note(f"on_receipt: {early.action.value}")
         assert_outcome(early, binding)
         assert early.action in (Action.COUNT, Action.DEAD_LETTER)
         if early.action is Action.DEAD_LETTER and req.reply is not None:
             assert reply_error(early) == "PoisonMessage"
-    outcome = assert_outcome(dispatcher.dispatch(handler, binding, req), binding)
+    outcome = assert_outcome(run(handler, binding, req), binding)
     if not req.is_rpc:
         assert outcome.action in (Action.ACK, Action.NONE) and handler.events
         return
     expected = expected_error(handler, req)
-    note(f"{req.kind}: {expected or 'result'}")
+    kind = "event" if req.method is None else "call" if req.is_call else "cast"
+    note(f"{kind}: {expected or 'result'}")
     if req.reply is not None:
         assert reply_error(outcome) == expected, (req, outcome)
     ran = [] if expected in DOCUMENTED_REFUSALS else [req.method]
@@ -427,8 +429,14 @@ def check_dispatch(handler: FuzzHandler, binding: Binding, req: protocol.Request
         assert outcome.action is (Action.ACK if req.is_call else Action.DEAD_LETTER)
 
 
+def _is_oslo(body: bytes | str) -> bool:
+    """Whether ``body`` (decoded without refusal) is an oslo envelope."""
+    data = protocol.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+    return isinstance(data, dict) and protocol.OSLO_VERSION_KEY in data
+
+
 def run_delivery(delivery: dict[str, Any], binding: Binding, handler_cls: type) -> Any:
-    """What Worker._on_message does with one delivery, checked step by step."""
+    """What Intake.on_message does with one delivery, checked step by step."""
     result = protocol.decode(**delivery)
     assert isinstance(result, protocol.Request | protocol.Rejected), result
     if isinstance(result, protocol.Rejected):
@@ -436,11 +444,11 @@ def run_delivery(delivery: dict[str, Any], binding: Binding, handler_cls: type) 
         assert not result.reason.startswith("cannot decode"), result.reason  # a missed case
         assert_route(result.reply)
         note(f"refused: {result.reason.split(':')[0][:40]}")
-        outcome = assert_outcome(dispatcher.refused(binding, result), binding)
+        outcome = assert_outcome(policy.refused(binding, result), binding)
         assert outcome.action is Action.DEAD_LETTER
         assert reply_error(outcome) == ("InvalidRequest" if result.reply else None)
         return result
-    assert_request(result)
+    assert_request(result, oslo=_is_oslo(delivery["body"]))
     check_dispatch(handler_cls(), binding, result)
     return result
 
@@ -479,10 +487,10 @@ def test_well_formed_requests_reach_the_dispatcher(
 def test_counter_headers_hold_anything(name: str, value: Any, binding: Binding, method: str,
                                        call: bool) -> None:
     """The retry/redelivery counters come from the message: any value is a count (or 0)."""
-    req = protocol.Request(kind="x", body={}, method=method, headers={name: value},
+    req = protocol.Request(body={}, method=method, headers={name: value},
                            redelivered=True,
                            reply=protocol.ReplyRoute("amqp", "rq") if call else None)
-    count = dispatcher.int_header(req.headers, name)
+    count = failures.int_header(req.headers, name)
     assert isinstance(count, int) and count >= 0
     check_dispatch(FuzzHandler(), binding, req)
 
@@ -494,7 +502,7 @@ def test_find_method_only_returns_public_methods_of_the_handler_class(
     handler = handler_cls()
     version = "1.3" if handler_cls is VersionedFuzzHandler else "1.0"
     namespace = "ns" if handler_cls is VersionedFuzzHandler else None
-    req = protocol.Request(kind="x", body={}, method=method, version=version,
+    req = protocol.Request(body={}, method=method, version=version,
                            namespace=namespace)
     try:
         func = dispatcher.find_method(handler, req)
@@ -521,7 +529,7 @@ def assert_method_of(handler: Any, name: str, func: Any) -> None:
 def test_find_method_refuses_with_documented_errors_only(method: str, version: str,
                                                          namespace: str | None) -> None:
     """Any name, version and namespace a decoded Request can hold."""
-    req = protocol.Request(kind="x", body={}, method=method, version=version,
+    req = protocol.Request(body={}, method=method, version=version,
                            namespace=namespace)
     for handler in (FuzzHandler(), VersionedFuzzHandler()):
         try:
@@ -550,7 +558,7 @@ class Dynamic:
 @given(method=METHOD_NAMES)
 def test_a_class_getattr_answers_only_names_the_handler_does_not_have(method: str) -> None:
     handler = Dynamic()
-    req = protocol.Request(kind="x", body={}, method=method)
+    req = protocol.Request(body={}, method=method)
     try:
         func = dispatcher.find_method(handler, req)
     except NoSuchMethod:
@@ -572,11 +580,11 @@ def test_a_class_getattr_answers_only_names_the_handler_does_not_have(method: st
 def test_no_trap_is_ever_reached(name: str) -> None:
     """The names the properties must refuse, each at least once whatever hypothesis draws."""
     handler = VersionedFuzzHandler()
-    req = protocol.Request(kind="x", body={}, method=name, version="1.0", namespace="ns",
+    req = protocol.Request(body={}, method=name, version="1.0", namespace="ns",
                            reply=protocol.ReplyRoute("amqp", "rq"))
     with pytest.raises(NoSuchMethod):
         dispatcher.find_method(handler, req)
-    outcome = dispatcher.dispatch(handler, BASE, req)
+    outcome = run(handler, BASE, req)
     assert reply_error(outcome) == "NoSuchMethod" and handler.calls == [] and not SPRUNG
 
 

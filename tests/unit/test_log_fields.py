@@ -1,4 +1,4 @@
-"""How log lines about a message name it: dispatcher.what / log_fields, the consumer's
+"""How log lines about a message name it: logfields.what / log_fields, the intake's
 refusal line; and the same fields as ``extra`` (separate keys with ``use_json``)."""
 
 from __future__ import annotations
@@ -11,42 +11,44 @@ from typing import Any
 import pytest
 from oslo_log import formatters
 
-from rpcworker import dispatcher, protocol
-from rpcworker.consumer import Worker, _describe
+from rpcworker import logfields, protocol
+from rpcworker.consumer.inflight import run
+from rpcworker.consumer.intake import Refusals
+from rpcworker.logfields import describe as _describe
 from rpcworker.ratelimit import LogLimiter
 from tests.unit.test_dispatcher import AFTER
 
 
 def call(**kw: Any) -> protocol.Request:
-    return protocol.Request(kind=protocol.OSLO_CALL, body=None, method="m", unique_id="u1",
+    return protocol.Request(body=None, method="m", unique_id="u1",
                             reply=protocol.ReplyRoute("oslo", "reply_q", msg_id="m1"), **kw)
 
 
 def test_what_and_fields() -> None:
     req = call()
-    assert dispatcher.what(req) == "call 'm' (msg_id='m1', unique_id='u1')"
-    assert dispatcher.log_fields("b", req) == {"binding": "b", "method": "m", "msg_id": "m1",
+    assert logfields.what(req) == "call 'm' (msg_id='m1', unique_id='u1')"
+    assert logfields.log_fields("b", req) == {"binding": "b", "method": "m", "msg_id": "m1",
                                                "unique_id": "u1"}
-    cast = protocol.Request(kind="cast", body=None, method="m", unique_id="u2")
-    assert dispatcher.what(cast) == "cast 'm' (unique_id='u2')"
-    bare = protocol.Request(kind="cast", body=None, method="m")
-    assert dispatcher.what(bare) == "cast 'm' (no id)"
-    amqp_rpc = protocol.Request(kind="call", body=None, method="m", properties={
+    cast = protocol.Request(body=None, method="m", unique_id="u2")
+    assert logfields.what(cast) == "cast 'm' (unique_id='u2')"
+    bare = protocol.Request(body=None, method="m")
+    assert logfields.what(bare) == "cast 'm' (no id)"
+    amqp_rpc = protocol.Request(body=None, method="m", properties={
         "message_id": "x"}, reply=protocol.ReplyRoute("amqp", "rq", correlation_id="c1"))
-    assert dispatcher.what(amqp_rpc) == "call 'm' (correlation_id='c1', message_id='x')"
-    event = protocol.Request(kind="event", body=None, exchange="ex", routing_key="a.b",
+    assert logfields.what(amqp_rpc) == "call 'm' (correlation_id='c1', message_id='x')"
+    event = protocol.Request(body=None, exchange="ex", routing_key="a.b",
                              unique_id="e1", properties={"message_id": "e1"})
-    assert dispatcher.what(event) == "event (exchange 'ex', routing key 'a.b'; message_id='e1')"
-    assert dispatcher.log_fields("b", event) == {"binding": "b", "method": "event",
+    assert logfields.what(event) == "event (exchange 'ex', routing key 'a.b'; message_id='e1')"
+    assert logfields.log_fields("b", event) == {"binding": "b", "method": "event",
                                                  "message_id": "e1"}
-    anonymous = protocol.Request(kind="event", body=None, exchange="ex", routing_key="k")
-    assert dispatcher.what(anonymous) == "event (exchange 'ex', routing key 'k')"
-    assert dispatcher.log_fields("b", None) == {"binding": "b"}
+    anonymous = protocol.Request(body=None, exchange="ex", routing_key="k")
+    assert logfields.what(anonymous) == "event (exchange 'ex', routing key 'k')"
+    assert logfields.log_fields("b", None) == {"binding": "b"}
 
 
 def test_ids_cannot_forge_log_lines() -> None:
-    req = protocol.Request(kind="cast", body=None, method="m", unique_id="u\nFAKE LINE")
-    assert "\n" not in dispatcher.what(req)
+    req = protocol.Request(body=None, method="m", unique_id="u\nFAKE LINE")
+    assert "\n" not in logfields.what(req)
 
 
 class Failing:
@@ -55,8 +57,8 @@ class Failing:
 
 
 def test_failure_line_carries_the_fields_as_extra(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="rpcworker.dispatcher")
-    dispatcher.dispatch(Failing(), AFTER, call())
+    caplog.set_level(logging.ERROR, logger="rpcworker.policy")
+    run(Failing(), AFTER, call())
     [record] = caplog.records
     assert "failed on call 'm' (msg_id='m1', unique_id='u1')" in record.getMessage()
     assert (record.binding, record.method, record.msg_id, record.unique_id) == (  # type: ignore[attr-defined]
@@ -68,14 +70,13 @@ def test_failure_line_carries_the_fields_as_extra(caplog: pytest.LogCaptureFixtu
 
 
 def test_refusal_line_names_the_message_id(caplog: pytest.LogCaptureFixture) -> None:
-    worker = Worker.__new__(Worker)  # only the logging state: no connection
-    worker._refusals = LogLimiter()
+    refusals = Refusals(LogLimiter())
     binding: Any = SimpleNamespace(name="api")
     message = SimpleNamespace(delivery_info={"exchange": "ex", "routing_key": "rk"},
                               content_type="text/plain", properties={"message_id": "id-1"})
     caplog.set_level(logging.WARNING, logger="rpcworker.consumer")
-    worker._log_refused(binding, message, "content type 'text/plain' refused")
-    worker._log_refused(binding, message, "NoSuchMethod: x", call())
+    refusals.log(binding, message, "content type 'text/plain' refused")
+    refusals.log(binding, message, "NoSuchMethod: x", call())
     first, second = caplog.records
     assert first.getMessage() == ("binding api: message (exchange 'ex', routing key 'rk', "
                                   "content type 'text/plain', message_id='id-1') refused: "

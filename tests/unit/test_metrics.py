@@ -10,13 +10,12 @@ import kombu
 import pytest
 
 from rpcworker import metrics
-from rpcworker.dispatcher import Action, Outcome
 from rpcworker.errors import ConfigError
-from rpcworker.outbox import Delivery, Outbox, Stats
+from rpcworker.policy import Action, Delivery, Outcome
 from rpcworker.supervisor import Hub
 from rpcworker.systemd import NullNotifier
 from tests.helpers import http_get as get
-from tests.unit.test_outbox import BINDING, FakeMessage
+from tests.unit.test_settle import BINDING, Box, FakeMessage
 from tests.unit.test_supervisor import Clock, Sink
 
 # -- [metrics] listen ---------------------------------------------------------------------
@@ -76,14 +75,14 @@ def test_run_handler_times_the_handler_and_counts_failures() -> None:
 
 def test_connection_state_reconnects_and_consuming() -> None:
     m = metrics.Metrics(["b"])
-    m.connection_up(first=True)
+    m.connected(first=True)
     m.consuming("b", True)
     assert sample(m, "rpcworker_connected", None) == 1
     assert sample(m, "rpcworker_binding_consuming") == 1
-    m.connection_down()
+    m.disconnected()
     assert sample(m, "rpcworker_connected", None) == 0
     assert sample(m, "rpcworker_binding_consuming") == 0
-    m.connection_up(first=False)
+    m.connected(first=False)
     assert sample(m, "rpcworker_reconnects_total", None) == 1
 
 
@@ -98,9 +97,9 @@ def conn() -> Iterator[kombu.Connection]:
     c.release()
 
 
-def test_outbox_counts_where_each_delivery_is_settled(conn: kombu.Connection) -> None:
+def test_settle_counts_where_each_delivery_is_settled(conn: kombu.Connection) -> None:
     m = metrics.Metrics(["b"])
-    box = Outbox(conn, Stats(), retryable={"q"}, metrics=m)
+    box = Box(conn, listener=m)
     box.settle(Delivery(FakeMessage(), BINDING, "q", None), Outcome(Action.ACK))
     box.settle(Delivery(FakeMessage(), BINDING, "q", None), Outcome(Action.RETRY, reason="x"))
     box.settle(Delivery(FakeMessage(), BINDING, "q", None),

@@ -31,7 +31,8 @@ def decode(body: bytes, **kw: Any) -> Request | Rejected:
 def test_oslo_call() -> None:
     req = decode(oslo(CALL), delivery_info={"routing_key": "T", "exchange": "openstack"})
     assert isinstance(req, Request)
-    assert req.kind == protocol.OSLO_CALL and req.is_call and req.method == "echo"
+    assert req.reply is not None and req.reply.style == "oslo" and req.is_call
+    assert req.method == "echo"
     assert req.args == {"x": 5} and req.version == "1.2" and req.namespace is None
     assert req.reply == protocol.ReplyRoute("oslo", "reply_a1884108", msg_id="f633dbd5")
     assert req.context == {"user_id": "u1", "project_id": "p1", "request_id": "req-abc",
@@ -42,7 +43,8 @@ def test_oslo_call() -> None:
 
 def test_oslo_cast_and_monitor_timeout() -> None:
     req = decode(oslo(CAST))
-    assert isinstance(req, Request) and req.kind == protocol.OSLO_CAST and not req.is_call
+    assert isinstance(req, Request) and req.is_rpc and req.reply is None and not req.is_call
+    assert req.unique_id == CAST["_unique_id"]  # oslo's _unique_id, not a message_id
     assert req.version == "1.0"
     call = decode(oslo(dict(CALL, _timeout=2)))
     assert isinstance(call, Request) and call.monitor_timeout == 2.0
@@ -53,17 +55,17 @@ def test_plain_amqp_rpc() -> None:
     body = json.dumps({"method": "add", "args": {"a": 1}, "context": {"u": 1}}).encode()
     req = decode(body, properties={"reply_to": "amq.rabbitmq.reply-to.g1h",
                                    "correlation_id": "c-1"})
-    assert isinstance(req, Request) and req.kind == protocol.AMQP_CALL
+    assert isinstance(req, Request) and req.reply is not None and req.reply.style == "amqp"
     assert req.reply == protocol.ReplyRoute("amqp", "amq.rabbitmq.reply-to.g1h",
                                             correlation_id="c-1")
     assert req.context == {"u": 1}
     cast = decode(body)
-    assert isinstance(cast, Request) and cast.kind == protocol.AMQP_CAST
+    assert isinstance(cast, Request) and cast.is_rpc and cast.reply is None
 
 
 def test_events_are_not_rpc() -> None:
     req = decode(b'{"event_type": "x.y", "payload": {}}', delivery_info={"routing_key": "x.y"})
-    assert isinstance(req, Request) and req.kind == protocol.EVENT and not req.is_rpc
+    assert isinstance(req, Request) and req.method is None and not req.is_rpc
     notification = decode(oslo({"event_type": "compute.instance.create", "payload": {"a": 1}}))
     assert isinstance(notification, Request) and notification.body["payload"] == {"a": 1}
     scalar = decode(b"[1, 2]")

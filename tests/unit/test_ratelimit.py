@@ -119,30 +119,29 @@ def test_bad_limits(burst: int, interval: float) -> None:
 
 def test_consumer_logs_through_the_limiter(clock: Clock,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    """The consumer's refusal logging (Worker._log_refused) on a flood of 50 refusals."""
+    """The intake's refusal logging (intake.Refusals) on a flood of 50 refusals."""
     from types import SimpleNamespace
 
-    from rpcworker.consumer import Worker
+    from rpcworker.consumer.intake import Refusals
 
-    worker = Worker.__new__(Worker)  # only the logging state: no connection
-    worker._refusals = LogLimiter(clock=clock)
+    refusals = Refusals(LogLimiter(clock=clock))
     binding: Any = SimpleNamespace(name="api")
     message = SimpleNamespace(delivery_info={"exchange": "ex", "routing_key": "rk"},
                               content_type="application/x-python-serialize")
     caplog.set_level(logging.WARNING, logger="rpcworker.consumer")
     for i in range(50):
-        worker._log_refused(binding, message, f"reason {i}")
+        refusals.log(binding, message, f"reason {i}")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 10 and all("binding api: message (exchange 'ex'" in x for x in lines)
     assert lines[0].endswith("refused: reason 0")
     clock.now += 10
-    worker._log_refusal_summaries()  # the loop's tick
+    refusals.summarise()  # the loop's tick
     assert caplog.records[-1].getMessage() == (
         "binding api: 40 more messages refused in the last 10 s (last reason: reason 49)")
-    worker._log_refused(binding, message, "again")
+    refusals.log(binding, message, "again")
     assert len(caplog.records) == 12 and caplog.records[-1].getMessage().endswith("again")
     for i in range(15):
-        worker._log_refused(binding, message, f"late {i}")
-    worker._log_refusal_summaries(final=True)  # a stop: the open window is summarised
+        refusals.log(binding, message, f"late {i}")
+    refusals.summarise(final=True)  # a stop: the open window is summarised
     assert caplog.records[-1].getMessage() == (
         "binding api: 6 more messages refused in the last 10 s (last reason: late 14)")

@@ -173,7 +173,7 @@ def test_pytest_fixture_factory(rpcworker_handler: Any) -> None:  # noqa: F811
 def test_rpc_methods_follow_find_method() -> None:
     import functools
 
-    from rpcworker import plugins
+    from rpcworker import dispatcher, plugins
     from rpcworker.handlers.log import LogHandler
 
     class Base:
@@ -199,8 +199,8 @@ def test_rpc_methods_follow_find_method() -> None:
         def prop(self) -> int:
             return 1
 
-    assert plugins.rpc_methods(Handler) == ("inherited", "static", "visible")
-    assert plugins.rpc_methods(LogHandler) is None
+    assert dispatcher.rpc_methods(Handler) == ("inherited", "static", "visible")
+    assert dispatcher.rpc_methods(LogHandler) is None
     info = plugins.describe("h", "m:Handler", Handler)
     assert (info.namespace, info.version, info.methods) == (None, "1.0", (
         "inherited", "static", "visible"))

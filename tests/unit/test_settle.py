@@ -1,4 +1,5 @@
-"""Outbox: carrying out outcomes, on kombu's memory transport with fake deliveries."""
+"""Settle: carrying out outcomes (as policy.resolve makes them), on kombu's memory
+transport with fake deliveries; the counters come from its settled events."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 
 from rpcworker import protocol
 from rpcworker.bindings import Binding
-from rpcworker.dispatcher import Action, Outcome
-from rpcworker.outbox import Delivery, Outbox, Stats
+from rpcworker.consumer.acks import Acks
+from rpcworker.consumer.settle import Settle
+from rpcworker.events import Listener, Stats
+from rpcworker.policy import Action, Delivery, Outcome
+from rpcworker.transport import Capabilities
 
 BINDING = Binding(name="b", type="direct", handler="h", exchange="ex", durable=True,
                   prefetch_count=1, acknowledge="after", queue="q", routing_keys=("k",),
@@ -46,6 +50,14 @@ def conn() -> Iterator[kombu.Connection]:
     c.release()
 
 
+class Box(Settle):
+    """A Settle that counts what it settled in ``stats``."""
+
+    def __init__(self, conn: kombu.Connection, listener: Listener | None = None) -> None:
+        self.stats = Stats()
+        super().__init__(conn, Capabilities.of(conn), listener or self.stats)
+
+
 def take(conn: kombu.Connection, queue: str) -> list[Any]:
     q = kombu.Queue(queue)(conn.channel())
     out = []
@@ -56,7 +68,7 @@ def take(conn: kombu.Connection, queue: str) -> list[Any]:
 
 def test_retry_copy_goes_to_the_delay_queue_then_the_original_is_acked(
         conn: kombu.Connection) -> None:
-    box = Outbox(conn, Stats(), retryable={"q"})
+    box = Box(conn)
     msg = FakeMessage()
     box.settle(Delivery(msg, BINDING, "q", None), Outcome(Action.RETRY, reason="boom"))
     assert msg.settled == ["ack"] and box.stats.retried == 1
@@ -66,16 +78,17 @@ def test_retry_copy_goes_to_the_delay_queue_then_the_original_is_acked(
 
 
 def test_retry_on_a_queue_without_delay_queues_dead_letters(conn: kombu.Connection) -> None:
-    box = Outbox(conn, Stats(), retryable=set())
+    box = Box(conn)
     msg = FakeMessage()
-    box.settle(Delivery(msg, BINDING, "q", None), Outcome(Action.RETRY, reason="boom"))
+    box.settle(Delivery(msg, BINDING, "q", None, retryable=False),
+               Outcome(Action.RETRY, reason="boom"))
     assert msg.settled == ["ack"] and box.stats.dead_lettered == 1
     [parked] = take(conn, "parked")
     assert parked.headers["x-rpcworker-failure"] == "boom"
 
 
 def test_dead_letter_without_parking_lot_rejects(conn: kombu.Connection) -> None:
-    box = Outbox(conn, Stats(), retryable={"q"})
+    box = Box(conn)
     msg = FakeMessage()
     plain = dataclasses.replace(BINDING, dead_letter_queue=None)
     box.settle(Delivery(msg, plain, "q", None), Outcome(Action.DEAD_LETTER, reason="x"))
@@ -83,7 +96,7 @@ def test_dead_letter_without_parking_lot_rejects(conn: kombu.Connection) -> None
 
 
 def test_count_sends_the_copy_to_the_tail_of_the_same_queue(conn: kombu.Connection) -> None:
-    box = Outbox(conn, Stats(), retryable={"q"})
+    box = Box(conn)
     msg = FakeMessage(headers={"x-rpcworker-redeliveries": 1})
     box.settle(Delivery(msg, BINDING, "q", None), Outcome(Action.COUNT))
     assert msg.settled == ["ack"]
@@ -92,7 +105,7 @@ def test_count_sends_the_copy_to_the_tail_of_the_same_queue(conn: kombu.Connecti
 
 
 def test_blocked_connection_defers_what_publishes(conn: kombu.Connection) -> None:
-    box = Outbox(conn, Stats(), retryable={"q"})
+    box = Box(conn)
     box.on_blocked("low on memory")
     plain_ack, with_reply = FakeMessage(), FakeMessage()
     reply = protocol.encode_result(protocol.ReplyRoute("amqp", "replies", None, "c"), 1)
@@ -107,19 +120,19 @@ def test_blocked_connection_defers_what_publishes(conn: kombu.Connection) -> Non
 
 
 def test_returned_reply_is_resent_with_backoff_then_dropped(conn: kombu.Connection) -> None:
-    box = Outbox(conn, Stats(), retryable=set())
+    box = Box(conn)
 
     class Returned:
         body = '{"result": 2}'  # py-amqp hands back str bodies
         properties = {"correlation_id": "c9"}
 
-    box._on_reply_return(Exception("NO_ROUTE"), "", "replies", Returned())
+    box.replies._on_return(Exception("NO_ROUTE"), "", "replies", Returned())
     assert box.resend_returned(now=0.0) > 0  # not due yet
     now = time.monotonic()
     box.resend_returned(now + 0.3)
     [sent] = take(conn, "replies")
     assert sent.properties["correlation_id"] == "c9"
-    assert box.resend_returned(now + 61.0) > 0 and box._returned == []
+    assert box.resend_returned(now + 61.0) > 0 and box.replies._returned == []
 
 
 class FakeChannel:
@@ -138,17 +151,17 @@ class Tagged:
 
 def test_acks_below_the_oldest_open_delivery_go_as_one_multiple_ack(
         conn: kombu.Connection) -> None:
-    box = Outbox(conn, Stats(), retryable=set())
-    box._batch = True  # as on py-amqp
+    box = Box(conn)
+    box.acks = Acks(batch=True)  # as on py-amqp
     ch = FakeChannel()
     msgs = [Tagged(ch, tag) for tag in range(1, 7)]
     for m in msgs:
         box.received(m)
     for tag in (1, 2, 3, 5, 6):  # 4 is still being handled
-        box.ack(msgs[tag - 1])
+        box.settle(Delivery(msgs[tag - 1], BINDING, "q", None), Outcome(Action.ACK))
     box.flush()
     assert ch.acks == [(3, True), (5, False), (6, False)]
-    box.ack(msgs[3])
+    box.settle(Delivery(msgs[3], BINDING, "q", None), Outcome(Action.ACK))
     box.flush()
     assert ch.acks[-1] == (4, True)  # nothing open left below or above it
     assert box.stats.acked == 6

@@ -1,0 +1,239 @@
+"""What the worker consumes on the current connection: each binding on its own channel
+(its own prefetch window), one kombu ``Consumer`` per queue, so that a delivery's queue
+is known from the consumer that received it.
+
+A declaration the broker refuses (406 PRECONDITION_FAILED, 405 RESOURCE_LOCKED, ...)
+closes only that binding's channel: it is logged in one line, the other bindings go on,
+and it is tried again every ``reconnect_interval_max`` seconds. On SIGHUP a removed or
+changed binding stops taking deliveries (basic.cancel) but keeps its channel until its
+in-flight messages are settled, so nothing is lost or handled twice; a new or changed
+binding is declared and consumed at once. Loop thread only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import kombu
+from oslo_log import log as logging
+
+from rpcworker import failures, reload, topology
+from rpcworker.bindings import Binding
+from rpcworker.errors import oneline
+from rpcworker.events import Listener
+from rpcworker.topology import Topology
+from rpcworker.transport import Capabilities, prepare_consuming_channel
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Subscription:
+    """One queue consumed for one binding."""
+
+    binding: Binding
+    handler: Any
+    queue: str
+    #: the queue has delay queues declared (a failure can be retried)
+    retryable: bool
+
+
+@dataclasses.dataclass(eq=False)
+class _Bound:
+    """A binding's channel and consumers on the current connection."""
+
+    topology: Topology
+    channel: Any
+    consumers: list[kombu.Consumer]
+
+
+class Subscriptions:
+    def __init__(self, topologies: Sequence[Topology], handlers: dict[str, Any],
+                 on_message: Callable[[Subscription, Any], None], events: Listener,
+                 retry_interval: float) -> None:
+        self.topologies = list(topologies)
+        self.handlers = handlers
+        self._on_message = on_message
+        self._events = events
+        self._retry_interval = retry_interval
+        self._conn: kombu.Connection | None = None
+        self._caps: Capabilities | None = None
+        self._bound: dict[str, _Bound] = {}
+        self._failed: dict[str, float] = {}  # binding name -> next declaration attempt
+        #: bindings taken away by a reload, kept open until their in-flight work is settled
+        self._retiring: list[_Bound] = []
+
+    @property
+    def consuming(self) -> list[Topology]:
+        return [t for t in self.topologies if t.binding.name in self._bound]
+
+    @property
+    def failed(self) -> list[str]:
+        return sorted(self._failed)
+
+    @property
+    def retiring(self) -> bool:
+        return bool(self._retiring)
+
+    def consumers(self) -> list[kombu.Consumer]:
+        return [c for bound in self._bound.values() for c in bound.consumers]
+
+    # -- a session ------------------------------------------------------------------------
+
+    def start(self, conn: kombu.Connection, caps: Capabilities) -> list[kombu.Consumer]:
+        """Declare and consume every binding on a new connection."""
+        self.lost()
+        self._conn, self._caps = conn, caps
+        for topo in self.topologies:
+            self._start(topo)
+        return self.consumers()
+
+    def lost(self) -> None:
+        """The connection is gone, and its channels with it."""
+        self._conn = self._caps = None
+        self._bound, self._failed, self._retiring = {}, {}, []
+
+    def _start(self, topo: Topology) -> None:
+        b = topo.binding
+        assert self._conn is not None and self._caps is not None
+        channel = self._conn.channel()
+        prepare_consuming_channel(channel)
+        try:
+            consumers = self._declare(channel, topo, self._caps)
+        except tuple(self._conn.channel_errors) as exc:
+            self._failed[b.name] = time.monotonic() + self._retry_interval
+            LOG.error("binding %s: the broker refused its declarations: %s; the other "
+                      "bindings go on, this one is tried again in %g s", b.name,
+                      oneline(exc), self._retry_interval)
+            with contextlib.suppress(Exception):
+                channel.close()
+            return
+        self._failed.pop(b.name, None)
+        self._bound[b.name] = _Bound(topo, channel, consumers)
+        self._events.consuming(b.name, True)
+
+    def _declare(self, channel: Any, topo: Topology, caps: Capabilities
+                 ) -> list[kombu.Consumer]:
+        """Delay queues, parking lot, then the queues (each with its own consumer);
+        consuming starts once all are declared."""
+        b = topo.binding
+        handler = self.handlers[b.handler]
+        delays = {q.name: failures.retry_queues(b, q) if caps.delay_queues else []
+                  for q in topo.queues}
+        for queue in topo.queues:
+            for delay_queue in delays[queue.name]:
+                delay_queue(channel).declare()
+        exchange, parking = failures.parking_lot(b)
+        if exchange is not None:
+            exchange(channel).declare()
+        if parking is not None:
+            parking(channel).declare()
+        consumers = []
+        for n, queue in enumerate(topo.queues):
+            sub = Subscription(b, handler, queue.name, bool(delays[queue.name]))
+            consumers.append(kombu.Consumer(
+                channel, queues=[queue], no_ack=False, auto_declare=True,
+                on_message=functools.partial(self._on_message, sub),
+                prefetch_count=b.prefetch_count or None,
+                tag_prefix=f"rpcworker-{b.name}-{n}-"))
+        for consumer in consumers:
+            consumer.consume()
+        return consumers
+
+    def retry_failed(self, now: float) -> bool:
+        """Declare again the bindings whose retry is due; whether any was tried."""
+        due = [t for t in self.topologies if self._failed.get(t.binding.name, now + 1) <= now]
+        for topo in due:
+            self._start(topo)
+        return bool(due)
+
+    def cancel(self) -> None:
+        """Stop taking deliveries (a stop): basic.cancel on every queue."""
+        for consumer in self.consumers():
+            consumer.cancel()
+
+    def delete_transient(self, channel: Any) -> None:
+        """Clean stop: delete this process's per-process queues (as oslo.messaging does)."""
+        for topo in self.topologies:
+            for name in topo.transient:
+                try:
+                    channel.queue_delete(name)
+                except Exception as exc:  # best effort: x-expires removes it anyway
+                    LOG.debug("could not delete queue %s: %s", name, exc)
+
+    def queues_empty(self) -> bool:
+        """Whether every queue consumed has no message ready (a passive declare each)."""
+        if self._conn is None:
+            return False
+        channel = self._conn.default_channel
+        return not any(channel.queue_declare(queue=q.name, passive=True)[1]
+                       for t in self.consuming for q in t.queues)
+
+    # -- SIGHUP ---------------------------------------------------------------------------
+
+    def apply(self, plan: reload.Plan) -> None:
+        """Re-bind what ``plan`` changed: retire removed and changed bindings, declare
+        new and changed ones, unbind the keys a changed one no longer has."""
+        self.handlers.update(plan.new_handlers)
+        old = {t.binding.name: t for t in self.topologies}
+        for name in plan.removed + plan.changed:
+            self._retire(name)
+        fresh = set(plan.added) | set(plan.changed)
+        self.topologies = [topology.build(b) if b.name in fresh else old[b.name]
+                           for b in plan.bindings]
+        for topo in self.topologies:
+            if topo.binding.name in fresh:
+                self._start(topo)
+                if topo.binding.name in old:
+                    self._unbind_dropped_keys(old[topo.binding.name], topo)
+
+    def _retire(self, name: str) -> None:
+        self._failed.pop(name, None)
+        bound = self._bound.pop(name, None)
+        if bound is None:
+            return
+        self._events.consuming(name, False)
+        assert self._conn is not None
+        with contextlib.suppress(*tuple(self._conn.channel_errors)):
+            for consumer in bound.consumers:
+                consumer.cancel()
+        self._retiring.append(bound)
+
+    def close_retired(self, busy: Callable[[Binding], bool]) -> None:
+        """Close the retired bindings' channels whose in-flight work is settled."""
+        for bound in list(self._retiring):
+            if busy(bound.topology.binding):
+                continue
+            self._retiring.remove(bound)
+            for name in bound.topology.transient:
+                with contextlib.suppress(Exception):
+                    bound.channel.queue_delete(name)
+            with contextlib.suppress(Exception):
+                bound.channel.close()
+            LOG.info("binding %s: previous consumer closed, its in-flight work settled",
+                     bound.topology.binding.name)
+
+    def _unbind_dropped_keys(self, before: Topology, after: Topology) -> None:
+        """Remove queue bindings (exchange, routing key) that the new config no longer has."""
+        def keys(t: Topology) -> dict[str, set[tuple[str, str]]]:
+            return {q.name: {(b.exchange.name, b.routing_key) for b in q.bindings}
+                    | ({(q.exchange.name, q.routing_key)} if q.exchange and q.exchange.name
+                       else set()) for q in t.queues}
+        assert self._conn is not None
+        now = keys(after)
+        for queue, pairs in keys(before).items():
+            if queue not in now:
+                continue
+            for exchange, key in sorted(pairs - now[queue]):
+                try:
+                    self._conn.default_channel.queue_unbind(queue, exchange, key or "")
+                    LOG.info("binding %s: queue %s unbound from %s with key %r",
+                             after.binding.name, queue, exchange, key)
+                except tuple(self._conn.channel_errors) as exc:
+                    LOG.warning("binding %s: could not unbind %s from %s (%r): %s",
+                                after.binding.name, queue, exchange, key, oneline(exc))

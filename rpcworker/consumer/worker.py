@@ -1,0 +1,386 @@
+"""The kombu ``ConsumerMixin`` of one worker process, and its lifecycle.
+
+kombu's template runs the session: ``create_connection`` / ``establish_connection``
+(failover, backoff), ``on_connection_revived``, ``get_consumers`` (the subscriptions),
+``on_consume_ready`` (READY=1), ``on_iteration`` (everything that is not I/O, once per
+turn), ``should_stop``, ``on_consume_end`` (a clean stop). Only the thread running
+``run()`` touches kombu objects; handlers run in the executor's threads and their
+outcomes come back through its wake-up pipe.
+
+A delivery's path, top to bottom: ``Intake.on_message`` -> ``policy.on_receipt`` ->
+``Inflight.start`` -> (handler thread) ``inflight.run`` -> ``policy.on_completion`` ->
+(loop) ``Inflight.finish`` -> ``policy.on_completed`` -> ``Settle.settle`` ->
+``Listener.settled``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import kombu
+from kombu.mixins import ConsumerMixin
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from rpcworker import broker, metrics, reload, transport
+from rpcworker.consumer.inflight import MAX_WAIT, Inflight
+from rpcworker.consumer.intake import Intake
+from rpcworker.consumer.session import Session
+from rpcworker.consumer.subscriptions import Subscriptions
+from rpcworker.dedup import CompletedCache
+from rpcworker.errors import ConfigError, PluginError, StopRequested, oneline
+from rpcworker.events import Listener, Listeners, Stats
+from rpcworker.executor import Executor
+from rpcworker.systemd import Notifier, NullNotifier
+from rpcworker.topology import Topology
+
+LOG = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Worker(ConsumerMixin):
+    """One consumer loop: every binding of this process on one connection."""
+
+    def __init__(self, conf: cfg.ConfigOpts, connection: kombu.Connection,
+                 topologies: Sequence[Topology], handlers: dict[str, Any],
+                 executor: Executor, notifier: Notifier | None = None,
+                 recorder: metrics.Recorder = metrics.NULL,
+                 listeners: Sequence[Listener] = ()) -> None:
+        self.conf = conf
+        self.connection = connection
+        self.executor = executor
+        self.notifier: Notifier = notifier or NullNotifier()
+        self.stats = Stats()
+        self.metrics = recorder
+        self.events = Listeners([self.stats, *([recorder] if recorder is not metrics.NULL
+                                              else []), *listeners])
+        completed = CompletedCache(conf.duplicate_cache_size)
+        self.inflight = Inflight(executor, completed, recorder, conf.executor_thread_pool_size)
+        self.intake = Intake(conf, self.inflight, completed, self.events)
+        b = conf.broker
+        self._reconnect = (b.reconnect_interval_start, b.reconnect_interval_step,
+                           b.reconnect_interval_max)
+        self.subscriptions = Subscriptions(topologies, handlers, self.intake.on_message,
+                                           self.events, retry_interval=self._reconnect[2])
+        self.ready = False
+        self.should_stop = False
+        self._immediate = False
+        self._reload_requested = False
+        self._drain_deadline: float | None = None
+        self._session: Session | None = None
+        #: the broker host (transport_url entry) of the last session: the next one starts
+        #: with the host after it (transport.Connection.failover_clone)
+        self._last_host: str | None = None
+        self._questions: collections.deque[tuple[Callable[[], Any], Future[Any]]] = (
+            collections.deque())
+
+    @property
+    def topologies(self) -> list[Topology]:
+        return self.subscriptions.topologies
+
+    # -- control (any thread, signal handlers) --------------------------------------------
+
+    def request_stop(self, immediate: bool = False) -> None:
+        """Ask the loop to stop taking deliveries, drain in-flight work and return.
+
+        ``immediate``: do not wait for running handlers (their deliveries are left
+        unacknowledged for redelivery). Safe to call from a signal handler: it only
+        sets flags and wakes the loop.
+        """
+        self._immediate = self._immediate or immediate
+        self.should_stop = True
+        self.executor.wake()
+
+    def request_reload(self) -> None:
+        """SIGHUP. Safe from a signal handler."""
+        self._reload_requested = True
+        self.executor.wake()
+
+    def ask(self, question: Callable[[], T], timeout: float = 5.0) -> T:
+        """``question()`` answered on the loop thread, between two turns (any thread but
+        the loop's). TimeoutError when the loop does not answer within ``timeout``."""
+        future: Future[T] = Future()
+        self._questions.append((question, future))
+        self.executor.wake()
+        return future.result(timeout)
+
+    def idle(self) -> bool:
+        """Nothing in flight, nothing to settle, no message waiting in a queue consumed.
+        Loop thread only (see ``ask``)."""
+        s = self._session
+        return (s is not None and self.inflight.idle and s.settle.pending == 0
+                and self.subscriptions.queues_empty())
+
+    def _answer(self) -> None:
+        while self._questions:
+            question, future = self._questions.popleft()
+            try:
+                future.set_result(question())
+            except Exception as exc:
+                future.set_exception(exc)
+
+    # -- the outer loop: connect, consume, reconnect --------------------------------------
+
+    def run(self, _tokens: int = 1, **kwargs: Any) -> None:
+        """Consume until stopped. Connection faults are logged and retried forever.
+
+        Not kombu's ``run()``, which restarts ``consume()`` paced by a one-second token
+        bucket and logs each loss with a traceback: here a loss is one line, quick
+        repeated losses back off by ``reconnect_interval_*``, and a stop ends the wait.
+        """
+        errors = tuple(self.connection.connection_errors) + tuple(
+            self.connection.channel_errors) + (OSError,)
+        failures_in_a_row = 0
+        try:
+            while not self.should_stop:
+                started = time.monotonic()
+                try:
+                    for _ in self.consume():
+                        pass
+                    return
+                except StopRequested:
+                    return
+                except errors as exc:
+                    lost: BaseException = exc
+                # logged outside the except block: oslo.log would append the error again
+                if self.should_stop:
+                    LOG.warning("Connection lost while stopping (%s); unacknowledged "
+                                "messages go back to their queues", oneline(lost))
+                    return
+                LOG.warning("Connection to the broker lost: %s; reconnecting", oneline(lost))
+                self.notifier.status(f"reconnecting to the broker ({oneline(lost)})")
+                failures_in_a_row = (0 if time.monotonic() - started > 10
+                                     else failures_in_a_row + 1)
+                if failures_in_a_row:
+                    self._pause(self._backoff(failures_in_a_row))
+        finally:
+            for _, future in self._questions:
+                future.set_exception(RuntimeError("the worker stopped"))
+
+    def _backoff(self, failures_in_a_row: int) -> float:
+        start, step, top = self._reconnect
+        return float(min(start + step * (failures_in_a_row - 1), top))
+
+    def _pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.should_stop:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.notifier.watchdog()
+            with contextlib.suppress(InterruptedError, OSError, ValueError):
+                select.select([self.executor.fileno()], [], [], min(left, MAX_WAIT))
+            self.inflight.finish(None)  # nothing to ack: only forgets stale work
+            self._answer()
+
+    # -- kombu's template -------------------------------------------------------------------
+
+    def create_connection(self) -> kombu.Connection:
+        return transport.session_clone(self.connection, self._last_host)
+
+    @contextlib.contextmanager
+    def establish_connection(self) -> Iterator[kombu.Connection]:
+        """kombu's, with the reconnect intervals, a stop that ends the retries, and a
+        broken link dropped without waiting for an answer to connection.close."""
+        conn = self.create_connection()
+        clean = False
+        try:
+            start, step, top = self._reconnect
+            conn.ensure_connection(
+                errback=self.on_connection_error, max_retries=None,
+                interval_start=start, interval_step=step, interval_max=top,
+                callback=self._check_stop,
+            )
+            self._session = Session(conn, self.executor.fileno(), self.events)
+            yield conn
+            clean = True
+        finally:
+            self._session = None
+            self.intake.settle = None
+            self.inflight.disconnected()
+            self.subscriptions.lost()
+            self.ready = False
+            self.events.disconnected()
+            with contextlib.suppress(Exception):
+                if clean:
+                    conn.release()  # connection.close handshake
+                else:
+                    conn.collect()  # no network I/O: a broken link may never answer
+
+    def _check_stop(self) -> None:
+        """Called by kombu about once a second while it waits to reconnect."""
+        self.notifier.watchdog()  # not stuck: reconnecting
+        if self.should_stop:
+            raise StopRequested()
+
+    def on_connection_error(self, exc: BaseException, interval: float) -> None:
+        args = (transport.attempted(exc, self.connection), broker.explain(exc), interval)
+        # kombu calls this inside its except block, and oslo.log appends the exception
+        # being handled to a line logged there: log from a thread that handles none
+        t = threading.Thread(target=LOG.warning, name="rpcworker-log", args=(
+            "Cannot connect to the broker at %s: %s; next attempt in %.1f s", *args))
+        t.start()
+        t.join()
+
+    def on_connection_revived(self) -> None:
+        s = self._session
+        assert s is not None
+        self.inflight.connected()
+        self.intake.settle = s.settle
+        self.events.connected(first=self.stats.connects == 0)
+        self._last_host = getattr(s.conn, "current", None)
+        LOG.info("Connected to the broker at %s", transport.describe(s.conn))
+
+    def get_consumers(self, Consumer: Any, channel: Any) -> list[kombu.Consumer]:  # noqa: N803
+        """Each binding on its own channel (its own prefetch window), not the default
+        channel kombu offers: see ``Subscriptions``."""
+        assert self._session is not None
+        return self.subscriptions.start(self._session.conn, self._session.caps)
+
+    def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
+                         **kwargs: Any) -> None:
+        self._announce()
+
+    def on_consume_end(self, connection: Any, channel: Any) -> None:
+        self.subscriptions.delete_transient(channel)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """Never called (deliveries go to ``on_message`` undecoded); kombu's acks."""
+        message.reject(requeue=False)
+
+    def consume(self, limit: int | None = None, timeout: float | None = None,
+                safety_interval: float = 1, **kwargs: Any) -> Iterator[None]:
+        """kombu's ``consume()`` blocks in ``drain_events(timeout=safety_interval)``: a
+        handler's result would wait for the next broker event or that timeout before its
+        reply and ack go out. Here each turn waits on the broker socket and the
+        executor's wake-up pipe together (``Session.wait``)."""
+        with self.consumer_context(**kwargs):
+            session = self._session
+            assert session is not None
+            while True:
+                wait = self.on_iteration()
+                if wait is None:
+                    return
+                session.wait(wait)
+                if session.heartbeat():
+                    self.intake.refusals.summarise()
+                yield
+
+    def on_iteration(self) -> float | None:
+        """Everything of one turn but the I/O; the longest wait until the next (None:
+        the stop is complete)."""
+        s = self._session
+        assert s is not None
+        settle = s.settle
+        self.notifier.watchdog()
+        self.inflight.finish(settle)
+        now = time.monotonic()
+        wait = min(self.inflight.expire(now, settle), self.inflight.heartbeats(now, settle),
+                   settle.resend_returned(now))
+        if self.subscriptions.failed and self.subscriptions.retry_failed(now):
+            self._announce()
+        if self._reload_requested and not self.should_stop:
+            self._reload_requested = False
+            self._reload()
+        settle.flush()  # acks owed on a retiring channel go out before it closes
+        if self.subscriptions.retiring:
+            self.subscriptions.close_retired(
+                lambda b: self.inflight.holds(b) or settle.pending > 0)
+        self._answer()
+        if self.should_stop:
+            return self._drain(wait)
+        return wait
+
+    # -- stop -----------------------------------------------------------------------------
+
+    def _drain(self, wait: float) -> float | None:
+        """Stop in order: cancel the consumers, wait for the handlers in flight and the
+        copies to be confirmed (up to graceful_shutdown_timeout), then end the loop."""
+        assert self._session is not None
+        settle = self._session.settle
+        if self._drain_deadline is None:
+            self._begin_drain()
+        assert self._drain_deadline is not None
+        busy = self.inflight.busy
+        if busy <= 0 and settle.pending == 0:
+            LOG.info("All in-flight messages handled")
+            return None
+        if self._immediate or time.monotonic() >= self._drain_deadline:
+            settle.flush()
+            LOG.warning("%s with %d handler(s) still running; their messages stay "
+                        "unacknowledged and the broker will redeliver them",
+                        "Second stop signal" if self._immediate else
+                        f"graceful_shutdown_timeout ({self.conf.graceful_shutdown_timeout}"
+                        " s) reached", busy)
+            return None
+        return min(wait, max(0.0, self._drain_deadline - time.monotonic()))
+
+    def _begin_drain(self) -> None:
+        self.intake.draining = True
+        self._drain_deadline = time.monotonic() + self.conf.graceful_shutdown_timeout
+        self.subscriptions.cancel()
+        busy = self.inflight.busy
+        LOG.info("Stopping: consumers cancelled; waiting up to %s s for %d in-flight "
+                 "handler(s)", self.conf.graceful_shutdown_timeout, busy)
+        self.notifier.stopping(f"draining {busy} in-flight message(s)")
+        self.notifier.extend_timeout(self.conf.graceful_shutdown_timeout + 10)
+        self.intake.refusals.summarise(final=True)
+
+    # -- readiness and SIGHUP -------------------------------------------------------------
+
+    def _announce(self, force: bool = False) -> None:
+        """Log what is consumed; READY=1 once every binding consumes (again after a
+        reload when ``force``), else a STATUS line naming what is missing."""
+        subs = self.subscriptions
+        consuming = subs.consuming
+        if consuming:
+            LOG.info("Consuming: %s", "; ".join(
+                f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
+                for t in consuming))
+        if not subs.failed and (force or not self.ready):
+            self.ready = True
+            self.notifier.ready(self._status_line())
+        elif subs.failed:
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        subs = self.subscriptions
+        line = (f"consuming {len(subs.consuming)} of {len(subs.topologies)} binding(s); "
+                f"{self.stats.connects - 1} reconnect(s)")
+        if subs.failed:
+            line += f"; not declared: {', '.join(subs.failed)}"
+        return line
+
+    def _reload(self) -> None:
+        """Re-read the configuration; re-bind only the bindings that changed."""
+        self.notifier.reloading()
+        LOG.info("SIGHUP: re-reading the configuration")
+        subs = self.subscriptions
+        try:
+            plan = reload.plan(self.conf, [t.binding for t in subs.topologies], subs.handlers)
+        except (ConfigError, PluginError) as exc:
+            LOG.error("SIGHUP: the new configuration is refused, nothing changed: %s", exc)
+            self._announce(force=True)
+            return
+        except Exception:  # a reload must never take the worker down
+            LOG.exception("SIGHUP: reading the new configuration failed, nothing changed")
+            self._announce(force=True)
+            return
+        self.intake.debug_changed()
+        if plan.empty:
+            subs.handlers.update(plan.new_handlers)
+            LOG.info("SIGHUP: bindings unchanged")
+            self._announce(force=True)
+            return
+        subs.apply(plan)
+        LOG.info("SIGHUP: bindings added %s, removed %s, changed %s", plan.added or "none",
+                 plan.removed or "none", plan.changed or "none")
+        self._announce(force=True)
