@@ -20,11 +20,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import kombu
+from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import failures, reload, topology
+from rpcworker import failures, topology
+from rpcworker import reload as rereading
 from rpcworker.bindings import Binding
-from rpcworker.errors import oneline
+from rpcworker.errors import ConfigError, PluginError, oneline
 from rpcworker.events import Listener
 from rpcworker.topology import Topology
 from rpcworker.transport import Capabilities, prepare_consuming_channel
@@ -79,6 +81,20 @@ class Subscriptions:
     @property
     def retiring(self) -> bool:
         return bool(self._retiring)
+
+    def log_consuming(self) -> None:
+        if self.consuming:
+            LOG.info("Consuming: %s", "; ".join(
+                f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
+                for t in self.consuming))
+
+    def status(self, reconnects: int) -> str:
+        """The systemd STATUS line: what is consumed, and what could not be declared."""
+        line = (f"consuming {len(self.consuming)} of {len(self.topologies)} binding(s); "
+                f"{reconnects} reconnect(s)")
+        if self._failed:
+            line += f"; not declared: {', '.join(self.failed)}"
+        return line
 
     def consumers(self) -> list[kombu.Consumer]:
         return [c for bound in self._bound.values() for c in bound.consumers]
@@ -176,7 +192,28 @@ class Subscriptions:
 
     # -- SIGHUP ---------------------------------------------------------------------------
 
-    def apply(self, plan: reload.Plan) -> None:
+    def reload(self, conf: cfg.ConfigOpts) -> bool:
+        """Re-read the configuration and re-bind what changed; False when the new
+        configuration is refused (nothing changes then)."""
+        LOG.info("SIGHUP: re-reading the configuration")
+        try:
+            plan = rereading.plan(conf, [t.binding for t in self.topologies], self.handlers)
+        except (ConfigError, PluginError) as exc:
+            LOG.error("SIGHUP: the new configuration is refused, nothing changed: %s", exc)
+            return False
+        except Exception:  # a reload must never take the worker down
+            LOG.exception("SIGHUP: reading the new configuration failed, nothing changed")
+            return False
+        if plan.empty:
+            self.handlers.update(plan.new_handlers)
+            LOG.info("SIGHUP: bindings unchanged")
+            return True
+        self.apply(plan)
+        LOG.info("SIGHUP: bindings added %s, removed %s, changed %s", plan.added or "none",
+                 plan.removed or "none", plan.changed or "none")
+        return True
+
+    def apply(self, plan: rereading.Plan) -> None:
         """Re-bind what ``plan`` changed: retire removed and changed bindings, declare
         new and changed ones, unbind the keys a changed one no longer has."""
         self.handlers.update(plan.new_handlers)

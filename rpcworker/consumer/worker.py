@@ -15,13 +15,11 @@ A delivery's path, top to bottom: ``Intake.on_message`` -> ``policy.on_receipt``
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import kombu
@@ -29,13 +27,15 @@ from kombu.mixins import ConsumerMixin
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import broker, metrics, reload, transport
+from rpcworker import broker, metrics, transport
 from rpcworker.consumer.inflight import MAX_WAIT, Inflight
 from rpcworker.consumer.intake import Intake
+from rpcworker.consumer.questions import Questions
 from rpcworker.consumer.session import Session
+from rpcworker.consumer.stopping import Drain
 from rpcworker.consumer.subscriptions import Subscriptions
 from rpcworker.dedup import CompletedCache
-from rpcworker.errors import ConfigError, PluginError, StopRequested, oneline
+from rpcworker.errors import StopRequested, oneline
 from rpcworker.events import Listener, Listeners, Stats
 from rpcworker.executor import Executor
 from rpcworker.systemd import Notifier, NullNotifier
@@ -70,17 +70,16 @@ class Worker(ConsumerMixin):
                            b.reconnect_interval_max)
         self.subscriptions = Subscriptions(topologies, handlers, self.intake.on_message,
                                            self.events, retry_interval=self._reconnect[2])
+        self.drain = Drain(conf, self.inflight, self.intake, self.subscriptions,
+                           self.notifier)
+        self.questions = Questions(executor.wake)
         self.ready = False
         self.should_stop = False
-        self._immediate = False
         self._reload_requested = False
-        self._drain_deadline: float | None = None
         self._session: Session | None = None
         #: the broker host (transport_url entry) of the last session: the next one starts
         #: with the host after it (transport.Connection.failover_clone)
         self._last_host: str | None = None
-        self._questions: collections.deque[tuple[Callable[[], Any], Future[Any]]] = (
-            collections.deque())
 
     @property
     def topologies(self) -> list[Topology]:
@@ -95,7 +94,7 @@ class Worker(ConsumerMixin):
         unacknowledged for redelivery). Safe to call from a signal handler: it only
         sets flags and wakes the loop.
         """
-        self._immediate = self._immediate or immediate
+        self.drain.immediate = self.drain.immediate or immediate
         self.should_stop = True
         self.executor.wake()
 
@@ -107,10 +106,7 @@ class Worker(ConsumerMixin):
     def ask(self, question: Callable[[], T], timeout: float = 5.0) -> T:
         """``question()`` answered on the loop thread, between two turns (any thread but
         the loop's). TimeoutError when the loop does not answer within ``timeout``."""
-        future: Future[T] = Future()
-        self._questions.append((question, future))
-        self.executor.wake()
-        return future.result(timeout)
+        return self.questions.ask(question, timeout)
 
     def idle(self) -> bool:
         """Nothing in flight, nothing to settle, no message waiting in a queue consumed.
@@ -118,14 +114,6 @@ class Worker(ConsumerMixin):
         s = self._session
         return (s is not None and self.inflight.idle and s.settle.pending == 0
                 and self.subscriptions.queues_empty())
-
-    def _answer(self) -> None:
-        while self._questions:
-            question, future = self._questions.popleft()
-            try:
-                future.set_result(question())
-            except Exception as exc:
-                future.set_exception(exc)
 
     # -- the outer loop: connect, consume, reconnect --------------------------------------
 
@@ -162,8 +150,7 @@ class Worker(ConsumerMixin):
                 if failures_in_a_row:
                     self._pause(self._backoff(failures_in_a_row))
         finally:
-            for _, future in self._questions:
-                future.set_exception(RuntimeError("the worker stopped"))
+            self.questions.close()
 
     def _backoff(self, failures_in_a_row: int) -> float:
         start, step, top = self._reconnect
@@ -179,7 +166,7 @@ class Worker(ConsumerMixin):
             with contextlib.suppress(InterruptedError, OSError, ValueError):
                 select.select([self.executor.fileno()], [], [], min(left, MAX_WAIT))
             self.inflight.finish(None)  # nothing to ack: only forgets stale work
-            self._answer()
+            self.questions.answer()
 
     # -- kombu's template -------------------------------------------------------------------
 
@@ -294,45 +281,10 @@ class Worker(ConsumerMixin):
         if self.subscriptions.retiring:
             self.subscriptions.close_retired(
                 lambda b: self.inflight.holds(b) or settle.pending > 0)
-        self._answer()
+        self.questions.answer()
         if self.should_stop:
-            return self._drain(wait)
+            return self.drain.step(settle, wait)
         return wait
-
-    # -- stop -----------------------------------------------------------------------------
-
-    def _drain(self, wait: float) -> float | None:
-        """Stop in order: cancel the consumers, wait for the handlers in flight and the
-        copies to be confirmed (up to graceful_shutdown_timeout), then end the loop."""
-        assert self._session is not None
-        settle = self._session.settle
-        if self._drain_deadline is None:
-            self._begin_drain()
-        assert self._drain_deadline is not None
-        busy = self.inflight.busy
-        if busy <= 0 and settle.pending == 0:
-            LOG.info("All in-flight messages handled")
-            return None
-        if self._immediate or time.monotonic() >= self._drain_deadline:
-            settle.flush()
-            LOG.warning("%s with %d handler(s) still running; their messages stay "
-                        "unacknowledged and the broker will redeliver them",
-                        "Second stop signal" if self._immediate else
-                        f"graceful_shutdown_timeout ({self.conf.graceful_shutdown_timeout}"
-                        " s) reached", busy)
-            return None
-        return min(wait, max(0.0, self._drain_deadline - time.monotonic()))
-
-    def _begin_drain(self) -> None:
-        self.intake.draining = True
-        self._drain_deadline = time.monotonic() + self.conf.graceful_shutdown_timeout
-        self.subscriptions.cancel()
-        busy = self.inflight.busy
-        LOG.info("Stopping: consumers cancelled; waiting up to %s s for %d in-flight "
-                 "handler(s)", self.conf.graceful_shutdown_timeout, busy)
-        self.notifier.stopping(f"draining {busy} in-flight message(s)")
-        self.notifier.extend_timeout(self.conf.graceful_shutdown_timeout + 10)
-        self.intake.refusals.summarise(final=True)
 
     # -- readiness and SIGHUP -------------------------------------------------------------
 
@@ -340,47 +292,16 @@ class Worker(ConsumerMixin):
         """Log what is consumed; READY=1 once every binding consumes (again after a
         reload when ``force``), else a STATUS line naming what is missing."""
         subs = self.subscriptions
-        consuming = subs.consuming
-        if consuming:
-            LOG.info("Consuming: %s", "; ".join(
-                f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
-                for t in consuming))
+        subs.log_consuming()
         if not subs.failed and (force or not self.ready):
             self.ready = True
-            self.notifier.ready(self._status_line())
+            self.notifier.ready(subs.status(reconnects=self.stats.connects - 1))
         elif subs.failed:
-            self.notifier.status(self._status_line())
-
-    def _status_line(self) -> str:
-        subs = self.subscriptions
-        line = (f"consuming {len(subs.consuming)} of {len(subs.topologies)} binding(s); "
-                f"{self.stats.connects - 1} reconnect(s)")
-        if subs.failed:
-            line += f"; not declared: {', '.join(subs.failed)}"
-        return line
+            self.notifier.status(subs.status(reconnects=self.stats.connects - 1))
 
     def _reload(self) -> None:
-        """Re-read the configuration; re-bind only the bindings that changed."""
+        """SIGHUP: the subscriptions re-read the bindings; READY=1 again after it."""
         self.notifier.reloading()
-        LOG.info("SIGHUP: re-reading the configuration")
-        subs = self.subscriptions
-        try:
-            plan = reload.plan(self.conf, [t.binding for t in subs.topologies], subs.handlers)
-        except (ConfigError, PluginError) as exc:
-            LOG.error("SIGHUP: the new configuration is refused, nothing changed: %s", exc)
-            self._announce(force=True)
-            return
-        except Exception:  # a reload must never take the worker down
-            LOG.exception("SIGHUP: reading the new configuration failed, nothing changed")
-            self._announce(force=True)
-            return
-        self.intake.debug_changed()
-        if plan.empty:
-            subs.handlers.update(plan.new_handlers)
-            LOG.info("SIGHUP: bindings unchanged")
-            self._announce(force=True)
-            return
-        subs.apply(plan)
-        LOG.info("SIGHUP: bindings added %s, removed %s, changed %s", plan.added or "none",
-                 plan.removed or "none", plan.changed or "none")
+        if self.subscriptions.reload(self.conf):
+            self.intake.debug_changed()
         self._announce(force=True)

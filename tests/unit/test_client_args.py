@@ -10,6 +10,10 @@ from typing import Any
 import pytest
 
 from rpcworker import protocol
+from rpcworker.client import args as cargs
+from rpcworker.client import errors as cerrors
+from rpcworker.client import load as cload
+from rpcworker.client import request as crequest
 from rpcworker.cmd import client
 
 # the inner dicts oslo.messaging 18.3.1 sends (../shared/reference/oslo-rabbit-wire.md §2)
@@ -20,8 +24,8 @@ OSLO_CAST_KEYS = ["method", "args", "_unique_id", "_context_user_id", "_context_
 CTX = ["--context", "user_id=u1", "--context", "project_id=p1", "--context", "request_id=req-abc"]
 
 
-def request(*argv: str) -> client.RpcRequest:
-    return client.rpc_request(client.parse_args(argv))
+def request(*argv: str) -> crequest.RpcRequest:
+    return crequest.rpc_request(cargs.parse_args(argv))
 
 
 # -- parsing ------------------------------------------------------------------------
@@ -32,16 +36,16 @@ def request(*argv: str) -> client.RpcRequest:
     ("[1, 2]", [1, 2]), ('{"a": 1}', {"a": 1}), ("", ""), ("a=b", "a=b"), ("NaN", "NaN"),
 ])
 def test_json_value(text: str, value: Any) -> None:
-    assert client.json_value(text) == value
+    assert cargs.json_value(text) == value
 
 
 def test_call_defaults() -> None:
-    ns = client.parse_args(["call", "compute", "echo"])
+    ns = cargs.parse_args(["call", "compute", "echo"])
     assert (ns.command, ns.topic, ns.method) == ("call", "compute", "echo")
-    assert ns.timeout == client.DEFAULT_TIMEOUT == 30
+    assert ns.timeout == cargs.DEFAULT_TIMEOUT == 30
     assert ns.call_monitor_timeout is None
-    req = client.rpc_request(ns)
-    assert req == client.RpcRequest(topic="compute", method="echo", args={})
+    req = crequest.rpc_request(ns)
+    assert req == crequest.RpcRequest(topic="compute", method="echo", args={})
     assert (req.exchange, req.routing_key) == ("openstack", "compute")
 
 
@@ -63,23 +67,23 @@ def test_arg_merges_over_args_json() -> None:
     req = request("call", "t", "m", "--args", '{"x": 0, "y": {"z": 1}}', "--arg", "x=1",
                   "--arg", "x=2")
     assert req.args == {"x": 2, "y": {"z": 1}}
-    assert client.merge_args(None, None) == {}
+    assert cargs.merge_args(None, None) == {}
 
 
 def test_config_args_anywhere_in_order() -> None:
-    ns = client.parse_args(["--config-file", "a.conf", "--config-dir", "d", "cast", "t", "m",
+    ns = cargs.parse_args(["--config-file", "a.conf", "--config-dir", "d", "cast", "t", "m",
                             "--config-file", "b.conf"])
-    assert client.oslo_args(ns) == ["--config-file", "a.conf", "--config-file", "b.conf",
+    assert cargs.oslo_args(ns) == ["--config-file", "a.conf", "--config-file", "b.conf",
                                     "--config-dir", "d"]
-    assert client.oslo_args(client.parse_args(["fanout", "t", "m"])) == []
+    assert cargs.oslo_args(cargs.parse_args(["fanout", "t", "m"])) == []
 
 
 def test_publish_args() -> None:
-    ns = client.parse_args(["publish", "--exchange", "events", "--type", "topic",
+    ns = cargs.parse_args(["publish", "--exchange", "events", "--type", "topic",
                             "--routing-key", "a.b", '{"x": 1}'])
     assert (ns.exchange, ns.type, ns.routing_key, ns.body) == ("events", "topic", "a.b",
                                                                '{"x": 1}')
-    ns = client.parse_args(["publish", "--exchange", "", "[1]"])
+    ns = cargs.parse_args(["publish", "--exchange", "", "[1]"])
     assert (ns.type, ns.routing_key) == (None, "")
 
 
@@ -99,7 +103,7 @@ def test_publish_args() -> None:
     [],
 ])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert client.main(argv) == client.EXIT_USAGE
+    assert client.main(argv) == cerrors.EXIT_USAGE
     out, err = capsys.readouterr()
     assert out == "" and "usage:" in err
 
@@ -119,7 +123,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_call_inner_fields_are_oslo_s() -> None:
     req = request("call", "t", "echo", "--arg", "x=5", "--version", "1.2", *CTX)
-    inner = client.inner_message(req, msg_id="m1", reply_q="reply_q1")
+    inner = crequest.inner_message(req, msg_id="m1", reply_q="reply_q1")
     assert list(inner) == OSLO_CALL_KEYS
     assert inner["method"] == "echo" and inner["args"] == {"x": 5}
     assert (inner["_msg_id"], inner["_reply_q"], inner["_timeout"]) == ("m1", "reply_q1", None)
@@ -128,26 +132,26 @@ def test_call_inner_fields_are_oslo_s() -> None:
 
 
 def test_cast_inner_fields_are_oslo_s() -> None:
-    inner = client.inner_message(request("cast", "t", "echo", "--arg", "x=6", *CTX))
+    inner = crequest.inner_message(request("cast", "t", "echo", "--arg", "x=6", *CTX))
     assert list(inner) == OSLO_CAST_KEYS
     assert inner["args"] == {"x": 6}
 
 
 def test_minimal_and_namespaced_bodies() -> None:
-    assert list(client.inner_message(request("fanout", "t", "m"))) == ["method", "args",
+    assert list(crequest.inner_message(request("fanout", "t", "m"))) == ["method", "args",
                                                                       "_unique_id"]
-    inner = client.inner_message(request("call", "t", "m", "--namespace", "ns", "--version",
+    inner = crequest.inner_message(request("call", "t", "m", "--namespace", "ns", "--version",
                                          "1.1"), msg_id="a", reply_q="b", monitor_timeout=4)
     assert list(inner)[:4] == ["method", "args", "namespace", "version"]
     assert inner["_timeout"] == 4
-    a, b = (client.inner_message(request("cast", "t", "m")) for _ in range(2))
+    a, b = (crequest.inner_message(request("cast", "t", "m")) for _ in range(2))
     assert a["_unique_id"] != b["_unique_id"]
 
 
 def test_envelope_is_decoded_by_the_worker_as_the_same_request() -> None:
     req = request("call", "t", "echo", "--arg", "x=1", "--version", "1.2", *CTX)
-    inner = client.inner_message(req, msg_id="mid", reply_q="reply_x")
-    body = client.envelope(inner)
+    inner = crequest.inner_message(req, msg_id="mid", reply_q="reply_x")
+    body = protocol.envelope(inner)
     outer = json.loads(body)
     assert outer["oslo.version"] == "2.0" and json.loads(outer["oslo.message"]) == inner
     decoded = protocol.decode(body, "application/json", "utf-8")
@@ -165,18 +169,18 @@ def reply(msg_id: str, **fields: Any) -> bytes:
     inner = {"result": None, "failure": None, "ending": True, "_msg_id": msg_id,
              "_unique_id": "u"}
     inner.update(fields)
-    return client.envelope(inner)
+    return protocol.envelope(inner)
 
 
 def test_reply_result() -> None:
     route = protocol.ReplyRoute("oslo", "reply_q", msg_id="m1")
-    w = client.ReplyWaiter("m1")
+    w = protocol.ReplyWaiter("m1")
     assert w.feed(protocol.encode_result(route, {"got": 5}).body) is True
     assert (w.result, w.failure) == ({"got": 5}, None)
 
 
 def test_reply_other_msg_id_heartbeats_and_garbage_are_ignored() -> None:
-    w = client.ReplyWaiter("m1")
+    w = protocol.ReplyWaiter("m1")
     assert not w.feed(reply("other", result=1))
     assert not w.feed(reply("m1", ending=False))  # call-monitor heartbeat
     assert not w.feed(b"\xff not json")
@@ -186,8 +190,8 @@ def test_reply_other_msg_id_heartbeats_and_garbage_are_ignored() -> None:
 
 
 def test_reply_pre_4_0_two_message_form_keeps_the_result() -> None:
-    w = client.ReplyWaiter("m1")
-    first = client.envelope({"result": "r", "failure": None, "_msg_id": "m1"})
+    w = protocol.ReplyWaiter("m1")
+    first = protocol.envelope({"result": "r", "failure": None, "_msg_id": "m1"})
     assert not w.feed(first)
     assert w.feed(reply("m1"))
     assert w.result == "r"
@@ -199,7 +203,7 @@ def test_reply_failure() -> None:
         raise ValueError("bad", 42)
     except ValueError as exc:
         body = protocol.encode_failure(route, exc).body
-    w = client.ReplyWaiter("m1")
+    w = protocol.ReplyWaiter("m1")
     assert w.feed(body)
     assert w.failure is not None
     assert w.failure.line() == "ValueError: ('bad', 42)"
@@ -209,10 +213,10 @@ def test_reply_failure() -> None:
 def test_failure_lines() -> None:
     info = {"class": "NoSuchMethod", "module": "oslo_messaging.rpc.dispatcher",
             "message": "Endpoint does not support RPC method x"}
-    assert client.parse_failure(json.dumps(info)).line() == (
+    assert protocol.parse_failure(json.dumps(info)).line() == (
         "oslo_messaging.rpc.dispatcher.NoSuchMethod: Endpoint does not support RPC method x")
-    assert client.parse_failure("not json").line() == "RemoteError: not json"
-    assert client.parse_failure({"class": "KeyError", "module": "builtins",
+    assert protocol.parse_failure("not json").line() == "RemoteError: not json"
+    assert protocol.parse_failure({"class": "KeyError", "module": "builtins",
                                  "message": "'k'"}).line() == "KeyError: 'k'"
 
 
@@ -244,7 +248,7 @@ def test_unreachable_broker_exits_4_without_password(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = write_conf(tmp_path, "[broker]\nhostname = 127.0.0.1\nport = 1\n"
                       "password = Sup3rS3cret\nconnect_timeout = 1\n")
-    assert client.main(["--config-file", conf, "cast", "t", "m"]) == client.EXIT_BROKER
+    assert client.main(["--config-file", conf, "cast", "t", "m"]) == cerrors.EXIT_BROKER
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("rpcworker-client: cannot connect to the broker at amqp://guest:***@")
@@ -290,18 +294,18 @@ def json_error(err: str) -> dict[str, Any]:
     ["--json"],
 ])
 def test_json_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert client.main(argv) == client.EXIT_USAGE
+    assert client.main(argv) == cerrors.EXIT_USAGE
     out, err = capsys.readouterr()
     data = json_error(err)
     assert out == "" and "usage:" not in err
     assert data["exit"] == 2 and data["error"]["type"] == "UsageError"
-    assert data["error"]["module"] == client.CLIENT_MODULE
+    assert data["error"]["module"] == cerrors.CLIENT_MODULE
     assert data["error"]["message"].startswith("rpcworker-client")
 
 
 def test_json_after_double_dash_is_not_the_option() -> None:
-    assert client.json_errors(None, ["cast", "--", "--json"]) is False
-    assert client.json_errors(None, ["--json", "cast"]) is True
+    assert cargs.json_errors(None, ["cast", "--", "--json"]) is False
+    assert cargs.json_errors(None, ["--json", "cast"]) is True
 
 
 def test_json_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -335,25 +339,25 @@ def test_count_on_an_unreachable_broker_exits_4(tmp_path: Path,
 
 
 def test_remote_failure_as_json() -> None:
-    failure = client.RemoteFailure("NoSuchMethod", "oslo_messaging.rpc.dispatcher",
+    failure = protocol.RemoteError("NoSuchMethod", "oslo_messaging.rpc.dispatcher",
                                    "Endpoint does not support RPC method x",
                                    ("Traceback (most recent call last):\n", "  ...\n"))
-    assert client.RemoteCallError(failure).as_json() == {
+    assert cerrors.RemoteCallError(failure).as_json() == {
         "error": {"type": "NoSuchMethod", "module": "oslo_messaging.rpc.dispatcher",
                   "message": "Endpoint does not support RPC method x"}, "exit": 1}
-    with_tb = client.RemoteCallError(failure, traceback=True).as_json()
+    with_tb = cerrors.RemoteCallError(failure, traceback=True).as_json()
     assert with_tb["error"]["traceback"] == "Traceback (most recent call last):\n  ..."
-    load = client.LoadError(client.RemoteCallError(failure), 3, 10)
+    load = cload.LoadError(cerrors.RemoteCallError(failure), 3, 10)
     assert load.status == 1 and str(load).startswith("3 of 10 requests failed; the first: ")
     assert load.as_json()["errors"] == 3 and load.as_json()["error"]["type"] == "NoSuchMethod"
 
 
 def test_count_and_concurrency_options() -> None:
-    ns = client.parse_args(["call", "t", "m"])
+    ns = cargs.parse_args(["call", "t", "m"])
     assert (ns.count, ns.concurrency) == (None, None)
-    ns = client.parse_args(["cast", "t", "m", "--count", "100", "--concurrency", "4"])
+    ns = cargs.parse_args(["cast", "t", "m", "--count", "100", "--concurrency", "4"])
     assert (ns.count, ns.concurrency) == (100, 4)
-    assert client.parse_args(["fanout", "t", "m", "--count", "1"]).count == 1
+    assert cargs.parse_args(["fanout", "t", "m", "--count", "1"]).count == 1
 
 
 @pytest.mark.parametrize("argv", [
@@ -370,10 +374,10 @@ def test_count_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str])
 
 def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert client._percentile(values, 0.5) == 50.0
-    assert client._percentile(values, 0.95) == 95.0
-    assert client._percentile([7.0], 0.95) == 7.0
-    assert client._percentile([], 0.5) is None
+    assert cload._percentile(values, 0.5) == 50.0
+    assert cload._percentile(values, 0.95) == 95.0
+    assert cload._percentile([7.0], 0.95) == 7.0
+    assert cload._percentile([], 0.5) is None
 
 
 def test_help_documents_exit_statuses_and_options(capsys: pytest.CaptureFixture[str]) -> None:

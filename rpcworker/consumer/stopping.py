@@ -1,0 +1,62 @@
+"""A graceful stop, in order: cancel the consumers, let the handlers in flight finish and
+the copies be confirmed (up to ``graceful_shutdown_timeout``), then end the loop; a
+second stop signal ends it at once. Deliveries still running are left unacknowledged:
+the broker redelivers them. Loop thread only.
+"""
+
+from __future__ import annotations
+
+import time
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from rpcworker.consumer.inflight import Inflight
+from rpcworker.consumer.intake import Intake
+from rpcworker.consumer.settle import Settle
+from rpcworker.consumer.subscriptions import Subscriptions
+from rpcworker.systemd import Notifier
+
+LOG = logging.getLogger(__name__)
+
+
+class Drain:
+    def __init__(self, conf: cfg.ConfigOpts, inflight: Inflight, intake: Intake,
+                 subscriptions: Subscriptions, notifier: Notifier) -> None:
+        self.timeout = conf.graceful_shutdown_timeout
+        self.inflight = inflight
+        self.intake = intake
+        self.subscriptions = subscriptions
+        self.notifier = notifier
+        #: a second stop signal: do not wait for running handlers
+        self.immediate = False
+        self._deadline: float | None = None
+
+    def step(self, settle: Settle, wait: float) -> float | None:
+        """One turn of the stop: the longest wait until the next, None when it is over."""
+        if self._deadline is None:
+            self._begin()
+        assert self._deadline is not None
+        busy = self.inflight.busy
+        if busy <= 0 and settle.pending == 0:
+            LOG.info("All in-flight messages handled")
+            return None
+        if self.immediate or time.monotonic() >= self._deadline:
+            settle.flush()
+            LOG.warning("%s with %d handler(s) still running; their messages stay "
+                        "unacknowledged and the broker will redeliver them",
+                        "Second stop signal" if self.immediate else
+                        f"graceful_shutdown_timeout ({self.timeout} s) reached", busy)
+            return None
+        return min(wait, max(0.0, self._deadline - time.monotonic()))
+
+    def _begin(self) -> None:
+        self.intake.draining = True
+        self._deadline = time.monotonic() + self.timeout
+        self.subscriptions.cancel()
+        busy = self.inflight.busy
+        LOG.info("Stopping: consumers cancelled; waiting up to %s s for %d in-flight "
+                 "handler(s)", self.timeout, busy)
+        self.notifier.stopping(f"draining {busy} in-flight message(s)")
+        self.notifier.extend_timeout(self.timeout + 10)
+        self.intake.refusals.summarise(final=True)
