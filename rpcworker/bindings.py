@@ -126,38 +126,40 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
     quorum = _apply_queue_type(g, args, fail)
 
     if g.type == "rpc":
-        for option in ("queue", "routing_key", "auto_delete", "exclusive"):
-            if conf[group][option] != _default(option):
-                raise fail(option, "not used by rpc bindings: they declare exactly what an "
-                           "oslo.messaging server declares (see topic and server)")
-        topic = g.topic or name
-        server = g.server or conf.host
-        exchange = g.exchange or "openstack"
-        durable = bool(g.durable) if g.durable is not None else quorum
-        for option, value in (("topic", topic), ("server", server), ("exchange", exchange)):
-            _check_name(value, option, fail)
-        if quorum and not durable:
-            raise fail("durable", _QUORUM_DURABLE)
-        return Binding(name=name, type="rpc", handler=g.handler, exchange=exchange,
-                       durable=durable, prefetch_count=g.prefetch_count,
-                       acknowledge=g.acknowledge, queue_arguments=args,
-                       topic=topic, server=server, **_policy(g, fail))
+        return _parse_rpc(conf, group, name, g, args, quorum, fail)
+    return _parse_exchange_binding(conf, group, name, g, args, quorum, fail)
 
+
+def _parse_rpc(conf: cfg.ConfigOpts, group: str, name: str, g: Any, args: dict[str, Any],
+               quorum: bool, fail: Any) -> Binding:
+    """An oslo.messaging-style RPC server binding."""
+    for option in ("queue", "routing_key", "auto_delete", "exclusive"):
+        if conf[group][option] != _default(option):
+            raise fail(option, "not used by rpc bindings: they declare exactly what an "
+                       "oslo.messaging server declares (see topic and server)")
+    topic = g.topic or name
+    server = g.server or conf.host
+    exchange = g.exchange or "openstack"
+    durable = bool(g.durable) if g.durable is not None else quorum
+    for option, value in (("topic", topic), ("server", server), ("exchange", exchange)):
+        _check_name(value, option, fail)
+    if quorum and not durable:
+        raise fail("durable", _QUORUM_DURABLE)
+    return Binding(name=name, type="rpc", handler=g.handler, exchange=exchange,
+                   durable=durable, prefetch_count=g.prefetch_count,
+                   acknowledge=g.acknowledge, queue_arguments=args,
+                   topic=topic, server=server, **_policy(g, fail))
+
+
+def _parse_exchange_binding(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
+                            args: dict[str, Any], quorum: bool, fail: Any) -> Binding:
+    """A direct, topic or fanout exchange and its queue."""
     for option in ("topic", "server"):
         if conf[group][option] is not None:
             raise fail(option, f"only used by rpc bindings, not {g.type}")
     exchange = g.exchange or name
     _check_name(exchange, "exchange", fail)
-    keys = tuple(k.strip() for k in g.routing_key if k.strip())
-    if g.type == "direct" and not keys:
-        raise fail("routing_key", "required for a direct binding: at least one exact key")
-    if g.type == "topic" and not keys:
-        keys = ("#",)
-    if g.type == "fanout":
-        keys = ()
-    for key in keys:
-        if len(key.encode()) > _AMQP_SHORTSTR:
-            raise fail("routing_key", f"longer than {_AMQP_SHORTSTR} bytes: {key[:40]!r}...")
+    keys = _routing_keys(g, fail)
     queue = g.queue
     if queue is not None:
         _check_name(queue, "queue", fail)
@@ -183,6 +185,22 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
                    acknowledge=g.acknowledge, queue_arguments=args, queue=queue,
                    routing_keys=keys, auto_delete=auto_delete, exclusive=exclusive,
                    **_policy(g, fail))
+
+
+def _routing_keys(g: Any, fail: Any) -> tuple[str, ...]:
+    """Exact keys (direct: at least one), patterns (topic: ``#`` by default), none
+    (fanout)."""
+    keys = tuple(k.strip() for k in g.routing_key if k.strip())
+    if g.type == "direct" and not keys:
+        raise fail("routing_key", "required for a direct binding: at least one exact key")
+    if g.type == "topic" and not keys:
+        keys = ("#",)
+    if g.type == "fanout":
+        keys = ()
+    for key in keys:
+        if len(key.encode()) > _AMQP_SHORTSTR:
+            raise fail("routing_key", f"longer than {_AMQP_SHORTSTR} bytes: {key[:40]!r}...")
+    return keys
 
 
 _QUORUM_DURABLE = "quorum queues are always durable: set durable = true (or leave it unset)"

@@ -498,15 +498,7 @@ def run(conf: cfg.ConfigOpts) -> int:
     every = watchdog_usec / 4e6 if watchdog_usec else None
     if address is not None:
         every = min(every or metrics.TICK_EVERY, metrics.TICK_EVERY)
-    metrics_dir = metrics.enable_multiprocess() if address is not None else None
-    try:
-        endpoint = None if address is None or metrics_dir is None else \
-            metrics.serve_supervisor(address, metrics_dir,
-                                     lambda: hub.health(metrics.STALE_AFTER), hub.readiness)
-    except ConfigError:
-        if metrics_dir is not None:
-            metrics.disable_multiprocess(metrics_dir)
-        raise
+    endpoint, metrics_dir = _serve_metrics(address, hub)
 
     def on_dead_worker(service_id: Any, worker_id: int, code: int | None) -> None:
         pid = hub.pid_of(worker_id)
@@ -545,6 +537,22 @@ def run(conf: cfg.ConfigOpts) -> int:
             metrics.disable_multiprocess(metrics_dir)
     LOG.info("rpcworker stopped")
     return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+def _serve_metrics(address: tuple[str, int] | None, hub: Hub
+                   ) -> tuple[metrics.Endpoint | None, str | None]:
+    """With ``[metrics] listen``: the supervisor's endpoint, over the workers' values
+    (prometheus_client's multiprocess mode, on before forking), and its directory."""
+    if address is None:
+        return None, None
+    metrics_dir = metrics.enable_multiprocess()
+    try:
+        return metrics.serve_supervisor(address, metrics_dir,
+                                        lambda: hub.health(metrics.STALE_AFTER),
+                                        hub.readiness), metrics_dir
+    except ConfigError:
+        metrics.disable_multiprocess(metrics_dir)
+        raise
 
 
 def _reread(conf: cfg.ConfigOpts) -> None:
