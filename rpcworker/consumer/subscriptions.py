@@ -150,13 +150,13 @@ class Subscriptions:
         if parking is not None:
             parking(channel).declare()
         consumers = []
-        for n, queue in enumerate(topo.queues):
+        for queue in topo.queues:
             sub = Subscription(b, handler, queue.name, bool(delays[queue.name]))
             consumers.append(kombu.Consumer(
                 channel, queues=[queue], no_ack=False, auto_declare=True,
                 on_message=functools.partial(self._on_message, sub),
                 prefetch_count=b.prefetch_count or None,
-                tag_prefix=f"rpcworker-{b.name}-{n}-"))
+                tag_prefix=f"rpcworker-{b.name}-"))  # kombu numbers tags process-wide
         for consumer in consumers:
             consumer.consume()
         return consumers
