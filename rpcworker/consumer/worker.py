@@ -240,7 +240,8 @@ class Worker(ConsumerMixin):
         self.subscriptions.delete_transient(channel)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        """Never called (deliveries go to ``on_message`` undecoded); kombu's acks."""
+        """Never called (deliveries reach ``Intake.on_message`` undecoded); kombu's own
+        would ack, and an undecodable message would vanish."""
         message.reject(requeue=False)
 
     def consume(self, limit: int | None = None, timeout: float | None = None,
