@@ -26,7 +26,8 @@ counts it) instead of coming back.
 
 The fixture records what the worker settled as a listener of its engine
 (``events.Listener.settled``), and asks the loop thread itself whether it is idle
-(``Worker.ask(Worker.idle)``): it never reads the loop's state from the test thread.
+(``worker.questions.ask(worker.idle)``): it never reads the loop's state from the test
+thread.
 """
 
 from __future__ import annotations
@@ -314,7 +315,8 @@ class HandlerFixture:
 
         def idle() -> bool:
             try:
-                return self.worker.ask(self.worker.idle, max(0.0, deadline - time.monotonic()))
+                return self.worker.questions.ask(self.worker.idle,
+                                                max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 return False
         self._wait(idle, timeout, "the worker to be idle")

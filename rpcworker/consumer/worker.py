@@ -19,8 +19,8 @@ import contextlib
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import kombu
 from kombu.mixins import ConsumerMixin
@@ -43,7 +43,9 @@ from rpcworker.topology import Topology
 
 LOG = logging.getLogger(__name__)
 
-T = TypeVar("T")
+def backoff(failures_in_a_row: int, start: float, step: float, top: float) -> float:
+    """Seconds before the next session after that many quick losses in a row."""
+    return float(min(start + step * (failures_in_a_row - 1), top))
 
 
 class Worker(ConsumerMixin):
@@ -103,14 +105,9 @@ class Worker(ConsumerMixin):
         self._reload_requested = True
         self.executor.wake()
 
-    def ask(self, question: Callable[[], T], timeout: float = 5.0) -> T:
-        """``question()`` answered on the loop thread, between two turns (any thread but
-        the loop's). TimeoutError when the loop does not answer within ``timeout``."""
-        return self.questions.ask(question, timeout)
-
     def idle(self) -> bool:
         """Nothing in flight, nothing to settle, no message waiting in a queue consumed.
-        Loop thread only (see ``ask``)."""
+        Loop thread only: ask it with ``worker.questions.ask(worker.idle, timeout)``."""
         s = self._session
         return (s is not None and self.inflight.idle and s.settle.pending == 0
                 and self.subscriptions.queues_empty())
@@ -148,13 +145,9 @@ class Worker(ConsumerMixin):
                 failures_in_a_row = (0 if time.monotonic() - started > 10
                                      else failures_in_a_row + 1)
                 if failures_in_a_row:
-                    self._pause(self._backoff(failures_in_a_row))
+                    self._pause(backoff(failures_in_a_row, *self._reconnect))
         finally:
             self.questions.close()
-
-    def _backoff(self, failures_in_a_row: int) -> float:
-        start, step, top = self._reconnect
-        return float(min(start + step * (failures_in_a_row - 1), top))
 
     def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
