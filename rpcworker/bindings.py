@@ -42,6 +42,8 @@ class Binding:
     retry_delay_max: float = 300.0
     max_redeliveries: int = 0
     handler_timeout: float = 0.0
+    #: most handler threads its deliveries hold at once (0: the whole pool)
+    max_concurrency: int = 0
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
     dead_letter_queue: str | None = None
@@ -148,7 +150,8 @@ def _parse_rpc(conf: cfg.ConfigOpts, group: str, name: str, g: Any, args: dict[s
     return Binding(name=name, type="rpc", handler=g.handler, exchange=exchange,
                    durable=durable, prefetch_count=g.prefetch_count,
                    acknowledge=g.acknowledge, queue_arguments=args,
-                   topic=topic, server=server, **_policy(g, fail))
+                   topic=topic, server=server, **_policy(g, fail),
+                   max_concurrency=_budget(conf, g, fail))
 
 
 def _parse_exchange_binding(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
@@ -184,7 +187,7 @@ def _parse_exchange_binding(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
                    durable=durable, prefetch_count=g.prefetch_count,
                    acknowledge=g.acknowledge, queue_arguments=args, queue=queue,
                    routing_keys=keys, auto_delete=auto_delete, exclusive=exclusive,
-                   **_policy(g, fail))
+                   **_policy(g, fail), max_concurrency=_budget(conf, g, fail))
 
 
 def _routing_keys(g: Any, fail: Any) -> tuple[str, ...]:
@@ -268,6 +271,18 @@ def _policy(g: Any, fail: Any) -> dict[str, Any]:
         "dead_letter_routing_key": g.dead_letter_routing_key,
         "dead_letter_queue": g.dead_letter_queue,
     }
+
+
+def _budget(conf: cfg.ConfigOpts, g: Any, fail: Any) -> int:
+    """``max_concurrency``, checked against the pool and the prefetch window."""
+    limit, pool = g.max_concurrency, conf.executor_thread_pool_size
+    if limit > pool:
+        raise fail("max_concurrency", f"{limit} is more than the handler threads of a "
+                   f"worker process ([DEFAULT] executor_thread_pool_size = {pool})")
+    if limit and g.prefetch_count and limit > g.prefetch_count:
+        raise fail("max_concurrency", f"{limit} is more than prefetch_count "
+                   f"({g.prefetch_count}): no more deliveries are ever in flight")
+    return int(limit)
 
 
 def _default(option: str) -> Any:

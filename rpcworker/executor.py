@@ -4,6 +4,11 @@ Never imports kombu: handler threads only ever see plain values. Each finished
 job is appended to a deque and a byte is written to a pipe that the loop
 ``select()``s on beside the broker socket, so a completion is picked up at once
 (no polling) and only the loop thread acks and publishes.
+
+A thread stuck in a handler cannot be killed: ``abandon(token)`` replaces it with a
+fresh one, so the pool keeps its size, and the stuck thread ends once its handler
+returns (``stuck`` counts those still in a handler). The process is recycled when too
+many are stuck (``rpcworker.recycling``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ LOG = logging.getLogger(__name__)
 
 class Executor:
     def __init__(self, size: int) -> None:
+        self.size = size
         # plain threads on a SimpleQueue: cheaper per job than ThreadPoolExecutor's futures
         self._jobs: queue.SimpleQueue[tuple[int, Callable[..., Any], tuple[Any, ...]] | None] = (
             queue.SimpleQueue())
@@ -32,12 +38,30 @@ class Executor:
         self._wake_pending = False
         #: jobs submitted and not yet returned by ``completed()`` (loop thread only)
         self.pending = 0
-        self._threads = [
-            threading.Thread(target=self._work, name=f"rpcworker-handler-{n}", daemon=True)
-            for n in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self._running: dict[int, threading.Thread] = {}  # token -> the thread running it
+        self._replaced: set[threading.Thread] = set()  # stuck, a fresh one took its place
+        self._threads: list[threading.Thread] = []
+        self._serial = 0
+        for _ in range(size):
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._serial += 1
+        thread = threading.Thread(target=self._work, name=f"rpcworker-handler-{self._serial}",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    @property
+    def stuck(self) -> int:
+        """Threads replaced while stuck in a handler that has not returned yet."""
+        return len(self._replaced)
+
+    @property
+    def busy(self) -> int:
+        """Threads in a handler now, stuck ones included."""
+        return len(self._running)
 
     def fileno(self) -> int:
         """The read end of the wake-up pipe, for select()."""
@@ -50,20 +74,42 @@ class Executor:
 
     def _work(self) -> None:
         get = self._jobs.get
+        me = threading.current_thread()
         while True:
             job = get()
             if job is None:
                 return
             token, fn, args = job
+            self._running[token] = me
             try:
                 result = fn(*args)
             except BaseException as exc:  # the dispatcher never raises; belt and braces
                 LOG.exception("job %s raised", token)
                 result = exc
+            with self._lock:
+                del self._running[token]
+                replaced = me in self._replaced
+                self._replaced.discard(me)
             self._done.append((token, result))
             if not self._wake_pending:
                 self._wake_pending = True
                 self.wake()
+            if replaced:  # a fresh thread took this one's place: the pool has its size
+                with self._lock:
+                    self._threads.remove(me)
+                return
+
+    def abandon(self, token: int) -> bool:
+        """The job ``token`` ran past its deadline: a fresh thread takes its thread's place
+        (the pool keeps its size); the stuck one ends when its handler returns. False when
+        the job is not running (it has just finished, or never started)."""
+        with self._lock:
+            thread = self._running.get(token)
+            if thread is None or thread in self._replaced:
+                return False
+            self._replaced.add(thread)
+            self._start_thread()
+        return True
 
     def wake(self) -> None:
         """Wake the loop (safe from any thread and from a signal handler)."""
@@ -93,14 +139,17 @@ class Executor:
         return done
 
     def shutdown(self, wait: bool) -> None:
-        """Stop the threads once they finish their current job (``wait``: join them).
+        """Stop the threads once they finish their current job (``wait``: join them, but
+        not the stuck ones).
 
         The threads are daemon threads: a handler still stuck at exit does not keep the
         process alive."""
-        for _ in self._threads:
+        with self._lock:
+            threads = [t for t in self._threads if t not in self._replaced]
+        for _ in threads:
             self._jobs.put(None)
         if wait:
-            for thread in self._threads:
+            for thread in threads:
                 thread.join()
         for fd in (self._rfd, self._wfd):
             try:

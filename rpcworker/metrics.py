@@ -28,7 +28,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from prometheus_client import CollectorRegistry, multiprocess, values
 
-from rpcworker import systemd
+from rpcworker import recycling, systemd
 from rpcworker.errors import ConfigError
 from rpcworker.events import SETTLEMENT, Listener
 from rpcworker.policy import Action, Delivery, Outcome
@@ -93,6 +93,12 @@ class Recorder(Listener):
         """Run ``call`` (in a handler thread) and return its outcome."""
         return call()
 
+    def threads(self, busy: int, stuck: int) -> None:
+        """Handler threads in a handler now, and those of them stuck past a deadline."""
+
+    def recycled(self) -> None:
+        """The process is recycling itself."""
+
 
 class NullMetrics(Recorder):
     """No endpoint configured: records nothing."""
@@ -154,6 +160,17 @@ class Metrics(Recorder):
             PREFIX + "connected", "1 while connected to the broker (workers > 1: 1 only if "
             "every worker process is).", registry=reg, multiprocess_mode="livemin")
         self._connected.set(0)
+        self._busy = prometheus_client.Gauge(
+            PREFIX + "handler_threads_busy", "Handler threads in a handler now (stuck ones "
+            "included).", registry=reg, multiprocess_mode="livesum")
+        self._stuck = prometheus_client.Gauge(
+            PREFIX + "handler_threads_stuck", "Handler threads stuck in a handler past its "
+            "handler_timeout (each replaced by a fresh one).", registry=reg,
+            multiprocess_mode="livesum")
+        self._recycles = prometheus_client.Counter(
+            PREFIX + "recycles", "Worker processes that recycled themselves (stuck threads, "
+            "max_messages_per_worker, max_memory_per_worker).", registry=reg)
+        self._recycles.inc(recycling.recycles_so_far())  # those before a re-exec
         for name in bindings:
             for children in (self._received, self._acked, self._rejected, self._retried,
                              self._dead_lettered, self._failed, self._duration,
@@ -187,6 +204,13 @@ class Metrics(Recorder):
         self._connected.set(0)
         for child in list(self._consuming.values()):
             child.set(0)
+
+    def threads(self, busy: int, stuck: int) -> None:
+        self._busy.set(busy)
+        self._stuck.set(stuck)
+
+    def recycled(self) -> None:
+        self._recycles.inc()
 
     def run_handler(self, binding: str, call: Callable[[], Outcome]) -> Outcome:
         """Run ``call`` (a handler thread): in-flight, duration, and a failure count
@@ -320,8 +344,12 @@ class _Handler(BaseHTTPRequestHandler):
 def serve_process(address: tuple[str, int], registry: CollectorRegistry,
                   probe: LoopProbe, worker: Any) -> Endpoint:
     """The endpoint of a single process (``workers = 1``). Raises ConfigError."""
+    def health() -> Verdict:
+        unable = worker.unable()
+        return (False, unable) if unable else probe.health()
+
     return Endpoint(address, lambda: prometheus_client.generate_latest(registry),
-                    probe.health, lambda: probe.readiness(bool(worker.ready))).start()
+                    health, lambda: probe.readiness(bool(worker.ready))).start()
 
 
 # -- workers > 1: multiprocess mode -------------------------------------------------------

@@ -65,6 +65,33 @@ default_opts = [
         "(dead-lettered where the queue has a dead-letter exchange) without being decoded.",
     ),
     cfg.IntOpt(
+        "max_stuck_threads",
+        default=8,
+        min=0,
+        help="Handler threads stuck in a handler past its handler_timeout that a worker "
+        "process replaces with fresh ones (a thread cannot be killed). One more, and the "
+        "process recycles itself: it stops taking messages, lets the others finish (up "
+        "to graceful_shutdown_timeout) and a fresh process takes its place (workers = 1: "
+        "the same process re-executes itself; workers > 1: the supervisor starts a new "
+        "one).",
+    ),
+    cfg.IntOpt(
+        "max_messages_per_worker",
+        default=0,
+        min=0,
+        help="Recycle a worker process (as for max_stuck_threads) once it has handled this "
+        "many messages, as Celery's worker_max_tasks_per_child. 0: never. With workers > 1 "
+        "the processes recycle one at a time.",
+    ),
+    cfg.IntOpt(
+        "max_memory_per_worker",
+        default=0,
+        min=0,
+        help="Recycle a worker process (as for max_stuck_threads) once its resident memory "
+        "(RSS) passes this many MiB, as Celery's worker_max_memory_per_child; checked "
+        "twice a second. 0: never.",
+    ),
+    cfg.IntOpt(
         "graceful_shutdown_timeout",
         default=60,
         min=0,
@@ -302,11 +329,23 @@ binding_opts = [
         "handler_timeout",
         default=1500.0,
         min=0.0,
-        help="Seconds a handler may run; after that its message is treated as failed "
-        "(a call gets a HandlerTimeout error, a cast follows the failure policy) and the "
-        "handler thread is abandoned. 0 means no limit. Keep it below the broker's "
-        "consumer_timeout (the default, 25 minutes, is below RabbitMQ's 30): a warning is "
-        "logged at start-up otherwise.",
+        help="Seconds a handler may run, counted from the moment it starts (time spent "
+        "waiting for a thread does not count); after that its message is treated as "
+        "failed (a call gets a HandlerTimeout error, a cast follows the failure policy). "
+        "A thread stuck in a sync handler is replaced by a fresh one (see "
+        "max_stuck_threads); an async handler's task is cancelled. 0 means no limit. Keep "
+        "it below the broker's consumer_timeout (the default, 25 minutes, is below "
+        "RabbitMQ's 30): a warning is logged at start-up otherwise.",
+    ),
+    cfg.IntOpt(
+        "max_concurrency",
+        default=0,
+        min=0,
+        help="Most handler threads this binding's deliveries hold at once; further "
+        "deliveries wait (unacknowledged, in order) for one of them to finish, so a slow "
+        "or stuck binding cannot take every thread from the others. 0: the whole pool "
+        "([DEFAULT] executor_thread_pool_size). At most executor_thread_pool_size, and at "
+        "most prefetch_count (when that is not 0).",
     ),
     cfg.StrOpt(
         "dead_letter_exchange",

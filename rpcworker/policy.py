@@ -285,6 +285,8 @@ def _on_error(binding: Binding, request: protocol.Request, exc: Exception) -> Ou
         LOG.warning("binding %s: handler rejected %s: %s", binding.name, what(request), exc,
                     extra=log_fields(binding.name, request))
         return _failed(binding, request, exc, log=False, final=True)
+    if isinstance(exc, HandlerTimeout):  # an async handler, cancelled at its deadline
+        return timed_out(binding, request, cancelled=True)
     if isinstance(exc, NoHandleMessage):
         reason = f"handler {binding.handler} {exc}"
         LOG.error("binding %s: %s dead-lettered: %s", binding.name, what(request),
@@ -297,11 +299,15 @@ def _on_error(binding: Binding, request: protocol.Request, exc: Exception) -> Ou
     return _failed(binding, request, exc, log=True)
 
 
-def timed_out(binding: Binding, request: protocol.Request) -> Outcome:
-    """The handler is still running after ``handler_timeout``."""
+def timed_out(binding: Binding, request: protocol.Request, cancelled: bool = False
+              ) -> Outcome:
+    """The handler is still running ``handler_timeout`` seconds after it started (an
+    async one: its task was ``cancelled``)."""
     exc = HandlerTimeout(f"handler {binding.handler} did not finish {what(request)} "
-                         f"within handler_timeout ({binding.handler_timeout} s)")
-    LOG.error("binding %s: %s; its thread is abandoned", binding.name, exc,
+                         f"within handler_timeout ({binding.handler_timeout:g} s)")
+    LOG.error("binding %s: %s; %s", binding.name, exc,
+              "its task is cancelled" if cancelled else
+              "its thread is stuck: a fresh one takes its place",
               extra=log_fields(binding.name, request))
     return _failed(binding, request, exc, log=False)
 

@@ -11,6 +11,7 @@ import logging as std_logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -18,7 +19,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import broker, metrics, plugins, systemd, topology
+from rpcworker import broker, metrics, plugins, recycling, systemd, topology
 from rpcworker.bindings import Binding
 from rpcworker.consumer import Worker
 from rpcworker.executor import Executor
@@ -41,12 +42,14 @@ def validate(conf: cfg.ConfigOpts
 
 
 def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None,
-          serve_metrics: bool = True) -> Worker:
+          serve_metrics: bool = True,
+          may_recycle: Callable[[], bool] | None = None) -> Worker:
     """Everything a worker process needs, from a prepared conf (raises ConfigError/PluginError).
 
     ``notifier``: where the loop's systemd notifications go (default: ``$NOTIFY_SOCKET``).
     ``serve_metrics``: with ``[metrics] listen``, start the HTTP endpoint here (false in
-    the worker processes of a supervisor, which serves it).
+    the worker processes of a supervisor, which serves it). ``may_recycle``: whether the
+    process may recycle itself now (a supervisor's workers take turns).
     """
     parsed, handlers, settings = validate(conf)
     # after validate(): binding and plugin groups are registered; secrets print as ****
@@ -62,7 +65,8 @@ def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None,
     probe = metrics.LoopProbe(sink) if address is not None and serve_metrics else None
     recorder = metrics.Metrics([b.name for b in parsed]) if address is not None else None
     worker = Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
-                    notifier=probe or sink, recorder=recorder or metrics.NULL)
+                    notifier=probe or sink, recorder=recorder or metrics.NULL,
+                    may_recycle=may_recycle)
     if address is not None and recorder is not None and probe is not None:
         metrics.serve_process(address, recorder.registry, probe, worker)
     return worker
@@ -114,6 +118,11 @@ def run(conf: cfg.ConfigOpts, worker: Worker) -> int:
         worker.run()
     finally:
         worker.executor.shutdown(wait=False)
+    if worker.recycling is not None:
+        LOG.info("rpcworker recycled (%s): a fresh process takes over, same pid",
+                 worker.recycling)
+        std_logging.shutdown()
+        recycling.reexec()
     LOG.info("rpcworker stopped")
     if any(t.name.startswith("rpcworker-handler") and t.is_alive()
            for t in threading.enumerate()):

@@ -26,9 +26,11 @@ import json
 import multiprocessing
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +42,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import metrics, service, systemd
+from rpcworker import metrics, recycling, service, systemd
 from rpcworker.consumer import Worker
 from rpcworker.errors import ConfigError, PluginError
 from rpcworker.systemd import Notifier
@@ -85,6 +87,8 @@ class ChildNotifier:
         self.worker_id = worker_id
         self.pid = os.getpid()
         self.consuming: Callable[[], bool] = lambda: False
+        #: why the worker cannot take work now (None: it can), sent with each event
+        self.unable: Callable[[], str | None] = lambda: None
         self._every = watchdog_every if watchdog_every and watchdog_every > 0 else None
         self._clock = clock
         self._next_watchdog: float | None = None
@@ -125,11 +129,12 @@ class ChildNotifier:
     def _send(self, kind: str, text: str = "") -> None:
         try:
             try:
-                consuming = bool(self.consuming())
+                consuming, unable = bool(self.consuming()), self.unable()
             except Exception:
-                consuming = False
+                consuming, unable = False, None
             data = json.dumps({"w": self.worker_id, "p": self.pid, "e": kind,
-                               "c": consuming, "t": str(text)}).encode("utf-8", "replace")
+                               "c": consuming, "u": unable, "t": str(text)}
+                              ).encode("utf-8", "replace")
             self._sock.send(data[:_MAX_DATAGRAM], socket.MSG_DONTWAIT)
         except BlockingIOError:
             self.dropped += 1  # the supervisor lags: never wait for it
@@ -149,7 +154,8 @@ class WorkerService(cotyledon.Service):
 
     def __init__(self, worker_id: int, conf: cfg.ConfigOpts, outbox: socket.socket,
                  inbox: socket.socket, watchdog_every: float | None,
-                 listener: socket.socket | None = None) -> None:
+                 listener: socket.socket | None = None,
+                 recycle_lock: str | None = None) -> None:
         super().__init__(cotyledon_types.WorkerId(worker_id))
         if listener is not None:  # the supervisor's metrics endpoint: not ours to hold
             with contextlib.suppress(OSError):
@@ -166,12 +172,14 @@ class WorkerService(cotyledon.Service):
         self._done = threading.Event()
         self._stopping = False
         try:
-            self.worker: Worker = service.build(conf, notifier=self.notifier,
-                                                serve_metrics=False)
+            self.worker: Worker = service.build(
+                conf, notifier=self.notifier, serve_metrics=False,
+                may_recycle=recycling.RecycleLock(recycle_lock) if recycle_lock else None)
         except (ConfigError, PluginError) as exc:
             LOG.error("worker %d (pid %d) cannot start: %s", worker_id, os.getpid(), exc)
             sys.exit(2)
         self.notifier.consuming = lambda: self.worker.ready
+        self.notifier.unable = self.worker.unable
 
     def run(self) -> None:
         try:
@@ -179,6 +187,10 @@ class WorkerService(cotyledon.Service):
         finally:
             self.worker.executor.shutdown(wait=False)
             self._done.set()
+        if self.worker.recycling is not None and not self._stopping:
+            LOG.info("worker %d (pid %d) recycled (%s); the supervisor starts a fresh one",
+                     self.worker_id, os.getpid(), self.worker.recycling)
+            raise SystemExit(recycling.RECYCLE_EXIT)
         if not self._stopping:  # cannot happen; restart rather than idle
             LOG.error("worker %d: the consume loop returned unasked; exiting to be restarted",
                       self.worker_id)
@@ -214,6 +226,8 @@ class _Slot:
     ready: bool = False
     stopping: bool = False
     stale: bool = False
+    #: why the worker cannot take work now (recycling), or None
+    unable: str | None = None
 
 
 class Hub:
@@ -251,14 +265,16 @@ class Hub:
             msg = json.loads(data)
             worker_id, pid, kind = int(msg["w"]), int(msg["p"]), str(msg["e"])
             consuming, text = bool(msg.get("c")), str(msg.get("t", ""))
+            unable = msg.get("u")
         except Exception:
             LOG.debug("ignoring a malformed worker notification: %r", data[:200])
             return
         if kind in _KINDS:
-            self.on_event(worker_id, pid, kind, consuming, text)
+            self.on_event(worker_id, pid, kind, consuming, text,
+                          str(unable) if unable else None)
 
     def on_event(self, worker_id: int, pid: int, kind: str, consuming: bool = False,
-                 text: str = "") -> None:
+                 text: str = "", unable: str | None = None) -> None:
         with self._lock:
             if pid in self._dead:
                 if kind != HELLO or not self._alive(pid):
@@ -282,6 +298,7 @@ class Hub:
             if kind in (READY, STATUS, STOPPING) and text:
                 slot.status = text
             slot.consuming = consuming and not slot.stopping
+            slot.unable = unable
             self._publish()
 
     def on_dead(self, worker_id: int, exit_code: int | None = None) -> None:
@@ -289,7 +306,12 @@ class Hub:
             slot = self._slots.pop(worker_id, None)
             if slot is not None:
                 self._dead.append(slot.pid)
-            if not self._stopping:
+            if self._stopping:
+                pass
+            elif exit_code == recycling.RECYCLE_EXIT:
+                LOG.info("worker %d%s recycled itself; a fresh one starts", worker_id,
+                         f" (pid {slot.pid})" if slot else "")
+            else:
                 how = (f"killed by signal {-exit_code}" if exit_code is not None
                        and exit_code < 0 else f"exit status {exit_code}")
                 LOG.warning("worker %d%s died (%s); it is restarted", worker_id,
@@ -363,6 +385,9 @@ class Hub:
                       if now - s.last_watchdog > stale_after]
             if silent:
                 return False, "consume loop stuck: " + "; ".join(silent)
+            if self._slots and all(s.unable for s in self._slots.values()):
+                return False, "no worker can take work: " + "; ".join(
+                    f"worker {w} {s.unable}" for w, s in sorted(self._slots.items()))
             return True, f"{len(self._slots)} worker consume loop(s) alive"
 
     def readiness(self) -> tuple[bool, str]:
@@ -517,8 +542,10 @@ def run(conf: cfg.ConfigOpts) -> int:
     manager = _Manager(on_sighup,
                        graceful_shutdown_timeout=conf.graceful_shutdown_timeout + STOP_MARGIN,
                        mp_context=multiprocessing.get_context("fork"))
+    lock_dir = tempfile.mkdtemp(prefix="rpcworker-recycle-")
     manager.add(WorkerService, workers=conf.workers, args=(
-        conf, outbox, inbox, every, endpoint.server.socket if endpoint else None))
+        conf, outbox, inbox, every, endpoint.server.socket if endpoint else None,
+        os.path.join(lock_dir, "turn.lock")))
     manager.register_hooks(on_terminate=hub.on_stop, on_dead_worker=on_dead_worker)
     LOG.info("rpcworker supervisor (pid %d) starting %d worker processes", os.getpid(),
              conf.workers)
@@ -535,6 +562,7 @@ def run(conf: cfg.ConfigOpts) -> int:
             endpoint.close()
         if metrics_dir is not None:
             metrics.disable_multiprocess(metrics_dir)
+        shutil.rmtree(lock_dir, ignore_errors=True)
     LOG.info("rpcworker stopped")
     return code if isinstance(code, int) else (0 if code is None else 1)
 

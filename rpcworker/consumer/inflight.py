@@ -1,21 +1,33 @@
-"""Deliveries whose handler is queued or running: tokens, connection generations,
-``handler_timeout`` deadlines, oslo call-monitor heartbeats, and what a handler thread
-runs for each.
+"""Deliveries whose handler is waiting or running: tokens, connection generations,
+per-binding budgets, ``handler_timeout`` deadlines, oslo call-monitor heartbeats, and
+what a handler thread runs for each.
 
-Loop thread only, but for ``live``, which handler threads read: work queued for a
-connection that is gone is skipped, since the broker redelivers it.
+* A binding never holds more than ``max_concurrency`` handler threads (default: the
+  whole pool): its further deliveries wait here, in order, and a stuck or slow binding
+  cannot starve the others.
+* A deadline counts from the moment the handler *starts* (the handler thread stamps
+  the job), never from receipt: waiting for a thread is not a failure. Past it, the
+  delivery is settled as timed out and the stuck thread is replaced
+  (``Executor.abandon``); an ``async def`` handler is cancelled by its own thread
+  instead (``aio.wait``).
+
+Loop thread only, but for ``live`` and the jobs' ``started`` / ``cancellable``, which
+handler threads write: work queued for a connection that is gone is skipped, since the
+broker redelivers it.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import inspect
 import itertools
 import time
 from typing import Any
 
 from oslo_log import log as logging
 
-from rpcworker import dispatcher, policy, protocol
+from rpcworker import aio, dispatcher, policy, protocol
 from rpcworker.bindings import Binding
 from rpcworker.consumer.settle import Settle
 from rpcworker.dedup import CompletedCache
@@ -29,21 +41,39 @@ LOG = logging.getLogger(__name__)
 MAX_WAIT = 1.0
 
 
-def run(handler: Any, binding: Binding, request: protocol.Request) -> Outcome:
-    """A handler thread's whole job for one request: the call, then the policy's
+@dataclasses.dataclass(slots=True)
+class _Job:
+    delivery: Delivery
+    handler: Any
+    generation: int
+    #: when the handler started (stamped by its thread; None while it waits)
+    started: float | None = None
+    #: an async handler: its thread cancels it at the deadline (the loop does not)
+    cancellable: bool = False
+
+
+def run(handler: Any, binding: Binding, request: protocol.Request,
+        job: _Job | None = None) -> Outcome:
+    """A handler thread's whole job for one request: the call (an awaitable result is
+    awaited on the event loop, with what is left of the deadline), then the policy's
     outcome for what it returned or raised. Never raises an ``Exception``."""
     try:
         result = dispatcher.call(handler, request)
+        if inspect.isawaitable(result):
+            if job is not None:
+                job.cancellable = True
+            result = aio.wait(result, _time_left(binding, job))
     except Exception as exc:
         return policy.on_completion(binding, request, error=exc)
     return policy.on_completion(binding, request, result)
 
 
-@dataclasses.dataclass(slots=True)
-class _Job:
-    delivery: Delivery
-    generation: int
-    deadline: float | None  # handler_timeout
+def _time_left(binding: Binding, job: _Job | None) -> float | None:
+    if not binding.handler_timeout:
+        return None
+    started = job.started if job is not None and job.started is not None else None
+    spent = time.monotonic() - started if started is not None else 0.0
+    return binding.handler_timeout - spent
 
 
 class Inflight:
@@ -62,6 +92,8 @@ class Inflight:
         self._jobs: dict[int, _Job] = {}
         self._abandoned: set[int] = set()
         self._monitors: dict[int, float] = {}  # token -> next call-monitor heartbeat
+        self._running: collections.Counter[str] = collections.Counter()  # binding -> jobs
+        self._waiting: dict[str, collections.deque[int]] = {}  # over budget, in order
 
     def connected(self) -> None:
         self.generation += 1
@@ -69,12 +101,19 @@ class Inflight:
         self._monitors.clear()
 
     def disconnected(self) -> None:
+        """The connection is gone: what still waits for a thread is dropped (the broker
+        redelivers it); what runs finishes, and is dropped then."""
         self.live = 0
+        for tokens in self._waiting.values():
+            for token in tokens:
+                self._jobs.pop(token, None)
+        self._waiting.clear()
 
     @property
     def busy(self) -> int:
-        """Handlers queued or running, not counting those abandoned after a timeout."""
-        return self.executor.pending - len(self._abandoned)
+        """Handlers waiting or running, not counting those abandoned after a timeout."""
+        waiting = sum(len(tokens) for tokens in self._waiting.values())
+        return self.executor.pending - len(self._abandoned) + waiting
 
     @property
     def idle(self) -> bool:
@@ -85,29 +124,52 @@ class Inflight:
         return any(job.delivery.binding is binding for job in self._jobs.values())
 
     def start(self, d: Delivery, handler: Any) -> None:
-        """Queue ``d`` for a handler thread."""
-        binding, request = d.binding, d.request
+        """Hand ``d`` to a handler thread, or keep it waiting while its binding has
+        ``max_concurrency`` handlers already."""
+        request = d.request
         assert request is not None
         token = next(self._tokens)
-        deadline = (time.monotonic() + binding.handler_timeout
-                    if binding.handler_timeout else None)
-        self._jobs[token] = _Job(d, self.generation, deadline)
+        job = self._jobs[token] = _Job(d, handler, self.generation)
         if request.monitor_timeout:
             self._monitors[token] = time.monotonic() + request.monitor_timeout / 2
-        self.executor.submit(token, self._run, self.generation, handler, binding, request)
+        name = d.binding.name
+        if self._running[name] >= (d.binding.max_concurrency or self.threads):
+            self._waiting.setdefault(name, collections.deque()).append(token)
+            return
+        self._submit(token, job)
 
-    def _run(self, generation: int, handler: Any, binding: Binding,
-             request: protocol.Request) -> Outcome | None:
+    def _submit(self, token: int, job: _Job) -> None:
+        self._running[job.delivery.binding.name] += 1
+        self.executor.submit(token, self._run, job)
+
+    def _release(self, job: _Job) -> None:
+        """``job`` no longer holds a thread of its binding's budget: the next one waiting
+        gets it."""
+        name = job.delivery.binding.name
+        self._running[name] -= 1
+        waiting = self._waiting.get(name)
+        while waiting:
+            token = waiting.popleft()
+            following = self._jobs.get(token)
+            if following is not None:
+                self._submit(token, following)
+                return
+
+    def _run(self, job: _Job) -> Outcome | None:
         """In a handler thread: None when its connection is gone (never run)."""
-        if generation != self.live:
+        if job.generation != self.live:
             return None
-        return self.metrics.run_handler(binding.name, lambda: run(handler, binding, request))
+        job.started = time.monotonic()
+        d = job.delivery
+        request = d.request
+        assert request is not None
+        return self.metrics.run_handler(
+            d.binding.name, lambda: run(job.handler, d.binding, request, job))
 
     def finish(self, settle: Settle | None) -> None:
         """Settle every job that came back (``settle`` None: disconnected; the policy
         drops them)."""
-        done = self.executor.completed()
-        for token, result in done:
+        for token, result in self.executor.completed():
             if token in self._abandoned:  # timed out earlier and already settled
                 self._abandoned.discard(token)
                 continue
@@ -115,29 +177,37 @@ class Inflight:
             self._monitors.pop(token, None)
             if job is None:
                 continue
+            self._release(job)
             live = settle is not None and job.generation == self.generation
             outcome = policy.on_completed(job.delivery, result, self.completed, live)
             if outcome.action is not Action.DROP:
                 settle.settle(job.delivery, outcome)  # type: ignore[union-attr]
 
     def expire(self, now: float, settle: Settle | None) -> float:
-        """Settle deliveries whose handler ran past handler_timeout; seconds to the next."""
+        """Settle deliveries whose handler has run past handler_timeout, and replace their
+        threads; seconds to the next deadline."""
         wait = MAX_WAIT
         for token, job in list(self._jobs.items()):
-            if job.deadline is None:
+            timeout = job.delivery.binding.handler_timeout
+            if job.started is None or job.cancellable or not timeout:
                 continue
-            if job.deadline > now:
-                wait = min(wait, job.deadline - now)
+            deadline = job.started + timeout
+            if deadline > now:
+                wait = min(wait, deadline - now)
                 continue
             del self._jobs[token]
             self._monitors.pop(token, None)
             self._abandoned.add(token)
+            self._release(job)
+            self.executor.abandon(token)
             d = job.delivery
             if job.generation == self.generation and settle is not None \
                     and d.request is not None:
                 settle.settle(d, policy.timed_out(d.binding, d.request))
-            LOG.warning("%d handler thread(s) of %d abandoned after handler_timeout",
-                        len(self._abandoned), self.threads)
+            LOG.warning("%d handler thread(s) stuck past handler_timeout (abandoned; a "
+                        "fresh thread took each one's place: %d of %d threads free)",
+                        self.executor.stuck, self.threads - self.executor.busy
+                        + self.executor.stuck, self.threads)
         return wait
 
     def heartbeats(self, now: float, settle: Settle) -> float:

@@ -30,6 +30,8 @@ class Drain:
         self.notifier = notifier
         #: a second stop signal: do not wait for running handlers
         self.immediate = False
+        #: the stop makes way for a fresh process (consumer.recycling): why
+        self.recycling: str | None = None
         self._deadline: float | None = None
 
     def step(self, settle: Settle, wait: float) -> float | None:
@@ -55,8 +57,13 @@ class Drain:
         self._deadline = time.monotonic() + self.timeout
         self.subscriptions.cancel()
         busy = self.inflight.busy
-        LOG.info("Stopping: consumers cancelled; waiting up to %s s for %d in-flight "
-                 "handler(s)", self.timeout, busy)
-        self.notifier.stopping(f"draining {busy} in-flight message(s)")
-        self.notifier.extend_timeout(self.timeout + 10)
+        LOG.info("%s: consumers cancelled; waiting up to %s s for %d in-flight "
+                 "handler(s)", "Recycling" if self.recycling else "Stopping", self.timeout,
+                 busy)
+        if self.recycling is not None:  # the service goes on: no STOPPING=1 to systemd
+            self.notifier.status(f"recycling ({self.recycling}): draining {busy} "
+                                 "in-flight message(s)")
+        else:
+            self.notifier.stopping(f"draining {busy} in-flight message(s)")
+            self.notifier.extend_timeout(self.timeout + 10)
         self.intake.refusals.summarise(final=True)

@@ -19,7 +19,7 @@ import contextlib
 import select
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import kombu
@@ -31,6 +31,7 @@ from rpcworker import broker, metrics, transport
 from rpcworker.consumer.inflight import MAX_WAIT, Inflight
 from rpcworker.consumer.intake import Intake
 from rpcworker.consumer.questions import Questions
+from rpcworker.consumer.readiness import Readiness
 from rpcworker.consumer.session import Session
 from rpcworker.consumer.stopping import Drain
 from rpcworker.consumer.subscriptions import Subscriptions
@@ -38,6 +39,7 @@ from rpcworker.dedup import CompletedCache
 from rpcworker.errors import StopRequested, oneline
 from rpcworker.events import Listener, Listeners, Stats
 from rpcworker.executor import Executor
+from rpcworker.recycling import Recycler
 from rpcworker.systemd import Notifier, NullNotifier
 from rpcworker.topology import Topology
 
@@ -55,15 +57,17 @@ class Worker(ConsumerMixin):
                  topologies: Sequence[Topology], handlers: dict[str, Any],
                  executor: Executor, notifier: Notifier | None = None,
                  recorder: metrics.Recorder = metrics.NULL,
-                 listeners: Sequence[Listener] = ()) -> None:
+                 listeners: Sequence[Listener] = (),
+                 may_recycle: Callable[[], bool] | None = None) -> None:
         self.conf = conf
         self.connection = connection
         self.executor = executor
         self.notifier: Notifier = notifier or NullNotifier()
         self.stats = Stats()
         self.metrics = recorder
-        self.events = Listeners([self.stats, *([recorder] if recorder is not metrics.NULL
-                                              else []), *listeners])
+        self.recycler = Recycler(conf, executor, may_recycle)
+        self.events = Listeners([self.stats, self.recycler, *(
+            [recorder] if recorder is not metrics.NULL else []), *listeners])
         completed = CompletedCache(conf.duplicate_cache_size)
         self.inflight = Inflight(executor, completed, recorder, conf.executor_thread_pool_size)
         self.intake = Intake(conf, self.inflight, completed, self.events)
@@ -75,8 +79,10 @@ class Worker(ConsumerMixin):
         self.drain = Drain(conf, self.inflight, self.intake, self.subscriptions,
                            self.notifier)
         self.questions = Questions(executor.wake)
-        self.ready = False
+        self.readiness = Readiness(self.notifier, self.subscriptions, self.stats, executor)
         self.should_stop = False
+        #: why this process makes way for a fresh one (None: it does not)
+        self.recycling: str | None = None
         self._reload_requested = False
         self._session: Session | None = None
         #: the broker host (transport_url entry) of the last session: the next one starts
@@ -86,6 +92,15 @@ class Worker(ConsumerMixin):
     @property
     def topologies(self) -> list[Topology]:
         return self.subscriptions.topologies
+
+    @property
+    def ready(self) -> bool:
+        """Every binding consumes."""
+        return self.readiness.ready
+
+    def unable(self) -> str | None:
+        """Why this worker cannot take work now (for /healthz), or None."""
+        return f"recycling: {self.recycling}" if self.recycling is not None else None
 
     # -- control (any thread, signal handlers) --------------------------------------------
 
@@ -187,7 +202,7 @@ class Worker(ConsumerMixin):
             self.intake.settle = None
             self.inflight.disconnected()
             self.subscriptions.lost()
-            self.ready = False
+            self.readiness.ready = False
             self.events.disconnected()
             with contextlib.suppress(Exception):
                 if clean:
@@ -227,7 +242,7 @@ class Worker(ConsumerMixin):
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                          **kwargs: Any) -> None:
-        self._announce()
+        self.readiness.announce()
 
     def on_consume_end(self, connection: Any, channel: Any) -> None:
         self.subscriptions.delete_transient(channel)
@@ -252,7 +267,7 @@ class Worker(ConsumerMixin):
                     return
                 session.wait(wait)
                 if session.heartbeat():
-                    self.intake.refusals.summarise()
+                    self._tick()
                 yield
 
     def on_iteration(self) -> float | None:
@@ -267,7 +282,7 @@ class Worker(ConsumerMixin):
         wait = min(self.inflight.expire(now, settle), self.inflight.heartbeats(now, settle),
                    settle.resend_returned(now))
         if self.subscriptions.failed and self.subscriptions.retry_failed(now):
-            self._announce()
+            self.readiness.announce()
         if self._reload_requested and not self.should_stop:
             self._reload_requested = False
             self._reload()
@@ -280,22 +295,25 @@ class Worker(ConsumerMixin):
             return self.drain.step(settle, wait)
         return wait
 
-    # -- readiness and SIGHUP -------------------------------------------------------------
+    # -- twice a second: logs, gauges, the recycling bounds; and SIGHUP ------------------
 
-    def _announce(self, force: bool = False) -> None:
-        """Log what is consumed; READY=1 once every binding consumes (again after a
-        reload when ``force``), else a STATUS line naming what is missing."""
-        subs = self.subscriptions
-        subs.log_consuming()
-        if not subs.failed and (force or not self.ready):
-            self.ready = True
-            self.notifier.ready(subs.status(reconnects=self.stats.connects - 1))
-        elif subs.failed:
-            self.notifier.status(subs.status(reconnects=self.stats.connects - 1))
+    def _tick(self) -> None:
+        self.intake.refusals.summarise()
+        self.metrics.threads(self.executor.busy, self.executor.stuck)
+        self.readiness.tick()
+        reason = None if self.should_stop else self.recycler.due()
+        if reason is not None:
+            LOG.warning("Recycling this worker process: %s. It takes no new message, lets "
+                        "those in flight finish (up to %s s), then a fresh process takes "
+                        "its place", reason, self.conf.graceful_shutdown_timeout)
+            self.recycling = self.drain.recycling = reason
+            self.readiness.ready = False
+            self.metrics.recycled()
+            self.request_stop()
 
     def _reload(self) -> None:
         """SIGHUP: the subscriptions re-read the bindings; READY=1 again after it."""
         self.notifier.reloading()
         if self.subscriptions.reload(self.conf):
             self.intake.debug_changed()
-        self._announce(force=True)
+        self.readiness.announce(force=True)
