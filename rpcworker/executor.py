@@ -89,14 +89,14 @@ class Executor:
             with self._lock:
                 del self._running[token]
                 replaced = me in self._replaced
-                self._replaced.discard(me)
+                if replaced:  # a fresh thread took this one's place: the pool has its size
+                    self._replaced.discard(me)
+                    self._threads.remove(me)
             self._done.append((token, result))
             if not self._wake_pending:
                 self._wake_pending = True
                 self.wake()
-            if replaced:  # a fresh thread took this one's place: the pool has its size
-                with self._lock:
-                    self._threads.remove(me)
+            if replaced:
                 return
 
     def abandon(self, token: int) -> bool:

@@ -16,7 +16,7 @@ import fcntl
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from oslo_config import cfg
 
@@ -45,20 +45,21 @@ class Recycler(Listener):
     def settled(self, delivery: Delivery, outcome: Outcome) -> None:
         self.handled += 1
 
-    def due(self) -> str | None:
+    def due(self, check_memory: bool) -> str | None:
         """Why this process should recycle (None: it should not), once it may (a sibling
-        of a supervisor may be recycling; then this one waits its turn)."""
-        reason = self._reason()
+        of a supervisor may be recycling; then this one waits its turn). The memory is
+        looked at only when ``check_memory`` (twice a second)."""
+        reason = self._reason(check_memory)
         return reason if reason is not None and self.may_recycle() else None
 
-    def _reason(self) -> str | None:
+    def _reason(self, check_memory: bool) -> str | None:
         stuck = self.executor.stuck
         if stuck > self.max_stuck:
             return f"{stuck} handler threads stuck (max_stuck_threads = {self.max_stuck})"
         if self.max_messages and self.handled >= self.max_messages:
             return (f"{self.handled} messages handled (max_messages_per_worker = "
                     f"{self.max_messages})")
-        if self.max_rss:
+        if self.max_rss and check_memory:
             rss = rss_bytes()
             if rss > self.max_rss:
                 return (f"resident memory {rss / 2**20:.0f} MiB (max_memory_per_worker = "
@@ -91,16 +92,23 @@ def reexec() -> NoReturn:
 
 
 class RecycleLock:
-    """The turn of one worker process of a supervisor to recycle: an exclusive lock on a
-    file all of them share, held until the process exits."""
+    """The turn of one worker process of a supervisor to recycle: when every worker
+    consumes (``consuming``, a count in memory shared with the supervisor, which keeps it
+    up to date), the exclusive lock on a file all of them share, held until the process
+    exits. So one process recycles at a time, and only once the replacement of the last
+    one consumes."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, consuming: Any, workers: int) -> None:
         self.path = path
+        self.consuming = consuming
+        self.workers = workers
         self._fd: int | None = None
 
     def __call__(self) -> bool:
         if self._fd is not None:
             return True
+        if self.consuming.value < self.workers:
+            return False
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

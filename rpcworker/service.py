@@ -118,9 +118,9 @@ def run(conf: cfg.ConfigOpts, worker: Worker) -> int:
         worker.run()
     finally:
         worker.executor.shutdown(wait=False)
-    if worker.recycling is not None:
+    if worker.drain.recycling is not None:
         LOG.info("rpcworker recycled (%s): a fresh process takes over, same pid",
-                 worker.recycling)
+                 worker.drain.recycling)
         std_logging.shutdown()
         recycling.reexec()
     LOG.info("rpcworker stopped")

@@ -155,7 +155,7 @@ class WorkerService(cotyledon.Service):
     def __init__(self, worker_id: int, conf: cfg.ConfigOpts, outbox: socket.socket,
                  inbox: socket.socket, watchdog_every: float | None,
                  listener: socket.socket | None = None,
-                 recycle_lock: str | None = None) -> None:
+                 recycle_turn: recycling.RecycleLock | None = None) -> None:
         super().__init__(cotyledon_types.WorkerId(worker_id))
         if listener is not None:  # the supervisor's metrics endpoint: not ours to hold
             with contextlib.suppress(OSError):
@@ -174,7 +174,7 @@ class WorkerService(cotyledon.Service):
         try:
             self.worker: Worker = service.build(
                 conf, notifier=self.notifier, serve_metrics=False,
-                may_recycle=recycling.RecycleLock(recycle_lock) if recycle_lock else None)
+                may_recycle=recycle_turn)
         except (ConfigError, PluginError) as exc:
             LOG.error("worker %d (pid %d) cannot start: %s", worker_id, os.getpid(), exc)
             sys.exit(2)
@@ -187,9 +187,9 @@ class WorkerService(cotyledon.Service):
         finally:
             self.worker.executor.shutdown(wait=False)
             self._done.set()
-        if self.worker.recycling is not None and not self._stopping:
+        if self.worker.drain.recycling is not None and not self._stopping:
             LOG.info("worker %d (pid %d) recycled (%s); the supervisor starts a fresh one",
-                     self.worker_id, os.getpid(), self.worker.recycling)
+                     self.worker_id, os.getpid(), self.worker.drain.recycling)
             raise SystemExit(recycling.RECYCLE_EXIT)
         if not self._stopping:  # cannot happen; restart rather than idle
             LOG.error("worker %d: the consume loop returned unasked; exiting to be restarted",
@@ -255,6 +255,8 @@ class Hub:
         self._dead: collections.deque[int] = collections.deque(maxlen=1024)
         self._ready_pending = True  # READY=1 at start, and after each RELOADING=1
         self._stopping = False
+        #: shared with the worker processes: how many consume now (see RecycleLock)
+        self.consuming_now: Any = None
         self._last_status: str | None = None
 
     # -- inputs ----------------------------------------------------------------------
@@ -421,6 +423,9 @@ class Hub:
         return len(ok) >= self.workers
 
     def _publish(self) -> None:
+        if self.consuming_now is not None:  # the workers' turn to recycle (RecycleLock)
+            self.consuming_now.value = sum(
+                1 for s in self._slots.values() if s.consuming and not s.stopping)
         line = self.status_line()
         if self._ready_pending and not self._stopping and self._all_ready():
             self._ready_pending = False
@@ -515,14 +520,12 @@ def run(conf: cfg.ConfigOpts) -> int:
         os.environ.pop(name, None)
     hub = Hub(conf.workers, sink, watchdog_usec,
               extend_seconds=conf.graceful_shutdown_timeout + STOP_MARGIN)
+    fork = multiprocessing.get_context("fork")
+    lock_dir, turn = _recycle_turns(conf, hub, fork)
     inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     outbox.setblocking(False)
     address = metrics.listen_address(conf)
-    # the children report watchdog events four times per interval (and at least once a
-    # second for /healthz)
-    every = watchdog_usec / 4e6 if watchdog_usec else None
-    if address is not None:
-        every = min(every or metrics.TICK_EVERY, metrics.TICK_EVERY)
+    every = _tick_every(watchdog_usec, address)
     endpoint, metrics_dir = _serve_metrics(address, hub)
 
     def on_dead_worker(service_id: Any, worker_id: int, code: int | None) -> None:
@@ -531,21 +534,11 @@ def run(conf: cfg.ConfigOpts) -> int:
         if metrics_dir is not None and pid is not None:
             metrics.mark_dead(metrics_dir, pid)
 
-    def on_sighup() -> None:
-        LOG.info("SIGHUP: reloading %d worker process(es)", len(hub.pids))
-        _reread(conf)
-        hub.on_reload()
-        for pid in hub.pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGHUP)
-
-    manager = _Manager(on_sighup,
+    manager = _Manager(lambda: _reload_workers(conf, hub),
                        graceful_shutdown_timeout=conf.graceful_shutdown_timeout + STOP_MARGIN,
-                       mp_context=multiprocessing.get_context("fork"))
-    lock_dir = tempfile.mkdtemp(prefix="rpcworker-recycle-")
+                       mp_context=fork)
     manager.add(WorkerService, workers=conf.workers, args=(
-        conf, outbox, inbox, every, endpoint.server.socket if endpoint else None,
-        os.path.join(lock_dir, "turn.lock")))
+        conf, outbox, inbox, every, endpoint.server.socket if endpoint else None, turn))
     manager.register_hooks(on_terminate=hub.on_stop, on_dead_worker=on_dead_worker)
     LOG.info("rpcworker supervisor (pid %d) starting %d worker processes", os.getpid(),
              conf.workers)
@@ -565,6 +558,35 @@ def run(conf: cfg.ConfigOpts) -> int:
         shutil.rmtree(lock_dir, ignore_errors=True)
     LOG.info("rpcworker stopped")
     return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+def _tick_every(watchdog_usec: int | None, address: tuple[str, int] | None) -> float | None:
+    """How often the children report watchdog events: four times per interval (and at
+    least once a second for /healthz)."""
+    every = watchdog_usec / 4e6 if watchdog_usec else None
+    if address is not None:
+        every = min(every or metrics.TICK_EVERY, metrics.TICK_EVERY)
+    return every
+
+
+def _reload_workers(conf: cfg.ConfigOpts, hub: Hub) -> None:
+    """SIGHUP: re-read the files here, then send SIGHUP to each worker process."""
+    LOG.info("SIGHUP: reloading %d worker process(es)", len(hub.pids))
+    _reread(conf)
+    hub.on_reload()
+    for pid in hub.pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGHUP)
+
+
+def _recycle_turns(conf: cfg.ConfigOpts, hub: Hub, fork: Any
+                   ) -> tuple[str, recycling.RecycleLock]:
+    """The workers' turns to recycle: a lock file in a private directory (removed at the
+    end), and how many workers consume, in memory the hub shares with them."""
+    lock_dir = tempfile.mkdtemp(prefix="rpcworker-recycle-")
+    hub.consuming_now = fork.RawValue("i", 0)
+    return lock_dir, recycling.RecycleLock(os.path.join(lock_dir, "turn.lock"),
+                                           hub.consuming_now, conf.workers)
 
 
 def _serve_metrics(address: tuple[str, int] | None, hub: Hub

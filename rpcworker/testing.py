@@ -406,7 +406,7 @@ class HandlerFixture:
         many were moved; call ``wait_idle()`` to let the worker handle them."""
         moved = 0
         with self._client.channel() as channel:
-            for topo in self.worker.topologies:
+            for topo in self.worker.subscriptions.topologies:
                 for queue in topo.queues:
                     for delay in failures.retry_queues(topo.binding, queue):
                         moved += transport.move_messages(channel, delay.name, queue.name)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import select
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import kombu
+from oslo_log import log as logging
 
-from rpcworker import transport
+from rpcworker import broker, transport
 from rpcworker.consumer.settle import Settle
 from rpcworker.events import Listener
 from rpcworker.transport import Capabilities
@@ -28,6 +30,19 @@ DRAIN_BATCH = 256
 HEARTBEAT_CHECK_EVERY = 0.5
 #: longest wait of a virtual transport's poll
 _POLL = 0.01
+
+LOG = logging.getLogger(__name__)
+
+
+def log_connection_error(exc: BaseException, conn: kombu.Connection, interval: float) -> None:
+    """One line for a failed connection attempt: the host, the error, the next try."""
+    args = (transport.attempted(exc, conn), broker.explain(exc), interval)
+    # kombu calls this inside its except block, and oslo.log appends the exception
+    # being handled to a line logged there: log from a thread that handles none
+    t = threading.Thread(target=LOG.warning, name="rpcworker-log", args=(
+        "Cannot connect to the broker at %s: %s; next attempt in %.1f s", *args))
+    t.start()
+    t.join()
 
 
 class Session:

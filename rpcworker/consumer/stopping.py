@@ -30,9 +30,20 @@ class Drain:
         self.notifier = notifier
         #: a second stop signal: do not wait for running handlers
         self.immediate = False
-        #: the stop makes way for a fresh process (consumer.recycling): why
+        #: the stop makes way for a fresh process (``rpcworker.recycling``): why
         self.recycling: str | None = None
         self._deadline: float | None = None
+
+    def recycle(self, reason: str) -> None:
+        """The stop to come makes way for a fresh process (``rpcworker.recycling``)."""
+        LOG.warning("Recycling this worker process: %s. It takes no new message, lets "
+                    "those in flight finish (up to %s s), then a fresh process takes its "
+                    "place", reason, self.timeout)
+        self.recycling = reason
+
+    def unable(self) -> str | None:
+        """Why the worker cannot take work now (it is recycling), or None."""
+        return f"recycling: {self.recycling}" if self.recycling is not None else None
 
     def step(self, settle: Settle, wait: float) -> float | None:
         """One turn of the stop: the longest wait until the next, None when it is over."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import select
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,7 +26,8 @@ from kombu.mixins import ConsumerMixin
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker import broker, metrics, transport
+from rpcworker import metrics, transport
+from rpcworker.consumer import session
 from rpcworker.consumer.inflight import MAX_WAIT, Inflight
 from rpcworker.consumer.intake import Intake
 from rpcworker.consumer.questions import Questions
@@ -81,17 +81,11 @@ class Worker(ConsumerMixin):
         self.questions = Questions(executor.wake)
         self.readiness = Readiness(self.notifier, self.subscriptions, self.stats, executor)
         self.should_stop = False
-        #: why this process makes way for a fresh one (None: it does not)
-        self.recycling: str | None = None
         self._reload_requested = False
         self._session: Session | None = None
         #: the broker host (transport_url entry) of the last session: the next one starts
         #: with the host after it (transport.Connection.failover_clone)
         self._last_host: str | None = None
-
-    @property
-    def topologies(self) -> list[Topology]:
-        return self.subscriptions.topologies
 
     @property
     def ready(self) -> bool:
@@ -100,7 +94,7 @@ class Worker(ConsumerMixin):
 
     def unable(self) -> str | None:
         """Why this worker cannot take work now (for /healthz), or None."""
-        return f"recycling: {self.recycling}" if self.recycling is not None else None
+        return self.drain.unable()
 
     # -- control (any thread, signal handlers) --------------------------------------------
 
@@ -217,13 +211,7 @@ class Worker(ConsumerMixin):
             raise StopRequested()
 
     def on_connection_error(self, exc: BaseException, interval: float) -> None:
-        args = (transport.attempted(exc, self.connection), broker.explain(exc), interval)
-        # kombu calls this inside its except block, and oslo.log appends the exception
-        # being handled to a line logged there: log from a thread that handles none
-        t = threading.Thread(target=LOG.warning, name="rpcworker-log", args=(
-            "Cannot connect to the broker at %s: %s; next attempt in %.1f s", *args))
-        t.start()
-        t.join()
+        session.log_connection_error(exc, self.connection, interval)
 
     def on_connection_revived(self) -> None:
         s = self._session
@@ -266,8 +254,13 @@ class Worker(ConsumerMixin):
                 if wait is None:
                     return
                 session.wait(wait)
-                if session.heartbeat():
-                    self._tick()
+                tick = session.heartbeat()
+                if tick:  # twice a second: summaries, gauges, the STATUS line
+                    self.intake.refusals.summarise()
+                    self.metrics.threads(self.executor.busy, self.executor.stuck)
+                    self.readiness.tick()
+                if not self.should_stop:
+                    self._recycle_if_due(check_memory=tick)
                 yield
 
     def on_iteration(self) -> float | None:
@@ -295,18 +288,12 @@ class Worker(ConsumerMixin):
             return self.drain.step(settle, wait)
         return wait
 
-    # -- twice a second: logs, gauges, the recycling bounds; and SIGHUP ------------------
+    # -- recycling and SIGHUP -------------------------------------------------------------
 
-    def _tick(self) -> None:
-        self.intake.refusals.summarise()
-        self.metrics.threads(self.executor.busy, self.executor.stuck)
-        self.readiness.tick()
-        reason = None if self.should_stop else self.recycler.due()
+    def _recycle_if_due(self, check_memory: bool) -> None:
+        reason = self.recycler.due(check_memory)
         if reason is not None:
-            LOG.warning("Recycling this worker process: %s. It takes no new message, lets "
-                        "those in flight finish (up to %s s), then a fresh process takes "
-                        "its place", reason, self.conf.graceful_shutdown_timeout)
-            self.recycling = self.drain.recycling = reason
+            self.drain.recycle(reason)
             self.readiness.ready = False
             self.metrics.recycled()
             self.request_stop()

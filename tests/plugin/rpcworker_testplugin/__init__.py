@@ -7,10 +7,12 @@ given), so a test can see exactly what was handled, how often, and when.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 from oslo_config import cfg
@@ -31,9 +33,13 @@ class Recorder:
         self.path = conf.recorder.path
         self.delay = conf.recorder.delay
         self._lock = threading.Lock()
+        self._leaked: list[bytearray] = []
+        #: a new one for every process (a re-executed process keeps its pid)
+        self.instance = uuid.uuid4().hex
 
     def _write(self, entry: dict[str, Any]) -> None:
         entry["pid"] = os.getpid()
+        entry["instance"] = self.instance
         entry["time"] = time.time()
         if not self.path:
             return
@@ -79,6 +85,29 @@ class Recorder:
         """Record a 'start' line, then kill the whole worker process (os._exit(70))."""
         self._write({"kind": "start", "method": "crash", "args": kwargs})
         os._exit(70)
+
+    def leak(self, ctxt: dict[str, Any], mib: int = 10, **kwargs: Any) -> None:
+        """Record, then keep ``mib`` MiB alive for good (a leaking handler)."""
+        if self.delay:
+            time.sleep(self.delay)
+        self._leaked.append(bytearray(os.urandom(1024)) * (1024 * int(mib)))
+        self._write({"kind": "rpc", "method": "leak", "args": kwargs})
+
+    async def arecord(self, ctxt: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """An ``async def`` method: await a little, record, return its arguments."""
+        await asyncio.sleep(0.01)
+        self._write({"kind": "rpc", "method": "arecord", "args": kwargs})
+        return kwargs
+
+    async def ahang(self, ctxt: dict[str, Any], seconds: float = 3600.0,
+                    **kwargs: Any) -> None:
+        """An ``async def`` method that awaits for ``seconds``; records 'start', and
+        'finally' from its finally block (when it is cancelled at its deadline)."""
+        self._write({"kind": "start", "method": "ahang", "args": kwargs})
+        try:
+            await asyncio.sleep(float(seconds))
+        finally:
+            self._write({"kind": "finally", "method": "ahang", "args": kwargs})
 
     def handle_message(self, message: rpcworker.Message) -> None:
         """Record an event with its routing key and exchange."""
