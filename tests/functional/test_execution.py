@@ -22,7 +22,7 @@ from oslo_config import cfg  # noqa: E402
 
 
 def topic_binding(uid: str, name: str, **options: Any) -> dict[str, Any]:
-    return {"type": "topic", "handler": "recorder", "exchange": f"ex-{uid}",
+    return {"type": "topic", "handler": "misbehaving", "exchange": f"ex-{uid}",
             "queue": f"{name}-{uid}", "routing_key": f"{name}.#", **options}
 
 
@@ -226,7 +226,7 @@ def transport() -> Iterator[Any]:
 def test_async_handlers_through_oslo_messaging_and_plain_amqp(
         workers: Workers, amqp: PikaClient, uid: str, transport: Any) -> None:
     topic = f"async-{uid}"
-    d = workers.start({topic: {"type": "rpc", "handler": "recorder", "topic": topic,
+    d = workers.start({topic: {"type": "rpc", "handler": "misbehaving", "topic": topic,
                                "handler_timeout": 1}})
     try:
         client = om.get_rpc_client(transport, om.Target(topic=topic), timeout=15)

@@ -86,6 +86,18 @@ class Recorder:
         self._write({"kind": "start", "method": "crash", "args": kwargs})
         os._exit(70)
 
+    def handle_message(self, message: rpcworker.Message) -> None:
+        """Record an event with its routing key and exchange."""
+        if self.delay:
+            time.sleep(self.delay)
+        self._write({"kind": "event", "body": message.body, "routing_key": message.routing_key,
+                     "exchange": message.exchange, "redelivered": message.redelivered,
+                     "headers": dict(message.headers)})
+
+
+class Misbehaving(Recorder):
+    """The recorder, plus a leaking method and async def ones (for the execution tests)."""
+
     def leak(self, ctxt: dict[str, Any], mib: int = 10, **kwargs: Any) -> None:
         """Record, then keep ``mib`` MiB alive for good (a leaking handler)."""
         if self.delay:
@@ -108,14 +120,6 @@ class Recorder:
             await asyncio.sleep(float(seconds))
         finally:
             self._write({"kind": "finally", "method": "ahang", "args": kwargs})
-
-    def handle_message(self, message: rpcworker.Message) -> None:
-        """Record an event with its routing key and exchange."""
-        if self.delay:
-            time.sleep(self.delay)
-        self._write({"kind": "event", "body": message.body, "routing_key": message.routing_key,
-                     "exchange": message.exchange, "redelivered": message.redelivered,
-                     "headers": dict(message.headers)})
 
 
 class _Target:
