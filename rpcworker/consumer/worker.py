@@ -105,6 +105,10 @@ class Worker(ConsumerMixin):
         unacknowledged for redelivery). Safe to call from a signal handler: it only
         sets flags and wakes the loop.
         """
+        self.drain.recycling = None  # a stop asked for while recycling: a stop
+        self._stop(immediate)
+
+    def _stop(self, immediate: bool = False) -> None:
         self.drain.immediate = self.drain.immediate or immediate
         self.should_stop = True
         self.executor.wake()
@@ -296,7 +300,7 @@ class Worker(ConsumerMixin):
             self.drain.recycle(reason)
             self.readiness.ready = False
             self.metrics.recycled()
-            self.request_stop()
+            self._stop()
 
     def _reload(self) -> None:
         """SIGHUP: the subscriptions re-read the bindings; READY=1 again after it."""

@@ -251,3 +251,19 @@ def test_async_handlers_through_oslo_messaging_and_plain_amqp(
         assert client.call({}, "arecord", after=True) == {"after": True}
     finally:
         delete_queues(topic, f"{topic}.w1-{uid}")
+
+
+def test_a_stop_during_a_recycle_stops_the_process(workers: Workers, amqp: PikaClient,
+                                                   uid: str) -> None:
+    """SIGTERM while a recycle waits for a handler: the process stops (exit 0), it does not
+    re-execute itself."""
+    d = workers.start({"t": topic_binding(uid, "t")},
+                      default={"max_messages_per_worker": 1, "executor_thread_pool_size": 2})
+    cast(amqp, uid, "t.x", "slow", seconds=3)
+    wait_for(lambda: records(d, kind="start", method="slow"), 15, message="slow started")
+    cast(amqp, uid, "t.x", "record", i=1)  # the first message handled: the recycle is due
+    d.wait_log("Recycling: consumers cancelled; waiting up to 10 s for 1 in-flight")
+    d.signal(15)
+    assert d.wait_exit(30) == 0
+    assert d.log().count("rpcworker starting") == 1 and "rpcworker stopped" in d.log()
+    assert records(d, method="slow", kind="rpc")  # the handler in flight was let finish
