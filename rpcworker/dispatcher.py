@@ -75,8 +75,8 @@ def unknown(handler: Any, request: protocol.Request) -> DispatchError | None:
 def call(handler: Any, request: protocol.Request) -> Any:
     """Run ``request`` on ``handler`` (a handler thread): an RPC request as
     ``method(ctxt, **args)``, an event as ``handle_message(message)``. Returns what it
-    returns, raises what it raises (``NoHandleMessage`` for an event the handler cannot
-    take)."""
+    returns (the coroutine of an ``async def`` method, which ``inflight.run`` awaits),
+    raises what it raises (``NoHandleMessage`` for an event the handler cannot take)."""
     if request.method is not None:
         return find_method(handler, request)(dict(request.context), **request.args)
     on_message = getattr(handler, "handle_message", None)

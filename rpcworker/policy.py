@@ -23,7 +23,7 @@ else, cast/event                             dead-letter
 handler raised ``Reject``                    dead-letter     the error
 no such method / version, cast (on receipt)  dead-letter     (call: ack + the error)
 event and no ``handle_message``              dead-letter     -
-handler ran past ``handler_timeout``         as a failure    HandlerTimeout
+handler ran ``handler_timeout`` past start   as a failure    HandlerTimeout
 redelivered more than ``max_redeliveries``   dead-letter     PoisonMessage
 quorum, ``x-delivery-count`` >= ``delivery_  dead-letter     PoisonMessage
 limit`` (the broker's last delivery)
