@@ -86,12 +86,14 @@ class Executor:
             except BaseException as exc:  # the dispatcher never raises; belt and braces
                 LOG.exception("job %s raised", token)
                 result = exc
-            with self._lock:
-                del self._running[token]
-                replaced = me in self._replaced
-                if replaced:  # a fresh thread took this one's place: the pool has its size
-                    self._replaced.discard(me)
-                    self._threads.remove(me)
+            del self._running[token]
+            replaced = False
+            if self._replaced:  # the lock only when some thread was replaced
+                with self._lock:
+                    replaced = me in self._replaced
+                    if replaced:  # a fresh thread took this one's place: the pool has its size
+                        self._replaced.discard(me)
+                        self._threads.remove(me)
             self._done.append((token, result))
             if not self._wake_pending:
                 self._wake_pending = True
@@ -108,6 +110,9 @@ class Executor:
             if thread is None or thread in self._replaced:
                 return False
             self._replaced.add(thread)
+            if self._running.get(token) is not thread:  # it returned meanwhile: not stuck
+                self._replaced.discard(thread)
+                return False
             self._start_thread()
         return True
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import inspect
 import itertools
 import time
 from typing import Any
@@ -59,7 +58,7 @@ def run(handler: Any, binding: Binding, request: protocol.Request,
     outcome for what it returned or raised. Never raises an ``Exception``."""
     try:
         result = dispatcher.call(handler, request)
-        if inspect.isawaitable(result):
+        if hasattr(type(result), "__await__"):  # a coroutine (async def), or any awaitable
             if job is not None:
                 job.cancellable = True
             result = aio.wait(result, _time_left(binding, job))
@@ -94,6 +93,9 @@ class Inflight:
         self._monitors: dict[int, float] = {}  # token -> next call-monitor heartbeat
         self._running: collections.Counter[str] = collections.Counter()  # binding -> jobs
         self._waiting: dict[str, collections.deque[int]] = {}  # over budget, in order
+        #: no deadline can pass before this (see expire); the shortest timeout seen
+        self._next_scan = 0.0
+        self._shortest = float("inf")
 
     def connected(self) -> None:
         self.generation += 1
@@ -132,6 +134,10 @@ class Inflight:
         job = self._jobs[token] = _Job(d, handler, self.generation)
         if request.monitor_timeout:
             self._monitors[token] = time.monotonic() + request.monitor_timeout / 2
+        timeout = d.binding.handler_timeout
+        if timeout and timeout < self._shortest:
+            self._shortest = timeout
+            self._next_scan = 0.0
         name = d.binding.name
         if self._running[name] >= (d.binding.max_concurrency or self.threads):
             self._waiting.setdefault(name, collections.deque()).append(token)
@@ -185,15 +191,21 @@ class Inflight:
 
     def expire(self, now: float, settle: Settle | None) -> float:
         """Settle deliveries whose handler has run past handler_timeout, and replace their
-        threads; seconds to the next deadline."""
-        wait = MAX_WAIT
+        threads; seconds to the next deadline.
+
+        The jobs are only looked at once a deadline can have passed: the earliest one
+        of the handlers started, or the shortest timeout from now for those that start
+        later."""
+        if now < self._next_scan:
+            return min(MAX_WAIT, self._next_scan - now)
+        next_scan = now + self._shortest
         for token, job in list(self._jobs.items()):
             timeout = job.delivery.binding.handler_timeout
             if job.started is None or job.cancellable or not timeout:
                 continue
             deadline = job.started + timeout
             if deadline > now:
-                wait = min(wait, deadline - now)
+                next_scan = min(next_scan, deadline)
                 continue
             del self._jobs[token]
             self._monitors.pop(token, None)
@@ -208,7 +220,8 @@ class Inflight:
                         "fresh thread took each one's place: %d of %d threads free)",
                         self.executor.stuck, self.threads - self.executor.busy
                         + self.executor.stuck, self.threads)
-        return wait
+        self._next_scan = next_scan
+        return min(MAX_WAIT, max(0.0, next_scan - now))
 
     def heartbeats(self, now: float, settle: Settle) -> float:
         """Send due oslo call-monitor heartbeats; return seconds until the next is due."""
