@@ -2,9 +2,9 @@
 per-binding budgets, ``handler_timeout`` deadlines, oslo call-monitor heartbeats, and
 what a handler thread runs for each.
 
-* A binding never holds more than ``max_concurrency`` handler threads (default: the
-  whole pool): its further deliveries wait here, in order, and a stuck or slow binding
-  cannot starve the others.
+* A binding never holds more than ``max_concurrency`` handler threads (0, the default:
+  no budget, the whole pool): its further deliveries wait here, in order, and a stuck or
+  slow binding cannot starve the others.
 * A deadline counts from the moment the handler *starts* (the handler thread stamps
   the job), never from receipt: waiting for a thread is not a failure. Past it, the
   delivery is settled as timed out and the stuck thread is replaced
@@ -138,8 +138,10 @@ class Inflight:
         if timeout and timeout < self._shortest:
             self._shortest = timeout
             self._next_scan = 0.0
-        name = d.binding.name
-        if self._running[name] >= (d.binding.max_concurrency or self.threads):
+        name, limit = d.binding.name, d.binding.max_concurrency
+        # no budget (0: the whole pool) goes straight to the executor's queue, so that a
+        # free thread never waits for the loop to hand it the next delivery
+        if limit and self._running[name] >= limit:
             self._waiting.setdefault(name, collections.deque()).append(token)
             return
         self._submit(token, job)
