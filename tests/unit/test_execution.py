@@ -327,3 +327,29 @@ def test_thread_and_recycle_metrics() -> None:
     assert m.registry.get_sample_value("rpcworker_handler_threads_busy") == 3
     assert m.registry.get_sample_value("rpcworker_handler_threads_stuck") == 1
     assert m.registry.get_sample_value("rpcworker_recycles_total") == 1
+
+
+def test_healthz_is_503_while_the_process_recycles() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from rpcworker import metrics
+    from rpcworker.systemd import NullNotifier
+    from tests.helpers import http_get
+
+    class FakeWorker:
+        ready = True
+        reason: str | None = None
+
+        def unable(self) -> str | None:
+            return self.reason
+
+    worker = FakeWorker()
+    endpoint = metrics.serve_process(("127.0.0.1", 0), CollectorRegistry(),
+                                     metrics.LoopProbe(NullNotifier()), worker)
+    try:
+        assert http_get(endpoint.port, "/healthz") == (200, "consume loop alive\n")
+        worker.reason = "recycling: 9 handler threads stuck (max_stuck_threads = 8)"
+        assert http_get(endpoint.port, "/healthz") == (
+            503, "recycling: 9 handler threads stuck (max_stuck_threads = 8)\n")
+    finally:
+        endpoint.close()
