@@ -13,6 +13,8 @@ from rpcworker import config, opts
 from rpcworker.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+#: oslo.messaging's notification priorities (notify/dispatcher.py PRIORITIES)
+PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sample")
 _AMQP_SHORTSTR = 255
 
 
@@ -44,6 +46,14 @@ class Binding:
     handler_timeout: float = 0.0
     #: most handler threads its deliveries hold at once (0: the whole pool)
     max_concurrency: int = 0
+    # notification
+    exchanges: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    #: resolved against the handler by notifications.resolve (empty until then: its own)
+    priorities: tuple[str, ...] = ()
+    pool: str | None = None
+    filter_event_type: str | None = None
+    filter_publisher_id: str | None = None
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
     dead_letter_queue: str | None = None
@@ -72,6 +82,10 @@ class Binding:
         """The named queues the binding consumes (not the per-process ones)."""
         if self.type == "rpc":
             return (f"{self.topic}", f"{self.topic}.{self.server}")
+        if self.type == "notification":
+            if self.pool:
+                return (self.pool,)
+            return tuple(f"{t}.{p}" for t in self.topics for p in self.priorities)
         return (self.queue,) if self.queue else ()
 
     def is_quorum_queue(self, queue: str) -> bool:
@@ -129,6 +143,11 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
 
     if g.type == "rpc":
         return _parse_rpc(conf, group, name, g, args, quorum, fail)
+    if g.type == "notification":
+        return _parse_notification(conf, group, name, g, args, quorum, fail)
+    for option in ("priorities", "pool", "filter_event_type", "filter_publisher_id"):
+        if conf[group][option] != _default(option):
+            raise fail(option, f"only used by notification bindings, not {g.type}")
     return _parse_exchange_binding(conf, group, name, g, args, quorum, fail)
 
 
@@ -152,6 +171,52 @@ def _parse_rpc(conf: cfg.ConfigOpts, group: str, name: str, g: Any, args: dict[s
                    acknowledge=g.acknowledge, queue_arguments=args,
                    topic=topic, server=server, **_policy(g, fail),
                    max_concurrency=_budget(conf, g, fail))
+
+
+def _parse_notification(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
+                        args: dict[str, Any], quorum: bool, fail: Any) -> Binding:
+    """An oslo.messaging-style notification listener."""
+    for option in ("queue", "routing_key", "auto_delete", "exclusive", "server"):
+        if conf[group][option] != _default(option):
+            raise fail(option, "not used by notification bindings: they declare what "
+                       "oslo.messaging's notifiers and listeners declare (see topic, "
+                       "priorities and pool)")
+    exchanges = _names(g.exchange or "openstack", "exchange", fail)
+    topics = _names(g.topic or "notifications", "topic", fail)
+    priorities = tuple(p.strip().lower() for p in g.priorities if p.strip())
+    for priority in priorities:
+        if priority not in PRIORITIES:
+            raise fail("priorities", f"unknown priority {priority!r} (one of "
+                       f"{', '.join(PRIORITIES)})")
+    if g.pool is not None:
+        _check_name(g.pool, "pool", fail)
+    for option in ("filter_event_type", "filter_publisher_id"):
+        pattern = getattr(g, option)
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise fail(option, f"not a regular expression: {exc}") from None
+    durable = bool(g.durable) if g.durable is not None else quorum
+    if quorum and not durable:
+        raise fail("durable", _QUORUM_DURABLE)
+    return Binding(name=name, type="notification", handler=g.handler, exchange=exchanges[0],
+                   durable=durable, prefetch_count=g.prefetch_count,
+                   acknowledge=g.acknowledge, queue_arguments=args, exchanges=exchanges,
+                   topics=topics, priorities=tuple(dict.fromkeys(priorities)), pool=g.pool,
+                   filter_event_type=g.filter_event_type,
+                   filter_publisher_id=g.filter_publisher_id, **_policy(g, fail),
+                   max_concurrency=_budget(conf, g, fail))
+
+
+def _names(value: str, option: str, fail: Any) -> tuple[str, ...]:
+    """A comma-separated list of exchange or topic names, each checked, in order."""
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    if not names:
+        raise fail(option, "must not be empty")
+    for n in names:
+        _check_name(n, option, fail)
+    return names
 
 
 def _parse_exchange_binding(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
@@ -339,13 +404,15 @@ def _check_exchanges_consistent(bindings: list[Binding]) -> None:
     """Bindings sharing an exchange must declare it alike, or the broker refuses (406)."""
     seen: dict[str, tuple[str, str, bool]] = {}
     for b in bindings:
-        kind = "topic" if b.type == "rpc" else b.type
-        first = seen.setdefault(b.exchange, (b.name, kind, b.durable))
-        if first[1:] != (kind, b.durable):
-            raise ConfigError(b.group, "exchange" if first[1] != kind else "durable",
-                              f"exchange {b.exchange!r} is also used by binding {first[0]!r} "
-                              f"as type {first[1]}, durable={first[2]}; this binding would "
-                              f"declare it as type {kind}, durable={b.durable}")
+        kind = "topic" if b.type in ("rpc", "notification") else b.type
+        for exchange in b.exchanges or (b.exchange,):
+            first = seen.setdefault(exchange, (b.name, kind, b.durable))
+            if first[1:] != (kind, b.durable):
+                raise ConfigError(b.group, "exchange" if first[1] != kind else "durable",
+                                  f"exchange {exchange!r} is also used by binding "
+                                  f"{first[0]!r} as type {first[1]}, durable={first[2]}; this "
+                                  f"binding would declare it as type {kind}, "
+                                  f"durable={b.durable}")
 
 
 def _check_parking_lots_consistent(bindings: list[Binding]) -> None:

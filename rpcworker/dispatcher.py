@@ -40,6 +40,11 @@ def has_getattr_hook(cls: type) -> bool:
     return any("__getattr__" in vars(k) for k in cls.__mro__ if k.__module__ != "builtins")
 
 
+def has_method(cls: type, name: str) -> bool:
+    """Whether ``name`` is a public method of ``cls`` by the rule ``find_method`` keeps."""
+    return is_rpc_name(name) and _definition(cls, name)[1] is not None
+
+
 def rpc_methods(cls: type) -> tuple[str, ...] | None:
     """The names ``find_method`` would call on an instance of ``cls``, sorted; None when
     a ``__getattr__`` of its own may answer other names too."""
@@ -49,8 +54,7 @@ def rpc_methods(cls: type) -> tuple[str, ...] | None:
     for klass in cls.__mro__:
         if klass.__module__ != "builtins":
             names.update(vars(klass))
-    return tuple(sorted(n for n in names if is_rpc_name(n) and _definition(cls, n)[1]
-                        is not None))
+    return tuple(sorted(n for n in names if has_method(cls, n)))
 
 
 def unknown(handler: Any, request: protocol.Request) -> DispatchError | None:
@@ -74,11 +78,19 @@ def unknown(handler: Any, request: protocol.Request) -> DispatchError | None:
 
 def call(handler: Any, request: protocol.Request) -> Any:
     """Run ``request`` on ``handler`` (a handler thread): an RPC request as
-    ``method(ctxt, **args)``, an event as ``handle_message(message)``. Returns what it
+    ``method(ctxt, **args)``, a notification as ``priority(ctxt, publisher_id, event_type,
+    payload, metadata)``, an event as ``handle_message(message)``. Returns what it
     returns (the coroutine of an ``async def`` method, which ``inflight.run`` awaits),
     raises what it raises (``NoHandleMessage`` for an event the handler cannot take)."""
     if request.method is not None:
         return find_method(handler, request)(dict(request.context), **request.args)
+    n = request.notification
+    if n is not None:  # the method named after the priority (policy checked it exists)
+        method = _public_method(handler, n.priority)
+        if method is None:
+            raise NoSuchMethod(n.priority)
+        return method(dict(n.context), n.publisher_id, n.event_type, n.payload,
+                      dict(n.metadata))
     on_message = getattr(handler, "handle_message", None)
     if on_message is None:
         raise NoHandleMessage("has no handle_message() for events")

@@ -17,6 +17,9 @@ def what(request: protocol.Request) -> str:
     """``call 'm' (msg_id='..', unique_id='..')``, ``cast 'm' (unique_id='..')`` or
     ``event (exchange 'e', routing key 'k'; message_id='..')``."""
     ids = ", ".join(f"{key}={value!r}" for key, value in log_ids(request).items())
+    n = request.notification
+    if n is not None:
+        return f"notification {n.event_type!r} ({n.priority or 'no priority'}; {ids or 'no id'})"
     if request.method is not None:
         kind = "call" if request.is_call else "cast"
         return f"{kind} {request.method!r} ({ids or 'no id'})"
@@ -42,6 +45,8 @@ def log_ids(request: protocol.Request) -> dict[str, Any]:
     if request.method is not None and request.unique_id is not None:
         ids["unique_id"] = request.unique_id
     message_id = request.properties.get("message_id")
+    if request.notification is not None:  # the notification's own id
+        message_id = request.notification.metadata.get("message_id") or message_id
     if message_id is not None:
         ids["message_id"] = message_id
     return ids
@@ -52,7 +57,8 @@ def log_fields(binding: str, request: protocol.Request | None) -> dict[str, Any]
     event) and the ids of ``log_ids``."""
     if request is None:
         return {"binding": binding}
-    method = request.method if request.method is not None else "event"
+    method = (request.method if request.method is not None else
+              "notification" if request.notification is not None else "event")
     return {"binding": binding, "method": method, **log_ids(request)}
 
 

@@ -144,6 +144,8 @@ class Metrics(Recorder):
                                       "the parking lot, or rejected without one.")
         self._failed = counter("failed", "Handler runs that failed (raised, or no "
                                "handle_message for an event).")
+        self._filtered = counter("filtered", "Notifications acked without reaching the "
+                                 "handler: the binding's filters did not match them.")
         self._duration = _Children(prometheus_client.Histogram(
             PREFIX + "handler_duration_seconds", "Handler run time.", by, registry=reg))
         self._inflight = _Children(prometheus_client.Gauge(
@@ -173,7 +175,7 @@ class Metrics(Recorder):
         self._recycles.inc(recycling.recycles_so_far())  # those before a re-exec
         for name in bindings:
             for children in (self._received, self._acked, self._rejected, self._retried,
-                             self._dead_lettered, self._failed, self._duration,
+                             self._dead_lettered, self._failed, self._filtered, self._duration,
                              self._inflight, self._consuming):
                 children[name]  # noqa: B018  (creates the labelled child at zero)
 
@@ -191,6 +193,8 @@ class Metrics(Recorder):
             self._retried[binding].inc()
         if outcome.dead_lettered:
             self._dead_lettered[binding].inc()
+        if outcome.filtered:
+            self._filtered[binding].inc()
 
     def consuming(self, binding: str, on: bool) -> None:
         self._consuming[binding].set(1 if on else 0)

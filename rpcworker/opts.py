@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from oslo_config import cfg
 
-BINDING_TYPES = ("rpc", "direct", "fanout", "topic")
+BINDING_TYPES = ("rpc", "direct", "fanout", "topic", "notification")
 
 default_opts = [
     cfg.StrOpt(
@@ -187,6 +187,9 @@ binding_opts = [
             ("direct", "one queue bound with exact routing keys"),
             ("fanout", "one queue that gets a copy of everything published on the exchange"),
             ("topic", "one queue bound with patterns (* one word, # zero or more words)"),
+            ("notification", "an oslo.messaging notification listener: queues "
+             "TOPIC.PRIORITY (or one POOL queue) on the topic exchange(s) the notifiers "
+             "publish to"),
         ],
         help="What the binding declares and consumes. Required.",
     ),
@@ -198,9 +201,37 @@ binding_opts = [
     cfg.StrOpt(
         "exchange",
         help="Exchange to bind to. rpc: the control exchange, default 'openstack' "
-        "(Nova uses 'nova'). Other types: default the binding's name.",
+        "(Nova uses 'nova'). notification: the control exchange(s) the notifiers publish "
+        "to, a comma-separated list (e.g. nova, glance, cinder), default 'openstack'. Other "
+        "types: default the binding's name.",
     ),
-    cfg.StrOpt("topic", help="rpc only: the RPC topic. Default: the binding's name."),
+    cfg.StrOpt("topic", help="rpc: the RPC topic, default the binding's name. notification: "
+               "the notification topics, a comma-separated list, default 'notifications' "
+               "(Nova's versioned ones: versioned_notifications)."),
+    cfg.ListOpt(
+        "priorities",
+        default=[],
+        help="notification only: the priorities consumed, out of audit, debug, info, warn, "
+        "error, critical, sample. Default: those the handler has a method for (as "
+        "oslo.messaging's notification dispatcher); one it has no method for is an error.",
+    ),
+    cfg.StrOpt(
+        "pool",
+        help="notification only: as oslo.messaging's pool=, one queue named POOL bound "
+        "with every TOPIC.PRIORITY key on every exchange: each pool gets every "
+        "notification, and the workers of one pool share them. Default: the queues "
+        "TOPIC.PRIORITY that oslo's notifiers and listeners declare.",
+    ),
+    cfg.StrOpt(
+        "filter_event_type",
+        help="notification only: a regular expression (Python re.match, as "
+        "oslo.messaging's NotificationFilter); a notification whose event_type does not "
+        "match is acked without reaching the handler.",
+    ),
+    cfg.StrOpt(
+        "filter_publisher_id",
+        help="notification only: as filter_event_type, for the publisher_id.",
+    ),
     cfg.StrOpt("server", help="rpc only: the server name. Default: [DEFAULT] host."),
     cfg.StrOpt(
         "queue",

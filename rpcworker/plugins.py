@@ -11,7 +11,7 @@ from typing import Any
 from oslo_config import cfg
 from stevedore import NamedExtensionManager
 
-from rpcworker import dispatcher
+from rpcworker import dispatcher, notifications
 from rpcworker.bindings import Binding
 from rpcworker.errors import PluginError
 
@@ -30,6 +30,8 @@ class PluginInfo:
     #: public RPC methods (dispatcher.rpc_methods); None: not known without an
     #: instance (a factory function, or a ``__getattr__`` that answers any name)
     methods: tuple[str, ...] | None = None
+    #: the notification priorities it has a method for (notifications.priorities_of)
+    priorities: tuple[str, ...] = ()
 
 
 def load(conf: cfg.ConfigOpts, bindings: Iterable[Binding]) -> dict[str, Any]:
@@ -85,8 +87,10 @@ def describe(name: str, value: str, factory: Any) -> PluginInfo:
     namespace = getattr(target, "namespace", None)
     version = getattr(target, "version", None) or "1.0"
     methods = dispatcher.rpc_methods(factory) if isinstance(factory, type) else None
+    priorities = notifications.priorities_of(factory) if isinstance(factory, type) else ()
     return PluginInfo(name, value, summary,
-                      None if namespace is None else str(namespace), str(version), methods)
+                      None if namespace is None else str(namespace), str(version), methods,
+                      priorities)
 
 
 def list_handlers() -> list[PluginInfo]:

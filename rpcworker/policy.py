@@ -30,6 +30,9 @@ limit`` (the broker's last delivery)
 redelivered (classic queue), within bounds   count           - (runs when it comes back)
 already completed (duplicate id)             ack             the remembered reply
 refused before dispatch (bad message)        dead-letter     the error, when routable
+notification handler returned ``"requeue"``  retry, or       -
+                                             dead-letter
+notification its filters do not match        ack             - (not run)
 received while the worker drains (stop)      requeue         -
 its connection was lost before it settled    drop            - (the broker redelivers it)
 ===========================================  ==============  ============================
@@ -68,7 +71,7 @@ from typing import Any
 
 from oslo_log import log as logging
 
-from rpcworker import dispatcher, protocol
+from rpcworker import dispatcher, notifications, protocol
 from rpcworker.bindings import Binding
 from rpcworker.dedup import CompletedCache
 from rpcworker.errors import (
@@ -116,6 +119,8 @@ class Outcome:
     refusal: str | None = None
     #: the broker refused the copy this outcome was carried out with (rejected instead)
     copy_refused: bool = False
+    #: a notification the binding's filters kept from the handler (acked)
+    filtered: bool = False
 
     @property
     def dead_lettered(self) -> bool:
@@ -135,6 +140,9 @@ RUN, ACK_THEN_RUN = Start.RUN, Start.ACK_THEN_RUN
 
 _ACKED, _DONE, _DROPPED, _REQUEUED = (Outcome(Action.ACK), Outcome(Action.NONE),
                                       Outcome(Action.DROP), Outcome(Action.REQUEUE))
+_FILTERED = Outcome(Action.ACK, filtered=True)
+#: what a notification handler returns to ask for a retry (oslo's NotificationResult)
+REQUEUE_RESULT = "requeue"
 
 
 @dataclasses.dataclass(slots=True)
@@ -169,10 +177,29 @@ def on_receipt(binding: Binding, decoded: protocol.Request | protocol.Rejected, 
         LOG.info("binding %s: request %s already completed; not run again", binding.name,
                  what(decoded), extra=log_fields(binding.name, decoded))
         return duplicate(completed.get(uid))
+    if decoded.notification is not None:
+        early = _screened(binding, decoded, handler)
+        if early is not None:
+            return early
     error = dispatcher.unknown(handler, decoded)
     if error is not None:
         return unknown_method(decoded, error)
     return ACK_THEN_RUN if binding.ack_before else RUN
+
+
+def _screened(binding: Binding, request: protocol.Request, handler: Any) -> Outcome | None:
+    """A notification its handler has no method for (as oslo: acked, a warning), or one
+    the binding's filters keep from it (acked). None: run it."""
+    n = request.notification
+    assert n is not None
+    if not dispatcher.has_method(type(handler), n.priority):
+        LOG.warning("binding %s: %s acked without running: handler %s has no %s() method",
+                    binding.name, what(request), binding.handler, n.priority or "<priority>",
+                    extra=log_fields(binding.name, request))
+        return Outcome(Action.ACK, reason=f"no handler method for priority {n.priority!r}")
+    if not notifications.matches(binding, n):
+        return _FILTERED
+    return None
 
 
 def refused(binding: Binding, rejected: protocol.Rejected) -> Outcome:
@@ -264,6 +291,8 @@ def on_completion(binding: Binding, request: protocol.Request, result: Any = Non
     """The outcome of a handler run that returned ``result`` or raised ``error``."""
     if error is not None:
         return _on_error(binding, request, error)
+    if request.notification is not None and result == REQUEUE_RESULT:
+        return _on_error(binding, request, Requeue("the handler returned 'requeue'"))
     done = _DONE if binding.ack_before else _ACKED
     if request.reply is None:
         return done

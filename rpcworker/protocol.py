@@ -37,6 +37,20 @@ class ReplyRoute:
 
 
 @dataclasses.dataclass(frozen=True)
+class Notification:
+    """An oslo.messaging notification (``Notifier``, driver messagingv2 or messaging)."""
+
+    priority: str  # lower case, as oslo's dispatcher compares it
+    publisher_id: Any
+    event_type: Any
+    payload: Any
+    #: ``message_id`` and ``timestamp``, as oslo's dispatcher hands them to the endpoint
+    metadata: Mapping[str, Any]
+    #: the ``_context_*`` fields without the prefix (oslo's unpack_context)
+    context: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class Request:
     """A decoded delivery: an RPC request (call/cast) or an event (no ``method``)."""
 
@@ -55,6 +69,8 @@ class Request:
     headers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     redelivered: bool = False
+    #: set for a delivery of a notification binding (``as_notification``)
+    notification: Notification | None = None
 
     @property
     def is_rpc(self) -> bool:
@@ -119,6 +135,30 @@ def decode(
         return Rejected(str(exc), _amqp_route(properties or {}))
     except Exception as exc:  # defensive: decode must never take the loop down
         return Rejected(f"cannot decode: {type(exc).__name__}: {exc}", None)
+
+
+def as_notification(request: Request) -> Request | Rejected:
+    """``request`` (decoded for a notification binding) read as an oslo notification:
+    the envelope 2.0 is already unwrapped, a bare 1.0 message is the same dict. Its
+    ``message_id`` becomes the request's id (duplicate suppression)."""
+    body = request.body
+    if not isinstance(body, dict) or request.method is not None:
+        return Rejected("not an oslo notification: "
+                        + ("an RPC request" if request.method is not None else
+                           f"the body is a JSON {type(body).__name__}, not an object"))
+    priority = body.get("priority")
+    context = {k[len(CONTEXT_PREFIX):]: v for k, v in body.items()
+               if k.startswith(CONTEXT_PREFIX)}
+    message_id = body.get("message_id")
+    notification = Notification(
+        priority=priority.lower() if isinstance(priority, str) else "",
+        publisher_id=body.get("publisher_id"), event_type=body.get("event_type"),
+        payload=body.get("payload"),
+        metadata={"message_id": message_id, "timestamp": body.get("timestamp")},
+        context=context)
+    return dataclasses.replace(
+        request, notification=notification,
+        unique_id=message_id if isinstance(message_id, str) and message_id else None)
 
 
 def _amqp_route(properties: Mapping[str, Any]) -> ReplyRoute | None:

@@ -16,7 +16,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import plugins
+from rpcworker import notifications, plugins
 
 LOG = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ def plan(conf: cfg.ConfigOpts, current: Sequence[bindings_mod.Binding],
     LOG.debug("options changed by the reload: %s",
               ", ".join(f"[{group or 'DEFAULT'}] {name}" for group, name in changes))
     new = bindings_mod.parse(conf)
-    old = {b.name: b for b in current}
-    fresh = {b.name: b for b in new}
     missing = {b.handler for b in new if b.handler not in handlers}
     loaded = plugins.load(conf, [b for b in new if b.handler in missing]) if missing else {}
+    new = notifications.resolve(new, {**handlers, **loaded})
+    old = {b.name: b for b in current}
+    fresh = {b.name: b for b in new}
     return Plan(
         bindings=new,
         added=[n for n in fresh if n not in old],

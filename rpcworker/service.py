@@ -19,7 +19,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import broker, metrics, plugins, recycling, systemd, topology
+from rpcworker import broker, metrics, notifications, plugins, recycling, systemd, topology
 from rpcworker.bindings import Binding
 from rpcworker.consumer import Worker
 from rpcworker.executor import Executor
@@ -38,6 +38,7 @@ def validate(conf: cfg.ConfigOpts
     metrics.listen_address(conf)
     parsed = bindings_mod.parse(conf)
     handlers = plugins.load(conf, parsed)
+    parsed = notifications.resolve(parsed, handlers)
     return parsed, handlers, broker.settings(conf)
 
 

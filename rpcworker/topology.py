@@ -8,7 +8,8 @@ binding (``queue_type = quorum``) declares them as oslo.messaging does with
 ``rabbit_quorum_queue = True``: TOPIC, TOPIC.SERVER and the exchange durable, the
 queues with ``x-queue-type: quorum`` and the binding's ``x-delivery-limit`` /
 ``x-max-in-memory-*`` (``bindings`` merged them into ``queue_arguments``); the fanout
-queue stays classic (oslo's ``rabbit_transient_quorum_queue = False``).
+queue stays classic (oslo's ``rabbit_transient_quorum_queue = False``). ``notification``
+bindings declare what oslo's notification listener (and notifier) declare.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def build(b: Binding, instance_id: str | None = None) -> Topology:
     instance = instance_id or uuid.uuid4().hex
     if b.type == "rpc":
         return _rpc(b, instance)
+    if b.type == "notification":
+        return _notification(b)
     exchange = Exchange(b.exchange, type=b.type, durable=b.durable, auto_delete=False)
     queue_name = b.queue or f"{b.exchange}_{b.name}_{instance}"
     if b.type == "fanout":
@@ -80,10 +83,33 @@ def _rpc(b: Binding, instance: str) -> Topology:
     return Topology(binding=b, queues=tuple(queues), transient=(fanout_queue,))
 
 
+def _notification(b: Binding) -> Topology:
+    """What oslo.messaging's notification listener declares for its targets (one per
+    exchange and topic) and priorities: the topic exchange(s), and a queue ``TOPIC.PRIORITY``
+    bound with that key on each exchange, or one queue ``POOL`` bound with every key.
+    The flags are those of oslo's notifier too (``_publish_and_creates_default_queue``):
+    durable as the exchange, not auto-delete, quorum arguments with queue_type."""
+    exchanges = [Exchange(e, type="topic", durable=b.durable, auto_delete=False)
+                 for e in b.exchanges]
+    keys = [f"{t}.{p}" for t in b.topics for p in b.priorities]
+    args = dict(b.queue_arguments) or None
+    if b.pool:
+        names_and_keys = [(b.pool, keys)]
+    else:
+        names_and_keys = [(key, [key]) for key in keys]
+    queues = tuple(
+        Queue(name, bindings=[binding(e, routing_key=k) for e in exchanges for k in ks],
+              durable=b.durable, auto_delete=False, queue_arguments=args)
+        for name, ks in names_and_keys)
+    return Topology(binding=b, queues=queues)
+
+
 def describe(t: Topology) -> list[str]:
     """Human-readable lines of what ``t`` declares (for --check-config)."""
     b = t.binding
-    lines = [f"binding {b.name} (type {b.type}, handler {b.handler}, "
+    priorities = (f"priorities {', '.join(b.priorities)}, " if b.type == "notification"
+                  else "")
+    lines = [f"binding {b.name} (type {b.type}, handler {b.handler}, {priorities}"
              f"acknowledge {b.acknowledge}, prefetch {b.prefetch_count})"]
     seen_exchanges: set[str] = set()
     for q in t.queues:
@@ -93,11 +119,13 @@ def describe(t: Topology) -> list[str]:
                 seen_exchanges.add(ex.name)
                 lines.append(f"  exchange {ex.name!r} type={ex.type} durable={ex.durable} "
                              f"auto_delete={ex.auto_delete}")
-        keys = [bd.routing_key for bd in q.bindings] if q.bindings else [q.routing_key]
-        exname = (q.bindings and next(iter(q.bindings)).exchange.name) or q.exchange.name
+        by_exchange: dict[str, list[str]] = {}
+        for bd in q.bindings or [binding(q.exchange, routing_key=q.routing_key)]:
+            by_exchange.setdefault(bd.exchange.name, []).append(bd.routing_key)
+        bound = "; ".join(f"{name!r} with keys {keys}" for name, keys in by_exchange.items())
         lines.append(
             f"  queue {q.name!r} durable={q.durable} auto_delete={q.auto_delete} "
             f"exclusive={q.exclusive} arguments={getattr(q, 'queue_arguments', None) or {}} "
-            f"bound to {exname!r} with keys {keys}"
+            f"bound to {bound}"
         )
     return lines

@@ -68,6 +68,8 @@ def list_handlers() -> int:
                    if info.methods is None else ", ".join(info.methods) or "(none)")
         print(f"{'':<{width}}    target: namespace {info.namespace}, version {info.version}")
         print(f"{'':<{width}}    methods: {methods}")
+        if info.priorities:
+            print(f"{'':<{width}}    notification priorities: {', '.join(info.priorities)}")
     return EXIT_OK
 
 

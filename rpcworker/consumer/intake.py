@@ -57,6 +57,8 @@ class Intake:
                       extra={"binding": binding.name, **message_ids(message, None)})
         decoded = protocol.decode(message.body, message.content_type, message.content_encoding,
                                   message.headers, message.properties, info, self.max_size)
+        if binding.type == "notification" and isinstance(decoded, protocol.Request):
+            decoded = protocol.as_notification(decoded)
         request = decoded if isinstance(decoded, protocol.Request) else None
         d = Delivery(message, binding, sub.queue, request, sub.retryable)
         decision = policy.on_receipt(binding, decoded, sub.handler, self.completed,
