@@ -10,6 +10,7 @@ without a broker. ``decode`` never raises: it returns a ``Request`` or a
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import time
 import traceback
@@ -322,6 +323,23 @@ def oslo_request(method: str, args: Mapping[str, Any], context: Mapping[str, Any
         msg["_reply_q"] = reply_q
         msg["_timeout"] = timeout
     msg["_unique_id"] = unique_id or uuid.uuid4().hex
+    for key, value in (context or {}).items():
+        msg[f"{CONTEXT_PREFIX}{key}"] = value
+    return msg
+
+
+def oslo_notification(priority: str, event_type: str, payload: Any,
+                      publisher_id: str, context: Mapping[str, Any] | None = None,
+                      message_id: str | None = None) -> dict[str, Any]:
+    """The inner dict of a notification as oslo.messaging's ``Notifier`` builds it
+    (``notify/notifier.py`` ``_notify``; the priority in capitals, the context packed
+    as ``_context_*``); send it wrapped by ``envelope`` with routing key
+    ``TOPIC.priority``."""
+    msg: dict[str, Any] = {
+        "message_id": message_id or str(uuid.uuid4()), "publisher_id": publisher_id,
+        "event_type": event_type, "priority": priority.upper(), "payload": payload,
+        "timestamp": str(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)),
+    }
     for key, value in (context or {}).items():
         msg[f"{CONTEXT_PREFIX}{key}"] = value
     return msg

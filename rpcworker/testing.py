@@ -48,7 +48,7 @@ import kombu
 from oslo_config import cfg
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import config, failures, opts, protocol, topology, transport
+from rpcworker import config, failures, notifications, opts, protocol, topology, transport
 from rpcworker.consumer import Worker
 from rpcworker.errors import RPCWorkerError
 from rpcworker.events import Listener
@@ -98,7 +98,8 @@ class DeliveryOutcome:
     ``"dead-lettered"`` (parked or rejected without requeue), ``"counted"`` (a
     redelivery sent to the tail of its queue) or ``"requeued"`` (rejected with requeue:
     the worker was stopping). ``kind``: ``"call"``, ``"cast"``,
-    ``"event"`` or ``"refused"`` (not decoded: not JSON, too big, ...).
+    ``"event"``, ``"notification"`` (``method`` is then its priority) or ``"refused"``
+    (not decoded: not JSON, too big, ...).
     """
 
     action: str
@@ -142,13 +143,18 @@ def _record(d: Delivery, outcome: Outcome) -> DeliveryOutcome:
     req = d.request
     info = getattr(d.message, "delivery_info", None) or {}
     result, failure = _reply_fields(outcome)
+    args: dict[str, Any] = {}
+    method: str | None = None
     if req is None:
-        kind, method, args, body = "refused", None, {}, getattr(d.message, "body", None)
+        kind, body = "refused", getattr(d.message, "body", None)
         retries = retries_of(getattr(d.message, "headers", None) or {})
     else:
-        kind = "event" if req.method is None else "call" if req.is_call else "cast"
-        method, args, body = req.method, dict(req.args), req.body
-        retries = retries_of(req.headers)
+        body, retries = req.body, retries_of(req.headers)
+        if req.notification is not None:
+            kind, method = "notification", req.notification.priority
+        else:
+            kind = "event" if req.method is None else "call" if req.is_call else "cast"
+            method, args = req.method, dict(req.args)
     return DeliveryOutcome(_RECORDED[outcome.action], kind, method, args, body,
                            str(info.get("routing_key", "")), d.binding.name, d.queue,
                            outcome.reason, retries, result, failure)
@@ -218,15 +224,24 @@ class HandlerFixture:
             args = ["--config-file", path]
         self.conf = config.new_conf(with_cli=False)
         self.conf(args, project="rpcworker-test", default_config_files=[])
-        rpc_name, events_name = f"rpc{n}", f"events{n}"
-        self.conf.set_override("bindings", [rpc_name, events_name])
-        self.conf.set_override("host", "testhost")
-        self.conf.set_override("executor_thread_pool_size", threads)
-        for name, values in (
+        #: the notification binding's exchange and topic (when the handler has a method
+        #: for a notification priority: ``info``, ``error``, ...)
+        self.notifications_exchange = f"test_notifications_{n}"
+        self.notifications_topic = f"notifications_{n}"
+        rpc_name, events_name, notify_name = f"rpc{n}", f"events{n}", f"notify{n}"
+        bindings: list[tuple[str, dict[str, Any]]] = [
             (rpc_name, {"type": "rpc", "topic": self.topic, "exchange": "openstack"}),
             (events_name, {"type": "topic", "exchange": self.events_exchange,
                            "routing_key": ["#"], "queue": f"{self.events_exchange}_q"}),
-        ):
+        ]
+        if notifications.priorities_of(handler):
+            bindings.append((notify_name, {"type": "notification",
+                                           "exchange": self.notifications_exchange,
+                                           "topic": self.notifications_topic}))
+        self.conf.set_override("bindings", [name for name, _ in bindings])
+        self.conf.set_override("host", "testhost")
+        self.conf.set_override("executor_thread_pool_size", threads)
+        for name, values in bindings:
             group = opts.register_binding_opts(self.conf, name)
             self.conf.set_override("handler", "handler", group=group)
             self.conf.set_override("acknowledge", acknowledge, group=group)
@@ -236,7 +251,8 @@ class HandlerFixture:
             configure(self.conf)
         self.handler = handler(self.conf) if callable(handler) and isinstance(handler, type) \
             else handler
-        parsed = bindings_mod.parse(self.conf)
+        parsed = notifications.resolve(bindings_mod.parse(self.conf),
+                                       {"handler": self.handler})
         self._executor = Executor(threads)
         self._outcomes: list[DeliveryOutcome] = []
         self._outcomes_lock = threading.Lock()
@@ -300,6 +316,21 @@ class HandlerFixture:
             producer.publish(json.dumps(body).encode(), exchange=self.events_exchange,
                              routing_key=routing_key, content_type=protocol.JSON,
                              content_encoding="utf-8", headers=headers or {})
+
+    def notify(self, event_type: str, payload: Any, priority: str = "info",
+               publisher_id: str = "test.host", ctxt: dict[str, Any] | None = None,
+               message_id: str | None = None) -> str:
+        """Send a notification as an oslo.messaging ``Notifier`` (driver messagingv2)
+        does, to the fixture's notification binding; returns its message_id."""
+        if not any(t.binding.type == "notification" for t in self.worker.subscriptions.topologies):
+            raise RuntimeError("the handler has no method for a notification priority")
+        inner = protocol.oslo_notification(priority, event_type, payload, publisher_id, ctxt,
+                                           message_id)
+        with self._client.Producer() as producer:
+            producer.publish(protocol.envelope(inner), exchange=self.notifications_exchange,
+                             routing_key=f"{self.notifications_topic}.{priority.lower()}",
+                             content_type=protocol.JSON, content_encoding="utf-8")
+        return str(inner["message_id"])
 
     def publish_raw(self, body: bytes, content_type: str | None = protocol.JSON,
                     routing_key: str = "event") -> None:
