@@ -16,7 +16,7 @@ venv: $(BIN)/python
 
 install: venv
 	$(BIN)/pip install --quiet -e '.[test]' -e tests/plugin -e examples/rpcworker-inventory \
-		-e examples/rpcworker-handler-example
+		-e examples/rpcworker-handler-example -e examples/rpcworker-nova-events
 
 ## start the worker in the foreground on the shipped config (Ctrl-C stops it)
 run: install
@@ -30,7 +30,8 @@ typecheck: install
 
 ## venv + install + ruff + mypy + the whole test suite
 test: lint typecheck
-	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests examples/rpcworker-handler-example/tests
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests examples/rpcworker-handler-example/tests \
+		examples/rpcworker-nova-events/tests
 
 unit: install
 	$(BIN)/pytest -q tests/unit

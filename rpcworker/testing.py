@@ -73,6 +73,9 @@ _RECORDED = {Action.ACK: ACKED, Action.NONE: ACKED, Action.RETRY: RETRIED,
              Action.COUNT: COUNTED, Action.REQUEUE: REQUEUED}
 
 _fixture_ids = itertools.count(1)
+#: binding_options that only the notification binding takes
+_NOTIFICATION_ONLY = frozenset({"priorities", "pool", "filter_event_type",
+                                "filter_publisher_id"})
 
 
 class RemoteFailure(RPCWorkerError):
@@ -246,6 +249,8 @@ class HandlerFixture:
             self.conf.set_override("handler", "handler", group=group)
             self.conf.set_override("acknowledge", acknowledge, group=group)
             for key, value in {**values, **(binding_options or {})}.items():
+                if key in _NOTIFICATION_ONLY and values["type"] != "notification":
+                    continue  # the notification binding's own options
                 self.conf.set_override(key, value, group=group)
         if configure is not None:
             configure(self.conf)

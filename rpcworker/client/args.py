@@ -169,7 +169,35 @@ def build_parser() -> argparse.ArgumentParser:
                    "does not exist yet")
     p.add_argument("--routing-key", default="", help="routing key (default '')")
     p.add_argument("body", metavar="BODY_JSON", type=json_text, help="the message body")
+    _notify_parser(sub)
     return parser
+
+
+PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sample")
+
+
+def _notify_parser(sub: Any) -> None:
+    text = "send a notification exactly as an oslo.messaging Notifier (messagingv2) does"
+    p = sub.add_parser("notify", help=text, description=text, epilog=_EPILOG)
+    _config_options(p, "sub_")
+    p.add_argument("event_type", metavar="EVENT_TYPE",
+                   help="e.g. compute.instance.create.end")
+    p.add_argument("--priority", default="info", choices=PRIORITIES,
+                   help="notification priority (default %(default)s)")
+    p.add_argument("--payload", type=json_object, metavar="JSON",
+                   help="the payload, a JSON object, or - to read it from stdin (--arg "
+                   "values override it)")
+    p.add_argument("--arg", dest="arg", action="append", type=key_value, metavar="K=V",
+                   help="one payload field; V is JSON when it parses; repeatable")
+    p.add_argument("--publisher-id", default="rpcworker-client",
+                   help="publisher_id (default %(default)s; Nova's: compute.HOST)")
+    p.add_argument("--exchange", default=DEFAULT_EXCHANGE,
+                   help="control exchange (default %(default)s; Nova publishes to nova)")
+    p.add_argument("--topic", default="notifications",
+                   help="notification topic (default %(default)s); routing key "
+                   "TOPIC.PRIORITY")
+    p.add_argument("--context", action="append", type=key_value, metavar="K=V",
+                   help="request context entry (sent as _context_K); repeatable")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-"""The commands: ``call`` (and its reply queue), ``cast``, ``fanout``, ``publish``."""
+"""The commands: ``call`` (and its reply queue), ``cast``, ``fanout``, ``publish``,
+``notify``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import kombu
 
 from rpcworker import protocol
-from rpcworker.client.args import json_errors
+from rpcworker.client.args import json_errors, merge_args
 from rpcworker.client.errors import (
     EXIT_OK,
     EXIT_TIMEOUT,
@@ -22,7 +23,13 @@ from rpcworker.client.errors import (
     warn,
 )
 from rpcworker.client.request import RpcRequest, inner_message, rpc_request
-from rpcworker.client.session import Session, ensure_exchange, exchange_exists, publish
+from rpcworker.client.session import (
+    Session,
+    ensure_exchange,
+    ensure_queue,
+    exchange_exists,
+    publish,
+)
 from rpcworker.errors import oneline
 
 #: how long one drain_events() may block, so that heartbeats keep being sent
@@ -139,9 +146,26 @@ def cmd_publish(session: Session, ns: argparse.Namespace) -> int:
 
 
 
+def cmd_notify(session: Session, ns: argparse.Namespace) -> int:
+    """As oslo's notifier: the topic exchange (declared if missing: not durable, not
+    auto-delete), the default queue TOPIC.PRIORITY (likewise, so that the notification is
+    kept until a listener comes), then the envelope 2.0 to routing key TOPIC.PRIORITY.
+    Prints the notification's message_id."""
+    key = f"{ns.topic}.{ns.priority}"
+    ensure_exchange(session, ns.exchange, "topic", durable=False, auto_delete=False)
+    ensure_queue(session, key, ns.exchange, key)
+    inner = protocol.oslo_notification(ns.priority, ns.event_type,
+                                       merge_args(ns.payload, ns.arg), ns.publisher_id,
+                                       dict(ns.context or []))
+    publish(session, protocol.envelope(inner), ns.exchange, key)
+    print(json.dumps({"message_id": inner["message_id"]}))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Session, argparse.Namespace], int]] = {
     "call": cmd_call,
     "cast": cmd_cast,
     "fanout": cmd_fanout,
     "publish": cmd_publish,
+    "notify": cmd_notify,
 }

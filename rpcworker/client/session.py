@@ -104,6 +104,24 @@ def ensure_exchange(session: Session, name: str, type_: str, *, durable: bool,
     return True
 
 
+def ensure_queue(session: Session, name: str, exchange: str, routing_key: str) -> bool:
+    """Declare queue ``name`` bound to ``exchange`` unless it exists (never redeclare with
+    other flags: a listener may have declared it durable or quorum). True if created."""
+    if session.settings.folder is None:
+        channel = session.conn.channel()
+        try:
+            channel.queue_declare(queue=name, passive=True)
+            channel.close()
+            return False
+        except amqp.exceptions.NotFound:
+            pass
+    channel = session.conn.channel()
+    channel.queue_declare(queue=name, durable=False, auto_delete=False)
+    channel.queue_bind(queue=name, exchange=exchange, routing_key=routing_key)
+    channel.close()
+    return True
+
+
 def publish(session: Session, body: bytes | str, exchange: str, routing_key: str,
             expiration: float | None = None,
             on_return: Callable[..., None] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""An rpcworker notification plugin: an audit trail of Nova's instance notifications."""

@@ -1,0 +1,1 @@
+from rpcworker.testing import rpcworker_handler  # noqa: F401
