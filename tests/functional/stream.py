@@ -8,6 +8,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -34,8 +35,12 @@ class Stream(threading.Thread):
 
     def __init__(self, exchange: str, routing_key: str, count: int = COUNT,
                  rate: float = RATE, timeout: float = STREAM_TIMEOUT,
-                 host: str = BROKER_HOST, port: int = BROKER_PORT) -> None:
+                 host: str = BROKER_HOST, port: int = BROKER_PORT,
+                 body: Callable[[int], bytes] | None = None) -> None:
         super().__init__(name="fault-stream", daemon=True)
+        #: the body of id i (default: a cast of `record` with {"id": i})
+        self.body = body or (lambda i: json.dumps({"method": "record",
+                                                   "args": {"id": i}}).encode())
         self.host, self.port = host, port
         self.exchange = exchange
         self.routing_key = routing_key
@@ -96,7 +101,7 @@ class Stream(threading.Thread):
                         self._drop()
                         self._halt.wait(self.RETRY)
                         continue
-                body = json.dumps({"method": "record", "args": {"id": i}}).encode()
+                body = self.body(i)
                 try:
                     channel.basic_publish(self.exchange, self.routing_key, body, props,
                                           mandatory=True)

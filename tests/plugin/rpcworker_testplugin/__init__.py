@@ -122,6 +122,42 @@ class Misbehaving(Recorder):
             self._write({"kind": "finally", "method": "ahang", "args": kwargs})
 
 
+class Notified(Recorder):
+    """The recorder with notification methods info(), error() and sample() (not warn):
+    each records the notification; a payload with "fail" raises, with "requeue" returns
+    "requeue"."""
+
+    def _notification(self, priority: str, ctxt: dict[str, Any], publisher_id: str,
+                      event_type: str, payload: Any, metadata: dict[str, Any]) -> str | None:
+        if self.delay:
+            time.sleep(self.delay)
+        self._write({"kind": "notification", "method": priority, "ctxt": ctxt,
+                     "publisher_id": publisher_id, "event_type": event_type,
+                     "payload": payload, "metadata": metadata})
+        if isinstance(payload, dict) and payload.get("fail"):
+            raise ValueError("asked to fail")
+        if isinstance(payload, dict) and payload.get("requeue"):
+            return "requeue"
+        return None
+
+    def info(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
+             metadata: dict[str, Any]) -> str | None:
+        """Record an info notification."""
+        return self._notification("info", ctxt, publisher_id, event_type, payload, metadata)
+
+    def error(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
+              metadata: dict[str, Any]) -> str | None:
+        """Record an error notification."""
+        return self._notification("error", ctxt, publisher_id, event_type, payload,
+                                  metadata)
+
+    def sample(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
+               metadata: dict[str, Any]) -> str | None:
+        """Record a sample notification."""
+        return self._notification("sample", ctxt, publisher_id, event_type, payload,
+                                  metadata)
+
+
 class _Target:
     namespace = "testns"
     version = "1.3"
