@@ -256,6 +256,58 @@ class DramatiqWorker(Run):
             self.log(), env)
 
 
+def oslo_notifications(n: int) -> Iterator[bytes]:
+    """``n`` info notifications byte for byte as an oslo.messaging ``Notifier`` (driver
+    messagingv2) publishes them (envelope 2.0, each with its own message_id)."""
+    for _ in range(n):
+        inner = json.dumps({"message_id": str(uuid.uuid4()), "publisher_id": "bench.host",
+                            "event_type": "bench.event", "priority": "INFO",
+                            "payload": {}, "timestamp": "2026-01-01 00:00:00.000000"})
+        yield json.dumps({"oslo.version": "2.0", "oslo.message": inner}).encode()
+
+
+class RpcworkerNotification(Run):
+    """rpcworker with one ``notification`` binding (oslo's listener topology)."""
+
+    label = "rpcworker (notification binding)"
+
+    def __init__(self, broker: Broker, uid: str, workdir: Path) -> None:
+        super().__init__(broker, uid, workdir)
+        self.exchange, self.topic = f"{uid}-x", f"{uid}-n"
+        self.queue = f"{self.topic}.info"
+        self.queues = [self.queue, *(f"{self.queue}.retry.{t}" for t in RETRY_TTLS_MS)]
+        self.exchanges = [self.exchange]
+
+    def declare(self) -> None:
+        # what oslo.messaging's notifier and listener (and rpcworker) declare by default
+        exchange = kombu.Exchange(self.exchange, type="topic", durable=False)
+        self.broker.declare(kombu.Queue(self.queue, exchange, routing_key=self.queue,
+                                        durable=False, auto_delete=False))
+
+    def prefill(self, n: int) -> None:
+        self.broker.publish_many(self.exchange, self.queue, oslo_notifications(n))
+
+    def start(self, env: dict[str, str]) -> Proc:
+        conf = self.workdir / f"{self.uid}.conf"
+        conf.write_text(f"[DEFAULT]\nbindings = bench\nhost = {self.uid}\n\n"
+                        f"{self.broker.address.config_section()}\n"
+                        f"[binding:bench]\ntype = notification\nhandler = bench_notify\n"
+                        f"exchange = {self.exchange}\ntopic = {self.topic}\n")
+        return Proc(self.label, python_argv("-m", "rpcworker", "--config-file", str(conf)),
+                    self.log(), env)
+
+
+class OsloListener(RpcworkerNotification):
+    """An oslo.messaging notification listener (threading executor), a no-op endpoint."""
+
+    label = "oslo.messaging listener"
+
+    def start(self, env: dict[str, str]) -> Proc:
+        return Proc(self.label, python_argv(
+            "-m", "benchmarks.contender_oslo_listener", self.broker.address.oslo_url,
+            self.exchange, self.topic), self.log(), env)
+
+
 #: drain contenders, in the order of every round: key -> (class, dists it needs)
 DRAIN: dict[str, tuple[type[Run], tuple[str, ...]]] = {
     "rpcworker": (RpcworkerDirect, ()),
@@ -264,6 +316,8 @@ DRAIN: dict[str, tuple[type[Run], tuple[str, ...]]] = {
     "oslo": (OsloServer, ("oslo.messaging",)),
     "celery": (CeleryWorker, ("celery",)),
     "dramatiq": (DramatiqWorker, ("dramatiq", "pika")),
+    "rpcworker-notify": (RpcworkerNotification, ()),
+    "oslo-notify": (OsloListener, ("oslo.messaging",)),
 }
 
 

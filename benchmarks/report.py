@@ -78,6 +78,10 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]
             "rpc binding, the same oslo casts: " if same else "direct binding: ")
     compare("cast drain ÷ Celery", rw, drain.get("celery", {}), "rate", "median", "≥ 2.0",
             lambda v: v >= 2.0)
+    if "rpcworker-notify" in drain:  # not a target: notifications, the same oslo messages
+        compare("notification drain ÷ oslo.messaging listener",
+                drain.get("rpcworker-notify", {}), drain.get("oslo-notify", {}), "rate",
+                "median", "(info)", lambda v: True)
     lat = results.get("latency", {})
     compare("call p50 ÷ oslo server's (same oslo client)", lat.get("rpcworker", {}),
             lat.get("oslo", {}), "p50", "p50", "≤ 0.6", lambda v: v <= 0.6)

@@ -3,6 +3,7 @@
 - ``bench_echo``: rpcworker's built-in ``echo`` handler plus one probe tick per message, so
   the harness sees when the last message was handled (see ``probe.py``). Every contender
   of the drain benchmark runs this same no-op: tick, return the arguments.
+- ``bench_notify``: a notification handler whose ``info`` method ticks the probe.
 - ``burn``: a CPU-bound handler; its ``burn`` method spends ``[bench] burn_iterations``
   turns of a pure-Python loop (the harness calibrates them to about 2 ms), then ticks.
 """
@@ -42,6 +43,18 @@ class BenchEcho(EchoHandler):
         """Events tick the probe too."""
         PROBE.tick()
         return message.body
+
+
+class BenchNotify:
+    """A notification handler: ``info`` ticks the probe."""
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        pass
+
+    def info(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
+             metadata: dict[str, Any]) -> None:
+        """Tick the probe."""
+        PROBE.tick()
 
 
 class Burn:
