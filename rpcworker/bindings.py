@@ -119,7 +119,7 @@ def parse(conf: cfg.ConfigOpts) -> list[Binding]:
             raise ConfigError("DEFAULT", "bindings", f"binding {name!r} is listed twice")
         seen.add(name)
         result.append(_parse_one(conf, name))
-    _check_queues_unique(result)
+    check_queues_unique(result)
     _check_exchanges_consistent(result)
     _check_parking_lots_consistent(result)
     return result
@@ -390,12 +390,15 @@ def _scalar(value: str) -> Any:
         return value
 
 
-def _check_queues_unique(bindings: list[Binding]) -> None:
+def check_queues_unique(bindings: list[Binding]) -> None:
+    """No queue is consumed by two bindings."""
     owner: dict[str, str] = {}
     for b in bindings:
         for q in b.work_queues:
             if q in owner:
-                raise ConfigError(b.group, "queue" if b.type != "rpc" else "topic",
+                option = {"rpc": "topic", "notification": "pool" if b.pool else "topic"}.get(
+                    b.type, "queue")
+                raise ConfigError(b.group, option,
                                   f"queue {q!r} is already consumed by binding {owner[q]!r}")
             owner[q] = b.name
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rpcworker import dispatcher
-from rpcworker.bindings import PRIORITIES, Binding
+from rpcworker.bindings import PRIORITIES, Binding, check_queues_unique
 from rpcworker.errors import ConfigError
 from rpcworker.protocol import Notification
 
@@ -35,6 +35,7 @@ def resolve(bindings: Iterable[Binding], handlers: dict[str, Any]) -> list[Bindi
         if b.type == "notification":
             b = _resolved(b, handlers[b.handler])
         out.append(b)
+    check_queues_unique(out)  # again: the default priorities name queues only now
     return out
 
 

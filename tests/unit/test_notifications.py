@@ -174,3 +174,12 @@ def test_the_test_kit_delivers_notifications() -> None:
         [parked] = fx.wait_for_outcomes(kind="notification", action=DEAD_LETTERED)
         assert ok.method == "info" and parked.method == "error"
         assert fx.handler.got[0][0] == {"user": "u"}
+
+
+def test_two_bindings_on_the_same_default_queues_are_refused(make_conf: Any) -> None:
+    text = ("[DEFAULT]\nbindings = a, b\n[binding:a]\ntype = notification\nhandler = h\n"
+            "[binding:b]\ntype = notification\nhandler = h\n")
+    with pytest.raises(ConfigError) as info:
+        notifications.resolve(bindings.parse(make_conf(text)), {"h": Handler()})
+    assert str(info.value) == ("[binding:b] topic: queue 'notifications.info' is already "
+                               "consumed by binding 'a'")
