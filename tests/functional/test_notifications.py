@@ -228,3 +228,18 @@ def test_a_broker_restart_mid_stream_loses_no_notification(
     print(f"\nNOTIFY broker restart: 600 of 600 confirmed notifications handled, "
           f"{len(ids) - 600} duplicates; {stream.describe()}")
     delete_exchanges(exchange)
+
+
+def test_check_config_broker_sees_the_notification_topology(workers: Workers,
+                                                            topic: str) -> None:
+    import subprocess
+    import sys
+
+    d = workers.start({"n": binding(topic, exchange="nova", priorities="info")})
+    result = subprocess.run([sys.executable, "-m", "rpcworker", "--check-config", "--broker",
+                             "--config-file", str(d.config_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"queue '{topic}.info' durable=False auto_delete=False" in result.stdout
+    assert f"bound to 'nova' with keys ['{topic}.info']" in result.stdout
+    assert "broker: consistent" in result.stdout

@@ -183,3 +183,10 @@ def test_two_bindings_on_the_same_default_queues_are_refused(make_conf: Any) -> 
         notifications.resolve(bindings.parse(make_conf(text)), {"h": Handler()})
     assert str(info.value) == ("[binding:b] topic: queue 'notifications.info' is already "
                                "consumed by binding 'a'")
+
+
+def test_list_handlers_shows_the_priorities() -> None:
+    from rpcworker import plugins
+
+    info = plugins.describe("h", "m:Handler", Handler)
+    assert info.priorities == ("info", "error") and info.methods == ("error", "info")
