@@ -33,6 +33,12 @@ def main(argv: list[str]) -> int:
     transport = om.get_rpc_transport(cfg.CONF, url=url)
     target = om.Target(topic=topic, server=server_name)
     server = om.get_rpc_server(transport, target, [Endpoint()], executor="threading")
+    serve(server, transport)
+    return 0
+
+
+def serve(server: Any, transport: Any) -> None:
+    """Run an oslo.messaging server (or listener) until SIGTERM or SIGINT."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -42,7 +48,6 @@ def main(argv: list[str]) -> int:
     server.stop()
     server.wait()
     transport.cleanup()
-    return 0
 
 
 if __name__ == "__main__":

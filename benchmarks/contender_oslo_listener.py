@@ -7,13 +7,13 @@ defaults. SIGTERM or SIGINT stops the listener.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import warnings
 from typing import Any
 
 from rpcworker_benchplugin.probe import PROBE
+
+from benchmarks.contender_oslo import serve
 
 
 class Endpoint:
@@ -33,15 +33,7 @@ def main(argv: list[str]) -> int:
     transport = om.get_notification_transport(cfg.CONF, url=url)
     listener = om.get_notification_listener(transport, [om.Target(topic=topic)],
                                             [Endpoint()], executor="threading")
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    listener.start()
-    while not done.wait(0.5):
-        pass
-    listener.stop()
-    listener.wait()
-    transport.cleanup()
+    serve(listener, transport)
     return 0
 
 

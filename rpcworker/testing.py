@@ -174,6 +174,33 @@ class _Recorder(Listener):
         self._add(_record(delivery, outcome))
 
 
+def _fixture_conf(tmpdir: str, config_text: str | None,
+                  bindings: list[tuple[str, dict[str, Any]]], threads: int,
+                  options: dict[str, Any]) -> cfg.ConfigOpts:
+    """The fixture's ConfigOpts: ``config_text`` as the config file, ``bindings`` (each
+    served by the handler named ``handler``) with ``options`` set over each (the
+    notification-only ones on the notification binding only)."""
+    args: list[str] = []
+    if config_text is not None:
+        path = os.path.join(tmpdir, "rpcworker.conf")
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(config_text))
+        args = ["--config-file", path]
+    conf = config.new_conf(with_cli=False)
+    conf(args, project="rpcworker-test", default_config_files=[])
+    conf.set_override("bindings", [name for name, _ in bindings])
+    conf.set_override("host", "testhost")
+    conf.set_override("executor_thread_pool_size", threads)
+    for name, values in bindings:
+        group = opts.register_binding_opts(conf, name)
+        conf.set_override("handler", "handler", group=group)
+        for key, value in {**values, **options}.items():
+            if key in _NOTIFICATION_ONLY and values["type"] != "notification":
+                continue  # the notification binding's own options
+            conf.set_override(key, value, group=group)
+    return conf
+
+
 def _declare_reply_queue(channel: Any) -> tuple[str, kombu.Queue]:
     """A new reply queue ``reply_<uuid hex>`` on the default exchange, declared."""
     name = f"reply_{uuid.uuid4().hex}"
@@ -219,39 +246,21 @@ class HandlerFixture:
         self.version = version
         self.url = "memory://"
         self._tmpdir = tempfile.TemporaryDirectory(prefix="rpcworker-fixture-")
-        args: list[str] = []
-        if config_text is not None:
-            path = os.path.join(self._tmpdir.name, "rpcworker.conf")
-            with open(path, "w") as f:
-                f.write(textwrap.dedent(config_text))
-            args = ["--config-file", path]
-        self.conf = config.new_conf(with_cli=False)
-        self.conf(args, project="rpcworker-test", default_config_files=[])
         #: the notification binding's exchange and topic (when the handler has a method
         #: for a notification priority: ``info``, ``error``, ...)
         self.notifications_exchange = f"test_notifications_{n}"
         self.notifications_topic = f"notifications_{n}"
-        rpc_name, events_name, notify_name = f"rpc{n}", f"events{n}", f"notify{n}"
         bindings: list[tuple[str, dict[str, Any]]] = [
-            (rpc_name, {"type": "rpc", "topic": self.topic, "exchange": "openstack"}),
-            (events_name, {"type": "topic", "exchange": self.events_exchange,
-                           "routing_key": ["#"], "queue": f"{self.events_exchange}_q"}),
+            (f"rpc{n}", {"type": "rpc", "topic": self.topic, "exchange": "openstack"}),
+            (f"events{n}", {"type": "topic", "exchange": self.events_exchange,
+                            "routing_key": ["#"], "queue": f"{self.events_exchange}_q"}),
         ]
         if notifications.priorities_of(handler):
-            bindings.append((notify_name, {"type": "notification",
-                                           "exchange": self.notifications_exchange,
-                                           "topic": self.notifications_topic}))
-        self.conf.set_override("bindings", [name for name, _ in bindings])
-        self.conf.set_override("host", "testhost")
-        self.conf.set_override("executor_thread_pool_size", threads)
-        for name, values in bindings:
-            group = opts.register_binding_opts(self.conf, name)
-            self.conf.set_override("handler", "handler", group=group)
-            self.conf.set_override("acknowledge", acknowledge, group=group)
-            for key, value in {**values, **(binding_options or {})}.items():
-                if key in _NOTIFICATION_ONLY and values["type"] != "notification":
-                    continue  # the notification binding's own options
-                self.conf.set_override(key, value, group=group)
+            bindings.append((f"notify{n}", {"type": "notification",
+                                            "exchange": self.notifications_exchange,
+                                            "topic": self.notifications_topic}))
+        self.conf = _fixture_conf(self._tmpdir.name, config_text, bindings, threads,
+                                  {"acknowledge": acknowledge, **(binding_options or {})})
         if configure is not None:
             configure(self.conf)
         self.handler = handler(self.conf) if callable(handler) and isinstance(handler, type) \
