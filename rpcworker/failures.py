@@ -6,6 +6,8 @@ policy decides which copy a delivery gets, settle publishes it.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +26,8 @@ FAILURE_HEADER = "x-rpcworker-failure"
 ORIGINAL_EXCHANGE_HEADER = "x-rpcworker-original-exchange"
 ORIGINAL_KEY_HEADER = "x-rpcworker-original-routing-key"
 ORIGINAL_QUEUE_HEADER = "x-rpcworker-original-queue"
+#: when it was parked (UTC, ISO 8601 to the millisecond)
+PARKED_AT_HEADER = "x-rpcworker-parked-at"
 
 #: properties copied onto a republished message (expiration is dropped on purpose:
 #: a per-message TTL would fight the delay queue's)
@@ -122,6 +126,13 @@ def parking_lot(binding: Binding) -> tuple[Exchange | None, Queue | None]:
     return exchange, queue
 
 
+def utc_iso(now: float | None = None) -> str:
+    """UTC, to the millisecond: ``2026-12-02T13:40:00.123Z`` (``now``: epoch seconds)."""
+    moment = datetime.datetime.fromtimestamp(time.time() if now is None else now,
+                                             datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def _base(properties: Mapping[str, Any], headers: Mapping[str, Any] | None,
           ) -> tuple[dict[str, Any], dict[str, Any]]:
     props = {k: properties[k] for k in _KEPT_PROPERTIES if properties.get(k) is not None}
@@ -174,6 +185,7 @@ def dead_letter_copy(binding: Binding, queue: str, body: bytes,
         FAILURE_HEADER: (reason or "failed")[:1000],
         BINDING_HEADER: binding.name,
         ORIGINAL_QUEUE_HEADER: queue,
+        PARKED_AT_HEADER: utc_iso(),
     })
     hdrs.setdefault(RETRIES_HEADER, 0)
     if binding.dead_letter_exchange:

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -27,6 +27,7 @@ import prometheus_client
 from oslo_config import cfg
 from oslo_log import log as logging
 from prometheus_client import CollectorRegistry, multiprocess, values
+from prometheus_client.registry import Collector
 
 from rpcworker import recycling, systemd
 from rpcworker.errors import ConfigError
@@ -387,11 +388,14 @@ def mark_dead(path: str, pid: int) -> None:
 
 
 def serve_supervisor(address: tuple[str, int], path: str, health: Callable[[], Verdict],
-                     ready: Callable[[], Verdict]) -> Endpoint:
-    """The endpoint of the supervisor: the workers' values summed. Raises ConfigError."""
+                     ready: Callable[[], Verdict], own: Sequence[Collector] = ()) -> Endpoint:
+    """The endpoint of the supervisor: the workers' values summed, and the collectors of
+    its ``own``. Raises ConfigError."""
     def collect() -> bytes:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=path)
+        for collector in own:
+            registry.register(collector)
         return prometheus_client.generate_latest(registry)
 
     return Endpoint(address, collect, health, ready).start()

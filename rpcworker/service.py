@@ -19,7 +19,16 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import broker, metrics, notifications, plugins, recycling, systemd, topology
+from rpcworker import (
+    broker,
+    lotdepth,
+    metrics,
+    notifications,
+    plugins,
+    recycling,
+    systemd,
+    topology,
+)
 from rpcworker.bindings import Binding
 from rpcworker.consumer import Worker
 from rpcworker.executor import Executor
@@ -65,6 +74,10 @@ def build(conf: cfg.ConfigOpts, notifier: systemd.Notifier | None = None,
     address = metrics.listen_address(conf)
     probe = metrics.LoopProbe(sink) if address is not None and serve_metrics else None
     recorder = metrics.Metrics([b.name for b in parsed]) if address is not None else None
+    if recorder is not None and serve_metrics:
+        depth = lotdepth.ParkedDepth.for_bindings(conf, settings, parsed)
+        if depth is not None:
+            recorder.registry.register(depth)
     worker = Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
                     notifier=probe or sink, recorder=recorder or metrics.NULL,
                     may_recycle=may_recycle)

@@ -42,7 +42,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker import bindings as bindings_mod
-from rpcworker import metrics, recycling, service, systemd
+from rpcworker import broker, lotdepth, metrics, recycling, service, systemd
 from rpcworker.consumer import Worker
 from rpcworker.errors import ConfigError, PluginError
 from rpcworker.systemd import Notifier
@@ -526,7 +526,7 @@ def run(conf: cfg.ConfigOpts) -> int:
     outbox.setblocking(False)
     address = metrics.listen_address(conf)
     every = _tick_every(watchdog_usec, address)
-    endpoint, metrics_dir = _serve_metrics(address, hub)
+    endpoint, metrics_dir = _serve_metrics(address, hub, conf)
 
     def on_dead_worker(service_id: Any, worker_id: int, code: int | None) -> None:
         pid = hub.pid_of(worker_id)
@@ -589,17 +589,20 @@ def _recycle_turns(conf: cfg.ConfigOpts, hub: Hub, fork: Any
                                            hub.consuming_now, conf.workers)
 
 
-def _serve_metrics(address: tuple[str, int] | None, hub: Hub
+def _serve_metrics(address: tuple[str, int] | None, hub: Hub, conf: cfg.ConfigOpts
                    ) -> tuple[metrics.Endpoint | None, str | None]:
     """With ``[metrics] listen``: the supervisor's endpoint, over the workers' values
-    (prometheus_client's multiprocess mode, on before forking), and its directory."""
+    (prometheus_client's multiprocess mode, on before forking) and the parking lots'
+    depth, and its directory."""
     if address is None:
         return None, None
+    depth = lotdepth.ParkedDepth.for_bindings(conf, broker.settings(conf),
+                                              bindings_mod.parse(conf))
     metrics_dir = metrics.enable_multiprocess()
     try:
         return metrics.serve_supervisor(address, metrics_dir,
                                         lambda: hub.health(metrics.STALE_AFTER),
-                                        hub.readiness), metrics_dir
+                                        hub.readiness, [depth] if depth else []), metrics_dir
     except ConfigError:
         metrics.disable_multiprocess(metrics_dir)
         raise

@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--routing-key", default="", help="routing key (default '')")
     p.add_argument("body", metavar="BODY_JSON", type=json_text, help="the message body")
     _notify_parser(sub)
+    _parked_parser(sub)
     return parser
 
 
@@ -198,6 +199,61 @@ def _notify_parser(sub: Any) -> None:
                    "TOPIC.PRIORITY")
     p.add_argument("--context", action="append", type=key_value, metavar="K=V",
                    help="request context entry (sent as _context_K); repeatable")
+
+
+_PARKED_EPILOG = (
+    "exit status: 0 done, 1 replay: some messages could not be replayed (each named on "
+    "stderr; they stay parked), 2 usage or configuration error (purge without --yes: "
+    "says how many it would delete), 4 broker unreachable or lost (replay: what was "
+    "replayed is out of the lot, the rest still parked; run it again). list, export and "
+    "dry runs leave every message in place and in order. Counts and notes go to stderr.")
+
+_PARKED = (
+    ("list", "one line per parked message (binding, reason, retries, origin, method or "
+     "event, ids, size, age); leaves them in place and in order"),
+    ("replay", "publish parked messages back to their original exchange and routing key "
+     "(or --to-queue) with confirms and mandatory, retry counters reset, then remove them"),
+    ("purge", "delete parked messages (refuses without --yes)"),
+    ("export", "write parked messages (headers, properties, exact body) as JSON lines, "
+     "leaving them in place; rpcworker.testing.HandlerFixture.replay() reads the file"),
+)
+
+
+def _parked_parser(sub: Any) -> None:
+    text = "the parking lots of the configured bindings: list, replay, purge, export"
+    p = sub.add_parser("parked", help=text, description=text + ". A binding's parking "
+                       "lot is its dead_letter_queue, or the queues bound to its "
+                       "dead_letter_exchange (found through the management API).",
+                       epilog=_PARKED_EPILOG)
+    commands = p.add_subparsers(dest="parked_command", metavar="PARKED_COMMAND",
+                                required=True)
+    for name, help_text in _PARKED:
+        c = commands.add_parser(name, help=help_text, description=help_text,
+                                epilog=_PARKED_EPILOG)
+        _config_options(c, "sub_")
+        c.add_argument("--binding", metavar="NAME", help="only this binding's parking lot "
+                       "(and, in a lot shared by several bindings, its messages)")
+        c.add_argument("--queue", metavar="QUEUE", help="read this queue as a parking lot "
+                       "instead of the configured ones (e.g. a queue filled by a queue's own "
+                       "x-dead-letter-exchange)")
+        c.add_argument("--reason", metavar="REGEX", help="only messages whose failure "
+                       "reason matches REGEX (re.search)")
+        if name == "list":
+            c.add_argument("--limit", type=positive_int, metavar="N",
+                           help="list at most N messages")
+        elif name == "replay":
+            c.add_argument("--count", dest="replay_count", type=positive_int, metavar="N",
+                           help="replay at most N messages (head first)")
+            c.add_argument("--dry-run", action="store_true",
+                           help="say what would be replayed where; move nothing")
+            c.add_argument("--to-queue", metavar="QUEUE",
+                           help="publish to QUEUE (default exchange) instead of the "
+                           "original exchange and routing key")
+        elif name == "purge":
+            c.add_argument("--yes", action="store_true", help="really delete them")
+        else:
+            c.add_argument("--output", required=True, metavar="FILE",
+                           help="the JSON lines file to write (- for stdout)")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

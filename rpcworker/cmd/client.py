@@ -31,6 +31,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from rpcworker.client import parked
 from rpcworker.client.args import json_errors, oslo_args, parse_args
 from rpcworker.client.commands import COMMANDS
 from rpcworker.client.errors import EXIT_INTERRUPTED, EXIT_USAGE, ClientError, report
@@ -44,6 +45,8 @@ def run(ns: argparse.Namespace) -> int:
         return run_load(conf, settings, ns)
     session = connect(conf, settings)
     try:
+        if ns.command == "parked":
+            return parked.run(conf, session, ns)
         return COMMANDS[ns.command](session, ns)
     except broker_errors(session.conn) as exc:
         raise session.broker_error(f"running {ns.command}", exc) from None

@@ -83,7 +83,8 @@ class Workers:
         self.exchanges: set[str] = set()
 
     def start(self, bindings: dict[str, dict[str, Any]], name: str = "w1",
-              default: dict[str, Any] | None = None, recorder_delay: float = 0.0) -> Any:
+              default: dict[str, Any] | None = None, recorder_delay: float = 0.0,
+              recorder: dict[str, Any] | None = None, extra: str = "") -> Any:
         rec = self.tmp / f"records-{name}.jsonl"
         lines = ["[DEFAULT]", f"bindings = {', '.join(bindings)}", f"host = {name}-{self.uid}",
                  "graceful_shutdown_timeout = 10"]
@@ -97,7 +98,8 @@ class Workers:
                 self.exchanges.add(options.get("exchange", bname))
                 if options.get("type") != "fanout" or "queue" in options:
                     self.queues.add(options.get("queue", bname))
-        lines += ["[recorder]", f"path = {rec}", f"delay = {recorder_delay}", ""]
+        lines += ["[recorder]", f"path = {rec}", f"delay = {recorder_delay}"]
+        lines += [f"{k} = {v}" for k, v in (recorder or {}).items()] + ["", extra]
         d = self.factory("\n".join(lines) + "\n", name=name)
         d.records_path = str(rec)
         self.daemons.append(d)

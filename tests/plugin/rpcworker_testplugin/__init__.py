@@ -22,6 +22,8 @@ import rpcworker
 _opts = [
     cfg.StrOpt("path", help="File the recorder appends one JSON line per message to."),
     cfg.FloatOpt("delay", default=0.0, help="Seconds every method sleeps before returning."),
+    cfg.StrOpt("fail_while", help="flaky() and events with a 'flaky' key raise ValueError "
+               "while this file exists (a cause an operator can fix)."),
 ]
 
 
@@ -32,6 +34,7 @@ class Recorder:
         conf.register_opts(_opts, group="recorder")
         self.path = conf.recorder.path
         self.delay = conf.recorder.delay
+        self.fail_while = conf.recorder.fail_while
         self._lock = threading.Lock()
         self._leaked: list[bytearray] = []
         #: a new one for every process (a re-executed process keeps its pid)
@@ -66,6 +69,16 @@ class Recorder:
         self._write({"kind": "rpc", "method": "fail", "args": kwargs})
         raise ValueError("recorder was asked to fail", kwargs.get("tag"))
 
+    def _broken(self) -> bool:
+        return bool(self.fail_while) and os.path.exists(self.fail_while)
+
+    def flaky(self, ctxt: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Raise ValueError while [recorder] fail_while exists; else record."""
+        if self._broken():
+            raise ValueError("flaky: the cause is not fixed yet", kwargs.get("tag"))
+        self._write({"kind": "rpc", "method": "flaky", "args": kwargs})
+        return kwargs
+
     def reject(self, ctxt: dict[str, Any], **kwargs: Any) -> None:
         """Record, then raise rpcworker.Reject."""
         self._write({"kind": "rpc", "method": "reject", "args": kwargs})
@@ -87,9 +100,12 @@ class Recorder:
         os._exit(70)
 
     def handle_message(self, message: rpcworker.Message) -> None:
-        """Record an event with its routing key and exchange."""
+        """Record an event with its routing key and exchange (an event with a "flaky"
+        key raises while [recorder] fail_while exists)."""
         if self.delay:
             time.sleep(self.delay)
+        if isinstance(message.body, dict) and "flaky" in message.body and self._broken():
+            raise ValueError("flaky: the cause is not fixed yet", message.body["flaky"])
         self._write({"kind": "event", "body": message.body, "routing_key": message.routing_key,
                      "exchange": message.exchange, "redelivered": message.redelivered,
                      "headers": dict(message.headers)})

@@ -1,0 +1,273 @@
+"""``rpcworker-client parked list | replay | purge | export``: the parking lots of the
+configured bindings from the operator's side (finding them: ``lots``; reading them in
+place: ``browse``; the message itself: ``rpcworker.parked``)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import IO
+
+from oslo_config import cfg
+
+from rpcworker import bindings as bindings_mod
+from rpcworker.brokercheck import MANAGEMENT_PORT, Management
+from rpcworker.client.browse import LotReader
+from rpcworker.client.errors import EXIT_BROKER, EXIT_OK, EXIT_REMOTE, EXIT_USAGE, ClientError, warn
+from rpcworker.client.lots import Lot, find
+from rpcworker.client.session import Session, broker_errors
+from rpcworker.errors import ConfigError, oneline
+from rpcworker.parked import Parked
+
+
+@dataclasses.dataclass
+class Selection:
+    """Which messages of a lot a command acts on."""
+
+    binding: str | None
+    reason: re.Pattern[str] | None
+    count: int | None = None  # at most this many (list --limit, replay --count)
+    taken: int = 0
+
+    def wants(self, p: Parked, lot: Lot) -> bool:
+        if self.count is not None and self.taken >= self.count:
+            return False
+        if self.binding is not None and p.binding != self.binding:
+            # a message without rpcworker's header (x-death) belongs to the lot's only binding
+            if p.binding is not None or lot.bindings != (self.binding,):
+                return False
+        return self.reason is None or self.reason.search(p.reason) is not None
+
+
+def _selection(ns: argparse.Namespace, count: int | None = None) -> Selection:
+    try:
+        reason = re.compile(ns.reason) if ns.reason else None
+    except re.error as exc:
+        raise ClientError(EXIT_USAGE, f"--reason: not a regular expression: {exc}") from None
+    return Selection(ns.binding, reason, count)
+
+
+def _management(session: Session) -> Management | None:
+    host = session.settings.hosts[0]
+    name = session.conn.hostname or host.hostname
+    name = f"[{name}]" if ":" in name else name
+    mgmt = Management(f"http://{name}:{MANAGEMENT_PORT}", host.userid, host.password)
+    return mgmt if mgmt.probe() is None else None
+
+
+def _lots(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
+          ) -> tuple[list[Lot], Management | None]:
+    if session.settings.folder is not None:
+        raise ClientError(EXIT_USAGE, "parked needs RabbitMQ: the filesystem:// transport "
+                          "has no parking lot to read", "ConfigError")
+    try:
+        parsed = bindings_mod.parse(conf)
+    except ConfigError as exc:
+        raise ClientError(EXIT_USAGE, f"configuration error: {exc}", "ConfigError") from None
+    mgmt = _management(session)
+    lots = find(parsed, binding=ns.binding, queue=ns.queue, mgmt=mgmt,
+                vhost=session.settings.hosts[0].virtual_host)
+    if not lots:
+        raise ClientError(EXIT_USAGE, "no binding of this configuration has a parking lot "
+                          "(dead_letter_queue or dead_letter_exchange)", "ConfigError")
+    return lots, mgmt
+
+
+def _is_quorum(lot: Lot, mgmt: Management | None, vhost: str) -> bool:
+    """Known from the configuration, else from the management API; unknown: rotate,
+    which is safe on either type."""
+    if lot.quorum is not None:
+        return lot.quorum
+    info = mgmt.queue(vhost, lot.queue) if mgmt is not None else None
+    return info is None or info.get("type") != "classic"
+
+
+@contextlib.contextmanager
+def _walks(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
+           ) -> Iterator[Callable[[], Iterator[tuple[Lot, LotReader, int]]]]:
+    lots, mgmt = _lots(conf, session, ns)
+    vhost = session.settings.hosts[0].virtual_host
+
+    def each() -> Iterator[tuple[Lot, LotReader, int]]:
+        for lot in lots:
+            reader = LotReader(session, lot, _is_quorum(lot, mgmt, vhost))
+            try:
+                depth = reader.depth()
+                if depth is None:
+                    warn(ns.sub_json, f"{lot.queue}: no such queue on the broker (nothing "
+                         "parked yet: the worker declares it when it starts)")
+                    continue
+                yield lot, reader, depth
+            finally:
+                reader.close()
+    yield each
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def line(p: Parked, now: float) -> str:
+    """One line of ``parked list``."""
+    s = p.summary(now)
+    what = s["kind"] + (f" {s['name']}" if s["name"] else "")
+    ids = " ".join(f"{k}={v}" for k, v in s["ids"].items())
+    origin = f"{s['original_exchange'] or '(default)'}/{s['original_routing_key']}"
+    return (f"{p.queue}#{p.position}  binding={s['binding'] or '-'}  {what}  "
+            f"retries={s['retries']}  from={origin}  queue={s['original_queue'] or '-'}  "
+            f"size={s['size']}  age={_age(s['age'])}"
+            + (f"  replays={s['replays']}" if s["replays"] else "")
+            + (f"  {ids}" if ids else "") + f"  reason: {s['reason']}")
+
+
+# -- the commands -------------------------------------------------------------------------
+
+
+def cmd_list(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
+    sel = _selection(ns, ns.limit)
+    now = time.time()
+    with _walks(conf, session, ns) as walks:
+        for lot, reader, depth in walks():
+            shown = 0
+            for p in reader.messages(depth):
+                if sel.wants(p, lot):
+                    sel.taken += 1
+                    shown += 1
+                    print(json.dumps(p.to_json(exact=False, now=now), ensure_ascii=False)
+                          if ns.sub_json else line(p, now))
+                elif not reader.rotate and sel.count is not None and sel.taken >= sel.count:
+                    break  # classic: the rest stays in place when the walk ends
+                reader.keep(p)
+            warn(ns.sub_json, f"{lot.queue}: {depth} parked, {shown} listed")
+    return EXIT_OK
+
+
+def cmd_export(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
+    sel = _selection(ns)
+    now = time.time()
+    out: IO[str] = sys.stdout if ns.output == "-" else open(ns.output, "w", encoding="utf-8")
+    try:
+        with _walks(conf, session, ns) as walks:
+            for lot, reader, depth in walks():
+                written = 0
+                for p in reader.messages(depth):
+                    if sel.wants(p, lot):
+                        out.write(json.dumps(p.to_json(exact=True, now=now),
+                                             ensure_ascii=False) + "\n")
+                        written += 1
+                    reader.keep(p)
+                warn(ns.sub_json, f"{lot.queue}: {written} of {depth} exported")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return EXIT_OK
+
+
+def cmd_purge(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
+    sel = _selection(ns)
+    would = 0
+    with _walks(conf, session, ns) as walks:
+        for lot, reader, depth in walks():
+            deleted = 0
+            for p in reader.messages(depth):
+                if sel.wants(p, lot):
+                    if ns.yes:
+                        reader.remove(p)
+                        deleted += 1
+                        continue
+                    would += 1
+                reader.keep(p)
+            if ns.yes:
+                warn(ns.sub_json, f"{lot.queue}: deleted {deleted} of {depth}")
+    if not ns.yes:
+        raise ClientError(EXIT_USAGE, f"purge would delete {would} message(s): add --yes to "
+                          "delete them (nothing was deleted)")
+    return EXIT_OK
+
+
+def _target(p: Parked, ns: argparse.Namespace) -> tuple[str, str] | None:
+    if ns.to_queue:
+        return "", ns.to_queue
+    if not p.original_exchange and not p.original_routing_key:
+        return None
+    return p.original_exchange, p.original_routing_key
+
+
+def cmd_replay(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
+    sel = _selection(ns, ns.replay_count)
+    failed: list[str] = []
+    replayed = 0
+    started = time.monotonic()
+    try:
+        with _walks(conf, session, ns) as walks:
+            for lot, reader, depth in walks():
+                for p in reader.messages(depth):
+                    if not sel.wants(p, lot):
+                        reader.keep(p)
+                        continue
+                    sel.taken += 1
+                    problem = _replay_one(reader, p, ns)
+                    if problem is None and not ns.dry_run:
+                        reader.remove(p)
+                        replayed += 1
+                        continue
+                    if problem is not None:
+                        failed.append(f"{p.queue}#{p.position} {_ids(p)}: {problem}")
+                    reader.keep(p)
+    except broker_errors(session.conn) as exc:
+        raise ClientError(EXIT_BROKER, session.scrub(
+            f"broker error while replaying: {oneline(exc, with_type=False)}; {replayed} "
+            "replayed and removed so far, the rest is still parked: run the command again"),
+        ) from None
+    for text in failed:
+        print(f"not replayed: {text}", file=sys.stderr)
+    elapsed = time.monotonic() - started
+    verb = "would replay" if ns.dry_run else "replayed"
+    count = sel.taken - len(failed) if ns.dry_run else replayed
+    warn(ns.sub_json, f"{verb} {count} message(s) in {elapsed:.2f}s"
+         + (f"; {len(failed)} could not be and stay parked" if failed else ""))
+    return EXIT_REMOTE if failed else EXIT_OK
+
+
+def _ids(p: Parked) -> str:
+    kind, name = p.kind()
+    ids = " ".join(f"{k}={v}" for k, v in p.ids().items())
+    return f"({kind}{' ' + name if name else ''}{' ' + ids if ids else ''})"
+
+
+def _replay_one(reader: LotReader, p: Parked, ns: argparse.Namespace) -> str | None:
+    """Publish ``p`` back (or say where it would go): None when done, else why not."""
+    target = _target(p, ns)
+    if target is None:
+        return "where it came from is unknown (no x-rpcworker-original-* nor x-death): " \
+               "give --to-queue"
+    exchange, key = target
+    if ns.dry_run:
+        print(f"would replay {p.queue}#{p.position} {_ids(p)} to exchange "
+              f"{exchange or '(default)'!s} routing key {key!r}")
+        return None
+    return reader.publish(p, exchange, key, p.replay_headers())
+
+
+COMMANDS: dict[str, Callable[[cfg.ConfigOpts, Session, argparse.Namespace], int]] = {
+    "list": cmd_list,
+    "replay": cmd_replay,
+    "purge": cmd_purge,
+    "export": cmd_export,
+}
+
+
+def run(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
+    return COMMANDS[ns.parked_command](conf, session, ns)
+
