@@ -1,4 +1,4 @@
-"""Reading a parking lot in order without disturbing it, and taking messages out of it.
+"""Reading a parking lot in order without disturbing it, and moving messages out of it.
 
 A lot is read with ``basic.get`` (no auto-ack) on a channel of its own, one message
 after the other, as many as it held when the walk began. What happens to a message the
@@ -9,30 +9,50 @@ command keeps depends on the queue type (both measured on RabbitMQ 3.10, see REA
   delivery count on classic queues.
 - quorum: a message returned to a quorum queue gets ``x-delivery-count`` + 1, which
   would push a lot with a ``delivery_limit`` (RabbitMQ 4's default is 20) towards
-  dropping what it holds each time someone looks. So a kept message is *rotated*: an
-  exact copy (body, properties, headers; without the broker's ``x-delivery-count``) is
-  published to the tail of the lot with publisher confirms, then the original is acked.
-  After a full walk the lot holds the same messages in the same order. A crash between
-  the confirm and the ack leaves a duplicate in the lot, never a loss; a message parked
-  while the walk runs lands among the rotated ones.
+  dropping what it holds each time someone looks. So a kept message is *rotated*: a
+  copy (body, properties and headers, without the broker's ``x-delivery-count``) is
+  published to the tail of the lot, and the original is acked once the broker confirmed
+  the copy. After a full walk the lot holds the same messages in the same order. A
+  crash between the confirm and the ack leaves a duplicate in the lot, never a loss; a
+  message parked while the walk runs lands among the rotated ones.
 
-A message taken out (replayed, purged) is acked once its copy elsewhere is confirmed.
+Copies (rotations, replays) are published on a second channel in confirm mode,
+``mandatory``, up to ``WINDOW`` unconfirmed at a time: the original is acked only when
+its copy is confirmed and was not returned. A copy that is returned or nacked leaves its
+original parked and is reported.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import amqp
 import amqp.exceptions
 
+from rpcworker import transport
 from rpcworker.client.errors import EXIT_BROKER, ClientError
 from rpcworker.client.lots import Lot
 from rpcworker.client.session import Session, broker_errors
 from rpcworker.failures import QUORUM_DELIVERY_COUNT
 from rpcworker.parked import PROPERTIES, Parked
+from rpcworker.publisher import SEQ_HEADER
+
+#: copies in flight before the reader waits for the broker's confirms
+WINDOW = 256
+
+#: ``on_done(p, None)`` once the copy of ``p`` is confirmed, ``on_done(p, why)`` if not
+Done = Callable[[Parked, "str | None"], None]
+
+
+@dataclasses.dataclass
+class _Copy:
+    original: Parked
+    on_done: Done
+    returned: str | None = None
 
 
 class LotReader:
@@ -42,23 +62,35 @@ class LotReader:
         self.session = session
         self.lot = lot
         self.rotate = quorum
-        self._in: Any = session.conn.channel()
+        self._in: Any = self._reading_channel()
         self._out: Any = None
         self._tags: dict[int, int] = {}
-        self._returned: list[str] = []
+        self._seq = 0
+        self._inflight: dict[int, _Copy] = {}
+        self._answered: list[tuple[_Copy, str | None]] = []
+        #: messages moved out of the lot so far (their copies confirmed)
+        self.moved = 0
+
+    def _reading_channel(self) -> Any:
+        """Bodies stay bytes, exactly as parked (py-amqp would decode a body that names
+        its content_encoding)."""
+        channel = self.session.conn.channel()
+        transport.prepare_consuming_channel(channel)
+        return channel
 
     def depth(self) -> int | None:
         """Messages ready in the lot now; None when the queue does not exist."""
         try:
             return int(self._in.queue_declare(queue=self.lot.queue, passive=True).message_count)
         except amqp.exceptions.NotFound:
-            self._in = self.session.conn.channel()  # the 404 closed it
+            self._in = self._reading_channel()  # the 404 closed it
             return None
 
     def messages(self, depth: int) -> Iterator[Parked]:
-        """The first ``depth`` messages, head first. Each must be kept, removed or
-        left to close() (classic only) before the next is asked for."""
+        """The first ``depth`` messages, head first. Each is kept, removed or moved by
+        the caller (classic: or simply left to close())."""
         for position in range(depth):
+            self._settle_answered()
             msg = self._in.basic_get(queue=self.lot.queue, no_ack=False)
             if msg is None:  # someone else took the rest
                 return
@@ -72,7 +104,10 @@ class LotReader:
         if not self.rotate:
             return
         headers = {k: v for k, v in p.headers.items() if k != QUORUM_DELIVERY_COUNT}
-        failed = self.publish(p, "", self.lot.queue, headers, {**p.properties})
+        self._publish(p, "", self.lot.queue, headers, dict(p.properties),
+                      self._rotated)
+
+    def _rotated(self, p: Parked, failed: str | None) -> None:
         if failed is not None:
             raise ClientError(EXIT_BROKER, f"cannot keep message {p.position} of "
                               f"{self.lot.queue} in place: {failed}; it was not removed "
@@ -83,41 +118,96 @@ class LotReader:
         """Take ``p`` out of the lot (ack)."""
         self._in.basic_ack(self._tags.pop(p.position))
 
-    def publish(self, p: Parked, exchange: str, routing_key: str, headers: dict[str, Any],
-                properties: dict[str, Any] | None = None) -> str | None:
-        """Publish a copy of ``p`` with confirms and ``mandatory``: None once the broker
-        confirmed it and routed it to a queue, else why not."""
-        props = {k: v for k, v in (properties if properties is not None
-                                   else p.kept_properties()).items()
-                 if k in PROPERTIES and v is not None}
-        message = amqp.Message(p.body, application_headers=headers, **props)
-        channel = self._channel()
-        self._returned.clear()
+    def move(self, p: Parked, exchange: str, routing_key: str, headers: dict[str, Any],
+             on_failed: Callable[[Parked, str], None]) -> None:
+        """Publish a copy of ``p`` to ``exchange``/``routing_key``; remove ``p`` once the
+        copy is confirmed, else keep it and tell ``on_failed(p, why)``."""
+        def done(original: Parked, failed: str | None) -> None:
+            if failed is None:
+                self.remove(original)
+                self.moved += 1
+            else:
+                on_failed(original, failed)
+                self.keep(original)
+        self._publish(p, exchange, routing_key, headers, p.kept_properties(), done)
+
+    def exchange_exists(self, name: str) -> bool:
+        """A passive declare on a throwaway channel (a 404 closes only that one)."""
+        if not name:
+            return True
+        channel = self.session.conn.channel()
         try:
-            channel.basic_publish_confirm(message, exchange=exchange, routing_key=routing_key,
-                                          mandatory=True,
-                                          confirm_timeout=self.session.timeout)
-        except amqp.exceptions.MessageNacked:
-            return "the broker refused it (basic.nack)"
-        except amqp.exceptions.ChannelError as exc:  # 404 no exchange, 403, ...
-            self._out = None
-            return f"{exc.reply_text or exc}"
-        if self._returned:
-            return self._returned[0]
-        return None
+            channel.exchange_declare(exchange=name, type="topic", passive=True)
+        except amqp.exceptions.NotFound:
+            return False
+        channel.close()
+        return True
+
+    # -- copies with pipelined confirms --------------------------------------------------
+
+    def _publish(self, p: Parked, exchange: str, routing_key: str, headers: dict[str, Any],
+                 properties: dict[str, Any], on_done: Done) -> None:
+        channel = self._channel()
+        self._seq += 1
+        props = {k: v for k, v in properties.items() if k in PROPERTIES and v is not None}
+        message = amqp.Message(p.body, application_headers={**headers, SEQ_HEADER: self._seq},
+                               **props)
+        self._inflight[self._seq] = _Copy(p, on_done)
+        channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
+                              mandatory=True)
+        if len(self._inflight) >= WINDOW:
+            self._wait(lambda: len(self._inflight) < WINDOW // 2)
 
     def _channel(self) -> Any:
         if self._out is None:
-            self._out = self.session.conn.channel()
-            self._out.events["basic_return"].add(self._on_return)
+            channel = self.session.conn.channel()
+            channel.confirm_select()
+            channel.events["basic_ack"].add(lambda tag, multiple: self._answer(tag, multiple,
+                                                                              None))
+            channel.events["basic_nack"].add(lambda tag, multiple: self._answer(
+                tag, multiple, "the broker refused it (basic.nack)"))
+            channel.events["basic_return"].add(self._on_return)
+            self._out = channel
         return self._out
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
-        self._returned.append(f"unroutable: exchange {exchange!r} has no queue bound for "
-                              f"routing key {routing_key!r} ({getattr(exc, 'reply_text', exc)})")
+        headers = (getattr(message, "properties", None) or {}).get("application_headers") or {}
+        copy = self._inflight.get(headers.get(SEQ_HEADER))  # type: ignore[arg-type]
+        if copy is not None:
+            copy.returned = (f"unroutable: no queue is bound to exchange "
+                             f"{exchange or '(default)'!s} for routing key {routing_key!r}")
+
+    def _answer(self, tag: int, multiple: bool, failed: str | None) -> None:
+        """A confirm (called while py-amqp reads): noted, carried out by
+        _settle_answered() outside the read."""
+        for seq in sorted(s for s in self._inflight if (s <= tag if multiple else s == tag)):
+            copy = self._inflight.pop(seq)
+            self._answered.append((copy, failed or copy.returned))
+
+    def _settle_answered(self) -> None:
+        while self._answered:
+            copy, failed = self._answered.pop(0)
+            copy.on_done(copy.original, failed)
+
+    def _wait(self, enough: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + max(self.session.timeout, 10.0)
+        while not enough():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClientError(EXIT_BROKER, f"no publisher confirm from the broker "
+                                  f"for {len(self._inflight)} message(s) in "
+                                  f"{max(self.session.timeout, 10.0):g}s; they stay parked")
+            with contextlib.suppress(TimeoutError):
+                self.session.conn.drain_events(timeout=min(left, 1.0))
+        self._settle_answered()
+
+    def flush(self) -> None:
+        """Wait for every copy in flight and carry out what follows (acks, rotations)."""
+        while self._inflight or self._answered:
+            self._wait(lambda: not self._inflight)
 
     def close(self) -> None:
-        """End the walk: the kept messages of a classic lot go back where they were."""
+        """End the walk: what is still unacked goes back to the lot (classic: in place)."""
         for channel in (self._out, self._in):
             if channel is not None and channel.is_open:
                 with contextlib.suppress(*broker_errors(self.session.conn)):

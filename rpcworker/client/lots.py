@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -51,9 +52,10 @@ def _exchange_lots(binding: Binding, mgmt: Any, vhost: str) -> list[str]:
 
 
 def find(parsed: list[Binding], *, binding: str | None, queue: str | None,
-         mgmt: Any | None, vhost: str) -> list[Lot]:
+         management: Callable[[], Any | None], vhost: str) -> list[Lot]:
     """The lots to read; ClientError 2 for a binding that is unknown or parks nowhere,
-    4 when only the management API could tell and does not answer."""
+    4 when only the management API (``management()``, asked only then) could tell and
+    does not answer."""
     if queue is not None:
         return [Lot(queue, (binding,) if binding else ())]
     chosen = [b for b in parsed if binding is None or b.name == binding]
@@ -66,6 +68,7 @@ def find(parsed: list[Binding], *, binding: str | None, queue: str | None,
         if b.dead_letter_queue:
             found.setdefault(b.dead_letter_queue, []).append(b)
         elif b.dead_letter_exchange:
+            mgmt = management()
             if mgmt is None:
                 raise ClientError(EXIT_BROKER, f"binding {b.name!r} parks to exchange "
                                   f"{b.dead_letter_exchange!r}, whose queues only the "
@@ -79,6 +82,11 @@ def find(parsed: list[Binding], *, binding: str | None, queue: str | None,
                               "dead letter is rejected to the queue's own "
                               "x-dead-letter-exchange, if any (then use --queue)",
                               "ConfigError")
-    return [Lot(name, tuple(b.name for b in owners),
-                True if any(b.quorum for b in owners if b.dead_letter_queue == name) else None)
+    return [Lot(name, tuple(b.name for b in owners), _quorum(name, owners))
             for name, owners in found.items()]
+
+
+def _quorum(queue: str, owners: list[Binding]) -> bool | None:
+    """A dead_letter_queue is declared with its binding's type; other lots: unknown."""
+    declaring = [b for b in owners if b.dead_letter_queue == queue]
+    return any(b.quorum for b in declaring) if declaring else None

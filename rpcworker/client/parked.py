@@ -53,16 +53,27 @@ def _selection(ns: argparse.Namespace, count: int | None = None) -> Selection:
     return Selection(ns.binding, reason, count)
 
 
-def _management(session: Session) -> Management | None:
-    host = session.settings.hosts[0]
-    name = session.conn.hostname or host.hostname
-    name = f"[{name}]" if ":" in name else name
-    mgmt = Management(f"http://{name}:{MANAGEMENT_PORT}", host.userid, host.password)
-    return mgmt if mgmt.probe() is None else None
+class _Management:
+    """The management API of the broker connected to, probed once when first asked."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._api: Management | None = None
+        self._asked = False
+
+    def __call__(self) -> Management | None:
+        if not self._asked:
+            self._asked = True
+            host = self.session.settings.hosts[0]
+            name = self.session.conn.hostname or host.hostname
+            name = f"[{name}]" if ":" in name else name
+            api = Management(f"http://{name}:{MANAGEMENT_PORT}", host.userid, host.password)
+            self._api = api if api.probe() is None else None
+        return self._api
 
 
 def _lots(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
-          ) -> tuple[list[Lot], Management | None]:
+          ) -> tuple[list[Lot], _Management]:
     if session.settings.folder is not None:
         raise ClientError(EXIT_USAGE, "parked needs RabbitMQ: the filesystem:// transport "
                           "has no parking lot to read", "ConfigError")
@@ -70,8 +81,8 @@ def _lots(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
         parsed = bindings_mod.parse(conf)
     except ConfigError as exc:
         raise ClientError(EXIT_USAGE, f"configuration error: {exc}", "ConfigError") from None
-    mgmt = _management(session)
-    lots = find(parsed, binding=ns.binding, queue=ns.queue, mgmt=mgmt,
+    mgmt = _Management(session)
+    lots = find(parsed, binding=ns.binding, queue=ns.queue, management=mgmt,
                 vhost=session.settings.hosts[0].virtual_host)
     if not lots:
         raise ClientError(EXIT_USAGE, "no binding of this configuration has a parking lot "
@@ -79,11 +90,12 @@ def _lots(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
     return lots, mgmt
 
 
-def _is_quorum(lot: Lot, mgmt: Management | None, vhost: str) -> bool:
+def _is_quorum(lot: Lot, management: _Management, vhost: str) -> bool:
     """Known from the configuration, else from the management API; unknown: rotate,
     which is safe on either type."""
     if lot.quorum is not None:
         return lot.quorum
+    mgmt = management()
     info = mgmt.queue(vhost, lot.queue) if mgmt is not None else None
     return info is None or info.get("type") != "classic"
 
@@ -104,6 +116,7 @@ def _walks(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
                          "parked yet: the worker declares it when it starts)")
                     continue
                 yield lot, reader, depth
+                reader.flush()  # the confirms still in flight, and the acks they allow
             finally:
                 reader.close()
     yield each
@@ -209,26 +222,37 @@ def cmd_replay(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -
     failed: list[str] = []
     replayed = 0
     started = time.monotonic()
+
+    def on_failed(p: Parked, why: str) -> None:
+        failed.append(f"{p.queue}#{p.position} {_ids(p)}: {why}")
+
     try:
         with _walks(conf, session, ns) as walks:
             for lot, reader, depth in walks():
+                exchanges: dict[str, bool] = {}
                 for p in reader.messages(depth):
                     if not sel.wants(p, lot):
                         reader.keep(p)
                         continue
                     sel.taken += 1
-                    problem = _replay_one(reader, p, ns)
-                    if problem is None and not ns.dry_run:
-                        reader.remove(p)
-                        replayed += 1
-                        continue
-                    if problem is not None:
-                        failed.append(f"{p.queue}#{p.position} {_ids(p)}: {problem}")
-                    reader.keep(p)
+                    target = _target(p, ns)
+                    problem = _unfit(target, exchanges, reader)
+                    if problem is not None or target is None:
+                        on_failed(p, problem or "no target")
+                        reader.keep(p)
+                    elif ns.dry_run:
+                        print(f"would replay {p.queue}#{p.position} {_ids(p)} to exchange "
+                              f"{target[0] or '(default)'!s} routing key {target[1]!r}")
+                        reader.keep(p)
+                    else:
+                        reader.move(p, target[0], target[1], p.replay_headers(), on_failed)
+                reader.flush()
+                replayed += reader.moved
     except broker_errors(session.conn) as exc:
         raise ClientError(EXIT_BROKER, session.scrub(
-            f"broker error while replaying: {oneline(exc, with_type=False)}; {replayed} "
-            "replayed and removed so far, the rest is still parked: run the command again"),
+            f"broker error while replaying: {oneline(exc, with_type=False)}; the messages "
+            "whose copies the broker had confirmed are out of the lot, the rest is still "
+            "parked: run the command again"),
         ) from None
     for text in failed:
         print(f"not replayed: {text}", file=sys.stderr)
@@ -240,24 +264,24 @@ def cmd_replay(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -
     return EXIT_REMOTE if failed else EXIT_OK
 
 
+def _unfit(target: tuple[str, str] | None, exchanges: dict[str, bool],
+           reader: LotReader) -> str | None:
+    """Why a message cannot be replayed to ``target``, known before publishing."""
+    if target is None:
+        return ("where it came from is unknown (no x-rpcworker-original-* nor x-death): "
+                "give --to-queue")
+    exchange = target[0]
+    if exchange not in exchanges:
+        exchanges[exchange] = reader.exchange_exists(exchange)
+    if not exchanges[exchange]:
+        return f"NOT_FOUND - no exchange {exchange!r} on the broker"
+    return None
+
+
 def _ids(p: Parked) -> str:
     kind, name = p.kind()
     ids = " ".join(f"{k}={v}" for k, v in p.ids().items())
     return f"({kind}{' ' + name if name else ''}{' ' + ids if ids else ''})"
-
-
-def _replay_one(reader: LotReader, p: Parked, ns: argparse.Namespace) -> str | None:
-    """Publish ``p`` back (or say where it would go): None when done, else why not."""
-    target = _target(p, ns)
-    if target is None:
-        return "where it came from is unknown (no x-rpcworker-original-* nor x-death): " \
-               "give --to-queue"
-    exchange, key = target
-    if ns.dry_run:
-        print(f"would replay {p.queue}#{p.position} {_ids(p)} to exchange "
-              f"{exchange or '(default)'!s} routing key {key!r}")
-        return None
-    return reader.publish(p, exchange, key, p.replay_headers())
 
 
 COMMANDS: dict[str, Callable[[cfg.ConfigOpts, Session, argparse.Namespace], int]] = {

@@ -55,12 +55,17 @@ def broker_errors(conn: kombu.Connection) -> tuple[type[BaseException], ...]:
             *conn.connection_errors, *conn.channel_errors)
 
 
-def connect(conf: cfg.ConfigOpts, settings: broker.BrokerSettings) -> Session:
-    """Connect with a few quick retries (each bounded by connect_timeout), else exit 4."""
+def connect(conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
+            confirm_publish: bool = True) -> Session:
+    """Connect with a few quick retries (each bounded by connect_timeout), else exit 4.
+
+    ``confirm_publish``: every publish waits for its confirm (py-amqp's mode); off for
+    callers that put their channels in confirm mode themselves and pipeline confirms."""
     conn = broker.connection(conf, settings)
     conn.transport_options = dict(
         conn.transport_options or {},
-        confirm_publish=True,  # as oslo.messaging: a cast is on the broker when we exit
+        # as oslo.messaging: a cast is on the broker when we exit
+        confirm_publish=confirm_publish,
         client_properties={"connection_name": f"{PROG}:{socket.gethostname()}:{os.getpid()}"},
     )
     session = Session(conn, settings)

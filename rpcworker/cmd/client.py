@@ -43,7 +43,8 @@ def run(ns: argparse.Namespace) -> int:
     conf, settings = load_settings(oslo_args(ns))
     if getattr(ns, "count", None) is not None:
         return run_load(conf, settings, ns)
-    session = connect(conf, settings)
+    # parked: its copies are confirmed in a window, not one by one (client.browse)
+    session = connect(conf, settings, confirm_publish=ns.command != "parked")
     try:
         if ns.command == "parked":
             return parked.run(conf, session, ns)

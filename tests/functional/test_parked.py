@@ -95,7 +95,7 @@ def test_list_leaves_the_lot_in_place_and_replay_runs_each_once_more(
     dry = run_client(conf, "parked", "replay", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("would replay") == n
-    assert f"routing key 'flaky.3'" in dry.stdout
+    assert "routing key 'flaky.3'" in dry.stdout
     assert depth(lot) == n and handled(d) == []
 
     broken.unlink()  # the operator fixed the cause
@@ -160,9 +160,10 @@ def test_purge_refuses_without_yes_and_deletes_only_what_is_selected(
 
 def test_export_leaves_the_lot_and_the_fixture_reproduces_the_failure(
         workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path) -> None:
+    from rpcworker_testplugin import Recorder
+
     from rpcworker import parked
     from rpcworker.testing import HandlerFixture
-    from rpcworker_testplugin import Recorder
 
     d, broken = park(workers, amqp, uid, tmp_path, 3)
     conf, lot = d.config_path, f"dlq-{uid}"
@@ -238,3 +239,53 @@ def test_broker_restart_during_replay_loses_nothing(
     print(f"replay with a broker restart: {n} messages, {rounds} runs, "
           f"{len(handled(d)) - n} handled twice")
     delete_queues(lot)
+
+
+def test_a_lot_behind_an_exchange_or_the_queues_own_dead_letter_exchange(
+        workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path) -> None:
+    """dead_letter_exchange only: its queues are found through the management API, or
+    named with --queue; a queue's own x-dead-letter-exchange: read through x-death."""
+    dlx, manual, own = f"dlx-{uid}", f"manual-{uid}", f"own-{uid}"
+    amqp.channel.exchange_declare(dlx, "topic", durable=True)
+    for name, key in ((manual, "parked.#"), (own, "own.#")):
+        amqp.channel.queue_declare(name, durable=True)
+        amqp.channel.queue_bind(name, dlx, key)
+    workers.queues |= {manual, own}
+    workers.exchanges |= {dlx}
+    broken = tmp_path / "broken"
+    broken.write_text("x\n")
+    c = topic(uid, dead_letter_exchange=dlx, dead_letter_routing_key="parked.c")
+    del c["dead_letter_queue"]
+    d = workers.start({
+        "c": c,
+        "r": {"type": "topic", "handler": "recorder", "exchange": f"ex-{uid}",
+              "queue": f"r-{uid}", "routing_key": "own.#", "max_retries": 0,
+              "queue_arguments": f"x-dead-letter-exchange:{dlx}"},
+    }, recorder={"fail_while": broken})
+    conf = d.config_path
+    amqp.publish(f"ex-{uid}", "flaky.1", {"flaky": 1})
+    amqp.publish(f"ex-{uid}", "own.2", {"flaky": 2})
+    wait_for(lambda: depth(manual) == 1 and depth(own) == 1, 20,
+             message="one message in each lot")
+
+    p = run_client(conf, "parked", "list", "--binding", "c")
+    if "management API" in p.stderr:  # the machine's broker has no management plugin
+        assert p.returncode == 4 and "--queue" in p.stderr
+    else:
+        assert p.returncode == 0 and p.stdout.startswith(f"{manual}#0  binding=c"), p
+    [m] = listed(conf, "--queue", manual, "--binding", "c")
+    assert m["binding"] == "c" and m["original_routing_key"] == "flaky.1"
+
+    [m] = listed(conf, "--queue", own, "--binding", "r")  # parked by the broker: x-death
+    assert m["binding"] is None and m["reason"] == "rejected"
+    assert (m["original_exchange"], m["original_routing_key"]) == (f"ex-{uid}", "own.2")
+    assert m["original_queue"] == f"r-{uid}" and m["age"] is not None
+
+    broken.unlink()
+    for lot in (manual, own):
+        p = run_client(conf, "parked", "replay", "--queue", lot)
+        assert p.returncode == 0, p.stderr
+    wait_for(lambda: sorted(handled(d)) == [1, 2], 20, message="both replayed and handled")
+    assert depth(manual) == 0 and depth(own) == 0
+    own_headers = [r["headers"] for r in records(d, kind="event") if r["body"] == {"flaky": 2}]
+    assert "x-death" not in own_headers[0] and own_headers[0]["x-rpcworker-replayed"] == 1
