@@ -8,6 +8,11 @@ export`` and ``parked replay --to-queue`` (each as a real subprocess on a config
 naming the lot), checks that the lot was left whole by the first two and emptied into
 the target by the last, and prints messages per second. No daemon runs: the figures are
 the client's and the broker's alone.
+
+The peer: no Python worker framework ships a replay tool, so the replay is measured
+beside the pika script an operator would write instead (``basic_get``, a confirmed
+``mandatory`` publish, ``basic_ack``, one message after the other), on a lot of its own
+filled the same way, in the same run.
 """
 
 from __future__ import annotations
@@ -79,6 +84,26 @@ def timed(conf: str, *args: str) -> float:
     return elapsed
 
 
+def pika_replay(host: str, port: int, lot: str, target: str) -> int:
+    """The hand-written replay: get, publish with a confirm, ack; one by one."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host=host, port=port, credentials=pika.PlainCredentials("guest", "guest")))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    moved = 0
+    while True:
+        method, props, body = ch.basic_get(lot, auto_ack=False)
+        if method is None:
+            break
+        ch.basic_publish("", target, body, props, mandatory=True)
+        ch.basic_ack(method.delivery_tag)
+        moved += 1
+    conn.close()
+    return moved
+
+
 def run_one(host: str, port: int, qtype: str, n: int) -> dict[str, float]:
     uid = uuid.uuid4().hex[:8]
     lot, target = f"bench-parked-lot-{uid}", f"bench-parked-target-{uid}"
@@ -95,6 +120,10 @@ def run_one(host: str, port: int, qtype: str, n: int) -> dict[str, float]:
         assert _depth(ch, lot) == n, "export did not leave the lot whole"
         result["replay"] = n / timed(f.name, "replay", "--to-queue", target)
         assert _depth(ch, lot) == 0 and _depth(ch, target) == n, "replay lost or kept some"
+        fill(ch, lot, qtype, n)
+        started = time.perf_counter()
+        assert pika_replay(host, port, lot, target) == n
+        result["pika script"] = n / (time.perf_counter() - started)
         os.unlink(f.name)
         os.unlink(out)
         return result
@@ -112,10 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5672)
     ns = p.parse_args(argv)
     print(f"parked lot of {ns.n} messages; messages per second")
-    print(f"{'lot':8} {'list':>8} {'export':>8} {'replay':>8}")
+    print(f"{'lot':8} {'list':>8} {'export':>8} {'replay':>8} {'pika script':>12} "
+          f"{'ratio':>6}")
     for qtype in ns.queue_type.split(","):
         r = run_one(ns.host, ns.port, qtype, ns.n)
-        print(f"{qtype:8} {r['list']:8.0f} {r['export']:8.0f} {r['replay']:8.0f}")
+        print(f"{qtype:8} {r['list']:8.0f} {r['export']:8.0f} {r['replay']:8.0f} "
+              f"{r['pika script']:12.0f} {r['replay'] / r['pika script']:5.1f}x")
     return 0
 
 
