@@ -289,3 +289,28 @@ def test_a_lot_behind_an_exchange_or_the_queues_own_dead_letter_exchange(
     assert depth(manual) == 0 and depth(own) == 0
     own_headers = [r["headers"] for r in records(d, kind="event") if r["body"] == {"flaky": 2}]
     assert "x-death" not in own_headers[0] and own_headers[0]["x-rpcworker-replayed"] == 1
+
+
+def test_a_parked_oslo_cast_is_replayed_to_its_topic(workers: Workers, uid: str,
+                                                     tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.write_text("x\n")
+    lot = f"dlq-{uid}"
+    workers.queues |= {lot, f"t-{uid}"}
+    d = workers.start({"r": {"type": "rpc", "handler": "recorder", "topic": f"t-{uid}",
+                             "max_retries": 0, "dead_letter_queue": lot}},
+                      recorder={"fail_while": broken})
+    conf = d.config_path
+    p = run_client(conf, "cast", f"t-{uid}", "flaky", "--arg", "tag=1")
+    assert p.returncode == 0, p.stderr
+    wait_for(lambda: depth(lot) == 1, 20, message="the cast parked")
+    [m] = listed(conf, "--binding", "r")
+    assert (m["kind"], m["name"], m["original_exchange"], m["original_routing_key"]) == (
+        "cast", "flaky", "openstack", f"t-{uid}")
+    assert len(m["ids"]["unique_id"]) == 32 and m["body"]["args"] == {"tag": 1}
+    broken.unlink()
+    p = run_client(conf, "parked", "replay", "--binding", "r")
+    assert p.returncode == 0, p.stderr
+    wait_for(lambda: records(d, method="flaky"), 20, message="the replayed cast handled")
+    assert [r["args"] for r in records(d, method="flaky")] == [{"tag": 1}]
+    assert depth(lot) == 0
