@@ -5,7 +5,6 @@ place: ``browse``; the message itself: ``rpcworker.parked``)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import re
@@ -100,26 +99,24 @@ def _is_quorum(lot: Lot, management: _Management, vhost: str) -> bool:
     return info is None or info.get("type") != "classic"
 
 
-@contextlib.contextmanager
-def _walks(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
-           ) -> Iterator[Callable[[], Iterator[tuple[Lot, LotReader, int]]]]:
+def _walk(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
+          ) -> Iterator[tuple[Lot, LotReader, int]]:
+    """Each lot to read, with its reader and its depth when the walk began; the reader
+    is flushed once the caller is done with the lot, and closed."""
     lots, mgmt = _lots(conf, session, ns)
     vhost = session.settings.hosts[0].virtual_host
-
-    def each() -> Iterator[tuple[Lot, LotReader, int]]:
-        for lot in lots:
-            reader = LotReader(session, lot, _is_quorum(lot, mgmt, vhost))
-            try:
-                depth = reader.depth()
-                if depth is None:
-                    warn(ns.sub_json, f"{lot.queue}: no such queue on the broker (nothing "
-                         "parked yet: the worker declares it when it starts)")
-                    continue
-                yield lot, reader, depth
-                reader.flush()  # the confirms still in flight, and the acks they allow
-            finally:
-                reader.close()
-    yield each
+    for lot in lots:
+        reader = LotReader(session, lot, _is_quorum(lot, mgmt, vhost))
+        try:
+            depth = reader.depth()
+            if depth is None:
+                warn(ns.sub_json, f"{lot.queue}: no such queue on the broker (nothing "
+                     "parked yet: the worker declares it when it starts)")
+                continue
+            yield lot, reader, depth
+            reader.flush()  # the confirms still in flight, and the acks they allow
+        finally:
+            reader.close()
 
 
 def _age(seconds: float | None) -> str:
@@ -150,37 +147,40 @@ def line(p: Parked, now: float) -> str:
 def cmd_list(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
     sel = _selection(ns, ns.limit)
     now = time.time()
-    with _walks(conf, session, ns) as walks:
-        for lot, reader, depth in walks():
-            shown = 0
-            for p in reader.messages(depth):
-                if sel.wants(p, lot):
-                    sel.taken += 1
-                    shown += 1
-                    print(json.dumps(p.to_json(exact=False, now=now), ensure_ascii=False)
-                          if ns.sub_json else line(p, now))
-                elif not reader.rotate and sel.count is not None and sel.taken >= sel.count:
-                    break  # classic: the rest stays in place when the walk ends
-                reader.keep(p)
-            warn(ns.sub_json, f"{lot.queue}: {depth} parked, {shown} listed")
+    for lot, reader, depth in _walk(conf, session, ns):
+        shown = 0
+        for p in reader.messages(depth):
+            if sel.wants(p, lot):
+                sel.taken += 1
+                shown += 1
+                print(json.dumps(p.to_json(exact=False, now=now), ensure_ascii=False)
+                      if ns.sub_json else line(p, now))
+            elif not reader.rotate and sel.count is not None and sel.taken >= sel.count:
+                break  # classic: the rest stays in place when the walk ends
+            reader.keep(p)
+        warn(ns.sub_json, f"{lot.queue}: {depth} parked, {shown} listed")
     return EXIT_OK
 
 
 def cmd_export(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
     sel = _selection(ns)
     now = time.time()
-    out: IO[str] = sys.stdout if ns.output == "-" else open(ns.output, "w", encoding="utf-8")
     try:
-        with _walks(conf, session, ns) as walks:
-            for lot, reader, depth in walks():
-                written = 0
-                for p in reader.messages(depth):
-                    if sel.wants(p, lot):
-                        out.write(json.dumps(p.to_json(exact=True, now=now),
-                                             ensure_ascii=False) + "\n")
-                        written += 1
-                    reader.keep(p)
-                warn(ns.sub_json, f"{lot.queue}: {written} of {depth} exported")
+        out: IO[str] = sys.stdout if ns.output == "-" else open(ns.output, "w",
+                                                                 encoding="utf-8")
+    except OSError as exc:
+        raise ClientError(EXIT_USAGE, f"--output: cannot write {ns.output}: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        for lot, reader, depth in _walk(conf, session, ns):
+            written = 0
+            for p in reader.messages(depth):
+                if sel.wants(p, lot):
+                    out.write(json.dumps(p.to_json(exact=True, now=now),
+                                         ensure_ascii=False) + "\n")
+                    written += 1
+                reader.keep(p)
+            warn(ns.sub_json, f"{lot.queue}: {written} of {depth} exported")
     finally:
         if out is not sys.stdout:
             out.close()
@@ -190,19 +190,18 @@ def cmd_export(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -
 def cmd_purge(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
     sel = _selection(ns)
     would = 0
-    with _walks(conf, session, ns) as walks:
-        for lot, reader, depth in walks():
-            deleted = 0
-            for p in reader.messages(depth):
-                if sel.wants(p, lot):
-                    if ns.yes:
-                        reader.remove(p)
-                        deleted += 1
-                        continue
-                    would += 1
-                reader.keep(p)
-            if ns.yes:
-                warn(ns.sub_json, f"{lot.queue}: deleted {deleted} of {depth}")
+    for lot, reader, depth in _walk(conf, session, ns):
+        deleted = 0
+        for p in reader.messages(depth):
+            if sel.wants(p, lot):
+                if ns.yes:
+                    reader.remove(p)
+                    deleted += 1
+                    continue
+                would += 1
+            reader.keep(p)
+        if ns.yes:
+            warn(ns.sub_json, f"{lot.queue}: deleted {deleted} of {depth}")
     if not ns.yes:
         raise ClientError(EXIT_USAGE, f"purge would delete {would} message(s): add --yes to "
                           "delete them (nothing was deleted)")
@@ -227,27 +226,26 @@ def cmd_replay(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -
         failed.append(f"{p.queue}#{p.position} {_ids(p)}: {why}")
 
     try:
-        with _walks(conf, session, ns) as walks:
-            for lot, reader, depth in walks():
-                exchanges: dict[str, bool] = {}
-                for p in reader.messages(depth):
-                    if not sel.wants(p, lot):
-                        reader.keep(p)
-                        continue
-                    sel.taken += 1
-                    target = _target(p, ns)
-                    problem = _unfit(target, exchanges, reader)
-                    if problem is not None or target is None:
-                        on_failed(p, problem or "no target")
-                        reader.keep(p)
-                    elif ns.dry_run:
-                        print(f"would replay {p.queue}#{p.position} {_ids(p)} to exchange "
-                              f"{target[0] or '(default)'!s} routing key {target[1]!r}")
-                        reader.keep(p)
-                    else:
-                        reader.move(p, target[0], target[1], p.replay_headers(), on_failed)
-                reader.flush()
-                replayed += reader.moved
+        for lot, reader, depth in _walk(conf, session, ns):
+            exchanges: dict[str, bool] = {}
+            for p in reader.messages(depth):
+                if not sel.wants(p, lot):
+                    reader.keep(p)
+                    continue
+                sel.taken += 1
+                target = _target(p, ns)
+                problem = _unfit(target, exchanges, reader)
+                if problem is not None or target is None:
+                    on_failed(p, problem or "no target")
+                    reader.keep(p)
+                elif ns.dry_run:
+                    print(f"would replay {p.queue}#{p.position} {_ids(p)} to exchange "
+                          f"{target[0] or '(default)'!s} routing key {target[1]!r}")
+                    reader.keep(p)
+                else:
+                    reader.move(p, target[0], target[1], p.replay_headers(), on_failed)
+            reader.flush()
+            replayed += reader.moved
     except broker_errors(session.conn) as exc:
         raise ClientError(EXIT_BROKER, session.scrub(
             f"broker error while replaying: {oneline(exc, with_type=False)}; the messages "

@@ -176,6 +176,8 @@ def test_export_leaves_the_lot_and_the_fixture_reproduces_the_failure(
     assert exported[0].properties["message_id"] == \
         f"m-{uid}-{json.loads(exported[0].body)['flaky']}"
     assert depth(lot) == 3
+    bad = run_client(conf, "parked", "export", "--output", str(tmp_path / "no" / "x.jsonl"))
+    assert bad.returncode == 2 and "--output: cannot write" in bad.stderr
 
     config = f"[recorder]\nfail_while = {broken}\n"
     with HandlerFixture(Recorder, config_text=config,
