@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import logging as std_logging
 import os
@@ -18,6 +19,15 @@ from rpcworker import opts
 from rpcworker.errors import ConfigError, oneline
 
 PROJECT = "rpcworker"
+
+
+def version_string() -> str:
+    """``rpcworker X.Y.Z``, from the installed distribution's metadata (what ``--version``
+    prints, as every oslo service does through ``ConfigOpts(version=...)``)."""
+    try:
+        return f"{PROJECT} {importlib.metadata.version(PROJECT)}"
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        return f"{PROJECT} (not installed)"
 LOG = logging.getLogger(__name__)
 
 #: library loggers that are too chatty at INFO for a daemon
@@ -76,7 +86,7 @@ def _parse(conf: cfg.ConfigOpts, argv: list[str], default_config_files: list[str
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            conf(args=argv, project=PROJECT, prog=PROJECT,
+            conf(args=argv, project=PROJECT, prog=PROJECT, version=version_string(),
                  default_config_files=default_config_files, validate_default_values=True)
     except SystemExit:
         text = captured.getvalue().strip()

@@ -10,6 +10,7 @@ from typing import Any
 
 from rpcworker import protocol
 from rpcworker.client.errors import PROG, UsageError
+from rpcworker.config import version_string
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_EXCHANGE = "openstack"
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send oslo.messaging RPC requests or raw JSON messages to the broker "
         "configured in rpcworker's configuration file.")
     _config_options(parser, "")
+    parser.add_argument("--version", action="version",
+                        version=version_string(),
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     specs = [
         ("call", "call METHOD and print its JSON result", True, True),

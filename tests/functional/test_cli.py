@@ -122,6 +122,19 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, trap: socket.socket, b
     assert connections_to(trap) == 0, "a bad configuration must not touch the broker"
 
 
+def test_version_of_the_daemon_and_the_client() -> None:
+    import importlib.metadata
+
+    from tests.functional.test_client import CLIENT
+
+    expected = f"rpcworker {importlib.metadata.version('rpcworker')}\n"
+    daemon = run("--version")
+    client = subprocess.run([*CLIENT, "--version"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    for result in (daemon, client):
+        assert (result.returncode, result.stdout, result.stderr) == (0, expected, "")
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     missing = tmp_path / "does-not-exist.conf"
     result = run("--config-file", str(missing))
