@@ -171,6 +171,8 @@ def exposed_secrets(conf: cfg.ConfigOpts) -> list[str]:
     for name, group in (("password", opts.BROKER_GROUP), ("transport_url", None)):
         if name == "transport_url" and not _url_has_password(conf.transport_url or ""):
             continue
+        if name == "password" and _only_default_credentials(conf):
+            continue
         loc = conf.get_location(name, group)
         if loc is not None and loc.location == cfg.Locations.user and loc.detail:
             found.setdefault(loc.detail, f"[{group or 'DEFAULT'}] {name}")
@@ -186,6 +188,18 @@ def exposed_secrets(conf: cfg.ConfigOpts) -> list[str]:
                 f"can read it (mode {mode:04o}): chmod o-rw {path}, e.g. mode 0640 owned "
                 "by root and the service's group")
     return warnings
+
+
+#: RabbitMQ lets its default user in from these only (loopback_users)
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def _only_default_credentials(conf: cfg.ConfigOpts) -> bool:
+    """guest/guest on the loopback interface (the repository's example config): RabbitMQ's
+    well-known default user, which it refuses from any other host, is no secret."""
+    b = conf[opts.BROKER_GROUP]
+    return ((b.userid, b.password) == ("guest", "guest") and b.hostname in _LOOPBACK
+            and not conf.transport_url)
 
 
 def _url_has_password(url: str) -> bool:

@@ -49,3 +49,24 @@ def test_password_from_a_second_file_names_that_file(tmp_path: Path) -> None:
     conf = config.prepare(["--config-file", str(public), "--config-file", str(private)])
     (warning,) = config.exposed_secrets(conf)
     assert str(private) in warning and str(public) not in warning
+
+
+@pytest.mark.parametrize("text, warned", [
+    ("[broker]\nhostname = 127.0.0.1\nuserid = guest\npassword = guest\n", False),
+    ("[broker]\nhostname = localhost\npassword = guest\n", False),  # userid's default: guest
+    ("[broker]\nhostname = rabbit1\nuserid = guest\npassword = guest\n", True),
+    ("[DEFAULT]\ntransport_url = rabbit://h1/\n[broker]\nhostname = 127.0.0.1\n"
+     "password = guest\n", True),
+    ("[broker]\nhostname = 127.0.0.1\nuserid = ops\npassword = guest\n", True),
+])
+def test_the_default_guest_user_on_loopback_is_no_secret(tmp_path: Path, text: str,
+                                                         warned: bool) -> None:
+    """RabbitMQ's guest/guest logs in from localhost only: the repository's example config
+    (make run) gets no warning, a real config does."""
+    assert bool(_warnings(tmp_path, text, 0o644)) is warned
+
+
+def test_the_shipped_example_config_gets_no_warning() -> None:
+    path = Path(__file__).parents[2] / "etc" / "rpcworker" / "rpcworker.conf"
+    conf = config.prepare(["--config-file", str(path)])
+    assert config.exposed_secrets(conf) == []
