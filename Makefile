@@ -28,10 +28,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-## venv + install + ruff + mypy + the whole test suite
+## venv + install + ruff + mypy + every test suite (unit, examples, functional, cluster),
+## one after the other, then one line per suite with its result and time
 test: lint typecheck
-	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests examples/rpcworker-handler-example/tests \
-		examples/rpcworker-nova-events/tests
+	$(BIN)/python -m tests.suites $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest -q tests/unit
