@@ -81,9 +81,17 @@ def retry_ttls(binding: Binding) -> list[int]:
     return sorted(max(1, t) for t in ttls)
 
 
+def is_transient(queue: Queue) -> bool:
+    """A per-process queue: exclusive (a fanout binding's), or expiring with its process
+    (an rpc binding's ``TOPIC_fanout_<uuid>``, ``x-expires`` as oslo declares it)."""
+    return bool(queue.exclusive or (getattr(queue, "queue_arguments", None) or {}
+                                    ).get("x-expires"))
+
+
 def can_retry(queue: Queue) -> bool:
-    """Exclusive (per-connection) queues get no delay queue: their failures dead-letter."""
-    return not queue.exclusive
+    """Per-process queues get no delay queues (as many queues per process as oslo's, not
+    one more per retry delay): their failures are dead-lettered."""
+    return not is_transient(queue)
 
 
 def retry_queues(binding: Binding, queue: Queue) -> list[Queue]:
@@ -100,9 +108,6 @@ def retry_queues(binding: Binding, queue: Queue) -> list[Queue]:
         }
         if quorum:
             args.update(_QUORUM_DELAY_ARGUMENTS)
-        expires = (getattr(queue, "queue_arguments", None) or {}).get("x-expires")
-        if expires:  # the work queue itself is transient (oslo fanout queues)
-            args["x-expires"] = int(expires) + ttl
         result.append(Queue(retry_queue_name(queue.name, ttl, quorum),
                             durable=queue.durable or quorum, auto_delete=False,
                             queue_arguments=args, no_declare=False))

@@ -403,8 +403,8 @@ def resolve(d: Delivery, outcome: Outcome) -> Outcome:
     is rejected (the queue's own dead-letter exchange, if any, applies)."""
     action = outcome.action
     if action is Action.RETRY and not d.retryable:
-        LOG.warning("binding %s: %s: queue %s has no delay queue (it is exclusive, or "
-                    "the transport has no message TTL): dead-lettered instead of retried",
+        LOG.warning("binding %s: %s: queue %s has no delay queue (a per-process "
+                    "queue, or the transport has no message TTL): dead-lettered instead of retried",
                     d.binding.name, what_delivered(d.request), d.queue,
                     extra=log_fields(d.binding.name, d.request))
         action = Action.DEAD_LETTER

@@ -248,3 +248,33 @@ def _memory_watermark_restored() -> Any:
     yield
     subprocess.run(["rabbitmqctl", "set_vm_memory_high_watermark", "0.4"],
                    capture_output=True, timeout=60)
+
+
+def test_per_process_fanout_queue_has_no_delay_queues_and_a_failing_fanout_is_parked(
+        workers: Workers, uid: str) -> None:
+    """As many queues per process as oslo.messaging: TOPIC_fanout_<uuid> and no
+    TOPIC_fanout_<uuid>.retry.*; a failing fanout cast is parked at once, not retried."""
+    from tests.functional.test_client import run_client
+
+    topic, dlq = f"t-{uid}", f"dlq-{uid}"
+    workers.queues |= {dlq, topic, f"{topic}.w1-{uid}"} | {
+        f"{q}.retry.{ms}" for q in (topic, f"{topic}.w1-{uid}") for ms in (1000, 2000)}
+    d = workers.start({"r": {"type": "rpc", "handler": "recorder", "topic": topic,
+                             "max_retries": 2, "dead_letter_queue": dlq}})
+    out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--formatter", "json", "name"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    mine = sorted(q["name"] for q in json.loads(out) if q["name"].startswith(topic))
+    fanout = [q for q in mine if q.startswith(f"{topic}_fanout_")]
+    assert len(fanout) == 1, mine
+    assert mine == sorted([topic, f"{topic}.retry.1000", f"{topic}.retry.2000",
+                           f"{topic}.w1-{uid}", f"{topic}.w1-{uid}.retry.1000",
+                           f"{topic}.w1-{uid}.retry.2000", fanout[0]]), mine
+    p = run_client(d.config_path, "fanout", topic, "fail", "--arg", "tag=f")
+    assert p.returncode == 0, p.stderr
+    wait_for(lambda: (queue_info(dlq) or {}).get("messages_ready") == 1, 20,
+             message="the failing fanout cast parked")
+    assert len(records(d, method="fail")) == 1  # run once: not retried
+    [(headers, _)] = parked(dlq)
+    assert headers["x-rpcworker-retries"] == 0
+    assert headers["x-rpcworker-original-queue"] == fanout[0]
+    assert "has no delay queue (a per-process queue" in d.log()

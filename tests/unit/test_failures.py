@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import kombu
+
 from rpcworker import failures, topology
 from rpcworker.bindings import Binding
 
@@ -38,17 +40,21 @@ def test_retry_copy_goes_to_the_queue_s_own_kind_of_delay_queue() -> None:
         "work.retry.200")
 
 
-def test_rpc_quorum_binding_fanout_queue_keeps_classic_delay_queues() -> None:
+def test_per_process_queues_get_no_delay_queues() -> None:
+    """As many queues per process as oslo.messaging: the rpc binding's TOPIC_fanout_<uuid>
+    (x-expires) and a fanout binding's exclusive queue have no delay queue of their own."""
     b = Binding(name="c", type="rpc", handler="echo", exchange="openstack", durable=True,
                 prefetch_count=0, acknowledge="after", topic="c", server="h",
-                queue_arguments={"x-queue-type": "quorum"}, max_retries=1)
-    topic_q, _, fanout_q = topology.build(b, instance_id="abc").queues
-    [topic_delay] = failures.retry_queues(b, topic_q)
-    [fanout_delay] = failures.retry_queues(b, fanout_q)
-    assert topic_delay.name == "c.retry.1000.quorum"
-    assert fanout_delay.name == "c_fanout_abc.retry.1000"
-    assert "x-queue-type" not in fanout_delay.queue_arguments
-    assert fanout_delay.queue_arguments["x-expires"] == 1800000 + 1000
+                queue_arguments={"x-queue-type": "quorum"}, max_retries=3)
+    topo = topology.build(b, instance_id="abc")
+    topic_q, server_q, fanout_q = topo.queues
+    assert [q.name for q in failures.retry_queues(b, topic_q)] == [
+        "c.retry.1000.quorum", "c.retry.2000.quorum", "c.retry.4000.quorum"]
+    assert failures.retry_queues(b, server_q)  # TOPIC.HOST is shared by restarts: durable
+    assert topo.transient == (fanout_q.name,) and failures.is_transient(fanout_q)
+    assert failures.retry_queues(b, fanout_q) == []
+    exclusive = kombu.Queue("f", exclusive=True)
+    assert failures.retry_queues(b, exclusive) == [] and not failures.can_retry(exclusive)
 
 
 def test_quorum_binding_parking_lot_is_a_quorum_queue() -> None:
