@@ -6,7 +6,7 @@ CONF ?= etc/rpcworker/rpcworker.conf
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv install run test lint typecheck unit functional test-cluster sample bench clean
+.PHONY: venv install run test lint typecheck unit functional test-cluster sample docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ test-cluster: install
 sample: install
 	$(BIN)/oslo-config-generator --config-file etc/oslo-config-generator/rpcworker.conf
 
+## the documentation (doc/source): HTML in doc/build/html, the man pages rpcworker(8) and
+## rpcworker-client(1) in doc/build/man; any Sphinx warning is an error
+docs: install
+	$(BIN)/pip install --quiet -e '.[docs]'
+	$(BIN)/sphinx-build -W --keep-going -q -b html doc/source doc/build/html
+	$(BIN)/sphinx-build -W --keep-going -q -b man doc/source doc/build/man
+
 ## the benchmark harness against the local RabbitMQ (issue 4): prints a table and writes
 ## benchmarks/RESULTS.md; `BENCH_ARGS='--rounds 5 --no-broker-restart'` passes options
 bench: venv
@@ -54,4 +61,4 @@ bench: venv
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist doc/build doc/source/_static/rpcworker.conf.sample *.egg-info .mypy_cache .ruff_cache .pytest_cache
