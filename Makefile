@@ -6,7 +6,7 @@ CONF ?= etc/rpcworker/rpcworker.conf
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv install run test lint typecheck unit functional test-cluster sample docs bench clean
+.PHONY: venv install run test lint typecheck unit functional test-cluster test-systemd sample docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,8 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-## venv + install + ruff + mypy + every test suite (unit, examples, functional, cluster),
+## venv + install + ruff + mypy + every test suite (unit, examples, functional, cluster,
+## systemd),
 ## one after the other, then one line per suite with its result and time
 test: lint typecheck
 	$(BIN)/python -m tests.suites $(PYTEST_ARGS)
@@ -42,6 +43,11 @@ functional: install
 ## the tests on a throw-away 3-node RabbitMQ cluster (tests/cluster; needs root)
 test-cluster: install
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests/cluster
+
+## the units under a real systemd: a cached Debian root booted with systemd-nspawn
+## (tests/systemd; needs root, debootstrap and systemd-container)
+test-systemd: install
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests/systemd
 
 ## regenerate etc/rpcworker/rpcworker.conf.sample
 sample: install

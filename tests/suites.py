@@ -3,7 +3,8 @@ result and its time, so that a slow or failing suite shows at a glance.
 
     python -m tests.suites [PYTEST_ARGS ...]
 
-``make test`` (and so CI) runs it after ruff and mypy. Every suite runs, even after one
+``make test`` (and so CI) runs it after ruff and mypy: unit, examples, functional,
+cluster and systemd. Every suite runs, even after one
 failed; the exit status is the first non-zero pytest status (5, "no tests collected",
 counts as success: a suite that skips as a whole is reported as such).
 """
@@ -23,6 +24,7 @@ SUITES: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "examples/rpcworker-nova-events/tests")),
     ("functional", ("tests/functional",)),
     ("cluster", ("tests/cluster",)),
+    ("systemd", ("tests/systemd",)),
 )
 
 _SUMMARY = re.compile(r"\b(passed|failed|error|errors|skipped|deselected|no tests ran)\b")
