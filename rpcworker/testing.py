@@ -369,17 +369,7 @@ class HandlerFixture:
         notification to the notification binding, anything else to the events exchange
         with its original routing key. Returns how many; ``wait_for_outcomes(n)`` then
         shows what the handler made of them, e.g. the production failure reproduced."""
-        count = 0
-        with self._client.channel() as channel:
-            for p in parked.read_export(path):
-                exchange, key = _replay_route(self, p)
-                props = p.kept_properties()
-                message = channel.prepare_message(
-                    p.body, props.pop("priority", None), props.pop("content_type", None),
-                    props.pop("content_encoding", None), p.replay_headers(), props)
-                channel.basic_publish(message, exchange, key)
-                count += 1
-        return count
+        return _replay_export(self, path)
 
     def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until every message published so far has been handled and settled (the
@@ -500,6 +490,20 @@ class HandlerFixture:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
             time.sleep(0.005)
+
+
+def _replay_export(fx: HandlerFixture, path: str) -> int:
+    count = 0
+    with fx._client.channel() as channel:
+        for p in parked.read_export(path):
+            exchange, key = _replay_route(fx, p)
+            props = p.kept_properties()
+            message = channel.prepare_message(
+                p.body, props.pop("priority", None), props.pop("content_type", None),
+                props.pop("content_encoding", None), p.replay_headers(), props)
+            channel.basic_publish(message, exchange, key)
+            count += 1
+    return count
 
 
 def _replay_route(fx: HandlerFixture, p: parked.Parked) -> tuple[str, str]:

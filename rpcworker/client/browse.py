@@ -36,7 +36,7 @@ import amqp.exceptions
 from rpcworker import transport
 from rpcworker.client.errors import EXIT_BROKER, ClientError
 from rpcworker.client.lots import Lot
-from rpcworker.client.session import Session, broker_errors
+from rpcworker.client.session import Session, broker_errors, exchange_exists
 from rpcworker.failures import QUORUM_DELIVERY_COUNT
 from rpcworker.parked import PROPERTIES, Parked
 from rpcworker.publisher import SEQ_HEADER
@@ -132,16 +132,8 @@ class LotReader:
         self._publish(p, exchange, routing_key, headers, p.kept_properties(), done)
 
     def exchange_exists(self, name: str) -> bool:
-        """A passive declare on a throwaway channel (a 404 closes only that one)."""
-        if not name:
-            return True
-        channel = self.session.conn.channel()
-        try:
-            channel.exchange_declare(exchange=name, type="topic", passive=True)
-        except amqp.exceptions.NotFound:
-            return False
-        channel.close()
-        return True
+        """The default exchange always does; others: a passive declare (session's)."""
+        return not name or exchange_exists(self.session, name)
 
     # -- copies with pipelined confirms --------------------------------------------------
 
