@@ -19,15 +19,6 @@ from rpcworker import opts
 from rpcworker.errors import ConfigError, oneline
 
 PROJECT = "rpcworker"
-
-
-def version_string() -> str:
-    """``rpcworker X.Y.Z``, from the installed distribution's metadata (what ``--version``
-    prints, as every oslo service does through ``ConfigOpts(version=...)``)."""
-    try:
-        return f"{PROJECT} {importlib.metadata.version(PROJECT)}"
-    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
-        return f"{PROJECT} (not installed)"
 LOG = logging.getLogger(__name__)
 
 #: library loggers that are too chatty at INFO for a daemon
@@ -38,6 +29,15 @@ _DEFAULT_LOG_LEVELS = [
     "oslo_config=WARN",
     "oslo_messaging=WARN",
 ]
+
+
+def version_string() -> str:
+    """``rpcworker X.Y.Z``, from the installed distribution's metadata (what ``--version``
+    prints, as every oslo service does through ``ConfigOpts(version=...)``)."""
+    try:
+        return f"{PROJECT} {importlib.metadata.version(PROJECT)}"
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        return f"{PROJECT} (not installed)"
 
 
 def new_conf(with_cli: bool = True) -> cfg.ConfigOpts:

@@ -345,7 +345,7 @@ class HandlerFixture:
                message_id: str | None = None) -> str:
         """Send a notification as an oslo.messaging ``Notifier`` (driver messagingv2)
         does, to the fixture's notification binding; returns its message_id."""
-        if not any(t.binding.type == "notification" for t in self.worker.subscriptions.topologies):
+        if not self._has_notification_binding():
             raise RuntimeError("the handler has no method for a notification priority")
         inner = protocol.oslo_notification(priority, event_type, payload, publisher_id, ctxt,
                                            message_id)
@@ -354,6 +354,10 @@ class HandlerFixture:
                              routing_key=f"{self.notifications_topic}.{priority.lower()}",
                              content_type=protocol.JSON, content_encoding="utf-8")
         return str(inner["message_id"])
+
+    def _has_notification_binding(self) -> bool:
+        return any(t.binding.type == "notification"
+                   for t in self.worker.subscriptions.topologies)
 
     def publish_raw(self, body: bytes, content_type: str | None = protocol.JSON,
                     routing_key: str = "event") -> None:
@@ -513,8 +517,7 @@ def _replay_route(fx: HandlerFixture, p: parked.Parked) -> tuple[str, str]:
         return "openstack", fx.topic
     body = p.decoded()
     if kind == "notification" and isinstance(body, dict):
-        if not any(t.binding.type == "notification"
-                   for t in fx.worker.subscriptions.topologies):
+        if not fx._has_notification_binding():
             raise RuntimeError("an exported notification, and the handler has no method "
                                "for a notification priority")
         priority = str(body["priority"]).lower()

@@ -38,7 +38,7 @@ from rpcworker.client.errors import EXIT_BROKER, ClientError
 from rpcworker.client.lots import Lot
 from rpcworker.client.session import Session, broker_errors, exchange_exists
 from rpcworker.failures import QUORUM_DELIVERY_COUNT
-from rpcworker.parked import PROPERTIES, Parked
+from rpcworker.parked import Parked
 from rpcworker.publisher import SEQ_HEADER
 
 #: copies in flight before the reader waits for the broker's confirms
@@ -104,8 +104,7 @@ class LotReader:
         if not self.rotate:
             return
         headers = {k: v for k, v in p.headers.items() if k != QUORUM_DELIVERY_COUNT}
-        self._publish(p, "", self.lot.queue, headers, dict(p.properties),
-                      self._rotated)
+        self._publish(p, "", self.lot.queue, headers, self._rotated)
 
     def _rotated(self, p: Parked, failed: str | None) -> None:
         if failed is not None:
@@ -129,7 +128,7 @@ class LotReader:
             else:
                 on_failed(original, failed)
                 self.keep(original)
-        self._publish(p, exchange, routing_key, headers, p.kept_properties(), done)
+        self._publish(p, exchange, routing_key, headers, done)
 
     def exchange_exists(self, name: str) -> bool:
         """The default exchange always does; others: a passive declare (session's)."""
@@ -138,12 +137,12 @@ class LotReader:
     # -- copies with pipelined confirms --------------------------------------------------
 
     def _publish(self, p: Parked, exchange: str, routing_key: str, headers: dict[str, Any],
-                 properties: dict[str, Any], on_done: Done) -> None:
+                 on_done: Done) -> None:
+        """A copy of ``p`` (its body and kept properties, ``headers``), confirmed later."""
         channel = self._channel()
         self._seq += 1
-        props = {k: v for k, v in properties.items() if k in PROPERTIES and v is not None}
         message = amqp.Message(p.body, application_headers={**headers, SEQ_HEADER: self._seq},
-                               **props)
+                               **p.kept_properties())
         self._inflight[self._seq] = _Copy(p, on_done)
         channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
                               mandatory=True)
