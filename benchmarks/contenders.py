@@ -117,6 +117,16 @@ class RpcworkerDirect(Run):
                     self.log(), env)
 
 
+class RpcworkerNoBudget(RpcworkerDirect):
+    """rpcworker as ``RpcworkerDirect``, without the byte budget (max_inflight_bytes = 0):
+    the budget's cost on small messages is the difference between the two."""
+
+    label = "rpcworker (max_inflight_bytes = 0)"
+
+    def __init__(self, broker: Broker, uid: str, workdir: Path) -> None:
+        super().__init__(broker, uid, workdir, default_options="max_inflight_bytes = 0")
+
+
 class RpcworkerRpc(Run):
     """rpcworker with one ``rpc`` binding (oslo.messaging's topology and wire format)."""
 
@@ -311,6 +321,7 @@ class OsloListener(RpcworkerNotification):
 #: drain contenders, in the order of every round: key -> (class, dists it needs)
 DRAIN: dict[str, tuple[type[Run], tuple[str, ...]]] = {
     "rpcworker": (RpcworkerDirect, ()),
+    "rpcworker-nobudget": (RpcworkerNoBudget, ()),
     "kombu": (KombuBare, ()),
     "rpcworker-rpc": (RpcworkerRpc, ()),
     "oslo": (OsloServer, ("oslo.messaging",)),

@@ -86,6 +86,9 @@ class Executor:
             except BaseException as exc:  # the dispatcher never raises; belt and braces
                 LOG.exception("job %s raised", token)
                 result = exc
+            # the job (its delivery, body and arguments) is not kept alive by this thread
+            # while it waits for the next one
+            del job, fn, args
             del self._running[token]
             replaced = False
             if self._replaced:  # the lock only when some thread was replaced
@@ -95,6 +98,7 @@ class Executor:
                         self._replaced.discard(me)
                         self._threads.remove(me)
             self._done.append((token, result))
+            del result
             if not self._wake_pending:
                 self._wake_pending = True
                 self.wake()

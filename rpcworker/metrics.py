@@ -97,6 +97,9 @@ class Recorder(Listener):
     def threads(self, busy: int, stuck: int) -> None:
         """Handler threads in a handler now, and those of them stuck past a deadline."""
 
+    def inflight_bytes(self, held: int, throttled_seconds: float) -> None:
+        """Bytes of bodies in flight now; seconds throttled by the budget in all."""
+
     def recycled(self) -> None:
         """The process is recycling itself."""
 
@@ -174,6 +177,14 @@ class Metrics(Recorder):
             PREFIX + "recycles", "Worker processes that recycled themselves (stuck threads, "
             "max_messages_per_worker, max_memory_per_worker).", registry=reg)
         self._recycles.inc(recycling.recycles_so_far())  # those before a re-exec
+        self._inflight_bytes = prometheus_client.Gauge(
+            PREFIX + "inflight_bytes", "Bytes of message bodies received and not yet "
+            "settled (counted against max_inflight_bytes).", registry=reg,
+            multiprocess_mode="livesum")
+        self._throttled = prometheus_client.Counter(
+            PREFIX + "throttled_seconds", "Seconds spent throttled: consumers cancelled "
+            "because max_inflight_bytes of bodies were in flight.", registry=reg)
+        self._throttled_so_far = 0.0
         for name in bindings:
             for children in (self._received, self._acked, self._rejected, self._retried,
                              self._dead_lettered, self._failed, self._filtered, self._duration,
@@ -213,6 +224,12 @@ class Metrics(Recorder):
     def threads(self, busy: int, stuck: int) -> None:
         self._busy.set(busy)
         self._stuck.set(stuck)
+
+    def inflight_bytes(self, held: int, throttled_seconds: float) -> None:
+        self._inflight_bytes.set(held)
+        if throttled_seconds > self._throttled_so_far:
+            self._throttled.inc(throttled_seconds - self._throttled_so_far)
+            self._throttled_so_far = throttled_seconds
 
     def recycled(self) -> None:
         self._recycles.inc()

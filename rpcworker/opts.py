@@ -65,6 +65,21 @@ default_opts = [
         "(dead-lettered where the queue has a dead-letter exchange) without being decoded.",
     ),
     cfg.IntOpt(
+        "max_inflight_bytes",
+        default=192 * 1024 * 1024,
+        min=0,
+        help="Bytes of message bodies a worker process holds at most: counted from the "
+        "moment a delivery is received until it is settled (acked, rejected, or its "
+        "retry or dead-letter copy confirmed). At the budget the worker cancels its "
+        "consumers (basic.cancel: what it holds stays unacked and is settled as usual, "
+        "nothing is redelivered) and consumes again once enough of it is free; each "
+        "consumer's prefetch window is also cut to its share of the budget in "
+        "messages of the recent size. A message larger than the budget is handled "
+        "alone. Memory above idle is about twice this (the raw body and its decoded "
+        "value): see the Performance page to size MemoryMax=. At least max_message_size; "
+        "0 disables the budget (memory then grows with prefetch_count x message size).",
+    ),
+    cfg.IntOpt(
         "max_stuck_threads",
         default=8,
         min=0,

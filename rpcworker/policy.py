@@ -155,6 +155,8 @@ class Delivery:
     request: protocol.Request | None  # None when it could not be decoded
     #: the queue has delay queues (a retry can wait there)
     retryable: bool = True
+    #: bytes of the body (counted against max_inflight_bytes until settled)
+    size: int = 0
 
 
 # -- on receipt ---------------------------------------------------------------------------

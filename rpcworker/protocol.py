@@ -194,6 +194,7 @@ def _decode(body: bytes | str, content_type: str | None, content_encoding: str |
         data = loads(text)
     except ValueError as exc:
         raise _Refused(f"body is not JSON: {exc}") from None
+    del text  # a copy of the body as large as it: not held while the envelope is opened
 
     common: dict[str, Any] = {
         "routing_key": str(delivery_info.get("routing_key") or ""),

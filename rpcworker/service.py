@@ -31,9 +31,19 @@ from rpcworker import (
 )
 from rpcworker.bindings import Binding
 from rpcworker.consumer import Worker
+from rpcworker.errors import ConfigError
 from rpcworker.executor import Executor
 
 LOG = logging.getLogger(__name__)
+
+
+def check_budget(conf: cfg.ConfigOpts) -> None:
+    """``max_inflight_bytes`` must hold the largest message (or be 0: no budget)."""
+    budget, largest = conf.max_inflight_bytes, conf.max_message_size
+    if budget and budget < largest:
+        raise ConfigError("DEFAULT", "max_inflight_bytes",
+                          f"{budget} is less than max_message_size ({largest}): the budget "
+                          "must hold the largest message (or be 0: no budget)")
 
 
 def validate(conf: cfg.ConfigOpts
@@ -45,6 +55,7 @@ def validate(conf: cfg.ConfigOpts
     makes its own in ``build()``.
     """
     metrics.listen_address(conf)
+    check_budget(conf)
     parsed = bindings_mod.parse(conf)
     handlers = plugins.load(conf, parsed)
     parsed = notifications.resolve(parsed, handlers)

@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable
 from typing import Any
 
 from oslo_log import log as logging
@@ -77,8 +78,10 @@ def _time_left(binding: Binding, job: _Job | None) -> float | None:
 
 class Inflight:
     def __init__(self, executor: Executor, completed: CompletedCache, metrics: Recorder,
-                 threads: int) -> None:
+                 threads: int, dropped: Callable[[Delivery], None] = lambda d: None) -> None:
         self.executor = executor
+        #: told of each delivery dropped unsettled with its connection (the byte budget)
+        self.dropped = dropped
         self.completed = completed
         self.metrics = metrics
         self.threads = threads
@@ -116,6 +119,10 @@ class Inflight:
         """Handlers waiting or running, not counting those abandoned after a timeout."""
         waiting = sum(len(tokens) for tokens in self._waiting.values())
         return self.executor.pending - len(self._abandoned) + waiting
+
+    def held_bytes(self) -> int:
+        """Bytes of the bodies whose handler is still waiting or running."""
+        return sum(job.delivery.size for job in self._jobs.values())
 
     @property
     def idle(self) -> bool:
@@ -188,7 +195,9 @@ class Inflight:
             self._release(job)
             live = settle is not None and job.generation == self.generation
             outcome = policy.on_completed(job.delivery, result, self.completed, live)
-            if outcome.action is not Action.DROP:
+            if outcome.action is Action.DROP:
+                self.dropped(job.delivery)
+            else:
                 settle.settle(job.delivery, outcome)  # type: ignore[union-attr]
 
     def expire(self, now: float, settle: Settle | None) -> float:
@@ -218,6 +227,8 @@ class Inflight:
             if job.generation == self.generation and settle is not None \
                     and d.request is not None:
                 settle.settle(d, policy.timed_out(d.binding, d.request))
+            else:
+                self.dropped(d)
             LOG.warning("%d handler thread(s) stuck past handler_timeout (abandoned; a "
                         "fresh thread took each one's place: %d of %d threads free)",
                         self.executor.stuck, self.threads - self.executor.busy

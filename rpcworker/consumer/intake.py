@@ -11,6 +11,7 @@ from oslo_log import log as logging
 
 from rpcworker import policy, protocol, ratelimit, transport
 from rpcworker.bindings import Binding
+from rpcworker.consumer.budget import Budget
 from rpcworker.consumer.inflight import Inflight
 from rpcworker.consumer.settle import Settle
 from rpcworker.dedup import CompletedCache
@@ -26,8 +27,9 @@ LOG = logging.getLogger(__name__)
 
 class Intake:
     def __init__(self, conf: cfg.ConfigOpts, inflight: Inflight, completed: CompletedCache,
-                 events: Listener) -> None:
+                 events: Listener, budget: Budget) -> None:
         self.inflight = inflight
+        self.budget = budget
         self.completed = completed
         self.events = events
         self.refusals = Refusals()
@@ -48,6 +50,9 @@ class Intake:
         settle = self.settle
         assert settle is not None
         settle.received(message)
+        body = message.body
+        size = len(body)
+        self.budget.take(size)
         info = transport.delivery_info(message)
         if self.debug:
             LOG.debug("binding %s: delivery %s on %s from exchange %r, routing key %r%s%s",
@@ -55,12 +60,12 @@ class Intake:
                       info.get("routing_key"), id_text(message_ids(message, None)),
                       " (redelivered)" if info["redelivered"] else "",
                       extra={"binding": binding.name, **message_ids(message, None)})
-        decoded = protocol.decode(message.body, message.content_type, message.content_encoding,
+        decoded = protocol.decode(body, message.content_type, message.content_encoding,
                                   message.headers, message.properties, info, self.max_size)
         if binding.type == "notification" and isinstance(decoded, protocol.Request):
             decoded = protocol.as_notification(decoded)
         request = decoded if isinstance(decoded, protocol.Request) else None
-        d = Delivery(message, binding, sub.queue, request, sub.retryable)
+        d = Delivery(message, binding, sub.queue, request, sub.retryable, size)
         decision = policy.on_receipt(binding, decoded, sub.handler, self.completed,
                                      draining=self.draining)
         if decision is policy.RUN:

@@ -26,6 +26,7 @@ from oslo_log import log as logging
 from rpcworker import failures, topology
 from rpcworker import reload as rereading
 from rpcworker.bindings import Binding
+from rpcworker.consumer.budget import MAX_WINDOW
 from rpcworker.errors import ConfigError, PluginError, oneline
 from rpcworker.events import Listener
 from rpcworker.topology import Topology
@@ -52,13 +53,32 @@ class _Bound:
     topology: Topology
     channel: Any
     consumers: list[kombu.Consumer]
+    #: the window (basic.qos prefetch) its consumers started with; None: none
+    window: int | None = None
+    #: its consumers are cancelled by the throttle (``pause``)
+    paused: bool = False
+
+    def pausable(self) -> list[kombu.Consumer]:
+        """Its consumers that may be cancelled and started again: not those of an
+        auto_delete queue (the broker deletes it when its last consumer goes)."""
+        return [c for c in self.consumers
+                if not any(q.auto_delete for q in c.queues or ())]
+
+
+def _no_budget(prefetch: int, consumers: int) -> int | None:
+    return prefetch or None
 
 
 class Subscriptions:
     def __init__(self, topologies: Sequence[Topology], handlers: dict[str, Any],
                  on_message: Callable[[Subscription, Any], None], events: Listener,
-                 retry_interval: float) -> None:
+                 retry_interval: float,
+                 window: Callable[[int, int], int | None] = _no_budget) -> None:
         self.topologies = list(topologies)
+        #: the window for a binding's consumers: (its prefetch_count, consumers in all)
+        self._window = window
+        #: the throttle has cancelled the consumers (``pause``): new ones wait too
+        self.paused = False
         self.handlers = handlers
         self._on_message = on_message
         self._events = events
@@ -113,6 +133,7 @@ class Subscriptions:
         """The connection is gone, and its channels with it."""
         self._conn = self._caps = None
         self._bound, self._failed, self._retiring = {}, {}, []
+        self.paused = False
 
     def _start(self, topo: Topology) -> None:
         b = topo.binding
@@ -130,7 +151,10 @@ class Subscriptions:
                 channel.close()
             return
         self._failed.pop(b.name, None)
-        self._bound[b.name] = _Bound(topo, channel, consumers)
+        bound = self._bound[b.name] = _Bound(topo, channel, consumers,
+                                             window=consumers[0].prefetch_count)
+        if self.paused:
+            self._cancel(bound)
         self._events.consuming(b.name, True)
 
     def _declare(self, channel: Any, topo: Topology, caps: Capabilities
@@ -155,7 +179,7 @@ class Subscriptions:
             consumers.append(kombu.Consumer(
                 channel, queues=[queue], no_ack=False, auto_declare=True,
                 on_message=functools.partial(self._on_message, sub),
-                prefetch_count=b.prefetch_count or None,
+                prefetch_count=self._window_of(b),
                 tag_prefix=f"rpcworker-{b.name}-"))  # kombu numbers tags process-wide
         for consumer in consumers:
             consumer.consume()
@@ -172,6 +196,63 @@ class Subscriptions:
         """Stop taking deliveries (a stop): basic.cancel on every queue."""
         for consumer in self.consumers():
             consumer.cancel()
+
+    # -- the byte budget (consumer.budget.Throttle) ---------------------------------------
+
+    def _window_of(self, b: Binding) -> int | None:
+        return self._window(b.prefetch_count, sum(len(t.queues) for t in self.topologies))
+
+    def pause(self) -> int:
+        """Cancel every consumer that may be (``_Bound.pausable``); how many were. The
+        deliveries they had stay unacked on their channels, to be settled as usual."""
+        self.paused = True
+        return sum(self._cancel(bound) for bound in self._bound.values())
+
+    def resume(self) -> None:
+        """Consume again, each binding with its window for the recent size."""
+        self.paused = False
+        for bound in self._bound.values():
+            if bound.paused:
+                self._restart(bound, self._window_of(bound.topology.binding))
+
+    def slots(self) -> int:
+        """Deliveries the windows ``resume`` gives would take in all."""
+        return sum((self._window_of(bound.topology.binding) or 0) * len(bound.pausable())
+                   for bound in self._bound.values())
+
+    def rewindow(self, narrower_only: bool) -> int:
+        """Start again (cancel, qos, consume) the bindings whose window is off from the
+        one the budget gives now by a factor of two; how many did."""
+        changed = 0
+        for bound in self._bound.values():
+            if self.paused or not bound.pausable():
+                continue
+            now, want = bound.window or MAX_WINDOW, self._window_of(bound.topology.binding)
+            target = want or MAX_WINDOW
+            if target * 2 <= now or (not narrower_only and target >= 2 * now):
+                self._cancel(bound)
+                self._restart(bound, want)
+                changed += 1
+        return changed
+
+    def _cancel(self, bound: _Bound) -> int:
+        pausable = bound.pausable()
+        for consumer in pausable:
+            consumer.cancel()
+        bound.paused = True
+        return len(pausable)
+
+    def _restart(self, bound: _Bound, window: int | None) -> None:
+        """basic.qos (it applies to the consumers created after it), then consume."""
+        pausable = bound.pausable()
+        bound.paused = False
+        if not pausable:
+            return
+        pausable[0].qos(prefetch_count=window or 0)
+        for consumer in pausable:
+            consumer.prefetch_count = window
+            consumer.consume()
+        bound.window = window
 
     def delete_transient(self, channel: Any) -> None:
         """Clean stop: delete this process's per-process queues (as oslo.messaging does)."""

@@ -10,7 +10,8 @@ outcomes come back through its wake-up pipe.
 A delivery's path, top to bottom: ``Intake.on_message`` -> ``policy.on_receipt`` ->
 ``Inflight.start`` -> (handler thread) ``inflight.run`` -> ``policy.on_completion`` ->
 (loop) ``Inflight.finish`` -> ``policy.on_completed`` -> ``Settle.settle`` ->
-``Listener.settled``.
+``Listener.settled`` (which also gives the body's bytes back to the ``Budget``; the
+``Throttle`` pauses and resumes consuming by it, once per turn).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from oslo_log import log as logging
 
 from rpcworker import metrics, transport
 from rpcworker.consumer import session
+from rpcworker.consumer.budget import Budget, Throttle
 from rpcworker.consumer.inflight import MAX_WAIT, Inflight
 from rpcworker.consumer.intake import Intake
 from rpcworker.consumer.questions import Questions
@@ -66,16 +68,20 @@ class Worker(ConsumerMixin):
         self.stats = Stats()
         self.metrics = recorder
         self.recycler = Recycler(conf, executor, may_recycle)
-        self.events = Listeners([self.stats, self.recycler, *(
+        self.budget = Budget(conf.max_inflight_bytes, conf.max_message_size)
+        self.events = Listeners([self.stats, self.budget, self.recycler, *(
             [recorder] if recorder is not metrics.NULL else []), *listeners])
         completed = CompletedCache(conf.duplicate_cache_size)
-        self.inflight = Inflight(executor, completed, recorder, conf.executor_thread_pool_size)
-        self.intake = Intake(conf, self.inflight, completed, self.events)
+        self.inflight = Inflight(executor, completed, recorder, conf.executor_thread_pool_size,
+                                 dropped=lambda d: self.budget.release(d.size))
+        self.intake = Intake(conf, self.inflight, completed, self.events, self.budget)
         b = conf.broker
         self._reconnect = (b.reconnect_interval_start, b.reconnect_interval_step,
                            b.reconnect_interval_max)
         self.subscriptions = Subscriptions(topologies, handlers, self.intake.on_message,
-                                           self.events, retry_interval=self._reconnect[2])
+                                           self.events, retry_interval=self._reconnect[2],
+                                           window=self.budget.window)
+        self.throttle = Throttle(self.budget, self.subscriptions)
         self.drain = Drain(conf, self.inflight, self.intake, self.subscriptions,
                            self.notifier)
         self.questions = Questions(executor.wake)
@@ -199,6 +205,7 @@ class Worker(ConsumerMixin):
             self._session = None
             self.intake.settle = None
             self.inflight.disconnected()
+            self.throttle.disconnected(self.inflight.held_bytes())
             self.subscriptions.lost()
             self.readiness.ready = False
             self.events.disconnected()
@@ -221,6 +228,7 @@ class Worker(ConsumerMixin):
         s = self._session
         assert s is not None
         self.inflight.connected()
+        self.throttle.connected()
         self.intake.settle = s.settle
         self.events.connected(first=self.stats.connects == 0)
         self._last_host = getattr(s.conn, "current", None)
@@ -261,7 +269,10 @@ class Worker(ConsumerMixin):
                 tick = session.heartbeat()
                 if tick:  # twice a second: summaries, gauges, the STATUS line
                     self.intake.refusals.summarise()
+                    self.throttle.summarise()
                     self.metrics.threads(self.executor.busy, self.executor.stuck)
+                    self.metrics.inflight_bytes(self.budget.held,
+                                                self.throttle.seconds_throttled)
                     self.readiness.tick()
                 if not self.should_stop:
                     self._recycle_if_due(check_memory=tick)
@@ -275,6 +286,8 @@ class Worker(ConsumerMixin):
         settle = s.settle
         self.notifier.watchdog()
         self.inflight.finish(settle)
+        if not self.should_stop:
+            self.throttle.step()
         now = time.monotonic()
         wait = min(self.inflight.expire(now, settle), self.inflight.heartbeats(now, settle),
                    settle.resend_returned(now))

@@ -64,6 +64,14 @@ class Recorder:
         self._write({"kind": "rpc", "method": "slow", "args": kwargs})
         return kwargs
 
+    def weigh(self, ctxt: dict[str, Any], blob: str = "", **kwargs: Any) -> int:
+        """Sleep ``[recorder] delay``, then record the length of ``blob`` (not the blob:
+        the memory tests send bodies of many megabytes) and the other arguments."""
+        if self.delay:
+            time.sleep(self.delay)
+        self._write({"kind": "rpc", "method": "weigh", "args": kwargs, "size": len(blob)})
+        return len(blob)
+
     def fail(self, ctxt: dict[str, Any], **kwargs: Any) -> None:
         """Record, then raise ValueError."""
         self._write({"kind": "rpc", "method": "fail", "args": kwargs})
