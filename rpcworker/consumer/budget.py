@@ -10,8 +10,8 @@ rules (its "Consumer Prefetch" page; measured on 3.10 for classic and quorum que
   after it: a running consumer keeps its window. So each consumer is given, when it
   starts consuming, a window of what the budget holds of messages of the recent
   size (``Budget.window``: its share of the whole budget), at most the binding's
-  ``prefetch_count``; until sizes are
-  seen (a new connection) a message is assumed ``max_message_size`` long. When the
+  ``prefetch_count``. The recent size is the largest body of the last 5 to 10 s; until
+  one is seen on a connection, a message is assumed ``max_message_size`` long. When the
   recent size moves by half or double, consumers start again with the new window
   (``Throttle``: basic.cancel, basic.qos, basic.consume).
 * **Pause.** At or over the budget (a burst of large messages the windows were not made
@@ -42,39 +42,43 @@ LOG = logging.getLogger(__name__)
 
 #: the largest window AMQP can express (basic.qos prefetch-count is a short)
 MAX_WINDOW = 65535
-#: deliveries per generation of the size estimate: the estimate is the largest body of
-#: the last one or two generations
-SIZES_PER_GENERATION = 256
-#: shortest time between two window changes that widen them (narrowing is at once)
-WIDEN_EVERY = 1.0
+#: seconds per generation of the size estimate: the estimate is the largest body of the
+#: last one or two generations
+GENERATION = 5.0
 #: throttling starts and stops logged per window of this many seconds (then a summary)
 LOG_INTERVAL = 30.0
 MiB = 1024 * 1024
 
 
 class Sizes:
-    """The largest body of the recent deliveries: the size a window is made for."""
+    """The largest body of the recent deliveries (those of the last one or two
+    generations of GENERATION seconds): the size a window is made for."""
 
     def __init__(self, assumed: int) -> None:
         self.assumed = assumed
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, now: float = 0.0) -> None:
         """Nothing seen (a new connection): assume the largest message."""
         self._current = self._previous = 0
-        self._count = 0
+        self._seen = False
+        self._started = now
 
     def add(self, size: int) -> None:
+        self._seen = True
         if size > self._current:
             self._current = size
-        self._count += 1
-        if self._count >= SIZES_PER_GENERATION:
-            self._previous, self._current, self._count = self._current, 0, 0
+
+    def age(self, now: float) -> None:
+        """A generation is over after GENERATION seconds, once a delivery came in it
+        (an idle worker keeps what it saw last)."""
+        if now - self._started >= GENERATION and self._current:
+            self._previous, self._current, self._started = self._current, 0, now
 
     @property
     def estimate(self) -> int:
         seen = max(self._current, self._previous)
-        return seen if seen or self._count else self.assumed
+        return seen if self._seen else self.assumed
 
 
 class Budget(Listener):
@@ -122,7 +126,7 @@ class Consumers(Protocol):
     def slots(self) -> int:
         """Deliveries the windows ``resume`` would give take in all."""
 
-    def rewindow(self, narrower_only: bool) -> int:
+    def rewindow(self) -> int:
         """Start again the consumers whose window is off by a factor of two; how many."""
 
 
@@ -141,8 +145,6 @@ class Throttle:
         #: seconds paused in all, before the current pause
         self.throttled = 0.0
         self._estimate = 0  # the size the windows were last made for
-        self._widened = 0.0  # when windows were last widened
-        self._recheck = 0.0  # a widening held back: look again then (0: none)
         self._limiter = ratelimit.LogLimiter(burst=2, interval=LOG_INTERVAL, clock=clock)
         self._logged_start = False
 
@@ -153,9 +155,8 @@ class Throttle:
 
     def connected(self) -> None:
         """A new connection: its consumers start with windows for the largest message."""
-        self.budget.sizes.reset()
+        self.budget.sizes.reset(self._clock())
         self._estimate = self.budget.sizes.estimate
-        self._widened = self._recheck = 0.0
 
     def disconnected(self, still_held: int) -> None:
         """The connection is gone, with every delivery not settled but those whose
@@ -171,16 +172,20 @@ class Throttle:
         if self.paused_since is None:
             if budget.over:
                 self._pause()
-            elif budget.sizes.estimate != self._estimate or (
-                    self._recheck and self._clock() >= self._recheck):
-                self._rewindow()
+            elif budget.sizes.estimate != self._estimate:
+                # the recent size moved (it falls at most once a GENERATION): consumers
+                # whose window is off by a factor of two start again
+                self._estimate = budget.sizes.estimate
+                self.consumers.rewindow()
         elif budget.held + self.consumers.slots() * budget.sizes.estimate <= budget.limit \
                 or not budget.held:
             self.consumers.resume()
             self._estimate = budget.sizes.estimate
             self._stopped(f"{_mib(budget.held)} in flight")
 
-    def summarise(self) -> None:
+    def tick(self) -> None:
+        """Twice a second: the size estimate ages, held-back log lines are summarised."""
+        self.budget.sizes.age(self._clock())
         for s in self._limiter.expired():
             LOG.info("Throttled %d more time(s) in the last %g s (%.1f s throttled since "
                      "start)", s.count, s.interval, self.seconds_throttled)
@@ -202,17 +207,6 @@ class Throttle:
         self.throttled += spent
         if self._logged_start:
             LOG.info("Throttling over after %.1f s (%s)", spent, why)
-
-    def _rewindow(self) -> None:
-        """The recent size moved: consumers whose window is off by a factor of two start
-        again (narrower at once; wider at most every WIDEN_EVERY seconds)."""
-        now = self._clock()
-        narrower_only = now - self._widened < WIDEN_EVERY
-        self._estimate = self.budget.sizes.estimate
-        changed = self.consumers.rewindow(narrower_only)
-        self._recheck = self._widened + WIDEN_EVERY if narrower_only else 0.0
-        if changed and not narrower_only:
-            self._widened = now
 
 
 def _mib(n: int) -> str:

@@ -220,7 +220,7 @@ class Subscriptions:
         return sum((self._window_of(bound.topology.binding) or 0) * len(bound.pausable())
                    for bound in self._bound.values())
 
-    def rewindow(self, narrower_only: bool) -> int:
+    def rewindow(self) -> int:
         """Start again (cancel, qos, consume) the bindings whose window is off from the
         one the budget gives now by a factor of two; how many did."""
         changed = 0
@@ -229,7 +229,7 @@ class Subscriptions:
                 continue
             now, want = bound.window or MAX_WINDOW, self._window_of(bound.topology.binding)
             target = want or MAX_WINDOW
-            if target * 2 <= now or (not narrower_only and target >= 2 * now):
+            if target * 2 <= now or target >= 2 * now:
                 self._cancel(bound)
                 self._restart(bound, want)
                 changed += 1

@@ -269,7 +269,7 @@ class Worker(ConsumerMixin):
                 tick = session.heartbeat()
                 if tick:  # twice a second: summaries, gauges, the STATUS line
                     self.intake.refusals.summarise()
-                    self.throttle.summarise()
+                    self.throttle.tick()
                     self.metrics.threads(self.executor.busy, self.executor.stuck)
                     self.metrics.inflight_bytes(self.budget.held,
                                                 self.throttle.seconds_throttled)

@@ -11,9 +11,8 @@ import pytest
 
 from rpcworker import config, service
 from rpcworker.consumer.budget import (
+    GENERATION,
     MAX_WINDOW,
-    SIZES_PER_GENERATION,
-    WIDEN_EVERY,
     Budget,
     Sizes,
     Throttle,
@@ -42,12 +41,18 @@ def test_sizes_assume_the_largest_message_until_one_is_seen() -> None:
 
 def test_sizes_forget_a_large_body_after_two_generations() -> None:
     sizes = Sizes(assumed=16 * MiB)
+    sizes.reset(now=0.0)
     sizes.add(10 * MiB)
-    for _ in range(SIZES_PER_GENERATION - 1):
-        sizes.add(100)
-    assert sizes.estimate == 10 * MiB  # the previous generation still has it
-    for _ in range(SIZES_PER_GENERATION):
-        sizes.add(100)
+    sizes.add(100)
+    sizes.age(GENERATION - 0.1)
+    assert sizes.estimate == 10 * MiB
+    sizes.age(GENERATION)  # the large one is in the previous generation now
+    sizes.add(100)
+    assert sizes.estimate == 10 * MiB
+    sizes.age(2 * GENERATION)
+    assert sizes.estimate == 100
+    sizes.age(10 * GENERATION)  # idle: nothing came in, what was seen last is kept
+    sizes.age(20 * GENERATION)
     assert sizes.estimate == 100
 
 
@@ -108,10 +113,10 @@ class FakeConsumers:
     def slots(self) -> int:
         return sum(self.budget.window(self.prefetch, self.n) or 0 for _ in range(self.n))
 
-    def rewindow(self, narrower_only: bool) -> int:
+    def rewindow(self) -> int:
         want = self.budget.window(self.prefetch, self.n) or MAX_WINDOW
         now = self.windows[0] or MAX_WINDOW
-        if want * 2 <= now or (not narrower_only and want >= 2 * now):
+        if want * 2 <= now or want >= 2 * now:
             self.calls.append(f"rewindow {want}")
             self.windows = [want] * self.n
             return self.n
@@ -166,23 +171,27 @@ def test_a_message_larger_than_the_budget_is_taken_then_handled_alone() -> None:
     assert consumers.calls == ["pause", "resume"]
 
 
-def test_windows_follow_the_recent_size_narrower_at_once_wider_at_most_every_second() -> None:
+def test_windows_follow_the_recent_size() -> None:
     budget, consumers, throttle, clock = make_throttle(limit=1 * MiB, largest=64 * KiB)
-    assert consumers.windows == [8, 8]  # 1 MiB / (2 x 64 KiB)
+    assert consumers.windows == [8, 8]  # 1 MiB / (2 x 64 KiB): nothing seen yet
     budget.take(1 * KiB)
     budget.release(1 * KiB)
-    throttle.step()  # small messages: widened at once (the first change of the connection)
+    throttle.step()  # small messages: wider at once
     assert consumers.calls == ["rewindow 64"]
     budget.take(40 * KiB)
     budget.release(40 * KiB)
-    throttle.step()  # a larger one: narrowed at once
+    throttle.step()  # a larger one: narrower at once
     assert consumers.calls[-1] == "rewindow 12"
-    for _ in range(2 * SIZES_PER_GENERATION):
-        budget.take(1 * KiB)
-        budget.release(1 * KiB)
-    throttle.step()  # small again, but widened less than WIDEN_EVERY ago: held back
-    assert consumers.calls[-1] == "rewindow 12"
-    clock.now += WIDEN_EVERY
+    budget.take(30 * KiB)
+    throttle.step()  # not off by a factor of two: left as it is
+    assert consumers.calls[-1] == "rewindow 12" and len(consumers.calls) == 2
+    clock.now += GENERATION
+    throttle.tick()
+    budget.take(1 * KiB)
+    throttle.step()
+    assert len(consumers.calls) == 2  # the 40 KiB body is still in the previous generation
+    clock.now += GENERATION
+    throttle.tick()  # forgotten two generations later
     throttle.step()
     assert consumers.calls[-1] == "rewindow 64"
 

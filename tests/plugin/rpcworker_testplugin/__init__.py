@@ -22,6 +22,8 @@ import rpcworker
 _opts = [
     cfg.StrOpt("path", help="File the recorder appends one JSON line per message to."),
     cfg.FloatOpt("delay", default=0.0, help="Seconds every method sleeps before returning."),
+    cfg.StrOpt("hold_while", help="weigh() waits while this file exists (a handler held "
+               "for as long as a test needs)."),
     cfg.StrOpt("fail_while", help="flaky() and events with a 'flaky' key raise ValueError "
                "while this file exists (a cause an operator can fix)."),
 ]
@@ -35,6 +37,7 @@ class Recorder:
         self.path = conf.recorder.path
         self.delay = conf.recorder.delay
         self.fail_while = conf.recorder.fail_while
+        self.hold_while = conf.recorder.hold_while
         self._lock = threading.Lock()
         self._leaked: list[bytearray] = []
         #: a new one for every process (a re-executed process keeps its pid)
@@ -65,10 +68,13 @@ class Recorder:
         return kwargs
 
     def weigh(self, ctxt: dict[str, Any], blob: str = "", **kwargs: Any) -> int:
-        """Sleep ``[recorder] delay``, then record the length of ``blob`` (not the blob:
-        the memory tests send bodies of many megabytes) and the other arguments."""
+        """Sleep ``[recorder] delay`` (and while ``[recorder] hold_while`` exists), then
+        record the length of ``blob`` (not the blob: the memory tests send bodies of many
+        megabytes) and the other arguments."""
         if self.delay:
             time.sleep(self.delay)
+        while self.hold_while and os.path.exists(self.hold_while):
+            time.sleep(0.05)
         self._write({"kind": "rpc", "method": "weigh", "args": kwargs, "size": len(blob)})
         return len(blob)
 
