@@ -9,6 +9,7 @@
 ``intake``                a delivery: decode, ``policy.on_receipt``, settle or start
 ``inflight``              running handlers: tokens, generations, deadlines, call monitors
 ``settle``                carry out an outcome (``acks``, ``replies``, confirmed copies)
+``budget``                bytes in flight (``max_inflight_bytes``), windows, the throttle
 ========================  =============================================================
 
 What is decided about a message is decided in ``rpcworker.policy``; the handler method
