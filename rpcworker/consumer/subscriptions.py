@@ -64,6 +64,26 @@ class _Bound:
         return [c for c in self.consumers
                 if not any(q.auto_delete for q in c.queues or ())]
 
+    def pause(self) -> int:
+        """basic.cancel on the consumers that may be; how many."""
+        pausable = self.pausable()
+        for consumer in pausable:
+            consumer.cancel()
+        self.paused = True
+        return len(pausable)
+
+    def restart(self, window: int | None) -> None:
+        """basic.qos (it applies to the consumers created after it), then consume."""
+        pausable = self.pausable()
+        self.paused = False
+        if not pausable:
+            return
+        pausable[0].qos(prefetch_count=window or 0)
+        for consumer in pausable:
+            consumer.prefetch_count = window
+            consumer.consume()
+        self.window = window
+
 
 def _no_budget(prefetch: int, consumers: int) -> int | None:
     return prefetch or None
@@ -154,7 +174,7 @@ class Subscriptions:
         bound = self._bound[b.name] = _Bound(topo, channel, consumers,
                                              window=consumers[0].prefetch_count)
         if self.paused:
-            self._cancel(bound)
+            bound.pause()
         self._events.consuming(b.name, True)
 
     def _declare(self, channel: Any, topo: Topology, caps: Capabilities
@@ -206,14 +226,14 @@ class Subscriptions:
         """Cancel every consumer that may be (``_Bound.pausable``); how many were. The
         deliveries they had stay unacked on their channels, to be settled as usual."""
         self.paused = True
-        return sum(self._cancel(bound) for bound in self._bound.values())
+        return sum(bound.pause() for bound in self._bound.values())
 
     def resume(self) -> None:
         """Consume again, each binding with its window for the recent size."""
         self.paused = False
         for bound in self._bound.values():
             if bound.paused:
-                self._restart(bound, self._window_of(bound.topology.binding))
+                bound.restart(self._window_of(bound.topology.binding))
 
     def slots(self) -> int:
         """Deliveries the windows ``resume`` gives would take in all."""
@@ -230,29 +250,10 @@ class Subscriptions:
             now, want = bound.window or MAX_WINDOW, self._window_of(bound.topology.binding)
             target = want or MAX_WINDOW
             if target * 2 <= now or target >= 2 * now:
-                self._cancel(bound)
-                self._restart(bound, want)
+                bound.pause()
+                bound.restart(want)
                 changed += 1
         return changed
-
-    def _cancel(self, bound: _Bound) -> int:
-        pausable = bound.pausable()
-        for consumer in pausable:
-            consumer.cancel()
-        bound.paused = True
-        return len(pausable)
-
-    def _restart(self, bound: _Bound, window: int | None) -> None:
-        """basic.qos (it applies to the consumers created after it), then consume."""
-        pausable = bound.pausable()
-        bound.paused = False
-        if not pausable:
-            return
-        pausable[0].qos(prefetch_count=window or 0)
-        for consumer in pausable:
-            consumer.prefetch_count = window
-            consumer.consume()
-        bound.window = window
 
     def delete_transient(self, channel: Any) -> None:
         """Clean stop: delete this process's per-process queues (as oslo.messaging does)."""

@@ -182,7 +182,7 @@ def test_list_handlers() -> None:
     assert {"echo", "fail", "context", "sleep"} <= set(echo_methods)
     assert not [m for m in echo_methods if m.startswith("_") or m == "handle_message"]
     assert rows["recorder"][2] == ("methods: crash, fail, flaky, hang, record, reject, "
-                                   "requeue, slow")
+                                   "requeue, slow, weigh")
     assert rows["log"][2] == "methods: (any public name: decided by the handler at run time)"
     # a plugin that cannot be imported is listed on one line, without a target
     assert len(rows["broken_import"]) == 1 and "cannot be imported" in rows["broken_import"][0]
