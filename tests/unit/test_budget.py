@@ -161,6 +161,25 @@ def test_over_the_budget_pauses_and_resumes_only_when_the_windows_fit(
     assert "Throttling over after 2.0 s" in caplog.text
 
 
+def test_throttling_lines_are_rate_limited_with_a_summary(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "rpcworker.consumer.budget")
+    budget, consumers, throttle, clock = make_throttle()
+    for _ in range(6):  # six pauses within a few seconds
+        budget.take(100 * KiB)
+        throttle.step()
+        clock.now += 0.5
+        budget.release(100 * KiB)
+        throttle.step()
+    assert consumers.calls == ["pause", "resume"] * 6
+    assert caplog.text.count("Throttling: ") == 2
+    assert caplog.text.count("Throttling over after") == 2
+    clock.now += 30
+    throttle.tick()
+    assert "Throttled 4 more time(s) in the last 30 s (3.0 s throttled since start)" \
+        in caplog.text
+
+
 def test_a_message_larger_than_the_budget_is_taken_then_handled_alone() -> None:
     budget, consumers, throttle, clock = make_throttle(limit=100 * KiB, largest=100 * KiB)
     budget.take(150 * KiB)  # larger than the whole budget: taken, never refused
