@@ -59,10 +59,7 @@ class _Bound:
     paused: bool = False
 
     def pausable(self) -> list[kombu.Consumer]:
-        """Its consumers that may be cancelled and started again: not those of an
-        auto_delete queue (the broker deletes it when its last consumer goes)."""
-        return [c for c in self.consumers
-                if not any(q.auto_delete for q in c.queues or ())]
+        return [c for c in self.consumers if _pausable(c)]
 
     def pause(self) -> int:
         """basic.cancel on the consumers that may be; how many."""
@@ -83,6 +80,12 @@ class _Bound:
             consumer.prefetch_count = window
             consumer.consume()
         self.window = window
+
+
+def _pausable(consumer: kombu.Consumer) -> bool:
+    """Whether the throttle may cancel ``consumer`` and start it again: not on an
+    auto_delete queue (the broker deletes it when its last consumer goes)."""
+    return not any(q.auto_delete for q in consumer.queues or ())
 
 
 def _no_budget(prefetch: int, consumers: int) -> int | None:
@@ -173,8 +176,7 @@ class Subscriptions:
         self._failed.pop(b.name, None)
         bound = self._bound[b.name] = _Bound(topo, channel, consumers,
                                              window=consumers[0].prefetch_count)
-        if self.paused:
-            bound.pause()
+        bound.paused = self.paused  # then _declare left its pausable consumers idle
         self._events.consuming(b.name, True)
 
     def _declare(self, channel: Any, topo: Topology, caps: Capabilities
@@ -202,7 +204,8 @@ class Subscriptions:
                 prefetch_count=self._window_of(b),
                 tag_prefix=f"rpcworker-{b.name}-"))  # kombu numbers tags process-wide
         for consumer in consumers:
-            consumer.consume()
+            if not (self.paused and _pausable(consumer)):  # throttled: resume() starts it
+                consumer.consume()
         return consumers
 
     def retry_failed(self, now: float) -> bool:

@@ -296,3 +296,44 @@ def test_the_worker_pauses_over_the_budget_and_loses_nothing() -> None:
         wait_for(lambda: worker.throttle.paused_since is None and worker.budget.held == 0, 10)
         assert sorted(gate.seen) == list(range(45))
         assert worker.throttle.seconds_throttled > 0
+
+
+def test_subscriptions_pause_resume_and_a_binding_started_while_paused() -> None:
+    """On memory://: pause cancels the consumers but those of an auto_delete queue, resume
+    starts them with the budget's window; a binding declared while paused (a SIGHUP, a
+    retried declaration) waits for resume instead of consuming at once."""
+    import kombu
+
+    from rpcworker import topology
+    from rpcworker.bindings import Binding
+    from rpcworker.consumer.subscriptions import Subscriptions
+    from rpcworker.events import Listener
+    from rpcworker.transport import Capabilities
+
+    def binding(name: str, auto_delete: bool = False) -> Binding:
+        return Binding(name=name, type="topic", handler="h", exchange=f"ex-{name}",
+                       durable=False, prefetch_count=64, acknowledge="after", queue=name,
+                       routing_keys=("#",), auto_delete=auto_delete)
+
+    budget = Budget(limit=1 * MiB, max_message_size=64 * KiB)
+    topologies = [topology.build(binding("kept")), topology.build(binding("gone", True))]
+    subs = Subscriptions(topologies, {"h": object()},
+                         lambda sub, message: None, Listener(), retry_interval=1,
+                         window=budget.window)
+    with kombu.Connection("memory://") as conn:
+        conn.connect()
+        consumers = subs.start(conn, Capabilities.of(conn))
+        active = {c.queues[0].name: c for c in consumers}
+        assert all(c._active_tags for c in consumers)  # consuming
+        assert active["kept"].prefetch_count == 8  # 1 MiB / (2 consumers x 64 KiB)
+        assert subs.pause() == 1  # the auto_delete queue's consumer is left consuming
+        assert not active["kept"]._active_tags and active["gone"]._active_tags
+        late = topology.build(binding("late"))
+        subs.topologies.append(late)
+        subs._start(late)  # as a SIGHUP or a retried declaration does
+        [late_consumer] = [c for c in subs.consumers() if c.queues[0].name == "late"]
+        assert not late_consumer._active_tags  # waits for resume
+        budget.take(1 * KiB)  # small messages seen: the windows widen
+        subs.resume()
+        assert active["kept"]._active_tags and late_consumer._active_tags
+        assert active["kept"].prefetch_count == 64 and late_consumer.prefetch_count == 64
