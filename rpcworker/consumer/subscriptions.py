@@ -53,8 +53,6 @@ class _Bound:
     topology: Topology
     channel: Any
     consumers: list[kombu.Consumer]
-    #: the window (basic.qos prefetch) its consumers started with; None: none
-    window: int | None = None
     #: its consumers are cancelled by the throttle (``pause``)
     paused: bool = False
 
@@ -79,7 +77,6 @@ class _Bound:
         for consumer in pausable:
             consumer.prefetch_count = window
             consumer.consume()
-        self.window = window
 
 
 def _pausable(consumer: kombu.Consumer) -> bool:
@@ -174,8 +171,7 @@ class Subscriptions:
                 channel.close()
             return
         self._failed.pop(b.name, None)
-        bound = self._bound[b.name] = _Bound(topo, channel, consumers,
-                                             window=consumers[0].prefetch_count)
+        bound = self._bound[b.name] = _Bound(topo, channel, consumers)
         bound.paused = self.paused  # then _declare left its pausable consumers idle
         self._events.consuming(b.name, True)
 
@@ -246,11 +242,16 @@ class Subscriptions:
     def rewindow(self) -> int:
         """Start again (cancel, qos, consume) the bindings whose window is off from the
         one the budget gives now by a factor of two; how many did."""
+        if self.paused:
+            return 0
         changed = 0
         for bound in self._bound.values():
-            if self.paused or not bound.pausable():
+            pausable = bound.pausable()
+            if not pausable:
                 continue
-            now, want = bound.window or MAX_WINDOW, self._window_of(bound.topology.binding)
+            # the window its consumers started with (restart sets it on each of them)
+            now = pausable[0].prefetch_count or MAX_WINDOW
+            want = self._window_of(bound.topology.binding)
             target = want or MAX_WINDOW
             if target * 2 <= now or target >= 2 * now:
                 bound.pause()
