@@ -28,7 +28,8 @@ from collections.abc import Sequence
 
 import amqp
 
-from rpcworker import failures, protocol
+from rpcworker.policy import failures
+from rpcworker.wire import protocol
 
 CLIENT = [sys.executable, "-m", "rpcworker.cmd.client"]
 

@@ -13,7 +13,7 @@ from rpcworker.errors import (
     RPCWorkerError,
     UnsupportedVersion,
 )
-from rpcworker.message import Message
+from rpcworker.wire.message import Message
 
 __all__ = [
     "ConfigError",

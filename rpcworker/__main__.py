@@ -1,5 +1,5 @@
 import sys
 
-from rpcworker.cmd.worker import main
+from rpcworker.cmd.daemon import main
 
 sys.exit(main())

@@ -47,23 +47,17 @@ from typing import Any
 import kombu
 from oslo_config import cfg
 
-from rpcworker import bindings as bindings_mod
-from rpcworker import (
-    config,
-    failures,
-    notifications,
-    opts,
-    parked,
-    protocol,
-    topology,
-    transport,
-)
-from rpcworker.consumer import Worker
+from rpcworker.amqp import topology, transport
+from rpcworker.config import bindingconf, conffile, opts
+from rpcworker.engine.events import Listener
+from rpcworker.engine.executor import Executor
+from rpcworker.engine.worker import Worker
 from rpcworker.errors import RPCWorkerError
-from rpcworker.events import Listener
-from rpcworker.executor import Executor
-from rpcworker.failures import retries_of
-from rpcworker.policy import Action, Delivery, Outcome
+from rpcworker.parking import parked
+from rpcworker.policy import failures, notifications
+from rpcworker.policy.decisions import Action, Delivery, Outcome
+from rpcworker.policy.failures import retries_of
+from rpcworker.wire import protocol
 
 try:
     import pytest as _pytest
@@ -195,7 +189,7 @@ def _fixture_conf(tmpdir: str, config_text: str | None,
         with open(path, "w") as f:
             f.write(textwrap.dedent(config_text))
         args = ["--config-file", path]
-    conf = config.new_conf(with_cli=False)
+    conf = conffile.new_conf(with_cli=False)
     conf(args, project="rpcworker-test", default_config_files=[])
     conf.set_override("bindings", [name for name, _ in bindings])
     conf.set_override("host", "testhost")
@@ -274,7 +268,7 @@ class HandlerFixture:
             configure(self.conf)
         self.handler = handler(self.conf) if callable(handler) and isinstance(handler, type) \
             else handler
-        parsed = notifications.resolve(bindings_mod.parse(self.conf),
+        parsed = notifications.resolve(bindingconf.parse(self.conf),
                                        {"handler": self.handler})
         self._executor = Executor(threads)
         self._outcomes: list[DeliveryOutcome] = []

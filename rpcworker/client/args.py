@@ -8,9 +8,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rpcworker import protocol
-from rpcworker.client.errors import PROG, UsageError
-from rpcworker.config import version_string
+from rpcworker.client.exits import PROG, UsageError
+from rpcworker.config.conffile import version_string
+from rpcworker.wire import protocol
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_EXCHANGE = "openstack"

@@ -33,13 +33,13 @@ from typing import Any
 import amqp
 import amqp.exceptions
 
-from rpcworker import transport
-from rpcworker.client.errors import EXIT_BROKER, ClientError
+from rpcworker.amqp import transport
+from rpcworker.client.connect import Session, broker_errors, exchange_exists
+from rpcworker.client.exits import EXIT_BROKER, ClientError
 from rpcworker.client.lots import Lot
-from rpcworker.client.session import Session, broker_errors, exchange_exists
-from rpcworker.failures import QUORUM_DELIVERY_COUNT
-from rpcworker.parked import Parked
-from rpcworker.publisher import SEQ_HEADER
+from rpcworker.engine.publisher import SEQ_HEADER
+from rpcworker.parking.parked import Parked
+from rpcworker.policy.failures import QUORUM_DELIVERY_COUNT
 
 #: copies in flight before the reader waits for the broker's confirms
 WINDOW = 256

@@ -12,9 +12,15 @@ from typing import Any
 
 import kombu
 
-from rpcworker import protocol
 from rpcworker.client.args import json_errors, merge_args
-from rpcworker.client.errors import (
+from rpcworker.client.connect import (
+    Session,
+    ensure_exchange,
+    ensure_queue,
+    exchange_exists,
+    publish,
+)
+from rpcworker.client.exits import (
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_USAGE,
@@ -23,14 +29,8 @@ from rpcworker.client.errors import (
     warn,
 )
 from rpcworker.client.request import RpcRequest, inner_message, rpc_request
-from rpcworker.client.session import (
-    Session,
-    ensure_exchange,
-    ensure_queue,
-    exchange_exists,
-    publish,
-)
 from rpcworker.errors import oneline
+from rpcworker.wire import protocol
 
 #: how long one drain_events() may block, so that heartbeats keep being sent
 _POLL = 1.0

@@ -15,11 +15,11 @@ from typing import Any
 
 from oslo_config import cfg
 
-from rpcworker import broker
+from rpcworker.amqp import broker
 from rpcworker.client.commands import Caller, caster
-from rpcworker.client.errors import EXIT_OK, PROG, ClientError, RemoteCallError
+from rpcworker.client.connect import Session, broker_errors, connect
+from rpcworker.client.exits import EXIT_OK, PROG, ClientError, RemoteCallError
 from rpcworker.client.request import rpc_request
-from rpcworker.client.session import Session, broker_errors, connect
 
 
 @dataclasses.dataclass

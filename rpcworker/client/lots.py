@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from rpcworker.bindings import Binding
-from rpcworker.client.errors import EXIT_BROKER, EXIT_USAGE, ClientError
+from rpcworker.client.exits import EXIT_BROKER, EXIT_USAGE, ClientError
+from rpcworker.config.bindingconf import Binding
 
 
 @dataclasses.dataclass(frozen=True)

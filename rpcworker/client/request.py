@@ -8,8 +8,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from rpcworker import protocol
 from rpcworker.client.args import DEFAULT_EXCHANGE, merge_args
+from rpcworker.wire import protocol
 
 
 @dataclasses.dataclass(frozen=True)

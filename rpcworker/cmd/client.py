@@ -31,12 +31,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rpcworker.client import parked
+from rpcworker.client import parkedcmds
 from rpcworker.client.args import json_errors, oslo_args, parse_args
 from rpcworker.client.commands import COMMANDS
-from rpcworker.client.errors import EXIT_INTERRUPTED, EXIT_USAGE, ClientError, report
+from rpcworker.client.connect import broker_errors, connect, load_settings
+from rpcworker.client.exits import EXIT_INTERRUPTED, EXIT_USAGE, ClientError, report
 from rpcworker.client.load import run_load
-from rpcworker.client.session import broker_errors, connect, load_settings
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -47,7 +47,7 @@ def run(ns: argparse.Namespace) -> int:
     session = connect(conf, settings, confirm_publish=ns.command != "parked")
     try:
         if ns.command == "parked":
-            return parked.run(conf, session, ns)
+            return parkedcmds.run(conf, session, ns)
         return COMMANDS[ns.command](session, ns)
     except broker_errors(session.conn) as exc:
         raise session.broker_error(f"running {ns.command}", exc) from None

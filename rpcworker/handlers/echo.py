@@ -7,7 +7,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from rpcworker.message import Message
+from rpcworker.wire.message import Message
 
 
 class EchoHandler:

@@ -8,7 +8,7 @@ from typing import Any
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker.message import Message
+from rpcworker.wire.message import Message
 
 LOG = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import kombu
 
-from rpcworker.broker import parse_transport_url
+from rpcworker.amqp.broker import parse_transport_url
 from tests.cluster.cluster import NODES, PORTS, Cluster
 from tests.helpers import wait_for
 

@@ -180,8 +180,9 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
                                                names: dict[str, str]) -> None:
     """Real broker, and a management API stub answering with what is on it: the plan
     lists all differences (the 406 names only the first) and the message count."""
-    from rpcworker import bindings, broker, brokercheck
-    from rpcworker import config as rpcconfig
+    from rpcworker.amqp import broker, brokercheck
+    from rpcworker.config import bindingconf
+    from rpcworker.config import conffile as rpcconfig
     from tests.unit.test_brokercheck import CLASSIC_QUEUE, RECORDED, _Handler
 
     with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
@@ -197,7 +198,7 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
         path = tmp_path / "check.conf"
         path.write_text(config(uid, quorum=True))
         conf = rpcconfig.prepare(["--config-file", str(path)], default_config_files=[])
-        parsed = bindings.parse(conf)
+        parsed = bindingconf.parse(conf)
         settings = broker.settings(conf)
         url = f"http://127.0.0.1:{server.server_address[1]}"
         result = brokercheck.check(parsed, settings, broker.connection(conf, settings),

@@ -210,7 +210,7 @@ def test_a_broker_restart_mid_stream_loses_no_notification(
     key = f"{topic}.info"
 
     def notification(i: int) -> bytes:
-        from rpcworker import protocol
+        from rpcworker.wire import protocol
         return protocol.envelope(protocol.oslo_notification("info", "x.y", {"id": i},
                                                             "compute.h"))
 

@@ -162,7 +162,7 @@ def test_export_leaves_the_lot_and_the_fixture_reproduces_the_failure(
         workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path) -> None:
     from rpcworker_testplugin import Recorder
 
-    from rpcworker import parked
+    from rpcworker.parking import parked
     from rpcworker.testing import HandlerFixture
 
     d, broken = park(workers, amqp, uid, tmp_path, 3)

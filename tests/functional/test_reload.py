@@ -90,7 +90,7 @@ def test_reload_turns_debug_logging_on(setup: Any, amqp: PikaClient, uid: str) -
     d.signal(signal.SIGHUP)
     d.wait_log("SIGHUP: bindings unchanged")
     amqp.publish(f"ex-{uid}", "k1", {"method": "record", "args": {}})
-    d.wait_log("DEBUG rpcworker.consumer")
+    d.wait_log("DEBUG rpcworker.engine")
 
 
 def test_bad_configuration_on_reload_is_refused_and_the_worker_goes_on(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from rpcworker.systemd import monotonic_usec
+from rpcworker.daemon.systemd import monotonic_usec
 from tests.functional.conftest import (
     broker_section,
     consumer_count,

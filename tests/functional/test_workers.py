@@ -198,7 +198,7 @@ def test_a_worker_restarted_after_a_reload_runs_the_new_configuration(
     new = (set(after) - set(before)).pop()
 
     def new_worker_consumes_both() -> bool:
-        return any(f" {new} INFO rpcworker.consumer" in line and f"more <- {q2}" in line
+        return any(f" {new} INFO rpcworker.engine" in line and f"more <- {q2}" in line
                    and f"jobs <- q-{uid}" in line for line in d.log().splitlines())
 
     wait_for(new_worker_consumes_both, 30,

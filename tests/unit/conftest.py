@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from oslo_config import cfg
 
-from rpcworker import config
+from rpcworker.config import conffile
 
 
 @pytest.fixture
@@ -16,5 +16,5 @@ def make_conf(tmp_path: Path) -> Callable[..., cfg.ConfigOpts]:
     def make(text: str, *args: str) -> cfg.ConfigOpts:
         path = tmp_path / "rpcworker.conf"
         path.write_text(textwrap.dedent(text))
-        return config.prepare(["--config-file", str(path), *args], default_config_files=[])
+        return conffile.prepare(["--config-file", str(path), *args], default_config_files=[])
     return make

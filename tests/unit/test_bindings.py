@@ -5,19 +5,19 @@ from collections.abc import Callable
 import pytest
 from oslo_config import cfg
 
-from rpcworker import bindings, config
+from rpcworker.config import bindingconf, conffile
 from rpcworker.errors import ConfigError
 
 MakeConf = Callable[..., cfg.ConfigOpts]
 
 
-def parse(make_conf: MakeConf, text: str) -> list[bindings.Binding]:
-    return bindings.parse(make_conf(text))
+def parse(make_conf: MakeConf, text: str) -> list[bindingconf.Binding]:
+    return bindingconf.parse(make_conf(text))
 
 
 def error_of(make_conf: MakeConf, text: str) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        bindings.parse(make_conf(text))
+        bindingconf.parse(make_conf(text))
     return info.value
 
 
@@ -148,7 +148,7 @@ def test_bad_static_values(make_conf: MakeConf, text: str, group: str, option: s
 
 def test_missing_config_file_is_a_config_error(tmp_path: object) -> None:
     with pytest.raises(ConfigError) as info:
-        config.prepare(["--config-file", "/nonexistent/rpcworker.conf"], default_config_files=[])
+        conffile.prepare(["--config-file", "/nonexistent/rpcworker.conf"], default_config_files=[])
     assert "/nonexistent/rpcworker.conf" in str(info.value)
 
 

@@ -10,7 +10,7 @@ import pytest
 from kombu.transport import pyamqp
 from oslo_config import cfg
 
-from rpcworker import broker, transport
+from rpcworker.amqp import broker, transport
 from rpcworker.errors import ConfigError
 
 MakeConf = Callable[..., cfg.ConfigOpts]

@@ -1,4 +1,4 @@
-"""rpcworker.brokercheck without a broker: the management API client (a real HTTP client
+"""rpcworker.amqp.brokercheck without a broker: the management API client (a real HTTP client
 against a local stub serving recorded RabbitMQ 3.10 JSON), the comparison, the parsing
 of 406 replies, the migration advice and the list of expected entities."""
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from rpcworker import brokercheck
-from rpcworker.bindings import Binding
-from rpcworker.brokercheck import Difference, Expected, Management
+from rpcworker.amqp import brokercheck
+from rpcworker.amqp.brokercheck import Difference, Expected, Management
+from rpcworker.config.bindingconf import Binding
 
 # as GET /api/queues/%2F/orders returns it on RabbitMQ 3.10 (trimmed)
 CLASSIC_QUEUE = {

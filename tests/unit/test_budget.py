@@ -1,4 +1,4 @@
-"""The in-flight byte budget (``rpcworker.consumer.budget``): sizes, windows, the throttle's
+"""The in-flight byte budget (``rpcworker.engine.budget``): sizes, windows, the throttle's
 pause and resume, and the worker on memory:// with a budget."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from rpcworker import config, service
-from rpcworker.consumer.budget import (
+from rpcworker.config import conffile
+from rpcworker.daemon import service
+from rpcworker.engine.budget import (
     GENERATION,
     MAX_WINDOW,
     Budget,
@@ -143,7 +144,7 @@ def make_throttle(limit: int = 100 * KiB, largest: int = 10 * KiB
 
 def test_over_the_budget_pauses_and_resumes_only_when_the_windows_fit(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "rpcworker.consumer.budget")
+    caplog.set_level(logging.INFO, "rpcworker.engine.budget")
     budget, consumers, throttle, clock = make_throttle()
     for _ in range(11):
         budget.take(10 * KiB)  # windows of 5 x 10 KiB each, overrun by a burst
@@ -163,7 +164,7 @@ def test_over_the_budget_pauses_and_resumes_only_when_the_windows_fit(
 
 def test_throttling_lines_are_rate_limited_with_a_summary(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "rpcworker.consumer.budget")
+    caplog.set_level(logging.INFO, "rpcworker.engine.budget")
     budget, consumers, throttle, clock = make_throttle()
     for _ in range(6):  # six pauses within a few seconds
         budget.take(100 * KiB)
@@ -242,7 +243,7 @@ def test_no_budget_never_throttles() -> None:
 
 @pytest.mark.parametrize("budget, ok", [(0, True), (16 * MiB, True), (16 * MiB - 1, False)])
 def test_a_budget_smaller_than_max_message_size_is_a_config_error(budget: int, ok: bool) -> None:
-    conf = config.new_conf(with_cli=False)
+    conf = conffile.new_conf(with_cli=False)
     conf([], project="rpcworker-test", default_config_files=[])
     conf.set_override("max_inflight_bytes", budget)
     if ok:
@@ -304,11 +305,11 @@ def test_subscriptions_pause_resume_and_a_binding_started_while_paused() -> None
     retried declaration) waits for resume instead of consuming at once."""
     import kombu
 
-    from rpcworker import topology
-    from rpcworker.bindings import Binding
-    from rpcworker.consumer.subscriptions import Subscriptions
-    from rpcworker.events import Listener
-    from rpcworker.transport import Capabilities
+    from rpcworker.amqp import topology
+    from rpcworker.amqp.transport import Capabilities
+    from rpcworker.config.bindingconf import Binding
+    from rpcworker.engine.events import Listener
+    from rpcworker.engine.subscriptions import Subscriptions
 
     def binding(name: str, auto_delete: bool = False) -> Binding:
         return Binding(name=name, type="topic", handler="h", exchange=f"ex-{name}",

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from rpcworker import protocol
 from rpcworker.client import args as cargs
-from rpcworker.client import errors as cerrors
+from rpcworker.client import exits as cerrors
 from rpcworker.client import load as cload
 from rpcworker.client import request as crequest
 from rpcworker.cmd import client
+from rpcworker.wire import protocol
 
 # the inner dicts oslo.messaging 18.3.1 sends (../shared/reference/oslo-rabbit-wire.md §2)
 OSLO_CALL_KEYS = ["method", "args", "version", "_msg_id", "_reply_q", "_timeout", "_unique_id",

@@ -2,7 +2,7 @@
 ``rpcworker --check-config`` exit 2 with one line naming the group and the option,
 never a traceback.
 
-The cases are generated from the options themselves (``rpcworker.opts.list_opts`` and
+The cases are generated from the options themselves (``rpcworker.config.opts.list_opts`` and
 oslo.log's), so an option added later is fuzzed without anyone writing a case for it.
 ``main()`` runs in-process (the subprocess path is covered by tests/functional/test_cli.py);
 ``--check-config`` never opens a connection.
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from oslo_config import cfg, types
 
-from rpcworker import config, opts
-from rpcworker.cmd import worker
+from rpcworker.cmd import daemon
+from rpcworker.config import conffile, opts
 
 BINDING = "b1"
 #: a valid configuration each case changes one line of
@@ -35,7 +35,7 @@ def _oslo_log_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     oslo.config.opts entry point."""
     (ep,) = [e for e in importlib.metadata.entry_points(group="oslo.config.opts")
              if e.name == "oslo.log"]
-    registered = set(config.new_conf())
+    registered = set(conffile.new_conf())
     return [(group, [o for o in options if o.dest in registered])
             for group, options in ep.load()()]
 
@@ -100,7 +100,7 @@ def test_bad_value_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     sections[group][option] = value
     path = tmp_path / "fuzz.conf"
     _write(path, sections)
-    status = worker.main(["--config-file", str(path), "--check-config"])
+    status = daemon.main(["--config-file", str(path), "--check-config"])
     out, err = capsys.readouterr()
     assert status == 2, f"{group}.{option} = {value!r} was accepted:\n{out}{err}"
     assert "Traceback" not in out + err
@@ -113,5 +113,5 @@ def test_the_base_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[
     """Each case fails because of its one changed line, not because the base is broken."""
     path = tmp_path / "base.conf"
     _write(path, BASE)
-    assert worker.main(["--config-file", str(path), "--check-config"]) == 0
+    assert daemon.main(["--config-file", str(path), "--check-config"]) == 0
     assert "configuration OK" in capsys.readouterr().out

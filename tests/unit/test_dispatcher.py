@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 import rpcworker
-from rpcworker import dispatcher, failures, policy, protocol
-from rpcworker.bindings import Binding
-from rpcworker.consumer.inflight import run
-from rpcworker.dedup import CompletedCache
+from rpcworker.config.bindingconf import Binding
+from rpcworker.engine.inflight import run
 from rpcworker.errors import NoSuchMethod
-from rpcworker.policy import Action
+from rpcworker.policy import decisions, dispatcher, failures
+from rpcworker.policy.decisions import Action
+from rpcworker.policy.dedup import CompletedCache
+from rpcworker.wire import protocol
 
 AFTER = Binding(name="b", type="rpc", handler="h", exchange="openstack", durable=False,
                 prefetch_count=1, acknowledge="after", topic="t", server="s")
@@ -67,13 +68,13 @@ def req(method: str | None, call: bool = True, redelivered: bool = False,
 
 
 def unknown_method(handler: Any, binding: Binding, request: protocol.Request
-                   ) -> policy.Outcome | None:
+                   ) -> decisions.Outcome | None:
     """What the policy decides on receipt for a method the handler may not have."""
     error = dispatcher.unknown(handler, request)
-    return None if error is None else policy.unknown_method(request, error)
+    return None if error is None else decisions.unknown_method(request, error)
 
 
-def error_type(outcome: policy.Outcome) -> str:
+def error_type(outcome: decisions.Outcome) -> str:
     assert outcome.reply is not None
     return str(json.loads(outcome.reply.body)["error"]["type"])
 
@@ -83,7 +84,7 @@ def test_success_acks_and_replies() -> None:
     assert out.action is Action.ACK and out.reply is not None
     assert json.loads(out.reply.body) == {"result": 3}
     cast = run(Handler(), AFTER, req("add", call=False, args={"a": 1, "b": 2}))
-    assert cast == policy.Outcome(Action.ACK, None)
+    assert cast == decisions.Outcome(Action.ACK, None)
 
 
 RETRYING = dataclasses.replace(AFTER, max_retries=2)
@@ -116,26 +117,26 @@ def test_reject_dead_letters_at_once_and_requeue_is_a_bounded_retry() -> None:
 
 def test_poison_messages_on_classic_queues_are_counted_then_dead_lettered() -> None:
     b = dataclasses.replace(AFTER, max_redeliveries=2)
-    assert policy.redelivered(b, req("add", call=False)) is None  # not redelivered
-    first = policy.redelivered(b, req("add", call=False, redelivered=True))
+    assert decisions.redelivered(b, req("add", call=False)) is None  # not redelivered
+    first = decisions.redelivered(b, req("add", call=False, redelivered=True))
     assert first is not None and first.action is Action.COUNT
-    second = policy.redelivered(b, req("add", call=False, redelivered=True,
+    second = decisions.redelivered(b, req("add", call=False, redelivered=True,
                                           headers={failures.REDELIVERIES_HEADER: 1}))
     assert second is not None and second.action is Action.COUNT
-    third = policy.redelivered(b, req("add", redelivered=True,
+    third = decisions.redelivered(b, req("add", redelivered=True,
                                          headers={failures.REDELIVERIES_HEADER: 2}))
     assert third is not None and third.action is Action.DEAD_LETTER
     assert error_type(third) == "PoisonMessage"
-    assert policy.redelivered(dataclasses.replace(b, max_redeliveries=0),
+    assert decisions.redelivered(dataclasses.replace(b, max_redeliveries=0),
                                  req("add", redelivered=True)) is None
 
 
 def test_poison_messages_on_quorum_queues_use_the_delivery_count() -> None:
     b = dataclasses.replace(AFTER, max_redeliveries=3, queue_arguments={"x-queue-type": "quorum"})
-    ok = policy.redelivered(b, req("add", call=False, redelivered=True,
+    ok = decisions.redelivered(b, req("add", call=False, redelivered=True,
                                       headers={"x-delivery-count": 3}))
     assert ok is None
-    poison = policy.redelivered(b, req("add", call=False, redelivered=True,
+    poison = decisions.redelivered(b, req("add", call=False, redelivered=True,
                                           headers={"x-delivery-count": 4}))
     assert poison is not None and poison.action is Action.DEAD_LETTER
 
@@ -147,8 +148,8 @@ def quorum(max_redeliveries: int, delivery_limit: int) -> Binding:
     return dataclasses.replace(AFTER, max_redeliveries=max_redeliveries, queue_arguments=args)
 
 
-def delivered(b: Binding, count: int, call: bool = False) -> policy.Outcome | None:
-    return policy.redelivered(b, req("add", call=call, redelivered=count > 0,
+def delivered(b: Binding, count: int, call: bool = False) -> decisions.Outcome | None:
+    return decisions.redelivered(b, req("add", call=call, redelivered=count > 0,
                                         headers={"x-delivery-count": count}))
 
 
@@ -184,7 +185,7 @@ def test_quorum_delivery_limit_counts_l_minus_1_l_l_plus_1() -> None:
     assert "delivery_limit 2" in (at_limit.reason or "")
     assert delivered(b, 3) is not None  # L + 1
     assert delivered(quorum(0, 0), 50) is None  # no bound at all
-    assert policy.redelivered(dataclasses.replace(b, acknowledge="before"),
+    assert decisions.redelivered(dataclasses.replace(b, acknowledge="before"),
                                  req("add", redelivered=True,
                                      headers={"x-delivery-count": 5})) is None
 
@@ -192,19 +193,19 @@ def test_quorum_delivery_limit_counts_l_minus_1_l_l_plus_1() -> None:
 def test_quorum_binding_without_delivery_count_counts_like_a_classic_queue() -> None:
     """An rpc quorum binding's fanout queue is classic: no x-delivery-count there."""
     b = quorum(2, 3)
-    first = policy.redelivered(b, req("add", call=False, redelivered=True))
+    first = decisions.redelivered(b, req("add", call=False, redelivered=True))
     assert first is not None and first.action is Action.COUNT
-    assert policy.redelivered(quorum(0, 3), req("add", redelivered=True)) is None
+    assert decisions.redelivered(quorum(0, 3), req("add", redelivered=True)) is None
 
 
 def test_timeout_and_duplicates() -> None:
     b = dataclasses.replace(RETRYING, handler_timeout=2.5)
-    cast = policy.timed_out(b, req("add", call=False))
+    cast = decisions.timed_out(b, req("add", call=False))
     assert cast.action is Action.RETRY and "HandlerTimeout" in (cast.reason or "")
-    call = policy.timed_out(b, req("add"))
+    call = decisions.timed_out(b, req("add"))
     assert call.action is Action.ACK and error_type(call) == "HandlerTimeout"
     reply = protocol.Reply("rq", b"{}")
-    assert policy.duplicate(reply) == policy.Outcome(Action.ACK, reply)
+    assert decisions.duplicate(reply) == decisions.Outcome(Action.ACK, reply)
 
 
 def test_acknowledge_before_never_acts_after() -> None:
@@ -214,10 +215,10 @@ def test_acknowledge_before_never_acts_after() -> None:
         assert out.action is Action.NONE, method
         assert out.reply is not None
     add = req("add", args={"a": 1, "b": 2})
-    assert policy.on_receipt(BEFORE, add, Handler(), CompletedCache(0),
-                             draining=False) is policy.ACK_THEN_RUN
-    assert policy.on_receipt(AFTER, add, Handler(), CompletedCache(0),
-                             draining=False) is policy.RUN
+    assert decisions.on_receipt(BEFORE, add, Handler(), CompletedCache(0),
+                             draining=False) is decisions.ACK_THEN_RUN
+    assert decisions.on_receipt(AFTER, add, Handler(), CompletedCache(0),
+                             draining=False) is decisions.RUN
 
 
 @pytest.mark.parametrize("method", ["nope", "_secret", "__init__", "attribute",
@@ -279,7 +280,7 @@ def test_events_go_to_handle_message() -> None:
     h = Handler()
     out = run(h, AFTER, protocol.Request(body={"e": 1},
                                                          routing_key="a.b", exchange="ex"))
-    assert out == policy.Outcome(Action.ACK, None)
+    assert out == decisions.Outcome(Action.ACK, None)
     assert h.events[0].body == {"e": 1} and h.events[0].routing_key == "a.b"
 
 
@@ -291,9 +292,9 @@ def test_event_without_handle_message_is_rejected() -> None:
 
 
 def test_refused_delivery() -> None:
-    out = policy.refused(AFTER, protocol.Rejected("args must be a JSON object", ROUTE))
+    out = decisions.refused(AFTER, protocol.Rejected("args must be a JSON object", ROUTE))
     assert out.action is Action.DEAD_LETTER and error_type(out) == "InvalidRequest"
-    assert policy.refused(AFTER, protocol.Rejected("x")).reply is None
+    assert decisions.refused(AFTER, protocol.Rejected("x")).reply is None
 
 
 # -- only public methods of the handler's class are callable (security audit) -----------
@@ -397,7 +398,7 @@ def test_counter_headers_that_are_not_counts_are_zero(value: Any) -> None:
                  failures.QUORUM_DELIVERY_COUNT):
         assert failures.int_header({name: value}, name) == 0
     b = dataclasses.replace(AFTER, max_redeliveries=2)
-    out = policy.redelivered(b, req("add", call=False, redelivered=True,
+    out = decisions.redelivered(b, req("add", call=False, redelivered=True,
                                        headers={failures.REDELIVERIES_HEADER: value}))
     assert out is not None and out.action is Action.COUNT
     failed = run(Handler(), RETRYING, req(
@@ -418,7 +419,7 @@ def test_unknown_method_is_refused_on_receipt(binding: Binding) -> None:
 
 
 def test_refusal_log_lines_cannot_be_forged() -> None:
-    from rpcworker.logfields import printable as _printable
+    from rpcworker.wire.logfields import printable as _printable
 
     assert _printable("method a\nERROR forged line") == "method a\\nERROR forged line"
     assert _printable("plain reason: 'x'") == "plain reason: 'x'"

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from rpcworker import aio, bindings, recycling
-from rpcworker.consumer.inflight import Inflight, run
-from rpcworker.dedup import CompletedCache
+from rpcworker.config import bindingconf
+from rpcworker.engine import aio, recycling
+from rpcworker.engine.events import NULL
+from rpcworker.engine.executor import Executor
+from rpcworker.engine.inflight import Inflight, run
 from rpcworker.errors import ConfigError, HandlerTimeout
-from rpcworker.executor import Executor
-from rpcworker.metrics import NULL
-from rpcworker.policy import Action, Delivery, Outcome
+from rpcworker.policy.decisions import Action, Delivery, Outcome
+from rpcworker.policy.dedup import CompletedCache
 from rpcworker.testing import HandlerFixture, RemoteFailure
 from tests.unit.test_dispatcher import AFTER, req
 
@@ -284,9 +285,9 @@ def test_max_concurrency_is_checked_against_the_pool_and_the_prefetch(
     text = ("[DEFAULT]\nbindings = b\nexecutor_thread_pool_size = 4\n[binding:b]\n"
             "type = direct\nhandler = echo\nrouting_key = k\n")
     with pytest.raises(ConfigError) as info:
-        bindings.parse(make_conf(text + binding + "\n"))
+        bindingconf.parse(make_conf(text + binding + "\n"))
     assert str(info.value).startswith(message)
-    ok = bindings.parse(make_conf(text + "max_concurrency = 3\nprefetch_count = 0\n"))
+    ok = bindingconf.parse(make_conf(text + "max_concurrency = 3\nprefetch_count = 0\n"))
     assert ok[0].max_concurrency == 3
 
 
@@ -296,7 +297,7 @@ def test_max_concurrency_is_checked_against_the_pool_and_the_prefetch(
 def test_supervisor_health_and_turns_follow_the_workers_that_can_take_work() -> None:
     import json as json_mod
 
-    from rpcworker.supervisor import Hub
+    from rpcworker.daemon.supervisor import Hub
     from tests.unit.test_supervisor import Clock, Sink
 
     clock = Clock()
@@ -319,9 +320,9 @@ def test_supervisor_health_and_turns_follow_the_workers_that_can_take_work() -> 
 
 
 def test_thread_and_recycle_metrics() -> None:
-    from rpcworker import metrics
+    from rpcworker.daemon import instruments
 
-    m = metrics.Metrics(["b"])
+    m = instruments.Metrics(["b"])
     m.threads(busy=3, stuck=1)
     m.recycled()
     assert m.registry.get_sample_value("rpcworker_handler_threads_busy") == 3
@@ -332,8 +333,8 @@ def test_thread_and_recycle_metrics() -> None:
 def test_healthz_is_503_while_the_process_recycles() -> None:
     from prometheus_client import CollectorRegistry
 
-    from rpcworker import metrics
-    from rpcworker.systemd import NullNotifier
+    from rpcworker.daemon import endpoints
+    from rpcworker.engine.readiness import NullNotifier
     from tests.helpers import http_get
 
     class FakeWorker:
@@ -344,8 +345,8 @@ def test_healthz_is_503_while_the_process_recycles() -> None:
             return self.reason
 
     worker = FakeWorker()
-    endpoint = metrics.serve_process(("127.0.0.1", 0), CollectorRegistry(),
-                                     metrics.LoopProbe(NullNotifier()), worker)
+    endpoint = endpoints.serve_process(("127.0.0.1", 0), CollectorRegistry(),
+                                     endpoints.LoopProbe(NullNotifier()), worker)
     try:
         assert http_get(endpoint.port, "/healthz") == (200, "consume loop alive\n")
         worker.reason = "recycling: 9 handler threads stuck (max_stuck_threads = 8)"

@@ -6,7 +6,7 @@ import threading
 import time
 import weakref
 
-from rpcworker.executor import Executor
+from rpcworker.engine.executor import Executor
 
 
 def test_completion_wakes_the_pipe_and_comes_back_in_order_of_finish() -> None:

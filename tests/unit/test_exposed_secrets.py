@@ -1,4 +1,4 @@
-"""config.exposed_secrets: a config file holding the broker password that every user
+"""conffile.exposed_secrets: a config file holding the broker password that every user
 can read is named at start-up (and by --check-config)."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from rpcworker import config
+from rpcworker.config import conffile
 
 
 def _warnings(tmp_path: Path, text: str, mode: int) -> list[str]:
     path = tmp_path / "rpcworker.conf"
     path.write_text(text)
     path.chmod(mode)
-    return config.exposed_secrets(config.prepare(["--config-file", str(path)]))
+    return conffile.exposed_secrets(conffile.prepare(["--config-file", str(path)]))
 
 
 @pytest.mark.parametrize("text, what", [
@@ -46,8 +46,8 @@ def test_password_from_a_second_file_names_that_file(tmp_path: Path) -> None:
     private.write_text("[broker]\npassword = s3cret\n")
     public.chmod(0o644)
     private.chmod(0o644)
-    conf = config.prepare(["--config-file", str(public), "--config-file", str(private)])
-    (warning,) = config.exposed_secrets(conf)
+    conf = conffile.prepare(["--config-file", str(public), "--config-file", str(private)])
+    (warning,) = conffile.exposed_secrets(conf)
     assert str(private) in warning and str(public) not in warning
 
 
@@ -68,5 +68,5 @@ def test_the_default_guest_user_on_loopback_is_no_secret(tmp_path: Path, text: s
 
 def test_the_shipped_example_config_gets_no_warning() -> None:
     path = Path(__file__).parents[2] / "etc" / "rpcworker" / "rpcworker.conf"
-    conf = config.prepare(["--config-file", str(path)])
-    assert config.exposed_secrets(conf) == []
+    conf = conffile.prepare(["--config-file", str(path)])
+    assert conffile.exposed_secrets(conf) == []

@@ -6,8 +6,9 @@ import dataclasses
 
 import kombu
 
-from rpcworker import failures, topology
-from rpcworker.bindings import Binding
+from rpcworker.amqp import topology
+from rpcworker.config.bindingconf import Binding
+from rpcworker.policy import failures
 
 CLASSIC = Binding(name="d", type="direct", handler="log", exchange="ex", durable=True,
                   prefetch_count=5, acknowledge="after", queue="work", routing_keys=("k",),

@@ -1,6 +1,6 @@
 """Hostile messages never hurt the worker: property-based fuzzing of the path every
 delivery takes in ``Worker._on_message`` (``protocol.decode``, then
-``policy.refused`` or ``policy.redelivered`` and ``inflight.run``).
+``decisions.refused`` or ``decisions.redelivered`` and ``inflight.run``).
 
 Whatever the body, content type, encoding, headers, properties and delivery info:
 
@@ -31,11 +31,12 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 import rpcworker
-from rpcworker import dispatcher, failures, policy, protocol
-from rpcworker.bindings import Binding
-from rpcworker.consumer.inflight import run
+from rpcworker.config.bindingconf import Binding
+from rpcworker.engine.inflight import run
 from rpcworker.errors import NoSuchMethod, UnsupportedVersion
-from rpcworker.policy import Action, Outcome
+from rpcworker.policy import decisions, dispatcher, failures
+from rpcworker.policy.decisions import Action, Outcome
+from rpcworker.wire import protocol
 
 #: deterministic in CI (derandomize, no example database); about 10 s for the whole file
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=300,
@@ -405,7 +406,7 @@ def expected_error(handler: Any, req: protocol.Request) -> str | None:
 
 def check_dispatch(handler: FuzzHandler, binding: Binding, req: protocol.Request) -> None:
     SPRUNG.clear()
-    early = policy.redelivered(binding, req)
+    early = decisions.redelivered(binding, req)
     if early is not None:
         note(f"on_receipt: {early.action.value}")
         assert_outcome(early, binding)
@@ -444,7 +445,7 @@ def run_delivery(delivery: dict[str, Any], binding: Binding, handler_cls: type) 
         assert not result.reason.startswith("cannot decode"), result.reason  # a missed case
         assert_route(result.reply)
         note(f"refused: {result.reason.split(':')[0][:40]}")
-        outcome = assert_outcome(policy.refused(binding, result), binding)
+        outcome = assert_outcome(decisions.refused(binding, result), binding)
         assert outcome.action is Action.DEAD_LETTER
         assert reply_error(outcome) == ("InvalidRequest" if result.reply else None)
         return result

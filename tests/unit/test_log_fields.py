@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from oslo_log import formatters
 
-from rpcworker import logfields, protocol
-from rpcworker.consumer.inflight import run
-from rpcworker.consumer.intake import Refusals
-from rpcworker.logfields import describe as _describe
-from rpcworker.ratelimit import LogLimiter
+from rpcworker.engine.inflight import run
+from rpcworker.engine.intake import Refusals
+from rpcworker.engine.ratelimit import LogLimiter
+from rpcworker.wire import logfields, protocol
+from rpcworker.wire.logfields import describe as _describe
 from tests.unit.test_dispatcher import AFTER
 
 
@@ -57,7 +57,7 @@ class Failing:
 
 
 def test_failure_line_carries_the_fields_as_extra(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="rpcworker.policy")
+    caplog.set_level(logging.ERROR, logger="rpcworker.policy.decisions")
     run(Failing(), AFTER, call())
     [record] = caplog.records
     assert "failed on call 'm' (msg_id='m1', unique_id='u1')" in record.getMessage()
@@ -74,7 +74,7 @@ def test_refusal_line_names_the_message_id(caplog: pytest.LogCaptureFixture) -> 
     binding: Any = SimpleNamespace(name="api")
     message = SimpleNamespace(delivery_info={"exchange": "ex", "routing_key": "rk"},
                               content_type="text/plain", properties={"message_id": "id-1"})
-    caplog.set_level(logging.WARNING, logger="rpcworker.consumer")
+    caplog.set_level(logging.WARNING, logger="rpcworker.engine")
     refusals.log(binding, message, "content type 'text/plain' refused")
     refusals.log(binding, message, "NoSuchMethod: x", call())
     first, second = caplog.records

@@ -1,4 +1,4 @@
-"""rpcworker.metrics: the listen option, the instruments, the probes, the HTTP endpoint."""
+"""The metrics: the listen option, the instruments, the probes, the HTTP endpoints."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import kombu
 import pytest
 
-from rpcworker import metrics
+from rpcworker.daemon import endpoints, instruments
+from rpcworker.daemon.supervisor import Hub
+from rpcworker.engine.readiness import NullNotifier
 from rpcworker.errors import ConfigError
-from rpcworker.policy import Action, Delivery, Outcome
-from rpcworker.supervisor import Hub
-from rpcworker.systemd import NullNotifier
+from rpcworker.policy.decisions import Action, Delivery, Outcome
 from tests.helpers import http_get as get
 from tests.unit.test_settle import BINDING, Box, FakeMessage
 from tests.unit.test_supervisor import Clock, Sink
@@ -29,14 +29,14 @@ from tests.unit.test_supervisor import Clock, Sink
     ("0.0.0.0:65535", ("0.0.0.0", 65535)),
 ])
 def test_listen_values_accepted(value: str, expected: tuple[str, int] | None) -> None:
-    assert metrics.parse_listen(value) == expected
+    assert endpoints.parse_listen(value) == expected
 
 
 @pytest.mark.parametrize("value", ["9464", ":9464", "host:", "host:0", "host:65536",
                                    "host:http", "::1:9464", "[nothost]:9464", "a b:80"])
 def test_bad_listen_values_are_a_config_error_naming_the_option(value: str) -> None:
     with pytest.raises(ConfigError) as info:
-        metrics.parse_listen(value)
+        endpoints.parse_listen(value)
     assert (info.value.group, info.value.option) == ("metrics", "listen")
     assert "\n" not in str(info.value) and str(info.value).startswith("[metrics] listen: ")
 
@@ -44,13 +44,13 @@ def test_bad_listen_values_are_a_config_error_naming_the_option(value: str) -> N
 # -- the instruments ----------------------------------------------------------------------
 
 
-def sample(m: metrics.Metrics, name: str, binding: str | None = "b") -> float | None:
+def sample(m: instruments.Metrics, name: str, binding: str | None = "b") -> float | None:
     labels = {"binding": binding} if binding is not None else {}
     return m.registry.get_sample_value(name, labels)
 
 
 def test_counters_exist_at_zero_for_every_binding() -> None:
-    m = metrics.Metrics(["b", "c"])
+    m = instruments.Metrics(["b", "c"])
     for name in ("received", "acked", "rejected", "retried", "dead_lettered", "failed"):
         assert sample(m, f"rpcworker_{name}_total", "c") == 0
     assert sample(m, "rpcworker_inflight", "c") == 0
@@ -58,7 +58,7 @@ def test_counters_exist_at_zero_for_every_binding() -> None:
 
 
 def test_run_handler_times_the_handler_and_counts_failures() -> None:
-    m = metrics.Metrics(["b"])
+    m = instruments.Metrics(["b"])
     seen = []
 
     def ok() -> Outcome:
@@ -74,7 +74,7 @@ def test_run_handler_times_the_handler_and_counts_failures() -> None:
 
 
 def test_connection_state_reconnects_and_consuming() -> None:
-    m = metrics.Metrics(["b"])
+    m = instruments.Metrics(["b"])
     m.connected(first=True)
     m.consuming("b", True)
     assert sample(m, "rpcworker_connected", None) == 1
@@ -98,7 +98,7 @@ def conn() -> Iterator[kombu.Connection]:
 
 
 def test_settle_counts_where_each_delivery_is_settled(conn: kombu.Connection) -> None:
-    m = metrics.Metrics(["b"])
+    m = instruments.Metrics(["b"])
     box = Box(conn, listener=m)
     box.settle(Delivery(FakeMessage(), BINDING, "q", None), Outcome(Action.ACK))
     box.settle(Delivery(FakeMessage(), BINDING, "q", None), Outcome(Action.RETRY, reason="x"))
@@ -120,11 +120,11 @@ def test_settle_counts_where_each_delivery_is_settled(conn: kombu.Connection) ->
 
 def test_loop_probe_is_healthy_while_the_loop_ticks() -> None:
     clock = Clock()
-    probe = metrics.LoopProbe(NullNotifier(), clock=clock)
+    probe = endpoints.LoopProbe(NullNotifier(), clock=clock)
     assert probe.health()[0]
-    clock.advance(metrics.STALE_AFTER - 1)
+    clock.advance(endpoints.STALE_AFTER - 1)
     probe.watchdog()
-    clock.advance(metrics.STALE_AFTER - 1)
+    clock.advance(endpoints.STALE_AFTER - 1)
     assert probe.health()[0]
     clock.advance(2)
     ok, reason = probe.health()
@@ -133,7 +133,7 @@ def test_loop_probe_is_healthy_while_the_loop_ticks() -> None:
 
 def test_loop_probe_readiness_gives_the_last_status_line() -> None:
     sink = Sink()
-    probe = metrics.LoopProbe(sink)
+    probe = endpoints.LoopProbe(sink)
     assert probe.readiness(False) == (False, "not connected to the broker yet")
     probe.ready("consuming 1 of 1 binding(s); 0 reconnect(s)")
     assert probe.readiness(True) == (True, "consuming 1 of 1 binding(s); 0 reconnect(s)")
@@ -168,10 +168,10 @@ def test_hub_health_and_readiness() -> None:
 
 
 def test_endpoint_routes() -> None:
-    m = metrics.Metrics(["b"])
+    m = instruments.Metrics(["b"])
     m.received("b")
     state = {"ready": (False, "reconnecting to the broker")}
-    endpoint = metrics.Endpoint(("127.0.0.1", 0), lambda: b"rpcworker_x 1\n",
+    endpoint = endpoints.Endpoint(("127.0.0.1", 0), lambda: b"rpcworker_x 1\n",
                                 lambda: (True, "consume loop alive"),
                                 lambda: state["ready"]).start()
     try:
@@ -191,6 +191,6 @@ def test_a_port_in_use_is_a_config_error() -> None:
         taken.listen(1)
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError) as info:
-            metrics.Endpoint(("127.0.0.1", port), lambda: b"", lambda: (True, ""),
+            endpoints.Endpoint(("127.0.0.1", port), lambda: b"", lambda: (True, ""),
                              lambda: (True, ""))
     assert str(info.value).startswith(f"[metrics] listen: cannot listen on 127.0.0.1:{port}")

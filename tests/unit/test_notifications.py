@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 
-from rpcworker import bindings, notifications, policy, protocol, topology
-from rpcworker.consumer.inflight import run
-from rpcworker.dedup import CompletedCache
+from rpcworker.amqp import topology
+from rpcworker.config import bindingconf
+from rpcworker.engine.inflight import run
 from rpcworker.errors import ConfigError
-from rpcworker.policy import Action
+from rpcworker.policy import decisions, notifications
+from rpcworker.policy.decisions import Action
+from rpcworker.policy.dedup import CompletedCache
 from rpcworker.testing import DEAD_LETTERED, HandlerFixture
+from rpcworker.wire import protocol
 
 BASE = "[DEFAULT]\nbindings = n\n[binding:n]\ntype = notification\nhandler = h\n"
 
@@ -35,8 +38,8 @@ class Handler:
         raise AssertionError
 
 
-def parse(make_conf: Any, extra: str = "") -> bindings.Binding:
-    [b] = bindings.parse(make_conf(BASE + extra))
+def parse(make_conf: Any, extra: str = "") -> bindingconf.Binding:
+    [b] = bindingconf.parse(make_conf(BASE + extra))
     return b
 
 
@@ -72,7 +75,7 @@ def test_notification_options_are_refused_elsewhere(make_conf: Any) -> None:
     text = ("[DEFAULT]\nbindings = t\n[binding:t]\ntype = topic\nhandler = h\n"
             "pool = p\n")
     with pytest.raises(ConfigError, match=r"^\[binding:t\] pool: only used by notification"):
-        bindings.parse(make_conf(text))
+        bindingconf.parse(make_conf(text))
 
 
 def test_priorities_are_resolved_against_the_handler(make_conf: Any) -> None:
@@ -148,14 +151,14 @@ def test_policy_screens_runs_and_retries(make_conf: Any) -> None:
     h = Handler()
     req = decoded(oslo_body())
     assert isinstance(req, protocol.Request)
-    assert policy.on_receipt(b, req, h, CompletedCache(10), draining=False) is policy.RUN
+    assert decisions.on_receipt(b, req, h, CompletedCache(10), draining=False) is decisions.RUN
     other = decoded(oslo_body(event_type="image.update"))
-    assert policy.on_receipt(b, other, h, CompletedCache(10), draining=False) == (
-        policy.Outcome(Action.ACK, filtered=True))
+    assert decisions.on_receipt(b, other, h, CompletedCache(10), draining=False) == (
+        decisions.Outcome(Action.ACK, filtered=True))
     warn = decoded(oslo_body("WARN"))  # the handler has no warn(): acked, not run
-    out = policy.on_receipt(b, warn, h, CompletedCache(10), draining=False)
-    assert isinstance(out, policy.Outcome) and out.action is Action.ACK and not out.filtered
-    assert run(h, b, req) == policy.Outcome(Action.ACK)
+    out = decisions.on_receipt(b, warn, h, CompletedCache(10), draining=False)
+    assert isinstance(out, decisions.Outcome) and out.action is Action.ACK and not out.filtered
+    assert run(h, b, req) == decisions.Outcome(Action.ACK)
     assert h.got[0][1:3] == ("compute.h1", "compute.instance.create.end")
     requeue = decoded(oslo_body(payload={"answer": "requeue"}))
     assert isinstance(requeue, protocol.Request)
@@ -180,13 +183,13 @@ def test_two_bindings_on_the_same_default_queues_are_refused(make_conf: Any) -> 
     text = ("[DEFAULT]\nbindings = a, b\n[binding:a]\ntype = notification\nhandler = h\n"
             "[binding:b]\ntype = notification\nhandler = h\n")
     with pytest.raises(ConfigError) as info:
-        notifications.resolve(bindings.parse(make_conf(text)), {"h": Handler()})
+        notifications.resolve(bindingconf.parse(make_conf(text)), {"h": Handler()})
     assert str(info.value) == ("[binding:b] topic: queue 'notifications.info' is already "
                                "consumed by binding 'a'")
 
 
 def test_list_handlers_shows_the_priorities() -> None:
-    from rpcworker import plugins
+    from rpcworker.config import plugins
 
     info = plugins.describe("h", "m:Handler", Handler)
     assert info.priorities == ("info", "error") and info.methods == ("error", "info")

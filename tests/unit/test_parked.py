@@ -12,13 +12,16 @@ from typing import Any
 
 import pytest
 
-from rpcworker import bindings, failures, lotdepth, protocol
 from rpcworker.client import args as client_args
-from rpcworker.client.errors import EXIT_BROKER, EXIT_USAGE, ClientError
+from rpcworker.client.exits import EXIT_BROKER, EXIT_USAGE, ClientError
 from rpcworker.client.lots import Lot, find, topic_matches
-from rpcworker.client.parked import Selection, line
-from rpcworker.parked import Parked, read_export
+from rpcworker.client.parkedcmds import Selection, line
+from rpcworker.config import bindingconf
+from rpcworker.daemon import lotdepth
+from rpcworker.parking.parked import Parked, read_export
+from rpcworker.policy import failures
 from rpcworker.testing import HandlerFixture
+from rpcworker.wire import protocol
 
 CAST = protocol.envelope(protocol.oslo_request("resize", {"size": 2}, {"user": "u1"}))
 
@@ -115,7 +118,7 @@ def test_the_replay_copy_resets_the_counters_and_counts_the_replay() -> None:
 
 
 def test_a_dead_letter_copy_says_when_it_was_parked(make_conf: Any) -> None:
-    [b] = bindings.parse(make_conf("[DEFAULT]\nbindings = c\n[binding:c]\ntype = direct\n"
+    [b] = bindingconf.parse(make_conf("[DEFAULT]\nbindings = c\n[binding:c]\ntype = direct\n"
                                    "handler = h\nexchange = e\nqueue = q\nrouting_key = k\n"
                                    "dead_letter_queue = dlq\n"))
     copy = failures.dead_letter_copy(b, "q", b"{}", {}, {}, "boom", "e", "k")
@@ -180,7 +183,7 @@ class FakeManagement:
 
 
 def test_which_queues_are_whose_parking_lot(make_conf: Any) -> None:
-    parsed = bindings.parse(make_conf(CONF.format(qtype="classic")))
+    parsed = bindingconf.parse(make_conf(CONF.format(qtype="classic")))
     mgmt = FakeManagement()
     lots = find(parsed, binding=None, queue=None, management=lambda: mgmt, vhost="/")
     assert lots == [Lot("shared", ("a", "b"), False), Lot("by-key", ("x",), None)]
@@ -202,7 +205,7 @@ def test_which_queues_are_whose_parking_lot(make_conf: Any) -> None:
 
 def test_a_quorum_lot_is_known_from_the_configuration(make_conf: Any) -> None:
     text = CONF.format(qtype="quorum").replace("queue = qa\n", "queue = qa\nqueue_type = quorum\n")
-    parsed = bindings.parse(make_conf(text))
+    parsed = bindingconf.parse(make_conf(text))
     assert find(parsed, binding="b", queue=None, management=lambda: None, vhost="/") == [
         Lot("shared", ("b",), True)]
 
@@ -271,7 +274,7 @@ class FakeConnection:
 def test_the_depth_collector_reads_at_most_every_few_seconds(
         make_conf: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = make_conf(CONF.format(qtype="classic"))
-    parsed = bindings.parse(conf)
+    parsed = bindingconf.parse(conf)
     assert lotdepth.lots_of(parsed) == {"shared": ("a", "b")}
     depths = {"shared": 7}
     conn = FakeConnection(depths)

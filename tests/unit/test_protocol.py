@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from rpcworker import protocol
-from rpcworker.protocol import Rejected, Request
+from rpcworker.wire import protocol
+from rpcworker.wire.protocol import Rejected, Request
 
 
 def oslo(inner: dict[str, Any]) -> bytes:

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from rpcworker import ratelimit
-from rpcworker.ratelimit import LogLimiter, Suppressed
+from rpcworker.engine import ratelimit
+from rpcworker.engine.ratelimit import LogLimiter, Suppressed
 
 
 class Clock:
@@ -122,13 +122,13 @@ def test_consumer_logs_through_the_limiter(clock: Clock,
     """The intake's refusal logging (intake.Refusals) on a flood of 50 refusals."""
     from types import SimpleNamespace
 
-    from rpcworker.consumer.intake import Refusals
+    from rpcworker.engine.intake import Refusals
 
     refusals = Refusals(LogLimiter(clock=clock))
     binding: Any = SimpleNamespace(name="api")
     message = SimpleNamespace(delivery_info={"exchange": "ex", "routing_key": "rk"},
                               content_type="application/x-python-serialize")
-    caplog.set_level(logging.WARNING, logger="rpcworker.consumer")
+    caplog.set_level(logging.WARNING, logger="rpcworker.engine")
     for i in range(50):
         refusals.log(binding, message, f"reason {i}")
     lines = [r.getMessage() for r in caplog.records]

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from rpcworker.readahead import ReadAhead
+from rpcworker.amqp.readahead import ReadAhead
 
 
 def test_serves_small_reads_from_one_large_recv() -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rpcworker import systemd
-from rpcworker.systemd import Notifier, NullNotifier, SystemdNotifier
+from rpcworker.daemon import systemd
+from rpcworker.daemon.systemd import SystemdNotifier
+from rpcworker.engine.readiness import Notifier, NullNotifier
 
 
 class Receiver:
@@ -215,7 +216,7 @@ def test_an_unusable_socket_never_raises(tmp_path: Path, address: str,
               "long": "/" + "x" * 200, "nul": str(tmp_path / "a\0b")}[address]
     (tmp_path / "file").write_text("not a socket")
     n = SystemdNotifier(target, watchdog_usec=1)
-    with caplog.at_level(logging.DEBUG, logger="rpcworker.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="rpcworker.daemon.systemd"):
         for _ in range(3):
             everything(n)
         assert n.send("STATUS=x") is False

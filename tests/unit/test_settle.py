@@ -12,13 +12,13 @@ from typing import Any
 import kombu
 import pytest
 
-from rpcworker import protocol
-from rpcworker.bindings import Binding
-from rpcworker.consumer.acks import Acks
-from rpcworker.consumer.settle import Settle
-from rpcworker.events import Listener, Stats
-from rpcworker.policy import Action, Delivery, Outcome
-from rpcworker.transport import Capabilities
+from rpcworker.amqp.transport import Capabilities
+from rpcworker.config.bindingconf import Binding
+from rpcworker.engine.acks import Acks
+from rpcworker.engine.events import Listener, Stats
+from rpcworker.engine.settle import Settle
+from rpcworker.policy.decisions import Action, Delivery, Outcome
+from rpcworker.wire import protocol
 
 BINDING = Binding(name="b", type="direct", handler="h", exchange="ex", durable=True,
                   prefetch_count=1, acknowledge="after", queue="q", routing_keys=("k",),

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from rpcworker.errors import ConfigError
-from rpcworker.supervisor import (
+from rpcworker.daemon.supervisor import (
     HELLO,
     READY,
     RELOADING,
@@ -21,6 +20,7 @@ from rpcworker.supervisor import (
     ChildNotifier,
     Hub,
 )
+from rpcworker.errors import ConfigError
 
 USEC = 10_000_000  # WATCHDOG_USEC: a 10 s window
 OK = "consuming 2 of 2 binding(s); 0 reconnect(s)"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rpcworker import opts
+from rpcworker.config import opts
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 SERVICE = UNITS / "rpcworker.service"

@@ -173,8 +173,9 @@ def test_pytest_fixture_factory(rpcworker_handler: Any) -> None:  # noqa: F811
 def test_rpc_methods_follow_find_method() -> None:
     import functools
 
-    from rpcworker import dispatcher, plugins
+    from rpcworker.config import plugins
     from rpcworker.handlers.log import LogHandler
+    from rpcworker.policy import dispatcher
 
     class Base:
         def inherited(self, ctxt: Any) -> None: ...

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from rpcworker import topology
-from rpcworker.bindings import Binding
+from rpcworker.amqp import topology
+from rpcworker.config.bindingconf import Binding
 
 
 def test_rpc_topology_is_oslo_messaging_s() -> None:

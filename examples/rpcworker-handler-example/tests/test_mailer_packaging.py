@@ -9,7 +9,7 @@ from pathlib import Path
 from rpcworker_handler_example.mailer import MailerHandler
 from stevedore import driver
 
-from rpcworker import plugins
+from rpcworker.config import plugins
 
 
 def test_entry_point_loads_the_handler() -> None:

@@ -1,0 +1,131 @@
+"""Binding -> the kombu exchanges, queues and bindings it declares.
+
+``rpc`` bindings declare exactly what an oslo.messaging RPC server declares for
+``Target(topic, server)`` (oslo.messaging ``_drivers/impl_rabbit.py``): queues
+TOPIC and TOPIC.SERVER on the topic control exchange, and the TOPIC_fanout
+fanout exchange with a per-process ``TOPIC_fanout_<uuid hex>`` queue. A quorum
+binding (``queue_type = quorum``) declares them as oslo.messaging does with
+``rabbit_quorum_queue = True``: TOPIC, TOPIC.SERVER and the exchange durable, the
+queues with ``x-queue-type: quorum`` and the binding's ``x-delivery-limit`` /
+``x-max-in-memory-*`` (``bindings`` merged them into ``queue_arguments``); the fanout
+queue stays classic (oslo's ``rabbit_transient_quorum_queue = False``). ``notification``
+bindings declare what oslo's notification listener (and notifier) declare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from kombu import Exchange, Queue, binding
+
+from rpcworker.config.bindingconf import Binding
+
+#: oslo.messaging's rabbit_transient_queues_ttl default, in milliseconds
+TRANSIENT_QUEUE_TTL_MS = 1_800_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """What one binding consumes from."""
+
+    binding: Binding
+    queues: tuple[Queue, ...]
+    #: queues to delete on a clean stop (per-process fanout queues, as oslo does)
+    transient: tuple[str, ...] = ()
+
+
+def build(b: Binding, instance_id: str | None = None) -> Topology:
+    """The entities of ``b``. ``instance_id`` names per-process queues (default: a new uuid).
+
+    Build once per process and reuse after reconnects, so per-process queues keep
+    their names.
+    """
+    instance = instance_id or uuid.uuid4().hex
+    if b.type == "rpc":
+        return _rpc(b, instance)
+    if b.type == "notification":
+        return _notification(b)
+    exchange = Exchange(b.exchange, type=b.type, durable=b.durable, auto_delete=False)
+    queue_name = b.queue or f"{b.exchange}_{b.name}_{instance}"
+    if b.type == "fanout":
+        bindings = [binding(exchange, routing_key="")]
+    else:
+        bindings = [binding(exchange, routing_key=key) for key in b.routing_keys]
+    queue = Queue(
+        queue_name,
+        bindings=bindings,
+        durable=b.durable,
+        auto_delete=b.auto_delete,
+        exclusive=b.exclusive,
+        queue_arguments=dict(b.queue_arguments) or None,
+    )
+    transient = (queue_name,) if b.queue is None else ()
+    return Topology(binding=b, queues=(queue,), transient=transient)
+
+
+def _rpc(b: Binding, instance: str) -> Topology:
+    assert b.topic is not None and b.server is not None
+    topic_exchange = Exchange(b.exchange, type="topic", durable=b.durable, auto_delete=False)
+    args = dict(b.queue_arguments) or None
+    queues = [
+        Queue(key, topic_exchange, routing_key=key, durable=b.durable, auto_delete=False,
+              queue_arguments=args)
+        for key in (b.topic, f"{b.topic}.{b.server}")
+    ]
+    fanout_exchange = Exchange(f"{b.topic}_fanout", type="fanout", durable=False,
+                               auto_delete=True)
+    fanout_queue = f"{b.topic}_fanout_{instance}"
+    queues.append(
+        Queue(fanout_queue, fanout_exchange, routing_key=b.topic, durable=False,
+              auto_delete=False, queue_arguments={"x-expires": TRANSIENT_QUEUE_TTL_MS})
+    )
+    return Topology(binding=b, queues=tuple(queues), transient=(fanout_queue,))
+
+
+def _notification(b: Binding) -> Topology:
+    """What oslo.messaging's notification listener declares for its targets (one per
+    exchange and topic) and priorities: the topic exchange(s), and a queue ``TOPIC.PRIORITY``
+    bound with that key on each exchange, or one queue ``POOL`` bound with every key.
+    The flags are those of oslo's notifier too (``_publish_and_creates_default_queue``):
+    durable as the exchange, not auto-delete, quorum arguments with queue_type."""
+    exchanges = [Exchange(e, type="topic", durable=b.durable, auto_delete=False)
+                 for e in b.exchanges]
+    keys = [f"{t}.{p}" for t in b.topics for p in b.priorities]
+    args = dict(b.queue_arguments) or None
+    if b.pool:
+        names_and_keys = [(b.pool, keys)]
+    else:
+        names_and_keys = [(key, [key]) for key in keys]
+    queues = tuple(
+        Queue(name, bindings=[binding(e, routing_key=k) for e in exchanges for k in ks],
+              durable=b.durable, auto_delete=False, queue_arguments=args)
+        for name, ks in names_and_keys)
+    return Topology(binding=b, queues=queues)
+
+
+def describe(t: Topology) -> list[str]:
+    """Human-readable lines of what ``t`` declares (for --check-config)."""
+    b = t.binding
+    priorities = (f"priorities {', '.join(b.priorities)}, " if b.type == "notification"
+                  else "")
+    lines = [f"binding {b.name} (type {b.type}, handler {b.handler}, {priorities}"
+             f"acknowledge {b.acknowledge}, prefetch {b.prefetch_count})"]
+    seen_exchanges: set[str] = set()
+    for q in t.queues:
+        for bd in q.bindings or [binding(q.exchange, routing_key=q.routing_key)]:
+            ex = bd.exchange
+            if ex is not None and ex.name not in seen_exchanges:
+                seen_exchanges.add(ex.name)
+                lines.append(f"  exchange {ex.name!r} type={ex.type} durable={ex.durable} "
+                             f"auto_delete={ex.auto_delete}")
+        by_exchange: dict[str, list[str]] = {}
+        for bd in q.bindings or [binding(q.exchange, routing_key=q.routing_key)]:
+            by_exchange.setdefault(bd.exchange.name, []).append(bd.routing_key)
+        bound = "; ".join(f"{name!r} with keys {keys}" for name, keys in by_exchange.items())
+        lines.append(
+            f"  queue {q.name!r} durable={q.durable} auto_delete={q.auto_delete} "
+            f"exclusive={q.exclusive} arguments={getattr(q, 'queue_arguments', None) or {}} "
+            f"bound to {bound}"
+        )
+    return lines

@@ -1,0 +1,363 @@
+"""What the worker consumes on the current connection: each binding on its own channel
+(its own prefetch window), one kombu ``Consumer`` per queue, so that a delivery's queue
+is known from the consumer that received it.
+
+A declaration the broker refuses (406 PRECONDITION_FAILED, 405 RESOURCE_LOCKED, ...)
+closes only that binding's channel: it is logged in one line, the other bindings go on,
+and it is tried again every ``reconnect_interval_max`` seconds. On SIGHUP a removed or
+changed binding stops taking deliveries (basic.cancel) but keeps its channel until its
+in-flight messages are settled, so nothing is lost or handled twice; a new or changed
+binding is declared and consumed at once. Loop thread only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import kombu
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from rpcworker.amqp import topology
+from rpcworker.amqp.topology import Topology
+from rpcworker.amqp.transport import Capabilities, prepare_consuming_channel
+from rpcworker.config import reloadplan
+from rpcworker.config.bindingconf import Binding
+from rpcworker.engine.budget import MAX_WINDOW
+from rpcworker.engine.events import Listener
+from rpcworker.errors import ConfigError, PluginError, oneline
+from rpcworker.policy import failures
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Subscription:
+    """One queue consumed for one binding."""
+
+    binding: Binding
+    handler: Any
+    queue: str
+    #: the queue has delay queues declared (a failure can be retried)
+    retryable: bool
+
+
+@dataclasses.dataclass(eq=False)
+class _Bound:
+    """A binding's channel and consumers on the current connection."""
+
+    topology: Topology
+    channel: Any
+    consumers: list[kombu.Consumer]
+    #: its consumers are cancelled by the throttle (``pause``)
+    paused: bool = False
+
+    def pausable(self) -> list[kombu.Consumer]:
+        return [c for c in self.consumers if _pausable(c)]
+
+    def pause(self) -> int:
+        """basic.cancel on the consumers that may be; how many."""
+        pausable = self.pausable()
+        for consumer in pausable:
+            consumer.cancel()
+        self.paused = True
+        return len(pausable)
+
+    def restart(self, window: int | None) -> None:
+        """basic.qos (it applies to the consumers created after it), then consume."""
+        pausable = self.pausable()
+        self.paused = False
+        if not pausable:
+            return
+        pausable[0].qos(prefetch_count=window or 0)
+        for consumer in pausable:
+            consumer.prefetch_count = window
+            consumer.consume()
+
+
+def _pausable(consumer: kombu.Consumer) -> bool:
+    """Whether the throttle may cancel ``consumer`` and start it again: not on an
+    auto_delete queue (the broker deletes it when its last consumer goes)."""
+    return not any(q.auto_delete for q in consumer.queues or ())
+
+
+def _no_budget(prefetch: int, consumers: int) -> int | None:
+    return prefetch or None
+
+
+class Subscriptions:
+    def __init__(self, topologies: Sequence[Topology], handlers: dict[str, Any],
+                 on_message: Callable[[Subscription, Any], None], events: Listener,
+                 retry_interval: float,
+                 window: Callable[[int, int], int | None] = _no_budget) -> None:
+        self.topologies = list(topologies)
+        #: the window for a binding's consumers: (its prefetch_count, consumers in all)
+        self._window = window
+        #: the throttle has cancelled the consumers (``pause``): new ones wait too
+        self.paused = False
+        self.handlers = handlers
+        self._on_message = on_message
+        self._events = events
+        self._retry_interval = retry_interval
+        self._conn: kombu.Connection | None = None
+        self._caps: Capabilities | None = None
+        self._bound: dict[str, _Bound] = {}
+        self._failed: dict[str, float] = {}  # binding name -> next declaration attempt
+        #: bindings taken away by a reload, kept open until their in-flight work is settled
+        self._retiring: list[_Bound] = []
+
+    @property
+    def consuming(self) -> list[Topology]:
+        return [t for t in self.topologies if t.binding.name in self._bound]
+
+    @property
+    def failed(self) -> list[str]:
+        return sorted(self._failed)
+
+    @property
+    def retiring(self) -> bool:
+        return bool(self._retiring)
+
+    def log_consuming(self) -> None:
+        if self.consuming:
+            LOG.info("Consuming: %s", "; ".join(
+                f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
+                for t in self.consuming))
+
+    def status(self, reconnects: int) -> str:
+        """The systemd STATUS line: what is consumed, and what could not be declared."""
+        line = (f"consuming {len(self.consuming)} of {len(self.topologies)} binding(s); "
+                f"{reconnects} reconnect(s)")
+        if self._failed:
+            line += f"; not declared: {', '.join(self.failed)}"
+        return line
+
+    def consumers(self) -> list[kombu.Consumer]:
+        return [c for bound in self._bound.values() for c in bound.consumers]
+
+    # -- a session ------------------------------------------------------------------------
+
+    def start(self, conn: kombu.Connection, caps: Capabilities) -> list[kombu.Consumer]:
+        """Declare and consume every binding on a new connection."""
+        self.lost()
+        self._conn, self._caps = conn, caps
+        for topo in self.topologies:
+            self._start(topo)
+        return self.consumers()
+
+    def lost(self) -> None:
+        """The connection is gone, and its channels with it."""
+        self._conn = self._caps = None
+        self._bound, self._failed, self._retiring = {}, {}, []
+        self.paused = False
+
+    def _start(self, topo: Topology) -> None:
+        b = topo.binding
+        assert self._conn is not None and self._caps is not None
+        channel = self._conn.channel()
+        prepare_consuming_channel(channel)
+        try:
+            consumers = self._declare(channel, topo, self._caps)
+        except tuple(self._conn.channel_errors) as exc:
+            self._failed[b.name] = time.monotonic() + self._retry_interval
+            LOG.error("binding %s: the broker refused its declarations: %s; the other "
+                      "bindings go on, this one is tried again in %g s", b.name,
+                      oneline(exc), self._retry_interval)
+            with contextlib.suppress(Exception):
+                channel.close()
+            return
+        self._failed.pop(b.name, None)
+        bound = self._bound[b.name] = _Bound(topo, channel, consumers)
+        bound.paused = self.paused  # then _declare left its pausable consumers idle
+        self._events.consuming(b.name, True)
+
+    def _declare(self, channel: Any, topo: Topology, caps: Capabilities
+                 ) -> list[kombu.Consumer]:
+        """Delay queues, parking lot, then the queues (each with its own consumer);
+        consuming starts once all are declared."""
+        b = topo.binding
+        handler = self.handlers[b.handler]
+        delays = {q.name: failures.retry_queues(b, q) if caps.delay_queues else []
+                  for q in topo.queues}
+        for queue in topo.queues:
+            for delay_queue in delays[queue.name]:
+                delay_queue(channel).declare()
+        exchange, parking = failures.parking_lot(b)
+        if exchange is not None:
+            exchange(channel).declare()
+        if parking is not None:
+            parking(channel).declare()
+        consumers = []
+        for queue in topo.queues:
+            sub = Subscription(b, handler, queue.name, bool(delays[queue.name]))
+            consumers.append(kombu.Consumer(
+                channel, queues=[queue], no_ack=False, auto_declare=True,
+                on_message=functools.partial(self._on_message, sub),
+                prefetch_count=self._window_of(b),
+                tag_prefix=f"rpcworker-{b.name}-"))  # kombu numbers tags process-wide
+        for consumer in consumers:
+            if not (self.paused and _pausable(consumer)):  # throttled: resume() starts it
+                consumer.consume()
+        return consumers
+
+    def retry_failed(self, now: float) -> bool:
+        """Declare again the bindings whose retry is due; whether any was tried."""
+        due = [t for t in self.topologies if self._failed.get(t.binding.name, now + 1) <= now]
+        for topo in due:
+            self._start(topo)
+        return bool(due)
+
+    def cancel(self) -> None:
+        """Stop taking deliveries (a stop): basic.cancel on every queue."""
+        for consumer in self.consumers():
+            consumer.cancel()
+
+    # -- the byte budget (consumer.budget.Throttle) ---------------------------------------
+
+    def _window_of(self, b: Binding) -> int | None:
+        return self._window(b.prefetch_count, sum(len(t.queues) for t in self.topologies))
+
+    def pause(self) -> int:
+        """Cancel every consumer that may be (``_Bound.pausable``); how many were. The
+        deliveries they had stay unacked on their channels, to be settled as usual."""
+        self.paused = True
+        return sum(bound.pause() for bound in self._bound.values())
+
+    def resume(self) -> None:
+        """Consume again, each binding with its window for the recent size."""
+        self.paused = False
+        for bound in self._bound.values():
+            if bound.paused:
+                bound.restart(self._window_of(bound.topology.binding))
+
+    def slots(self) -> int:
+        """Deliveries the windows ``resume`` gives would take in all."""
+        return sum((self._window_of(bound.topology.binding) or 0) * len(bound.pausable())
+                   for bound in self._bound.values())
+
+    def rewindow(self) -> int:
+        """Start again (cancel, qos, consume) the bindings whose window is off from the
+        one the budget gives now by a factor of two; how many did."""
+        if self.paused:
+            return 0
+        changed = 0
+        for bound in self._bound.values():
+            pausable = bound.pausable()
+            if not pausable:
+                continue
+            # the window its consumers started with (restart sets it on each of them)
+            now = pausable[0].prefetch_count or MAX_WINDOW
+            want = self._window_of(bound.topology.binding)
+            target = want or MAX_WINDOW
+            if target * 2 <= now or target >= 2 * now:
+                bound.pause()
+                bound.restart(want)
+                changed += 1
+        return changed
+
+    def delete_transient(self, channel: Any) -> None:
+        """Clean stop: delete this process's per-process queues (as oslo.messaging does)."""
+        for topo in self.topologies:
+            for name in topo.transient:
+                try:
+                    channel.queue_delete(name)
+                except Exception as exc:  # best effort: x-expires removes it anyway
+                    LOG.debug("could not delete queue %s: %s", name, exc)
+
+    def queues_empty(self) -> bool:
+        """Whether every queue consumed has no message ready (a passive declare each)."""
+        if self._conn is None:
+            return False
+        channel = self._conn.default_channel
+        return not any(channel.queue_declare(queue=q.name, passive=True)[1]
+                       for t in self.consuming for q in t.queues)
+
+    # -- SIGHUP ---------------------------------------------------------------------------
+
+    def reload(self, conf: cfg.ConfigOpts) -> bool:
+        """Re-read the configuration and re-bind what changed; False when the new
+        configuration is refused (nothing changes then)."""
+        LOG.info("SIGHUP: re-reading the configuration")
+        try:
+            plan = reloadplan.plan(conf, [t.binding for t in self.topologies], self.handlers)
+        except (ConfigError, PluginError) as exc:
+            LOG.error("SIGHUP: the new configuration is refused, nothing changed: %s", exc)
+            return False
+        except Exception:  # a reload must never take the worker down
+            LOG.exception("SIGHUP: reading the new configuration failed, nothing changed")
+            return False
+        if plan.empty:
+            self.handlers.update(plan.new_handlers)
+            LOG.info("SIGHUP: bindings unchanged")
+            return True
+        self.apply(plan)
+        LOG.info("SIGHUP: bindings added %s, removed %s, changed %s", plan.added or "none",
+                 plan.removed or "none", plan.changed or "none")
+        return True
+
+    def apply(self, plan: reloadplan.Plan) -> None:
+        """Re-bind what ``plan`` changed: retire removed and changed bindings, declare
+        new and changed ones, unbind the keys a changed one no longer has."""
+        self.handlers.update(plan.new_handlers)
+        old = {t.binding.name: t for t in self.topologies}
+        for name in plan.removed + plan.changed:
+            self._retire(name)
+        fresh = set(plan.added) | set(plan.changed)
+        self.topologies = [topology.build(b) if b.name in fresh else old[b.name]
+                           for b in plan.bindings]
+        for topo in self.topologies:
+            if topo.binding.name in fresh:
+                self._start(topo)
+                if topo.binding.name in old:
+                    self._unbind_dropped_keys(old[topo.binding.name], topo)
+
+    def _retire(self, name: str) -> None:
+        self._failed.pop(name, None)
+        bound = self._bound.pop(name, None)
+        if bound is None:
+            return
+        self._events.consuming(name, False)
+        assert self._conn is not None
+        with contextlib.suppress(*tuple(self._conn.channel_errors)):
+            for consumer in bound.consumers:
+                consumer.cancel()
+        self._retiring.append(bound)
+
+    def close_retired(self, busy: Callable[[Binding], bool]) -> None:
+        """Close the retired bindings' channels whose in-flight work is settled."""
+        for bound in list(self._retiring):
+            if busy(bound.topology.binding):
+                continue
+            self._retiring.remove(bound)
+            for name in bound.topology.transient:
+                with contextlib.suppress(Exception):
+                    bound.channel.queue_delete(name)
+            with contextlib.suppress(Exception):
+                bound.channel.close()
+            LOG.info("binding %s: previous consumer closed, its in-flight work settled",
+                     bound.topology.binding.name)
+
+    def _unbind_dropped_keys(self, before: Topology, after: Topology) -> None:
+        """Remove queue bindings (exchange, routing key) that the new config no longer has."""
+        def keys(t: Topology) -> dict[str, set[tuple[str, str]]]:
+            return {q.name: {(b.exchange.name, b.routing_key) for b in q.bindings}
+                    | ({(q.exchange.name, q.routing_key)} if q.exchange and q.exchange.name
+                       else set()) for q in t.queues}
+        assert self._conn is not None
+        now = keys(after)
+        for queue, pairs in keys(before).items():
+            if queue not in now:
+                continue
+            for exchange, key in sorted(pairs - now[queue]):
+                try:
+                    self._conn.default_channel.queue_unbind(queue, exchange, key or "")
+                    LOG.info("binding %s: queue %s unbound from %s with key %r",
+                             after.binding.name, queue, exchange, key)
+                except tuple(self._conn.channel_errors) as exc:
+                    LOG.warning("binding %s: could not unbind %s from %s (%r): %s",
+                                after.binding.name, queue, exchange, key, oneline(exc))

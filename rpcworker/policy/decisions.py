@@ -1,0 +1,438 @@
+"""The ack policy: the one place that turns (binding, request, what happened) into an
+``Outcome`` — ack, retry, dead-letter, count, reject or requeue. Nothing else decides.
+
+A delivery passes it twice: ``on_receipt()`` (the intake asks before anything runs)
+and ``on_completion()`` (the handler thread asks with what the handler returned or
+raised). ``on_completed()`` (the loop, when a result comes back), ``timed_out()``,
+``resolve()`` (what settle can carry out on this queue) and ``on_copy_refused()`` (a
+retry / dead-letter / count copy the broker refused) close every other path. Settle
+only carries out what it is given.
+
+The policy (``acknowledge = after``, the default, at-least-once):
+
+===========================================  ==============  ============================
+what happened                                action          reply (calls only)
+===========================================  ==============  ============================
+handler returned                             ack             the result
+handler raised anything, call                ack             the error (the caller has
+                                                             its answer; never retried)
+handler raised ``Requeue`` or anything       retry, or       -
+else, cast/event                             dead-letter
+                                             once max_retries
+                                             retries are spent
+handler raised ``Reject``                    dead-letter     the error
+no such method / version, cast (on receipt)  dead-letter     (call: ack + the error)
+event and no ``handle_message``              dead-letter     -
+handler ran ``handler_timeout`` past start   as a failure    HandlerTimeout
+redelivered more than ``max_redeliveries``   dead-letter     PoisonMessage
+quorum, ``x-delivery-count`` >= ``delivery_  dead-letter     PoisonMessage
+limit`` (the broker's last delivery)
+redelivered (classic queue), within bounds   count           - (runs when it comes back)
+already completed (duplicate id)             ack             the remembered reply
+refused before dispatch (bad message)        dead-letter     the error, when routable
+notification handler returned ``"requeue"``  retry, or       -
+                                             dead-letter
+notification its filters do not match        ack             - (not run)
+received while the worker drains (stop)      requeue         -
+its connection was lost before it settled    drop            - (the broker redelivers it)
+===========================================  ==============  ============================
+
+``retry``: a copy goes to the binding's delay queue for that attempt (it comes
+back after ``retry_delay`` doubling up to ``retry_delay_max``) with header
+``x-rpcworker-retries``, then the original is acked; a queue without delay queues
+(exclusive, or a transport without TTL) dead-letters instead. ``dead-letter``: a
+copy goes to the binding's parking lot (``dead_letter_exchange``/``dead_letter_queue``)
+with the reason in its headers, then the original is acked; with no parking lot
+configured it is rejected without requeue (``reject``: the queue's own dead-letter
+exchange, if any, applies). ``count``: a copy with ``x-rpcworker-redeliveries``
+incremented goes to the tail of the same queue, then the original is acked, so crash
+loops are counted on classic queues (quorum queues count with ``x-delivery-count``).
+A copy the broker refuses makes the original rejected without requeue (a count copy:
+requeued), never looping. No outcome makes a message loop forever.
+
+Quorum queues with ``x-delivery-limit`` L (``delivery_limit``): measured on RabbitMQ
+3.10, the broker makes L + 1 deliveries of a message that is rejected with requeue or
+whose channel closes unacked, with ``x-delivery-count`` 0, 1, ..., L; when the last one
+comes back it drops the message (or dead-letters it to the queue's
+``x-dead-letter-exchange``, reason ``delivery_limit``). So the delivery with count L is
+never run: it is dead-lettered by us, with its reason, while we still hold it. With
+``max_redeliveries`` M too, the bound is the smaller one: a redelivery with count
+``c`` runs while ``c <= min(M or infinity, L - 1)``.
+
+With ``acknowledge = before`` the delivery is acked on receipt (at-most-once, as
+oslo.messaging's RPC server does): the action is ``none`` whatever happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from oslo_log import log as logging
+
+from rpcworker.config.bindingconf import Binding
+from rpcworker.errors import (
+    DispatchError,
+    HandlerTimeout,
+    NoHandleMessage,
+    NoSuchMethod,
+    PoisonMessage,
+    Reject,
+    Requeue,
+    UnsupportedVersion,
+)
+from rpcworker.policy import dispatcher, notifications
+from rpcworker.policy.dedup import CompletedCache
+from rpcworker.policy.failures import (
+    QUORUM_DELIVERY_COUNT,
+    REDELIVERIES_HEADER,
+    int_header,
+    retries_of,
+)
+from rpcworker.wire import protocol
+from rpcworker.wire.logfields import log_fields, what, what_delivered
+
+LOG = logging.getLogger(__name__)
+
+#: the error type (and module) a caller gets for a request refused before dispatch
+REFUSED_TYPE, REFUSED_MODULE = "InvalidRequest", "rpcworker.errors"
+
+
+class Action(enum.Enum):
+    NONE = "none"  # already acked on receipt
+    ACK = "ack"
+    RETRY = "retry"  # to the delay queue of the next attempt, then ack
+    DEAD_LETTER = "dead-letter"  # to the parking lot, then ack (see resolve())
+    COUNT = "count"  # to the tail of the same queue with the redelivery count + 1, then ack
+    REJECT = "reject"  # basic.reject without requeue: the queue's own DLX, if any, applies
+    REQUEUE = "requeue"  # basic.reject with requeue
+    DROP = "drop"  # nothing: its connection is gone and the broker redelivers it
+
+
+#: actions carried out by publishing a copy (confirmed) before the ack
+COPIES = frozenset({Action.RETRY, Action.DEAD_LETTER, Action.COUNT})
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    action: Action
+    reply: protocol.Reply | None = None
+    #: why it failed (dead-letter headers, logs)
+    reason: str | None = None
+    #: refused before dispatch (not decodable, unknown method): the reason of the
+    #: rate-limited "refused" line the intake logs
+    refusal: str | None = None
+    #: the broker refused the copy this outcome was carried out with (rejected instead)
+    copy_refused: bool = False
+    #: a notification the binding's filters kept from the handler (acked)
+    filtered: bool = False
+
+    @property
+    def dead_lettered(self) -> bool:
+        """Parked, or rejected for want of a parking lot (not a refused copy)."""
+        return self.action is Action.DEAD_LETTER or (
+            self.action is Action.REJECT and not self.copy_refused)
+
+
+class Start(enum.Enum):
+    """``on_receipt`` lets the delivery run: settled later by its handler's outcome."""
+
+    RUN = "run"
+    ACK_THEN_RUN = "ack-then-run"  # acknowledge = before: the ack goes out first
+
+
+RUN, ACK_THEN_RUN = Start.RUN, Start.ACK_THEN_RUN
+
+_ACKED, _DONE, _DROPPED, _REQUEUED = (Outcome(Action.ACK), Outcome(Action.NONE),
+                                      Outcome(Action.DROP), Outcome(Action.REQUEUE))
+_FILTERED = Outcome(Action.ACK, filtered=True)
+#: what a notification handler returns to ask for a retry (oslo's NotificationResult)
+REQUEUE_RESULT = "requeue"
+
+
+@dataclasses.dataclass(slots=True)
+class Delivery:
+    """One received message and where it came from."""
+
+    message: Any  # kombu.Message
+    binding: Binding
+    queue: str
+    request: protocol.Request | None  # None when it could not be decoded
+    #: the queue has delay queues (a retry can wait there)
+    retryable: bool = True
+    #: bytes of the body (counted against max_inflight_bytes until settled)
+    size: int = 0
+
+
+# -- on receipt ---------------------------------------------------------------------------
+
+
+def on_receipt(binding: Binding, decoded: protocol.Request | protocol.Rejected, handler: Any,
+               completed: CompletedCache, *, draining: bool) -> Outcome | Start:
+    """Everything decided before a handler runs, in order: stopping, undecodable,
+    poison or a redelivery to count, a duplicate, an unknown method; else it runs
+    (acked first with ``acknowledge = before``)."""
+    if draining:
+        return _REQUEUED  # a stopping worker takes no new work: back to the queue
+    if isinstance(decoded, protocol.Rejected):
+        return refused(binding, decoded)
+    early = redelivered(binding, decoded)
+    if early is not None:
+        return early
+    uid = decoded.unique_id
+    if uid and uid in completed:
+        LOG.info("binding %s: request %s already completed; not run again", binding.name,
+                 what(decoded), extra=log_fields(binding.name, decoded))
+        return duplicate(completed.get(uid))
+    if decoded.notification is not None:
+        early = _screened(binding, decoded, handler)
+        if early is not None:
+            return early
+    error = dispatcher.unknown(handler, decoded)
+    if error is not None:
+        return unknown_method(decoded, error)
+    return ACK_THEN_RUN if binding.ack_before else RUN
+
+
+def _screened(binding: Binding, request: protocol.Request, handler: Any) -> Outcome | None:
+    """A notification its handler has no method for (as oslo: acked, a warning), or one
+    the binding's filters keep from it (acked). None: run it."""
+    n = request.notification
+    assert n is not None
+    if not dispatcher.has_method(type(handler), n.priority):
+        LOG.warning("binding %s: %s acked without running: handler %s has no %s() method",
+                    binding.name, what(request), binding.handler, n.priority or "<priority>",
+                    extra=log_fields(binding.name, request))
+        return Outcome(Action.ACK, reason=f"no handler method for priority {n.priority!r}")
+    if not notifications.matches(binding, n):
+        return _FILTERED
+    return None
+
+
+def refused(binding: Binding, rejected: protocol.Rejected) -> Outcome:
+    """A delivery that ``protocol.decode`` refused: never run, dead-lettered; a caller
+    that waits gets the error."""
+    reply = None
+    if rejected.reply is not None:
+        reply = protocol.encode_error(rejected.reply, REFUSED_TYPE, REFUSED_MODULE,
+                                      rejected.reason)
+    return Outcome(Action.DEAD_LETTER, reply, f"refused: {rejected.reason}",
+                   refusal=rejected.reason)
+
+
+def unknown_method(request: protocol.Request, error: DispatchError) -> Outcome:
+    """A request for a method or version the handler does not have: refused before any
+    receipt ack and never run (a cast is dead-lettered, a call acked and answered with
+    the error)."""
+    reply = protocol.encode_failure(request.reply, error) if request.reply else None
+    action = Action.ACK if request.is_call else Action.DEAD_LETTER
+    reason = f"{type(error).__name__}: {error}"
+    return Outcome(action, reply, reason, refusal=reason)
+
+
+def duplicate(reply: protocol.Reply | None) -> Outcome:
+    """A request whose id already completed: not run again; a call gets the same reply.
+
+    Decided before any receipt ack, so it is acked here whatever ``acknowledge`` says."""
+    return Outcome(Action.ACK, reply)
+
+
+def limited_by_delivery_limit(binding: Binding) -> bool:
+    """Whether the quorum queue's delivery_limit, not max_redeliveries, bounds the
+    redeliveries that are run (the smaller bound wins; max_redeliveries 0 is off)."""
+    limit, most = binding.delivery_limit, binding.max_redeliveries
+    return bool(limit) and (not most or limit - 1 < most)
+
+
+def redelivery_bound(binding: Binding) -> int | None:
+    """The most redeliveries of one message that are run on a quorum binding (None: no
+    bound): max_redeliveries (0 = off) or, with delivery_limit L > 0, L - 1 when smaller,
+    since the broker's last delivery (x-delivery-count L) is dead-lettered, not run."""
+    if limited_by_delivery_limit(binding):
+        return binding.delivery_limit - 1
+    return binding.max_redeliveries or None
+
+
+def redelivered(binding: Binding, request: protocol.Request) -> Outcome | None:
+    """A poison message, or a redelivery to count. None: run it."""
+    if binding.ack_before or not request.redelivered:
+        return None
+    headers = request.headers or {}
+    if binding.quorum and QUORUM_DELIVERY_COUNT in headers:
+        count = int_header(headers, QUORUM_DELIVERY_COUNT)
+        bound = redelivery_bound(binding)
+        if bound is None or count <= bound:
+            return None
+        if limited_by_delivery_limit(binding):
+            reason = (f"x-delivery-count {count} reached the queue's delivery limit "
+                      f"(delivery_limit {binding.delivery_limit}): the broker's last "
+                      f"delivery is dead-lettered instead of run; its handler crashed, hung "
+                      f"or lost the connection {count} times")
+            return _poison(binding, request, reason)
+    elif not binding.max_redeliveries:
+        return None
+    else:  # classic queues (and an rpc binding's fanout queue): counted by copies
+        count = int_header(headers, REDELIVERIES_HEADER) + 1
+        if count <= binding.max_redeliveries:
+            return Outcome(Action.COUNT, reason=f"redelivery {count}")
+    reason = (f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "
+              f"its handler crashed, hung or lost the connection every time")
+    return _poison(binding, request, reason)
+
+
+def _poison(binding: Binding, request: protocol.Request, reason: str) -> Outcome:
+    """Dead-letter a poison message without running it; a call gets PoisonMessage."""
+    LOG.error("binding %s: poison message %s dead-lettered: %s", binding.name,
+              what(request), reason, extra=log_fields(binding.name, request))
+    reply = None
+    if request.reply is not None:
+        reply = protocol.encode_failure(request.reply, PoisonMessage(reason))
+    return Outcome(Action.DEAD_LETTER, reply, reason)
+
+
+# -- on completion (a handler thread) ------------------------------------------------------
+
+
+def on_completion(binding: Binding, request: protocol.Request, result: Any = None,
+                  error: Exception | None = None) -> Outcome:
+    """The outcome of a handler run that returned ``result`` or raised ``error``."""
+    if error is not None:
+        return _on_error(binding, request, error)
+    if request.notification is not None and result == REQUEUE_RESULT:
+        return _on_error(binding, request, Requeue("the handler returned 'requeue'"))
+    done = _DONE if binding.ack_before else _ACKED
+    if request.reply is None:
+        return done
+    try:
+        reply = protocol.encode_result(request.reply, result)
+    except (TypeError, ValueError) as exc:
+        LOG.error("binding %s: result of %s is not JSON-serialisable: %s", binding.name,
+                  what(request), exc, extra=log_fields(binding.name, request))
+        reply = protocol.encode_failure(request.reply, exc)
+    return Outcome(done.action, reply)
+
+
+def _on_error(binding: Binding, request: protocol.Request, exc: Exception) -> Outcome:
+    if isinstance(exc, Requeue):
+        LOG.info("binding %s: handler asked to retry %s: %s", binding.name,
+                 what(request), exc, extra=log_fields(binding.name, request))
+        return _failed(binding, request, exc, log=False)
+    if isinstance(exc, Reject):
+        LOG.warning("binding %s: handler rejected %s: %s", binding.name, what(request), exc,
+                    extra=log_fields(binding.name, request))
+        return _failed(binding, request, exc, log=False, final=True)
+    if isinstance(exc, HandlerTimeout):  # an async handler, cancelled at its deadline
+        return timed_out(binding, request, cancelled=True)
+    if isinstance(exc, NoHandleMessage):
+        reason = f"handler {binding.handler} {exc}"
+        LOG.error("binding %s: %s dead-lettered: %s", binding.name, what(request),
+                  reason, extra=log_fields(binding.name, request))
+        return Outcome(Action.NONE if binding.ack_before else Action.DEAD_LETTER, None, reason)
+    if isinstance(exc, (NoSuchMethod, UnsupportedVersion)):  # unknown() let it through
+        LOG.warning("binding %s: %s refused: %s", binding.name, what(request), exc,
+                    extra=log_fields(binding.name, request))
+        return _failed(binding, request, exc, log=False, final=True, quiet=True)
+    return _failed(binding, request, exc, log=True)
+
+
+def timed_out(binding: Binding, request: protocol.Request, cancelled: bool = False
+              ) -> Outcome:
+    """The handler is still running ``handler_timeout`` seconds after it started (an
+    async one: its task was ``cancelled``)."""
+    exc = HandlerTimeout(f"handler {binding.handler} did not finish {what(request)} "
+                         f"within handler_timeout ({binding.handler_timeout:g} s)")
+    LOG.error("binding %s: %s; %s", binding.name, exc,
+              "its task is cancelled" if cancelled else
+              "its thread is stuck: a fresh one takes its place",
+              extra=log_fields(binding.name, request))
+    return _failed(binding, request, exc, log=False)
+
+
+def _failed(binding: Binding, request: protocol.Request, exc: Exception, *, log: bool,
+            final: bool = False, quiet: bool = False) -> Outcome:
+    """A failure: calls are answered with the error and acked; casts and events are
+    retried while max_retries allows (unless ``final``), then dead-lettered."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if binding.ack_before:
+        action = Action.NONE
+    elif request.is_call:
+        action = Action.DEAD_LETTER if isinstance(exc, Reject) else Action.ACK
+    elif not final and retries_of(request.headers) < binding.max_retries:
+        action = Action.RETRY
+    else:
+        action = Action.DEAD_LETTER
+    if log:
+        LOG.error("binding %s: handler %s failed on %s (%s)", binding.name, binding.handler,
+                  what(request), _consequence(action, request, binding), exc_info=exc,
+                  extra=log_fields(binding.name, request))
+    elif action is Action.DEAD_LETTER and not request.is_call and not quiet:
+        LOG.warning("binding %s: %s dead-lettered: %s", binding.name, what(request), reason,
+                    extra=log_fields(binding.name, request))
+    reply = protocol.encode_failure(request.reply, exc) if request.reply is not None else None
+    return Outcome(action, reply, reason)
+
+
+def _consequence(action: Action, request: protocol.Request, binding: Binding) -> str:
+    if request.is_call:
+        return "error returned to the caller"
+    if action is Action.RETRY:
+        attempt = retries_of(request.headers) + 1
+        return (f"retry {attempt} of {binding.max_retries} in "
+                f"{binding.retry_delay_for(attempt):g} s")
+    if action is Action.DEAD_LETTER:
+        return f"dead-lettered after {retries_of(request.headers)} retries"
+    return "already acked on receipt"
+
+
+# -- back on the loop thread ---------------------------------------------------------------
+
+
+def on_completed(d: Delivery, result: Any, completed: CompletedCache, live: bool) -> Outcome:
+    """What the loop does with a handler thread's ``result``: a request that completed is
+    remembered (its redelivery is not run again), and an outcome for a connection that is
+    gone is dropped (the broker redelivers the message: at-least-once)."""
+    if result is None:  # skipped: its connection was lost before it could run
+        return _DROPPED
+    outcome = result if isinstance(result, Outcome) else Outcome(
+        Action.DEAD_LETTER, reason=f"internal error: {result!r}")  # run() never raises
+    if d.request is not None and outcome.action in (Action.ACK, Action.NONE):
+        completed.add(d.request.unique_id, outcome.reply)
+    if not live:
+        LOG.debug("dropping the outcome of a delivery from a lost connection; "
+                  "the broker redelivers it")
+        return _DROPPED
+    return outcome
+
+
+def resolve(d: Delivery, outcome: Outcome) -> Outcome:
+    """``outcome`` as settle can carry it out for this delivery: a retry on a queue
+    without delay queues is dead-lettered, a dead letter without a parking lot of ours
+    is rejected (the queue's own dead-letter exchange, if any, applies)."""
+    action = outcome.action
+    if action is Action.RETRY and not d.retryable:
+        LOG.warning("binding %s: %s: queue %s has no delay queue (a per-process "
+                    "queue, or the transport has no message TTL): dead-lettered instead of retried",
+                    d.binding.name, what_delivered(d.request), d.queue,
+                    extra=log_fields(d.binding.name, d.request))
+        action = Action.DEAD_LETTER
+        outcome = dataclasses.replace(outcome, action=action)
+    if action is Action.DEAD_LETTER and not d.binding.dead_letters_published:
+        outcome = dataclasses.replace(outcome, action=Action.REJECT)
+    return outcome
+
+
+def on_copy_refused(d: Delivery, outcome: Outcome, target: str) -> Outcome:
+    """The broker refused (nack, or returned unroutable) the copy ``outcome`` published
+    to ``target``: reject the original without requeue, so that a missing delay queue or
+    parking lot never makes a loop; a count copy's original goes back to its queue."""
+    if outcome.action is Action.COUNT:
+        return Outcome(Action.REQUEUE, reason=outcome.reason, copy_refused=True)
+    fields = log_fields(d.binding.name, d.request)
+    if outcome.action is Action.RETRY:
+        LOG.error("binding %s: the delay queue %s refused a retry of %s; rejecting the "
+                  "message", d.binding.name, target, what_delivered(d.request), extra=fields)
+    else:
+        LOG.error("binding %s: the parking lot refused a dead letter (%s); rejecting the "
+                  "message instead", d.binding.name, what_delivered(d.request), extra=fields)
+    return Outcome(Action.REJECT, reason=outcome.reason, copy_refused=True)
