@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import amqp
 
 from rpcworker.policy import failures
-from rpcworker.wire import protocol
+from rpcworker.wire import envelope
 
 CLIENT = [sys.executable, "-m", "rpcworker.cmd.client"]
 
@@ -64,7 +64,7 @@ def fill(ch: amqp.Channel, lot: str, qtype: str, n: int) -> None:
     args = {"x-queue-type": "quorum"} if qtype == "quorum" else {}
     ch.queue_declare(queue=lot, durable=True, auto_delete=False, arguments=args)
     for i in range(n):
-        body = protocol.envelope(protocol.oslo_request("resize", {"i": i}, {"user": "u"}))
+        body = envelope.envelope(envelope.oslo_request("resize", {"i": i}, {"user": "u"}))
         headers = {failures.FAILURE_HEADER: "ValueError: no room", failures.BINDING_HEADER: "c",
                    failures.RETRIES_HEADER: 3, failures.ORIGINAL_EXCHANGE_HEADER: "nova",
                    failures.ORIGINAL_KEY_HEADER: "compute",

@@ -57,7 +57,7 @@ from rpcworker.parking import parked
 from rpcworker.policy import failures, notifications
 from rpcworker.policy.decisions import Action, Delivery, Outcome
 from rpcworker.policy.failures import retries_of
-from rpcworker.wire import protocol
+from rpcworker.wire import envelope, replyformat
 
 try:
     import pytest as _pytest
@@ -91,7 +91,7 @@ class RemoteFailure(RPCWorkerError):
         super().__init__(f"{self.exc_type}: {info.get('message', '')}")
 
     @classmethod
-    def of(cls, error: protocol.RemoteError) -> RemoteFailure:
+    def of(cls, error: replyformat.RemoteError) -> RemoteFailure:
         return cls(dict(error.info))
 
 
@@ -139,7 +139,7 @@ class DeliveryOutcome:
 
 def _reply_fields(outcome: Outcome) -> tuple[Any, dict[str, Any] | None]:
     """(result, failure) of the reply the worker sends, in oslo's or plain AMQP style."""
-    reply = protocol.parse_reply(outcome.reply.body) if outcome.reply is not None else None
+    reply = replyformat.parse_reply(outcome.reply.body) if outcome.reply is not None else None
     if reply is None:
         return None, None
     return reply.result, (dict(reply.failure.info) if reply.failure is not None else None)
@@ -313,7 +313,7 @@ class HandlerFixture:
             reply_q, queue = _declare_reply_queue(channel)
             self._publish_rpc(method, ctxt, args, extra={"msg_id": msg_id,
                                                          "reply_q": reply_q})
-            waiter = protocol.ReplyWaiter(msg_id)
+            waiter = replyformat.ReplyWaiter(msg_id)
             for message in _replies(queue, timeout):
                 if not waiter.feed(message.body):
                     continue
@@ -331,7 +331,7 @@ class HandlerFixture:
         """Publish a plain JSON event to the fixture's topic exchange."""
         with self._client.Producer() as producer:
             producer.publish(json.dumps(body).encode(), exchange=self.events_exchange,
-                             routing_key=routing_key, content_type=protocol.JSON,
+                             routing_key=routing_key, content_type=envelope.JSON,
                              content_encoding="utf-8", headers=headers or {})
 
     def notify(self, event_type: str, payload: Any, priority: str = "info",
@@ -341,19 +341,19 @@ class HandlerFixture:
         does, to the fixture's notification binding; returns its message_id."""
         if not self._has_notification_binding():
             raise RuntimeError("the handler has no method for a notification priority")
-        inner = protocol.oslo_notification(priority, event_type, payload, publisher_id, ctxt,
+        inner = envelope.oslo_notification(priority, event_type, payload, publisher_id, ctxt,
                                            message_id)
         with self._client.Producer() as producer:
-            producer.publish(protocol.envelope(inner), exchange=self.notifications_exchange,
+            producer.publish(envelope.envelope(inner), exchange=self.notifications_exchange,
                              routing_key=f"{self.notifications_topic}.{priority.lower()}",
-                             content_type=protocol.JSON, content_encoding="utf-8")
+                             content_type=envelope.JSON, content_encoding="utf-8")
         return str(inner["message_id"])
 
     def _has_notification_binding(self) -> bool:
         return any(t.binding.type == "notification"
                    for t in self.worker.subscriptions.topologies)
 
-    def publish_raw(self, body: bytes, content_type: str | None = protocol.JSON,
+    def publish_raw(self, body: bytes, content_type: str | None = envelope.JSON,
                     routing_key: str = "event") -> None:
         """Publish arbitrary bytes (e.g. to test that bad input is refused)."""
         with self._client.Producer() as producer:
@@ -396,11 +396,11 @@ class HandlerFixture:
             reply_q, queue = _declare_reply_queue(channel)
             with self._client.Producer() as producer:
                 producer.publish(json.dumps(request).encode(), exchange="openstack",
-                                 routing_key=self.topic, content_type=protocol.JSON,
+                                 routing_key=self.topic, content_type=envelope.JSON,
                                  content_encoding="utf-8", reply_to=reply_q,
                                  correlation_id=corr)
             for message in _replies(queue, timeout):
-                reply = protocol.parse_reply(message.body)
+                reply = replyformat.parse_reply(message.body)
                 if message.properties.get("correlation_id") != corr or reply is None:
                     continue
                 if reply.failure is not None:
@@ -475,11 +475,11 @@ class HandlerFixture:
 
     def _publish_rpc(self, method: str, ctxt: dict[str, Any] | None, args: dict[str, Any],
                      extra: dict[str, Any]) -> None:
-        body = protocol.envelope(protocol.oslo_request(
+        body = envelope.envelope(envelope.oslo_request(
             method, args, ctxt, namespace=self.namespace, version=self.version, **extra))
         with self._client.Producer() as producer:
             producer.publish(body, exchange="openstack", routing_key=self.topic,
-                             content_type=protocol.JSON, content_encoding="utf-8")
+                             content_type=envelope.JSON, content_encoding="utf-8")
 
     @staticmethod
     def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -110,7 +110,7 @@ def prepare_consuming_channel(channel: Any) -> None:
 
 class _UninflatedMessage(pyamqp.Message):
     """kombu's AMQP message, built without its ``compression`` header (then put back for
-    ``protocol.decode``, which refuses compressed bodies)."""
+    ``decoding.decode``, which refuses compressed bodies)."""
 
     def __init__(self, msg: Any, channel: Any = None, **kwargs: Any) -> None:
         headers = msg.properties.get("application_headers") or {}

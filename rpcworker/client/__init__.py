@@ -9,5 +9,5 @@
 ``errors``     exit statuses, the errors that carry them, reporting on stderr
 =============  ====================================================================
 
-Replies are read with ``rpcworker.wire.protocol.ReplyWaiter``, as the test kit reads them.
+Replies are read with ``rpcworker.wire.replyformat.ReplyWaiter``, as the test kit reads them.
 """

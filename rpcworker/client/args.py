@@ -10,7 +10,7 @@ from typing import Any
 
 from rpcworker.client.exits import PROG, UsageError
 from rpcworker.config.conffile import version_string
-from rpcworker.wire import protocol
+from rpcworker.wire import envelope
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_EXCHANGE = "openstack"
@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}", self.format_usage())
 
 
-_json_loads = protocol.loads
+_json_loads = envelope.loads
 
 
 def json_value(text: str) -> Any:

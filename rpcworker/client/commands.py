@@ -30,7 +30,7 @@ from rpcworker.client.exits import (
 )
 from rpcworker.client.request import RpcRequest, inner_message, rpc_request
 from rpcworker.errors import oneline
-from rpcworker.wire import protocol
+from rpcworker.wire import envelope, replyformat
 
 #: how long one drain_events() may block, so that heartbeats keep being sent
 _POLL = 1.0
@@ -46,7 +46,7 @@ class Caller:
         # oslo declares the control exchange (topic, non-durable by default) before sending
         ensure_exchange(session, req.exchange, "topic", durable=False, auto_delete=False)
         self.reply_q = f"reply_{uuid.uuid4().hex}"
-        self.waiter: protocol.ReplyWaiter | None = None
+        self.waiter: replyformat.ReplyWaiter | None = None
         queue = kombu.Queue(self.reply_q, durable=False, exclusive=True, auto_delete=True)
         kombu.Consumer(session.conn.default_channel, queues=[queue], no_ack=True,
                        on_message=self._on_reply).consume()
@@ -55,13 +55,13 @@ class Caller:
         if self.waiter is not None:  # replies to an earlier call that timed out: dropped
             self.waiter.feed(message.body)
 
-    def call(self) -> protocol.ReplyWaiter:
+    def call(self) -> replyformat.ReplyWaiter:
         """One call: the complete waiter (result or failure); ClientError(3) on a timeout."""
         req = self.req
-        self.waiter = waiter = protocol.ReplyWaiter(uuid.uuid4().hex)
+        self.waiter = waiter = replyformat.ReplyWaiter(uuid.uuid4().hex)
         inner = inner_message(req, msg_id=waiter.msg_id, reply_q=self.reply_q,
                               monitor_timeout=self.monitor)
-        publish(self.session, protocol.envelope(inner), req.exchange, req.routing_key,
+        publish(self.session, envelope.envelope(inner), req.exchange, req.routing_key,
                 expiration=self.timeout)
         wait_reply(self.session, waiter, req, self.timeout, self.monitor)
         return waiter
@@ -75,7 +75,7 @@ def cmd_call(session: Session, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def wait_reply(session: Session, waiter: protocol.ReplyWaiter, req: RpcRequest, timeout: float,
+def wait_reply(session: Session, waiter: replyformat.ReplyWaiter, req: RpcRequest, timeout: float,
                monitor: float | None) -> None:
     """Drain the connection until the reply is complete; ClientError(3) on a timeout."""
     deadline = time.monotonic() + timeout
@@ -109,7 +109,7 @@ def caster(session: Session, ns: argparse.Namespace) -> Callable[[], None]:
         ensure_exchange(session, exchange, "topic", durable=False, auto_delete=False)
 
     def send() -> None:  # a new _unique_id each time
-        publish(session, protocol.envelope(inner_message(req)), exchange, routing_key)
+        publish(session, envelope.envelope(inner_message(req)), exchange, routing_key)
     return send
 
 
@@ -154,10 +154,10 @@ def cmd_notify(session: Session, ns: argparse.Namespace) -> int:
     key = f"{ns.topic}.{ns.priority}"
     ensure_exchange(session, ns.exchange, "topic", durable=False, auto_delete=False)
     ensure_queue(session, key, ns.exchange, key)
-    inner = protocol.oslo_notification(ns.priority, ns.event_type,
+    inner = envelope.oslo_notification(ns.priority, ns.event_type,
                                        merge_args(ns.payload, ns.arg), ns.publisher_id,
                                        dict(ns.context or []))
-    publish(session, protocol.envelope(inner), ns.exchange, key)
+    publish(session, envelope.envelope(inner), ns.exchange, key)
     print(json.dumps({"message_id": inner["message_id"]}))
     return EXIT_OK
 

@@ -18,7 +18,7 @@ from rpcworker.amqp import broker, transport
 from rpcworker.client.exits import EXIT_BROKER, EXIT_USAGE, PROG, ClientError
 from rpcworker.config import conffile
 from rpcworker.errors import ConfigError, oneline
-from rpcworker.wire import protocol
+from rpcworker.wire import envelope
 
 
 @dataclasses.dataclass
@@ -139,7 +139,7 @@ def publish(session: Session, body: bytes | str, exchange: str, routing_key: str
     producer = kombu.Producer(channel, on_return=on_return if returns else None)
     producer.publish(
         body, exchange=exchange, routing_key=routing_key,
-        content_type=protocol.JSON, content_encoding="utf-8", delivery_mode=2,
+        content_type=envelope.JSON, content_encoding="utf-8", delivery_mode=2,
         expiration=expiration, mandatory=on_return is not None, retry=False,
         timeout=session.timeout,
     )

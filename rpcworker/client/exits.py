@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from rpcworker.wire.protocol import RemoteError
+from rpcworker.wire.replyformat import RemoteError
 
 PROG = "rpcworker-client"
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rpcworker.client.args import DEFAULT_EXCHANGE, merge_args
-from rpcworker.wire import protocol
+from rpcworker.wire import envelope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ def inner_message(req: RpcRequest, *, msg_id: str | None = None, reply_q: str | 
 
     ``msg_id`` and ``reply_q`` make it a call (with ``_timeout``); without them a cast.
     """
-    return protocol.oslo_request(req.method, req.args, req.context, namespace=req.namespace,
+    return envelope.oslo_request(req.method, req.args, req.context, namespace=req.namespace,
                                  version=req.version, msg_id=msg_id, reply_q=reply_q,
                                  timeout=monitor_timeout, unique_id=unique_id)
 

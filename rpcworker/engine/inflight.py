@@ -35,7 +35,7 @@ from rpcworker.engine.settle import Settle
 from rpcworker.policy import decisions, dispatcher
 from rpcworker.policy.decisions import Action, Delivery, Outcome
 from rpcworker.policy.dedup import CompletedCache
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding, replyformat
 
 LOG = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class _Job:
     cancellable: bool = False
 
 
-def run(handler: Any, binding: Binding, request: protocol.Request,
+def run(handler: Any, binding: Binding, request: decoding.Request,
         job: _Job | None = None) -> Outcome:
     """A handler thread's whole job for one request: the call (an awaitable result is
     awaited on the event loop, with what is left of the deadline), then the policy's
@@ -250,7 +250,7 @@ class Inflight:
                 del self._monitors[token]
                 continue
             if due <= now:
-                settle.reply(protocol.encode_heartbeat(request.reply))
+                settle.reply(replyformat.encode_heartbeat(request.reply))
                 due = now + request.monitor_timeout / 2
                 self._monitors[token] = due
             wait = min(wait, due - now)

@@ -19,7 +19,7 @@ from rpcworker.engine.settle import Settle
 from rpcworker.policy import decisions
 from rpcworker.policy.decisions import Delivery
 from rpcworker.policy.dedup import CompletedCache
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding
 from rpcworker.wire.logfields import describe, id_text, log_fields, message_ids, printable
 
 if TYPE_CHECKING:
@@ -63,11 +63,11 @@ class Intake:
                       info.get("routing_key"), id_text(message_ids(message, None)),
                       " (redelivered)" if info["redelivered"] else "",
                       extra={"binding": binding.name, **message_ids(message, None)})
-        decoded = protocol.decode(body, message.content_type, message.content_encoding,
+        decoded = decoding.decode(body, message.content_type, message.content_encoding,
                                   message.headers, message.properties, info, self.max_size)
-        if binding.type == "notification" and isinstance(decoded, protocol.Request):
-            decoded = protocol.as_notification(decoded)
-        request = decoded if isinstance(decoded, protocol.Request) else None
+        if binding.type == "notification" and isinstance(decoded, decoding.Request):
+            decoded = decoding.as_notification(decoded)
+        request = decoded if isinstance(decoded, decoding.Request) else None
         d = Delivery(message, binding, sub.queue, request, sub.retryable, size)
         decision = decisions.on_receipt(binding, decoded, sub.handler, self.completed,
                                      draining=self.draining)
@@ -91,7 +91,7 @@ class Refusals:
         self.limiter = limiter or ratelimit.LogLimiter()
 
     def log(self, binding: Binding, message: Any, reason: str,
-            request: protocol.Request | None = None) -> None:
+            request: decoding.Request | None = None) -> None:
         self.summarise()
         if self.limiter.admit(binding.name, reason):
             LOG.warning("binding %s: message %s refused: %s", binding.name,

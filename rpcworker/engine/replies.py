@@ -18,7 +18,7 @@ import kombu
 from oslo_log import log as logging
 
 from rpcworker.amqp.transport import Capabilities
-from rpcworker.wire import protocol
+from rpcworker.wire import envelope, replyformat
 
 LOG = logging.getLogger(__name__)
 
@@ -29,12 +29,12 @@ REPLY_RETRY_TIMEOUT = 60.0
 _REPLY_RETRY_FIRST = 0.25
 _REPLY_RETRY_MAX_STEP = 5.0
 
-_PROPERTIES = {"content_type": protocol.JSON, "content_encoding": "utf-8", "delivery_mode": 2}
+_PROPERTIES = {"content_type": envelope.JSON, "content_encoding": "utf-8", "delivery_mode": 2}
 
 
 @dataclasses.dataclass
 class _Returned:
-    reply: protocol.Reply
+    reply: replyformat.Reply
     due: float
     step: float
     give_up: float
@@ -50,7 +50,7 @@ class Replies:
             channel, auto_declare=False, on_return=self._on_return if caps.returns else None)
         self._returned: list[_Returned] = []
 
-    def publish(self, reply: protocol.Reply) -> None:
+    def publish(self, reply: replyformat.Reply) -> None:
         mandatory = not reply.routing_key.startswith(DIRECT_REPLY_TO)
         if self._basic_publish is not None:
             properties: dict[str, Any] = dict(_PROPERTIES)
@@ -69,7 +69,7 @@ class Replies:
         body = getattr(message, "body", b"")
         if isinstance(body, str):  # py-amqp decodes bodies that carry a content encoding
             body = body.encode("utf-8")
-        reply = protocol.Reply(routing_key, bytes(body), props.get("correlation_id"))
+        reply = replyformat.Reply(routing_key, bytes(body), props.get("correlation_id"))
         now = time.monotonic()
         for pending in self._returned:
             if pending.reply.routing_key == routing_key and pending.reply.body == reply.body:

@@ -24,7 +24,7 @@ from rpcworker.engine.publisher import ConfirmPublisher
 from rpcworker.engine.replies import Replies
 from rpcworker.policy import decisions, failures
 from rpcworker.policy.decisions import COPIES, Action, Delivery, Outcome
-from rpcworker.wire import protocol
+from rpcworker.wire import replyformat
 
 LOG = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Settle:
         self.acks.ack(d.message)
         self.acks.flush()
 
-    def reply(self, reply: protocol.Reply) -> None:
+    def reply(self, reply: replyformat.Reply) -> None:
         """A reply outside any settlement (an oslo call-monitor heartbeat)."""
         self.replies.publish(reply)
 

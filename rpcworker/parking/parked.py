@@ -33,7 +33,7 @@ from rpcworker.policy.failures import (
     int_header,
     utc_iso,
 )
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding
 
 #: how many times the message was replayed, and when last (a replay sets both)
 REPLAYED_HEADER = "x-rpcworker-replayed"
@@ -142,21 +142,21 @@ class Parked:
     # -- what it is ----------------------------------------------------------------------
 
     @functools.cached_property
-    def _request(self) -> protocol.Request | protocol.Rejected:
-        return protocol.decode(self.body, self.properties.get("content_type"),
+    def _request(self) -> decoding.Request | decoding.Rejected:
+        return decoding.decode(self.body, self.properties.get("content_type"),
                                self.properties.get("content_encoding"), self.headers,
                                self.properties)
 
     def decoded(self) -> Any:
         """The body as JSON (the oslo envelope unwrapped), or None when it is not JSON."""
         request = self._request
-        return request.body if isinstance(request, protocol.Request) else None
+        return request.body if isinstance(request, decoding.Request) else None
 
     def kind(self) -> tuple[str, str | None]:
         """(``call``|``cast``|``notification``|``event``|``undecodable``, method or event
         type)."""
         request = self._request
-        if not isinstance(request, protocol.Request):
+        if not isinstance(request, decoding.Request):
             return "undecodable", None
         if request.is_rpc:
             return ("call" if request.is_call else "cast"), request.method

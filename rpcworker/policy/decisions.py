@@ -90,7 +90,7 @@ from rpcworker.policy.failures import (
     int_header,
     retries_of,
 )
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding, replyformat
 from rpcworker.wire.logfields import log_fields, what, what_delivered
 
 LOG = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ COPIES = frozenset({Action.RETRY, Action.DEAD_LETTER, Action.COUNT})
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     action: Action
-    reply: protocol.Reply | None = None
+    reply: replyformat.Reply | None = None
     #: why it failed (dead-letter headers, logs)
     reason: str | None = None
     #: refused before dispatch (not decodable, unknown method): the reason of the
@@ -158,7 +158,7 @@ class Delivery:
     message: Any  # kombu.Message
     binding: Binding
     queue: str
-    request: protocol.Request | None  # None when it could not be decoded
+    request: decoding.Request | None  # None when it could not be decoded
     #: the queue has delay queues (a retry can wait there)
     retryable: bool = True
     #: bytes of the body (counted against max_inflight_bytes until settled)
@@ -168,14 +168,14 @@ class Delivery:
 # -- on receipt ---------------------------------------------------------------------------
 
 
-def on_receipt(binding: Binding, decoded: protocol.Request | protocol.Rejected, handler: Any,
+def on_receipt(binding: Binding, decoded: decoding.Request | decoding.Rejected, handler: Any,
                completed: CompletedCache, *, draining: bool) -> Outcome | Start:
     """Everything decided before a handler runs, in order: stopping, undecodable,
     poison or a redelivery to count, a duplicate, an unknown method; else it runs
     (acked first with ``acknowledge = before``)."""
     if draining:
         return _REQUEUED  # a stopping worker takes no new work: back to the queue
-    if isinstance(decoded, protocol.Rejected):
+    if isinstance(decoded, decoding.Rejected):
         return refused(binding, decoded)
     early = redelivered(binding, decoded)
     if early is not None:
@@ -195,7 +195,7 @@ def on_receipt(binding: Binding, decoded: protocol.Request | protocol.Rejected, 
     return ACK_THEN_RUN if binding.ack_before else RUN
 
 
-def _screened(binding: Binding, request: protocol.Request, handler: Any) -> Outcome | None:
+def _screened(binding: Binding, request: decoding.Request, handler: Any) -> Outcome | None:
     """A notification its handler has no method for (as oslo: acked, a warning), or one
     the binding's filters keep from it (acked). None: run it."""
     n = request.notification
@@ -210,28 +210,28 @@ def _screened(binding: Binding, request: protocol.Request, handler: Any) -> Outc
     return None
 
 
-def refused(binding: Binding, rejected: protocol.Rejected) -> Outcome:
-    """A delivery that ``protocol.decode`` refused: never run, dead-lettered; a caller
+def refused(binding: Binding, rejected: decoding.Rejected) -> Outcome:
+    """A delivery that ``decoding.decode`` refused: never run, dead-lettered; a caller
     that waits gets the error."""
     reply = None
     if rejected.reply is not None:
-        reply = protocol.encode_error(rejected.reply, REFUSED_TYPE, REFUSED_MODULE,
+        reply = replyformat.encode_error(rejected.reply, REFUSED_TYPE, REFUSED_MODULE,
                                       rejected.reason)
     return Outcome(Action.DEAD_LETTER, reply, f"refused: {rejected.reason}",
                    refusal=rejected.reason)
 
 
-def unknown_method(request: protocol.Request, error: DispatchError) -> Outcome:
+def unknown_method(request: decoding.Request, error: DispatchError) -> Outcome:
     """A request for a method or version the handler does not have: refused before any
     receipt ack and never run (a cast is dead-lettered, a call acked and answered with
     the error)."""
-    reply = protocol.encode_failure(request.reply, error) if request.reply else None
+    reply = replyformat.encode_failure(request.reply, error) if request.reply else None
     action = Action.ACK if request.is_call else Action.DEAD_LETTER
     reason = f"{type(error).__name__}: {error}"
     return Outcome(action, reply, reason, refusal=reason)
 
 
-def duplicate(reply: protocol.Reply | None) -> Outcome:
+def duplicate(reply: replyformat.Reply | None) -> Outcome:
     """A request whose id already completed: not run again; a call gets the same reply.
 
     Decided before any receipt ack, so it is acked here whatever ``acknowledge`` says."""
@@ -254,7 +254,7 @@ def redelivery_bound(binding: Binding) -> int | None:
     return binding.max_redeliveries or None
 
 
-def redelivered(binding: Binding, request: protocol.Request) -> Outcome | None:
+def redelivered(binding: Binding, request: decoding.Request) -> Outcome | None:
     """A poison message, or a redelivery to count. None: run it."""
     if binding.ack_before or not request.redelivered:
         return None
@@ -281,20 +281,20 @@ def redelivered(binding: Binding, request: protocol.Request) -> Outcome | None:
     return _poison(binding, request, reason)
 
 
-def _poison(binding: Binding, request: protocol.Request, reason: str) -> Outcome:
+def _poison(binding: Binding, request: decoding.Request, reason: str) -> Outcome:
     """Dead-letter a poison message without running it; a call gets PoisonMessage."""
     LOG.error("binding %s: poison message %s dead-lettered: %s", binding.name,
               what(request), reason, extra=log_fields(binding.name, request))
     reply = None
     if request.reply is not None:
-        reply = protocol.encode_failure(request.reply, PoisonMessage(reason))
+        reply = replyformat.encode_failure(request.reply, PoisonMessage(reason))
     return Outcome(Action.DEAD_LETTER, reply, reason)
 
 
 # -- on completion (a handler thread) ------------------------------------------------------
 
 
-def on_completion(binding: Binding, request: protocol.Request, result: Any = None,
+def on_completion(binding: Binding, request: decoding.Request, result: Any = None,
                   error: Exception | None = None) -> Outcome:
     """The outcome of a handler run that returned ``result`` or raised ``error``."""
     if error is not None:
@@ -305,15 +305,15 @@ def on_completion(binding: Binding, request: protocol.Request, result: Any = Non
     if request.reply is None:
         return done
     try:
-        reply = protocol.encode_result(request.reply, result)
+        reply = replyformat.encode_result(request.reply, result)
     except (TypeError, ValueError) as exc:
         LOG.error("binding %s: result of %s is not JSON-serialisable: %s", binding.name,
                   what(request), exc, extra=log_fields(binding.name, request))
-        reply = protocol.encode_failure(request.reply, exc)
+        reply = replyformat.encode_failure(request.reply, exc)
     return Outcome(done.action, reply)
 
 
-def _on_error(binding: Binding, request: protocol.Request, exc: Exception) -> Outcome:
+def _on_error(binding: Binding, request: decoding.Request, exc: Exception) -> Outcome:
     if isinstance(exc, Requeue):
         LOG.info("binding %s: handler asked to retry %s: %s", binding.name,
                  what(request), exc, extra=log_fields(binding.name, request))
@@ -336,7 +336,7 @@ def _on_error(binding: Binding, request: protocol.Request, exc: Exception) -> Ou
     return _failed(binding, request, exc, log=True)
 
 
-def timed_out(binding: Binding, request: protocol.Request, cancelled: bool = False
+def timed_out(binding: Binding, request: decoding.Request, cancelled: bool = False
               ) -> Outcome:
     """The handler is still running ``handler_timeout`` seconds after it started (an
     async one: its task was ``cancelled``)."""
@@ -349,7 +349,7 @@ def timed_out(binding: Binding, request: protocol.Request, cancelled: bool = Fal
     return _failed(binding, request, exc, log=False)
 
 
-def _failed(binding: Binding, request: protocol.Request, exc: Exception, *, log: bool,
+def _failed(binding: Binding, request: decoding.Request, exc: Exception, *, log: bool,
             final: bool = False, quiet: bool = False) -> Outcome:
     """A failure: calls are answered with the error and acked; casts and events are
     retried while max_retries allows (unless ``final``), then dead-lettered."""
@@ -369,11 +369,11 @@ def _failed(binding: Binding, request: protocol.Request, exc: Exception, *, log:
     elif action is Action.DEAD_LETTER and not request.is_call and not quiet:
         LOG.warning("binding %s: %s dead-lettered: %s", binding.name, what(request), reason,
                     extra=log_fields(binding.name, request))
-    reply = protocol.encode_failure(request.reply, exc) if request.reply is not None else None
+    reply = replyformat.encode_failure(request.reply, exc) if request.reply is not None else None
     return Outcome(action, reply, reason)
 
 
-def _consequence(action: Action, request: protocol.Request, binding: Binding) -> str:
+def _consequence(action: Action, request: decoding.Request, binding: Binding) -> str:
     if request.is_call:
         return "error returned to the caller"
     if action is Action.RETRY:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from rpcworker.wire.protocol import Reply
+from rpcworker.wire.replyformat import Reply
 
 
 class CompletedCache:

@@ -13,7 +13,7 @@ import types
 from typing import Any
 
 from rpcworker.errors import DispatchError, NoHandleMessage, NoSuchMethod, UnsupportedVersion
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding
 from rpcworker.wire.message import Message
 
 #: handler attributes that are never RPC methods, besides the "_" names
@@ -57,7 +57,7 @@ def rpc_methods(cls: type) -> tuple[str, ...] | None:
     return tuple(sorted(n for n in names if has_method(cls, n)))
 
 
-def unknown(handler: Any, request: protocol.Request) -> DispatchError | None:
+def unknown(handler: Any, request: decoding.Request) -> DispatchError | None:
     """Why ``request`` names no method of ``handler`` (no such method, or a namespace or
     version the handler's target does not serve); None: it does, or it is an event."""
     if request.method is None:
@@ -76,7 +76,7 @@ def unknown(handler: Any, request: protocol.Request) -> DispatchError | None:
     return None
 
 
-def call(handler: Any, request: protocol.Request) -> Any:
+def call(handler: Any, request: decoding.Request) -> Any:
     """Run ``request`` on ``handler`` (a handler thread): an RPC request as
     ``method(ctxt, **args)``, a notification as ``priority(ctxt, publisher_id, event_type,
     payload, metadata)``, an event as ``handle_message(message)``. Returns what it
@@ -97,7 +97,7 @@ def call(handler: Any, request: protocol.Request) -> Any:
     return on_message(Message.from_request(request))
 
 
-def find_method(handler: Any, request: protocol.Request) -> Any:
+def find_method(handler: Any, request: decoding.Request) -> Any:
     """The handler method for ``request``, by oslo.messaging's rules; raises on refusal.
 
     Only a public method of the handler's class is ever returned (see ``_public_method``):

@@ -17,7 +17,7 @@ from typing import Any
 from rpcworker.config.bindingconf import PRIORITIES, Binding, check_queues_unique
 from rpcworker.errors import ConfigError
 from rpcworker.policy import dispatcher
-from rpcworker.wire.protocol import Notification
+from rpcworker.wire.decoding import Notification
 
 
 def priorities_of(handler: Any) -> tuple[str, ...]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding
 
 
-def what(request: protocol.Request) -> str:
+def what(request: decoding.Request) -> str:
     """``call 'm' (msg_id='..', unique_id='..')``, ``cast 'm' (unique_id='..')`` or
     ``event (exchange 'e', routing key 'k'; message_id='..')``."""
     ids = ", ".join(f"{key}={value!r}" for key, value in log_ids(request).items())
@@ -27,12 +27,12 @@ def what(request: protocol.Request) -> str:
             f"{'; ' + ids if ids else ''})")
 
 
-def what_delivered(request: protocol.Request | None) -> str:
+def what_delivered(request: decoding.Request | None) -> str:
     """``what(request)``, or ``a message that did not decode``."""
     return what(request) if request is not None else "a message that did not decode"
 
 
-def log_ids(request: protocol.Request) -> dict[str, Any]:
+def log_ids(request: decoding.Request) -> dict[str, Any]:
     """The ids a line about ``request`` carries: ``msg_id`` (an oslo call's ``_msg_id``),
     ``unique_id`` (oslo ``_unique_id``), ``correlation_id`` (plain AMQP RPC),
     ``message_id`` (the AMQP property: an event's id)."""
@@ -52,7 +52,7 @@ def log_ids(request: protocol.Request) -> dict[str, Any]:
     return ids
 
 
-def log_fields(binding: str, request: protocol.Request | None) -> dict[str, Any]:
+def log_fields(binding: str, request: decoding.Request | None) -> dict[str, Any]:
     """``extra`` of a line about a message: ``binding``, ``method`` (``"event"`` for an
     event) and the ids of ``log_ids``."""
     if request is None:
@@ -62,7 +62,7 @@ def log_fields(binding: str, request: protocol.Request | None) -> dict[str, Any]
     return {"binding": binding, "method": method, **log_ids(request)}
 
 
-def message_ids(message: Any, request: protocol.Request | None) -> dict[str, Any]:
+def message_ids(message: Any, request: decoding.Request | None) -> dict[str, Any]:
     """The ids of a delivery: the decoded request's, else the AMQP ``message_id``
     property when there is one (all an undecodable message has)."""
     if request is not None:
@@ -76,7 +76,7 @@ def id_text(ids: dict[str, Any]) -> str:
     return "".join(f", {key}={value!r}" for key, value in ids.items())
 
 
-def describe(message: Any, request: protocol.Request | None = None) -> str:
+def describe(message: Any, request: decoding.Request | None = None) -> str:
     """``(exchange 'e', routing key 'k', content type 't', ids...)`` of a delivery."""
     info = getattr(message, "delivery_info", {}) or {}
     return (f"(exchange {info.get('exchange', '')!r}, routing key "

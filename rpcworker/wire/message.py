@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rpcworker.wire.protocol import Request
+    from rpcworker.wire.decoding import Request
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from rpcworker.client import exits as cerrors
 from rpcworker.client import load as cload
 from rpcworker.client import request as crequest
 from rpcworker.cmd import client
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding, envelope, replyformat
 
 # the inner dicts oslo.messaging 18.3.1 sends (../shared/reference/oslo-rabbit-wire.md §2)
 OSLO_CALL_KEYS = ["method", "args", "version", "_msg_id", "_reply_q", "_timeout", "_unique_id",
@@ -151,14 +151,14 @@ def test_minimal_and_namespaced_bodies() -> None:
 def test_envelope_is_decoded_by_the_worker_as_the_same_request() -> None:
     req = request("call", "t", "echo", "--arg", "x=1", "--version", "1.2", *CTX)
     inner = crequest.inner_message(req, msg_id="mid", reply_q="reply_x")
-    body = protocol.envelope(inner)
+    body = envelope.envelope(inner)
     outer = json.loads(body)
     assert outer["oslo.version"] == "2.0" and json.loads(outer["oslo.message"]) == inner
-    decoded = protocol.decode(body, "application/json", "utf-8")
-    assert isinstance(decoded, protocol.Request)
+    decoded = decoding.decode(body, "application/json", "utf-8")
+    assert isinstance(decoded, decoding.Request)
     assert decoded.reply is not None and decoded.reply.style == "oslo"
     assert (decoded.method, dict(decoded.args), decoded.version) == ("echo", {"x": 1}, "1.2")
-    assert decoded.reply == protocol.ReplyRoute("oslo", "reply_x", msg_id="mid")
+    assert decoded.reply == decoding.ReplyRoute("oslo", "reply_x", msg_id="mid")
     assert decoded.context["user_id"] == "u1"
 
 
@@ -169,18 +169,18 @@ def reply(msg_id: str, **fields: Any) -> bytes:
     inner = {"result": None, "failure": None, "ending": True, "_msg_id": msg_id,
              "_unique_id": "u"}
     inner.update(fields)
-    return protocol.envelope(inner)
+    return envelope.envelope(inner)
 
 
 def test_reply_result() -> None:
-    route = protocol.ReplyRoute("oslo", "reply_q", msg_id="m1")
-    w = protocol.ReplyWaiter("m1")
-    assert w.feed(protocol.encode_result(route, {"got": 5}).body) is True
+    route = decoding.ReplyRoute("oslo", "reply_q", msg_id="m1")
+    w = replyformat.ReplyWaiter("m1")
+    assert w.feed(replyformat.encode_result(route, {"got": 5}).body) is True
     assert (w.result, w.failure) == ({"got": 5}, None)
 
 
 def test_reply_other_msg_id_heartbeats_and_garbage_are_ignored() -> None:
-    w = protocol.ReplyWaiter("m1")
+    w = replyformat.ReplyWaiter("m1")
     assert not w.feed(reply("other", result=1))
     assert not w.feed(reply("m1", ending=False))  # call-monitor heartbeat
     assert not w.feed(b"\xff not json")
@@ -190,20 +190,20 @@ def test_reply_other_msg_id_heartbeats_and_garbage_are_ignored() -> None:
 
 
 def test_reply_pre_4_0_two_message_form_keeps_the_result() -> None:
-    w = protocol.ReplyWaiter("m1")
-    first = protocol.envelope({"result": "r", "failure": None, "_msg_id": "m1"})
+    w = replyformat.ReplyWaiter("m1")
+    first = envelope.envelope({"result": "r", "failure": None, "_msg_id": "m1"})
     assert not w.feed(first)
     assert w.feed(reply("m1"))
     assert w.result == "r"
 
 
 def test_reply_failure() -> None:
-    route = protocol.ReplyRoute("oslo", "reply_q", msg_id="m1")
+    route = decoding.ReplyRoute("oslo", "reply_q", msg_id="m1")
     try:
         raise ValueError("bad", 42)
     except ValueError as exc:
-        body = protocol.encode_failure(route, exc).body
-    w = protocol.ReplyWaiter("m1")
+        body = replyformat.encode_failure(route, exc).body
+    w = replyformat.ReplyWaiter("m1")
     assert w.feed(body)
     assert w.failure is not None
     assert w.failure.line() == "ValueError: ('bad', 42)"
@@ -213,10 +213,10 @@ def test_reply_failure() -> None:
 def test_failure_lines() -> None:
     info = {"class": "NoSuchMethod", "module": "oslo_messaging.rpc.dispatcher",
             "message": "Endpoint does not support RPC method x"}
-    assert protocol.parse_failure(json.dumps(info)).line() == (
+    assert replyformat.parse_failure(json.dumps(info)).line() == (
         "oslo_messaging.rpc.dispatcher.NoSuchMethod: Endpoint does not support RPC method x")
-    assert protocol.parse_failure("not json").line() == "RemoteError: not json"
-    assert protocol.parse_failure({"class": "KeyError", "module": "builtins",
+    assert replyformat.parse_failure("not json").line() == "RemoteError: not json"
+    assert replyformat.parse_failure({"class": "KeyError", "module": "builtins",
                                  "message": "'k'"}).line() == "KeyError: 'k'"
 
 
@@ -339,7 +339,7 @@ def test_count_on_an_unreachable_broker_exits_4(tmp_path: Path,
 
 
 def test_remote_failure_as_json() -> None:
-    failure = protocol.RemoteError("NoSuchMethod", "oslo_messaging.rpc.dispatcher",
+    failure = replyformat.RemoteError("NoSuchMethod", "oslo_messaging.rpc.dispatcher",
                                    "Endpoint does not support RPC method x",
                                    ("Traceback (most recent call last):\n", "  ...\n"))
     assert cerrors.RemoteCallError(failure).as_json() == {

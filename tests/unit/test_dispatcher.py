@@ -14,13 +14,13 @@ from rpcworker.errors import NoSuchMethod
 from rpcworker.policy import decisions, dispatcher, failures
 from rpcworker.policy.decisions import Action
 from rpcworker.policy.dedup import CompletedCache
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding, replyformat
 
 AFTER = Binding(name="b", type="rpc", handler="h", exchange="openstack", durable=False,
                 prefetch_count=1, acknowledge="after", topic="t", server="s")
 BEFORE = Binding(name="b", type="rpc", handler="h", exchange="openstack", durable=False,
                  prefetch_count=1, acknowledge="before", topic="t", server="s")
-ROUTE = protocol.ReplyRoute("amqp", "rq", correlation_id="c")
+ROUTE = decoding.ReplyRoute("amqp", "rq", correlation_id="c")
 
 
 class Target:
@@ -62,12 +62,12 @@ class Versioned(Handler):
 
 
 def req(method: str | None, call: bool = True, redelivered: bool = False,
-        **kw: Any) -> protocol.Request:
-    return protocol.Request(body={}, method=method, reply=ROUTE if call else None,
+        **kw: Any) -> decoding.Request:
+    return decoding.Request(body={}, method=method, reply=ROUTE if call else None,
                             redelivered=redelivered, **kw)
 
 
-def unknown_method(handler: Any, binding: Binding, request: protocol.Request
+def unknown_method(handler: Any, binding: Binding, request: decoding.Request
                    ) -> decisions.Outcome | None:
     """What the policy decides on receipt for a method the handler may not have."""
     error = dispatcher.unknown(handler, request)
@@ -204,7 +204,7 @@ def test_timeout_and_duplicates() -> None:
     assert cast.action is Action.RETRY and "HandlerTimeout" in (cast.reason or "")
     call = decisions.timed_out(b, req("add"))
     assert call.action is Action.ACK and error_type(call) == "HandlerTimeout"
-    reply = protocol.Reply("rq", b"{}")
+    reply = replyformat.Reply("rq", b"{}")
     assert decisions.duplicate(reply) == decisions.Outcome(Action.ACK, reply)
 
 
@@ -231,8 +231,8 @@ def test_no_such_method(method: str) -> None:
 
 
 def test_oslo_failure_module_for_dispatch_errors() -> None:
-    route = protocol.ReplyRoute("oslo", "rq", msg_id="m")
-    out = run(Handler(), AFTER, protocol.Request(body={},
+    route = decoding.ReplyRoute("oslo", "rq", msg_id="m")
+    out = run(Handler(), AFTER, decoding.Request(body={},
                                                                  method="nope", reply=route))
     assert out.reply is not None
     inner = json.loads(json.loads(out.reply.body)["oslo.message"])
@@ -278,7 +278,7 @@ def test_unserialisable_result_becomes_failure() -> None:
 
 def test_events_go_to_handle_message() -> None:
     h = Handler()
-    out = run(h, AFTER, protocol.Request(body={"e": 1},
+    out = run(h, AFTER, decoding.Request(body={"e": 1},
                                                          routing_key="a.b", exchange="ex"))
     assert out == decisions.Outcome(Action.ACK, None)
     assert h.events[0].body == {"e": 1} and h.events[0].routing_key == "a.b"
@@ -287,14 +287,14 @@ def test_events_go_to_handle_message() -> None:
 def test_event_without_handle_message_is_rejected() -> None:
     class NoEvents:
         pass
-    out = run(NoEvents(), AFTER, protocol.Request(body={}))
+    out = run(NoEvents(), AFTER, decoding.Request(body={}))
     assert out.action is Action.DEAD_LETTER
 
 
 def test_refused_delivery() -> None:
-    out = decisions.refused(AFTER, protocol.Rejected("args must be a JSON object", ROUTE))
+    out = decisions.refused(AFTER, decoding.Rejected("args must be a JSON object", ROUTE))
     assert out.action is Action.DEAD_LETTER and error_type(out) == "InvalidRequest"
-    assert decisions.refused(AFTER, protocol.Rejected("x")).reply is None
+    assert decisions.refused(AFTER, decoding.Rejected("x")).reply is None
 
 
 # -- only public methods of the handler's class are callable (security audit) -----------

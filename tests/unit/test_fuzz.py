@@ -1,5 +1,5 @@
 """Hostile messages never hurt the worker: property-based fuzzing of the path every
-delivery takes in ``Worker._on_message`` (``protocol.decode``, then
+delivery takes in ``Worker._on_message`` (``decoding.decode``, then
 ``decisions.refused`` or ``decisions.redelivered`` and ``inflight.run``).
 
 Whatever the body, content type, encoding, headers, properties and delivery info:
@@ -36,7 +36,7 @@ from rpcworker.engine.inflight import run
 from rpcworker.errors import NoSuchMethod, UnsupportedVersion
 from rpcworker.policy import decisions, dispatcher, failures
 from rpcworker.policy.decisions import Action, Outcome
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding, envelope, replyformat
 
 #: deterministic in CI (derandomize, no example database); about 10 s for the whole file
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=300,
@@ -254,7 +254,7 @@ def _inner_text(inner: Any) -> st.SearchStrategy[Any]:
 
 
 oslo_envelopes = st.builds(
-    lambda version, inner: {protocol.OSLO_VERSION_KEY: version, protocol.OSLO_MESSAGE_KEY: inner},
+    lambda version, inner: {envelope.OSLO_VERSION_KEY: version, envelope.OSLO_MESSAGE_KEY: inner},
     st.one_of(st.just("2.0"), st.sampled_from(["2.1", "1.0", "2", "2.00", "3.0", "2.x"]),
               json_values),
     st.one_of(oslo_requests, json_values).flatmap(_inner_text))
@@ -292,7 +292,7 @@ bodies = st.one_of(
 
 @st.composite
 def deliveries(draw: st.DrawFn) -> dict[str, Any]:
-    """Keyword arguments of ``protocol.decode`` for one delivery."""
+    """Keyword arguments of ``decoding.decode`` for one delivery."""
     body = draw(bodies)
     plausible = draw(st.booleans())
     return {
@@ -334,7 +334,7 @@ def assert_plain_json(value: Any, where: str) -> None:
         assert value is None or type(value) in (str, int, bool), (where, type(value))
 
 
-def assert_request(req: protocol.Request, oslo: bool) -> None:
+def assert_request(req: decoding.Request, oslo: bool) -> None:
     """``oslo``: the body was an oslo envelope."""
     if req.reply is not None:
         assert req.method is not None and req.reply.style == ("oslo" if oslo else "amqp")
@@ -355,7 +355,7 @@ def assert_request(req: protocol.Request, oslo: bool) -> None:
     assert_route(req.reply)
 
 
-def assert_route(route: protocol.ReplyRoute | None) -> None:
+def assert_route(route: decoding.ReplyRoute | None) -> None:
     if route is None:
         return
     assert route.style in ("oslo", "amqp")
@@ -385,12 +385,12 @@ def assert_outcome(outcome: Any, binding: Binding) -> Outcome:
     if binding.ack_before:
         assert outcome.action in (Action.NONE, Action.DEAD_LETTER, Action.COUNT, Action.ACK)
     if outcome.reply is not None:
-        assert isinstance(outcome.reply, protocol.Reply) and outcome.reply.routing_key
+        assert isinstance(outcome.reply, replyformat.Reply) and outcome.reply.routing_key
         reply_error(outcome)  # valid JSON in the documented shape
     return outcome
 
 
-def expected_error(handler: Any, req: protocol.Request) -> str | None:
+def expected_error(handler: Any, req: decoding.Request) -> str | None:
     """What the ack policy says the caller gets (None: a result)."""
     target = getattr(type(handler), "target", None)
     accepted = [getattr(target, "namespace", None), *getattr(target, "legacy_namespaces", [])]
@@ -404,7 +404,7 @@ def expected_error(handler: Any, req: protocol.Request) -> str | None:
     return None if outcome == "result" else outcome
 
 
-def check_dispatch(handler: FuzzHandler, binding: Binding, req: protocol.Request) -> None:
+def check_dispatch(handler: FuzzHandler, binding: Binding, req: decoding.Request) -> None:
     SPRUNG.clear()
     early = decisions.redelivered(binding, req)
     if early is not None:
@@ -432,15 +432,15 @@ def check_dispatch(handler: FuzzHandler, binding: Binding, req: protocol.Request
 
 def _is_oslo(body: bytes | str) -> bool:
     """Whether ``body`` (decoded without refusal) is an oslo envelope."""
-    data = protocol.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
-    return isinstance(data, dict) and protocol.OSLO_VERSION_KEY in data
+    data = envelope.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+    return isinstance(data, dict) and envelope.OSLO_VERSION_KEY in data
 
 
 def run_delivery(delivery: dict[str, Any], binding: Binding, handler_cls: type) -> Any:
     """What Intake.on_message does with one delivery, checked step by step."""
-    result = protocol.decode(**delivery)
-    assert isinstance(result, protocol.Request | protocol.Rejected), result
-    if isinstance(result, protocol.Rejected):
+    result = decoding.decode(**delivery)
+    assert isinstance(result, decoding.Request | decoding.Rejected), result
+    if isinstance(result, decoding.Rejected):
         assert isinstance(result.reason, str) and result.reason
         assert not result.reason.startswith("cannot decode"), result.reason  # a missed case
         assert_route(result.reply)
@@ -466,7 +466,7 @@ def test_any_delivery_decodes_and_dispatches_to_a_documented_outcome(
 
 
 @FUZZ
-@given(doc=st.one_of(amqp_requests, st.one_of(oslo_requests, oslo_calls).map(protocol.envelope)),
+@given(doc=st.one_of(amqp_requests, st.one_of(oslo_requests, oslo_calls).map(envelope.envelope)),
        properties=st.one_of(properties_st, call_properties), binding=st.sampled_from(BINDINGS),
        handler_cls=st.sampled_from(HANDLER_CLASSES), redelivered=st.booleans(),
        headers=headers_st)
@@ -488,9 +488,9 @@ def test_well_formed_requests_reach_the_dispatcher(
 def test_counter_headers_hold_anything(name: str, value: Any, binding: Binding, method: str,
                                        call: bool) -> None:
     """The retry/redelivery counters come from the message: any value is a count (or 0)."""
-    req = protocol.Request(body={}, method=method, headers={name: value},
+    req = decoding.Request(body={}, method=method, headers={name: value},
                            redelivered=True,
-                           reply=protocol.ReplyRoute("amqp", "rq") if call else None)
+                           reply=decoding.ReplyRoute("amqp", "rq") if call else None)
     count = failures.int_header(req.headers, name)
     assert isinstance(count, int) and count >= 0
     check_dispatch(FuzzHandler(), binding, req)
@@ -503,7 +503,7 @@ def test_find_method_only_returns_public_methods_of_the_handler_class(
     handler = handler_cls()
     version = "1.3" if handler_cls is VersionedFuzzHandler else "1.0"
     namespace = "ns" if handler_cls is VersionedFuzzHandler else None
-    req = protocol.Request(body={}, method=method, version=version,
+    req = decoding.Request(body={}, method=method, version=version,
                            namespace=namespace)
     try:
         func = dispatcher.find_method(handler, req)
@@ -530,7 +530,7 @@ def assert_method_of(handler: Any, name: str, func: Any) -> None:
 def test_find_method_refuses_with_documented_errors_only(method: str, version: str,
                                                          namespace: str | None) -> None:
     """Any name, version and namespace a decoded Request can hold."""
-    req = protocol.Request(body={}, method=method, version=version,
+    req = decoding.Request(body={}, method=method, version=version,
                            namespace=namespace)
     for handler in (FuzzHandler(), VersionedFuzzHandler()):
         try:
@@ -559,7 +559,7 @@ class Dynamic:
 @given(method=METHOD_NAMES)
 def test_a_class_getattr_answers_only_names_the_handler_does_not_have(method: str) -> None:
     handler = Dynamic()
-    req = protocol.Request(body={}, method=method)
+    req = decoding.Request(body={}, method=method)
     try:
         func = dispatcher.find_method(handler, req)
     except NoSuchMethod:
@@ -581,8 +581,8 @@ def test_a_class_getattr_answers_only_names_the_handler_does_not_have(method: st
 def test_no_trap_is_ever_reached(name: str) -> None:
     """The names the properties must refuse, each at least once whatever hypothesis draws."""
     handler = VersionedFuzzHandler()
-    req = protocol.Request(body={}, method=name, version="1.0", namespace="ns",
-                           reply=protocol.ReplyRoute("amqp", "rq"))
+    req = decoding.Request(body={}, method=name, version="1.0", namespace="ns",
+                           reply=decoding.ReplyRoute("amqp", "rq"))
     with pytest.raises(NoSuchMethod):
         dispatcher.find_method(handler, req)
     outcome = run(handler, BASE, req)
@@ -596,7 +596,7 @@ def test_the_checks_accept_every_documented_outcome() -> None:
             body = json.dumps({"method": method, "args": {"ctxt": 1, "self": 2}}).encode()
             for binding in BINDINGS:
                 req = run_delivery({"body": body, "properties": props}, binding, FuzzHandler)
-                assert isinstance(req, protocol.Request)
+                assert isinstance(req, decoding.Request)
     run_delivery({"body": b'{"event": 1}'}, BASE, FuzzHandler)
 
 
@@ -609,14 +609,14 @@ def test_nesting_deeper_than_the_recursion_limit_is_refused_with_a_reason(body: 
     """It used to reach decode's last-resort handler ("cannot decode: RecursionError"),
     which drops the reply route: a caller waited for its timeout instead of an error."""
     props = {"reply_to": "rq", "correlation_id": "c"}
-    result = protocol.decode(body, "application/json", None, {}, props, {})
-    assert result == protocol.Rejected("body is not JSON: nested too deeply",
-                                       protocol.ReplyRoute("amqp", "rq", correlation_id="c"))
+    result = decoding.decode(body, "application/json", None, {}, props, {})
+    assert result == decoding.Rejected("body is not JSON: nested too deeply",
+                                       decoding.ReplyRoute("amqp", "rq", correlation_id="c"))
 
 
 def test_nesting_too_deep_in_an_oslo_envelope_is_refused_with_a_reason() -> None:
     inner = '{"method": "ok", "args": {"x": ' + "[" * 5000 + "]" * 5000 + "}}"
     body = json.dumps({"oslo.version": "2.0", "oslo.message": inner}).encode()
-    result = protocol.decode(body, "application/json")
-    assert result == protocol.Rejected("oslo envelope: oslo.message is not JSON: nested too "
+    result = decoding.decode(body, "application/json")
+    assert result == decoding.Rejected("oslo envelope: oslo.message is not JSON: nested too "
                                        "deeply", None)

@@ -14,14 +14,14 @@ from oslo_log import formatters
 from rpcworker.engine.inflight import run
 from rpcworker.engine.intake import Refusals
 from rpcworker.engine.ratelimit import LogLimiter
-from rpcworker.wire import logfields, protocol
+from rpcworker.wire import decoding, logfields
 from rpcworker.wire.logfields import describe as _describe
 from tests.unit.test_dispatcher import AFTER
 
 
-def call(**kw: Any) -> protocol.Request:
-    return protocol.Request(body=None, method="m", unique_id="u1",
-                            reply=protocol.ReplyRoute("oslo", "reply_q", msg_id="m1"), **kw)
+def call(**kw: Any) -> decoding.Request:
+    return decoding.Request(body=None, method="m", unique_id="u1",
+                            reply=decoding.ReplyRoute("oslo", "reply_q", msg_id="m1"), **kw)
 
 
 def test_what_and_fields() -> None:
@@ -29,25 +29,25 @@ def test_what_and_fields() -> None:
     assert logfields.what(req) == "call 'm' (msg_id='m1', unique_id='u1')"
     assert logfields.log_fields("b", req) == {"binding": "b", "method": "m", "msg_id": "m1",
                                                "unique_id": "u1"}
-    cast = protocol.Request(body=None, method="m", unique_id="u2")
+    cast = decoding.Request(body=None, method="m", unique_id="u2")
     assert logfields.what(cast) == "cast 'm' (unique_id='u2')"
-    bare = protocol.Request(body=None, method="m")
+    bare = decoding.Request(body=None, method="m")
     assert logfields.what(bare) == "cast 'm' (no id)"
-    amqp_rpc = protocol.Request(body=None, method="m", properties={
-        "message_id": "x"}, reply=protocol.ReplyRoute("amqp", "rq", correlation_id="c1"))
+    amqp_rpc = decoding.Request(body=None, method="m", properties={
+        "message_id": "x"}, reply=decoding.ReplyRoute("amqp", "rq", correlation_id="c1"))
     assert logfields.what(amqp_rpc) == "call 'm' (correlation_id='c1', message_id='x')"
-    event = protocol.Request(body=None, exchange="ex", routing_key="a.b",
+    event = decoding.Request(body=None, exchange="ex", routing_key="a.b",
                              unique_id="e1", properties={"message_id": "e1"})
     assert logfields.what(event) == "event (exchange 'ex', routing key 'a.b'; message_id='e1')"
     assert logfields.log_fields("b", event) == {"binding": "b", "method": "event",
                                                  "message_id": "e1"}
-    anonymous = protocol.Request(body=None, exchange="ex", routing_key="k")
+    anonymous = decoding.Request(body=None, exchange="ex", routing_key="k")
     assert logfields.what(anonymous) == "event (exchange 'ex', routing key 'k')"
     assert logfields.log_fields("b", None) == {"binding": "b"}
 
 
 def test_ids_cannot_forge_log_lines() -> None:
-    req = protocol.Request(body=None, method="m", unique_id="u\nFAKE LINE")
+    req = decoding.Request(body=None, method="m", unique_id="u\nFAKE LINE")
     assert "\n" not in logfields.what(req)
 
 

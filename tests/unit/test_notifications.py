@@ -16,7 +16,7 @@ from rpcworker.policy import decisions, notifications
 from rpcworker.policy.decisions import Action
 from rpcworker.policy.dedup import CompletedCache
 from rpcworker.testing import DEAD_LETTERED, HandlerFixture
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding, envelope
 
 BASE = "[DEFAULT]\nbindings = n\n[binding:n]\ntype = notification\nhandler = h\n"
 
@@ -113,23 +113,23 @@ def test_topology_is_oslos(make_conf: Any) -> None:
 
 
 def oslo_body(priority: str = "INFO", **extra: Any) -> bytes:
-    inner = protocol.oslo_notification(priority, "compute.instance.create.end",
+    inner = envelope.oslo_notification(priority, "compute.instance.create.end",
                                        {"instance_id": "i-1"}, "compute.h1",
                                        {"user": "u1", "request_id": "r-1"}, "m-1")
     inner.update(extra)
-    return protocol.envelope(inner)
+    return envelope.envelope(inner)
 
 
-def decoded(body: bytes) -> protocol.Request | protocol.Rejected:
-    req = protocol.decode(body, "application/json", "utf-8")
-    assert isinstance(req, protocol.Request)
-    return protocol.as_notification(req)
+def decoded(body: bytes) -> decoding.Request | decoding.Rejected:
+    req = decoding.decode(body, "application/json", "utf-8")
+    assert isinstance(req, decoding.Request)
+    return decoding.as_notification(req)
 
 
 def test_decoding_envelope_2_and_bare_1_0() -> None:
     body = oslo_body()
     req = decoded(body)
-    assert isinstance(req, protocol.Request) and req.notification is not None
+    assert isinstance(req, decoding.Request) and req.notification is not None
     n = req.notification
     assert (n.priority, n.publisher_id, n.event_type, n.payload) == (
         "info", "compute.h1", "compute.instance.create.end", {"instance_id": "i-1"})
@@ -138,10 +138,10 @@ def test_decoding_envelope_2_and_bare_1_0() -> None:
     assert req.unique_id == "m-1"  # the duplicate cache's id
     bare = json.loads(json.loads(body)["oslo.message"])
     req10 = decoded(json.dumps(bare).encode())
-    assert isinstance(req10, protocol.Request) and req10.notification == n
-    assert isinstance(decoded(b"[1, 2]"), protocol.Rejected)
+    assert isinstance(req10, decoding.Request) and req10.notification == n
+    assert isinstance(decoded(b"[1, 2]"), decoding.Rejected)
     rpc = json.dumps({"method": "m", "args": {}}).encode()
-    assert isinstance(decoded(rpc), protocol.Rejected)
+    assert isinstance(decoded(rpc), decoding.Rejected)
 
 
 def test_policy_screens_runs_and_retries(make_conf: Any) -> None:
@@ -150,7 +150,7 @@ def test_policy_screens_runs_and_retries(make_conf: Any) -> None:
                               {"h": Handler()})[0]
     h = Handler()
     req = decoded(oslo_body())
-    assert isinstance(req, protocol.Request)
+    assert isinstance(req, decoding.Request)
     assert decisions.on_receipt(b, req, h, CompletedCache(10), draining=False) is decisions.RUN
     other = decoded(oslo_body(event_type="image.update"))
     assert decisions.on_receipt(b, other, h, CompletedCache(10), draining=False) == (
@@ -161,11 +161,11 @@ def test_policy_screens_runs_and_retries(make_conf: Any) -> None:
     assert run(h, b, req) == decisions.Outcome(Action.ACK)
     assert h.got[0][1:3] == ("compute.h1", "compute.instance.create.end")
     requeue = decoded(oslo_body(payload={"answer": "requeue"}))
-    assert isinstance(requeue, protocol.Request)
+    assert isinstance(requeue, decoding.Request)
     out = run(h, b, requeue)
     assert out.action is Action.RETRY and "returned 'requeue'" in (out.reason or "")
     failing = decoded(oslo_body("ERROR"))
-    assert isinstance(failing, protocol.Request)
+    assert isinstance(failing, decoding.Request)
     assert run(h, b, failing).action is Action.RETRY  # raised: the failure policy
 
 

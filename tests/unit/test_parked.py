@@ -21,9 +21,9 @@ from rpcworker.daemon import lotdepth
 from rpcworker.parking.parked import Parked, read_export
 from rpcworker.policy import failures
 from rpcworker.testing import HandlerFixture
-from rpcworker.wire import protocol
+from rpcworker.wire import envelope
 
-CAST = protocol.envelope(protocol.oslo_request("resize", {"size": 2}, {"user": "u1"}))
+CAST = envelope.envelope(envelope.oslo_request("resize", {"size": 2}, {"user": "u1"}))
 
 
 def parked_cast(**headers: Any) -> Parked:
@@ -66,11 +66,11 @@ def test_what_the_broker_parked_is_read_from_x_death() -> None:
 
 
 def test_kinds() -> None:
-    note = protocol.envelope(protocol.oslo_notification("INFO", "compute.instance.create.end",
+    note = envelope.envelope(envelope.oslo_notification("INFO", "compute.instance.create.end",
                                                         {"id": 1}, "compute.h1", {}))
     assert Parked("q", 0, note, {}, {}).kind() == ("notification",
                                                    "compute.instance.create.end")
-    call = protocol.envelope(protocol.oslo_request("get", {}, {}, msg_id="m", reply_q="r"))
+    call = envelope.envelope(envelope.oslo_request("get", {}, {}, msg_id="m", reply_q="r"))
     assert Parked("q", 0, call, {}, {}).kind() == ("call", "get")
     assert Parked("q", 0, b"\xff\xfe", {}, {}).kind() == ("undecodable", None)
     assert Parked("q", 0, b"[1, 2]", {}, {}).kind() == ("event", None)
@@ -320,13 +320,13 @@ class Fails:
 
 
 def test_the_fixture_replays_an_export(tmp_path: Path) -> None:
-    note = protocol.oslo_notification("info", "compute.instance.delete.end", {}, "compute.h1",
+    note = envelope.oslo_notification("info", "compute.instance.delete.end", {}, "compute.h1",
                                       {}, "n-1")
     messages = [
         parked_cast(),
         Parked("dlq", 1, b'{"thing": 1}', {"content_type": "application/json"},
                {failures.ORIGINAL_KEY_HEADER: "thing.created", failures.RETRIES_HEADER: 2}),
-        Parked("dlq", 2, protocol.envelope(note), {"content_type": "application/json"}, {}),
+        Parked("dlq", 2, envelope.envelope(note), {"content_type": "application/json"}, {}),
     ]
     path = tmp_path / "export.jsonl"
     path.write_text("".join(json.dumps(p.to_json(exact=True)) + "\n" for p in messages))

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from rpcworker.wire import protocol
-from rpcworker.wire.protocol import Rejected, Request
+from rpcworker.wire import decoding, replyformat
+from rpcworker.wire.decoding import Rejected, Request
 
 
 def oslo(inner: dict[str, Any]) -> bytes:
@@ -25,7 +25,7 @@ CAST = {"method": "echo", "args": {"x": 6}, "_unique_id": "e633ea1a",
 def decode(body: bytes, **kw: Any) -> Request | Rejected:
     kw.setdefault("content_type", "application/json")
     kw.setdefault("content_encoding", "utf-8")
-    return protocol.decode(body, **kw)
+    return decoding.decode(body, **kw)
 
 
 def test_oslo_call() -> None:
@@ -34,7 +34,7 @@ def test_oslo_call() -> None:
     assert req.reply is not None and req.reply.style == "oslo" and req.is_call
     assert req.method == "echo"
     assert req.args == {"x": 5} and req.version == "1.2" and req.namespace is None
-    assert req.reply == protocol.ReplyRoute("oslo", "reply_a1884108", msg_id="f633dbd5")
+    assert req.reply == decoding.ReplyRoute("oslo", "reply_a1884108", msg_id="f633dbd5")
     assert req.context == {"user_id": "u1", "project_id": "p1", "request_id": "req-abc",
                            "client_timeout": None}
     assert req.unique_id == "4cb43c04" and req.monitor_timeout is None
@@ -56,7 +56,7 @@ def test_plain_amqp_rpc() -> None:
     req = decode(body, properties={"reply_to": "amq.rabbitmq.reply-to.g1h",
                                    "correlation_id": "c-1"})
     assert isinstance(req, Request) and req.reply is not None and req.reply.style == "amqp"
-    assert req.reply == protocol.ReplyRoute("amqp", "amq.rabbitmq.reply-to.g1h",
+    assert req.reply == decoding.ReplyRoute("amqp", "amq.rabbitmq.reply-to.g1h",
                                             correlation_id="c-1")
     assert req.context == {"u": 1}
     cast = decode(body)
@@ -114,15 +114,15 @@ def test_decode_never_raises(body: bytes) -> None:
     assert isinstance(decode(body), Rejected | Request)
 
 
-def _inner(reply: protocol.Reply) -> dict[str, Any]:
+def _inner(reply: replyformat.Reply) -> dict[str, Any]:
     env = json.loads(reply.body)
     assert env["oslo.version"] == "2.0"
     return json.loads(env["oslo.message"])
 
 
 def test_oslo_result_reply_shape() -> None:
-    route = protocol.ReplyRoute("oslo", "reply_q1", msg_id="m1")
-    reply = protocol.encode_result(route, {"got": 5})
+    route = decoding.ReplyRoute("oslo", "reply_q1", msg_id="m1")
+    reply = replyformat.encode_result(route, {"got": 5})
     inner = _inner(reply)
     assert reply.routing_key == "reply_q1"
     assert set(inner) == {"result", "failure", "ending", "_msg_id", "_unique_id"}
@@ -131,11 +131,11 @@ def test_oslo_result_reply_shape() -> None:
 
 
 def test_oslo_failure_reply_is_double_encoded() -> None:
-    route = protocol.ReplyRoute("oslo", "reply_q1", msg_id="m1")
+    route = decoding.ReplyRoute("oslo", "reply_q1", msg_id="m1")
     try:
         raise ValueError("bad", 42)
     except ValueError as exc:
-        reply = protocol.encode_failure(route, exc)
+        reply = replyformat.encode_failure(route, exc)
     inner = _inner(reply)
     assert inner["result"] is None and inner["ending"] is True
     failure = json.loads(inner["failure"])
@@ -145,26 +145,26 @@ def test_oslo_failure_reply_is_double_encoded() -> None:
 
 
 def test_oslo_heartbeat_shape() -> None:
-    inner = _inner(protocol.encode_heartbeat(protocol.ReplyRoute("oslo", "q", msg_id="m")))
+    inner = _inner(replyformat.encode_heartbeat(decoding.ReplyRoute("oslo", "q", msg_id="m")))
     assert inner["ending"] is False and inner["result"] is None and inner["failure"] is None
 
 
 def test_amqp_replies() -> None:
-    route = protocol.ReplyRoute("amqp", "rq", correlation_id="c9")
-    ok = protocol.encode_result(route, [1, 2])
+    route = decoding.ReplyRoute("amqp", "rq", correlation_id="c9")
+    ok = replyformat.encode_result(route, [1, 2])
     assert json.loads(ok.body) == {"result": [1, 2]} and ok.correlation_id == "c9"
-    err = protocol.encode_failure(route, KeyError("k"))
+    err = replyformat.encode_failure(route, KeyError("k"))
     assert json.loads(err.body) == {"error": {"type": "KeyError", "module": "builtins",
                                               "message": "'k'"}}
 
 
 def test_non_json_result_raises_for_the_dispatcher() -> None:
     with pytest.raises(TypeError):
-        protocol.encode_result(protocol.ReplyRoute("amqp", "q"), object())
+        replyformat.encode_result(decoding.ReplyRoute("amqp", "q"), object())
 
 
 def test_body_over_max_size_is_refused_before_decoding() -> None:
     body = json.dumps({"method": "m", "pad": "x" * 2000}).encode()
-    result = protocol.decode(body, "application/json", max_size=1024)
+    result = decoding.decode(body, "application/json", max_size=1024)
     assert isinstance(result, Rejected) and "max_message_size" in result.reason
-    assert isinstance(protocol.decode(body, "application/json", max_size=len(body)), Request)
+    assert isinstance(decoding.decode(body, "application/json", max_size=len(body)), Request)

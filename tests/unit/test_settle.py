@@ -18,7 +18,7 @@ from rpcworker.engine.acks import Acks
 from rpcworker.engine.events import Listener, Stats
 from rpcworker.engine.settle import Settle
 from rpcworker.policy.decisions import Action, Delivery, Outcome
-from rpcworker.wire import protocol
+from rpcworker.wire import decoding, replyformat
 
 BINDING = Binding(name="b", type="direct", handler="h", exchange="ex", durable=True,
                   prefetch_count=1, acknowledge="after", queue="q", routing_keys=("k",),
@@ -108,7 +108,7 @@ def test_blocked_connection_defers_what_publishes(conn: kombu.Connection) -> Non
     box = Box(conn)
     box.on_blocked("low on memory")
     plain_ack, with_reply = FakeMessage(), FakeMessage()
-    reply = protocol.encode_result(protocol.ReplyRoute("amqp", "replies", None, "c"), 1)
+    reply = replyformat.encode_result(decoding.ReplyRoute("amqp", "replies", None, "c"), 1)
     box.settle(Delivery(plain_ack, BINDING, "q", None), Outcome(Action.ACK))
     box.settle(Delivery(with_reply, BINDING, "q", None), Outcome(Action.ACK, reply))
     assert plain_ack.settled == ["ack"]  # acks need no publish: they go on
