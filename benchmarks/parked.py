@@ -28,8 +28,7 @@ from collections.abc import Sequence
 
 import amqp
 
-from rpcworker.policy import failures
-from rpcworker.wire import envelope
+from rpcworker.wire import envelope, xheaders
 
 CLIENT = [sys.executable, "-m", "rpcworker.cmd.client"]
 
@@ -65,10 +64,10 @@ def fill(ch: amqp.Channel, lot: str, qtype: str, n: int) -> None:
     ch.queue_declare(queue=lot, durable=True, auto_delete=False, arguments=args)
     for i in range(n):
         body = envelope.envelope(envelope.oslo_request("resize", {"i": i}, {"user": "u"}))
-        headers = {failures.FAILURE_HEADER: "ValueError: no room", failures.BINDING_HEADER: "c",
-                   failures.RETRIES_HEADER: 3, failures.ORIGINAL_EXCHANGE_HEADER: "nova",
-                   failures.ORIGINAL_KEY_HEADER: "compute",
-                   failures.PARKED_AT_HEADER: failures.utc_iso()}
+        headers = {xheaders.FAILURE_HEADER: "ValueError: no room", xheaders.BINDING_HEADER: "c",
+                   xheaders.RETRIES_HEADER: 3, xheaders.ORIGINAL_EXCHANGE_HEADER: "nova",
+                   xheaders.ORIGINAL_KEY_HEADER: "compute",
+                   xheaders.PARKED_AT_HEADER: xheaders.utc_iso()}
         ch.basic_publish(amqp.Message(body, content_type="application/json",
                                       content_encoding="utf-8", delivery_mode=2,
                                       message_id=f"m{i}", application_headers=headers),

@@ -54,10 +54,10 @@ from rpcworker.engine.executor import Executor
 from rpcworker.engine.worker import Worker
 from rpcworker.errors import RPCWorkerError
 from rpcworker.parking import parked
-from rpcworker.policy import failures, notifications
+from rpcworker.policy import notifications
 from rpcworker.policy.decisions import Action, Delivery, Outcome
-from rpcworker.policy.failures import retries_of
 from rpcworker.wire import envelope, replyformat
+from rpcworker.wire.xheaders import retries_of
 
 try:
     import pytest as _pytest
@@ -469,7 +469,7 @@ class HandlerFixture:
         with self._client.channel() as channel:
             for topo in self.worker.subscriptions.topologies:
                 for queue in topo.queues:
-                    for delay in failures.retry_queues(topo.binding, queue):
+                    for delay in topology.retry_queues(topo.binding, queue):
                         moved += transport.move_messages(channel, delay.name, queue.name)
         return moved
 

@@ -31,7 +31,6 @@ from kombu import Exchange, Queue
 
 from rpcworker.amqp import broker, topology, transport
 from rpcworker.config.bindingconf import Binding
-from rpcworker.policy import failures
 
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TIMEOUT = 3.0
@@ -167,9 +166,9 @@ def expected_entities(parsed: list[Binding]) -> list[Expected]:
             per_process = q.name in topo.transient
             add(_queue(q, b.name, per_process))
             if not per_process:
-                for dq in failures.retry_queues(b, q):
+                for dq in topology.retry_queues(b, q):
                     add(_queue(dq, b.name, False))
-        exchange, parking = failures.parking_lot(b)
+        exchange, parking = topology.parking_lot(b)
         if exchange is not None:
             add(_exchange(exchange, b.name))
         if parking is not None:

@@ -1,4 +1,5 @@
-"""Binding -> the kombu exchanges, queues and bindings it declares.
+"""Binding -> the kombu exchanges, queues and bindings it declares, and where its
+failures go (the delay queues of its retries, its parking lot).
 
 ``rpc`` bindings declare exactly what an oslo.messaging RPC server declares for
 ``Target(topic, server)`` (oslo.messaging ``_drivers/impl_rabbit.py``): queues
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import Any
 
 from kombu import Exchange, Queue, binding
 
 from rpcworker.config.bindingconf import Binding
+from rpcworker.policy.failures import retry_queue_name, retry_ttls
 
 #: oslo.messaging's rabbit_transient_queues_ttl default, in milliseconds
 TRANSIENT_QUEUE_TTL_MS = 1_800_000
@@ -129,3 +132,65 @@ def describe(t: Topology) -> list[str]:
             f"bound to {bound}"
         )
     return lines
+
+
+# -- where failures go: delay queues and the parking lot ------------------------------------
+
+#: what makes a delay queue of a quorum work queue replicated and loss-free: its
+#: TTL dead-lettering back to the work queue is at-least-once (RabbitMQ >= 3.10), which
+#: requires x-overflow reject-publish
+_QUORUM_DELAY_ARGUMENTS = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
+def is_transient(queue: Queue) -> bool:
+    """A per-process queue: exclusive (a fanout binding's), or expiring with its process
+    (an rpc binding's ``TOPIC_fanout_<uuid>``, ``x-expires`` as oslo declares it)."""
+    return bool(queue.exclusive or (getattr(queue, "queue_arguments", None) or {}
+                                    ).get("x-expires"))
+
+
+def can_retry(queue: Queue) -> bool:
+    """Per-process queues get no delay queues (as many queues per process as oslo's, not
+    one more per retry delay): their failures are dead-lettered."""
+    return not is_transient(queue)
+
+
+def retry_queues(binding: Binding, queue: Queue) -> list[Queue]:
+    """Delay queues of ``queue``: a message TTL that dead-letters back to ``queue``."""
+    if binding.ack_before or not can_retry(queue):
+        return []
+    quorum = binding.is_quorum_queue(queue.name)
+    result = []
+    for ttl in retry_ttls(binding):
+        args: dict[str, Any] = {
+            "x-message-ttl": ttl,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue.name,
+        }
+        if quorum:
+            args.update(_QUORUM_DELAY_ARGUMENTS)
+        result.append(Queue(retry_queue_name(queue.name, ttl, quorum),
+                            durable=queue.durable or quorum, auto_delete=False,
+                            queue_arguments=args, no_declare=False))
+    return result
+
+
+def parking_lot(binding: Binding) -> tuple[Exchange | None, Queue | None]:
+    """The dead-letter exchange and/or queue to declare for ``binding``."""
+    exchange = None
+    if binding.dead_letter_exchange:
+        exchange = Exchange(binding.dead_letter_exchange, type="topic", durable=True)
+    queue = None
+    if binding.dead_letter_queue:
+        args = {"x-queue-type": "quorum"} if binding.quorum else None
+        if exchange is not None:
+            queue = Queue(binding.dead_letter_queue, exchange,
+                          routing_key=binding.dead_letter_routing_key or "#", durable=True,
+                          queue_arguments=args)
+        else:
+            queue = Queue(binding.dead_letter_queue, durable=True, queue_arguments=args)
+    return exchange, queue

@@ -37,9 +37,8 @@ from rpcworker.amqp import transport
 from rpcworker.client.connect import Session, broker_errors, exchange_exists
 from rpcworker.client.exits import EXIT_BROKER, ClientError
 from rpcworker.client.lots import Lot
-from rpcworker.engine.publisher import SEQ_HEADER
 from rpcworker.parking.parked import Parked
-from rpcworker.policy.failures import QUORUM_DELIVERY_COUNT
+from rpcworker.wire.xheaders import QUORUM_DELIVERY_COUNT, SEQ_HEADER
 
 #: copies in flight before the reader waits for the broker's confirms
 WINDOW = 256

@@ -14,10 +14,9 @@ from typing import Any
 
 from oslo_log import log as logging
 
+from rpcworker.wire.xheaders import SEQ_HEADER
+
 LOG = logging.getLogger(__name__)
-
-SEQ_HEADER = "x-rpcworker-publish-seq"
-
 
 class ConfirmPublisher:
     def __init__(self, channel: Any, confirms: bool) -> None:

@@ -31,7 +31,6 @@ from rpcworker.config.bindingconf import Binding
 from rpcworker.engine.budget import MAX_WINDOW
 from rpcworker.engine.events import Listener
 from rpcworker.errors import ConfigError, PluginError, oneline
-from rpcworker.policy import failures
 
 LOG = logging.getLogger(__name__)
 
@@ -182,12 +181,12 @@ class Subscriptions:
         consuming starts once all are declared."""
         b = topo.binding
         handler = self.handlers[b.handler]
-        delays = {q.name: failures.retry_queues(b, q) if caps.delay_queues else []
+        delays = {q.name: topology.retry_queues(b, q) if caps.delay_queues else []
                   for q in topo.queues}
         for queue in topo.queues:
             for delay_queue in delays[queue.name]:
                 delay_queue(channel).declare()
-        exchange, parking = failures.parking_lot(b)
+        exchange, parking = topology.parking_lot(b)
         if exchange is not None:
             exchange(channel).declare()
         if parking is not None:

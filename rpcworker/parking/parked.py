@@ -20,7 +20,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from rpcworker.policy.failures import (
+from rpcworker.wire import decoding
+from rpcworker.wire.xheaders import (
     BINDING_HEADER,
     FAILURE_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
@@ -33,7 +34,6 @@ from rpcworker.policy.failures import (
     int_header,
     utc_iso,
 )
-from rpcworker.wire import decoding
 
 #: how many times the message was replayed, and when last (a replay sets both)
 REPLAYED_HEADER = "x-rpcworker-replayed"

@@ -84,14 +84,14 @@ from rpcworker.errors import (
 )
 from rpcworker.policy import dispatcher, notifications
 from rpcworker.policy.dedup import CompletedCache
-from rpcworker.policy.failures import (
+from rpcworker.wire import decoding, replyformat
+from rpcworker.wire.logfields import log_fields, what, what_delivered
+from rpcworker.wire.xheaders import (
     QUORUM_DELIVERY_COUNT,
     REDELIVERIES_HEADER,
     int_header,
     retries_of,
 )
-from rpcworker.wire import decoding, replyformat
-from rpcworker.wire.logfields import log_fields, what, what_delivered
 
 LOG = logging.getLogger(__name__)
 

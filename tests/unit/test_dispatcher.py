@@ -11,10 +11,10 @@ import rpcworker
 from rpcworker.config.bindingconf import Binding
 from rpcworker.engine.inflight import run
 from rpcworker.errors import NoSuchMethod
-from rpcworker.policy import decisions, dispatcher, failures
+from rpcworker.policy import decisions, dispatcher
 from rpcworker.policy.decisions import Action
 from rpcworker.policy.dedup import CompletedCache
-from rpcworker.wire import decoding, replyformat
+from rpcworker.wire import decoding, replyformat, xheaders
 
 AFTER = Binding(name="b", type="rpc", handler="h", exchange="openstack", durable=False,
                 prefetch_count=1, acknowledge="after", topic="t", server="s")
@@ -97,7 +97,7 @@ def test_exception_on_call_acks_with_error_on_cast_retries_then_dead_letters() -
     assert cast.action is Action.RETRY and cast.reply is None
     assert cast.reason == "KeyError: 'boom'"
     last = run(Handler(), RETRYING, req("boom", call=False,
-                                                        headers={failures.RETRIES_HEADER: 2}))
+                                                        headers={xheaders.RETRIES_HEADER: 2}))
     assert last.action is Action.DEAD_LETTER
     no_retries = run(Handler(), AFTER, req("boom", call=False))
     assert no_retries.action is Action.DEAD_LETTER
@@ -111,7 +111,7 @@ def test_reject_dead_letters_at_once_and_requeue_is_a_bounded_retry() -> None:
     first = run(Handler(), RETRYING, req("requeue", call=False))
     assert first.action is Action.RETRY and first.reply is None
     spent = run(Handler(), RETRYING, req(
-        "requeue", call=False, headers={failures.RETRIES_HEADER: "2"}))
+        "requeue", call=False, headers={xheaders.RETRIES_HEADER: "2"}))
     assert spent.action is Action.DEAD_LETTER
 
 
@@ -121,10 +121,10 @@ def test_poison_messages_on_classic_queues_are_counted_then_dead_lettered() -> N
     first = decisions.redelivered(b, req("add", call=False, redelivered=True))
     assert first is not None and first.action is Action.COUNT
     second = decisions.redelivered(b, req("add", call=False, redelivered=True,
-                                          headers={failures.REDELIVERIES_HEADER: 1}))
+                                          headers={xheaders.REDELIVERIES_HEADER: 1}))
     assert second is not None and second.action is Action.COUNT
     third = decisions.redelivered(b, req("add", redelivered=True,
-                                         headers={failures.REDELIVERIES_HEADER: 2}))
+                                         headers={xheaders.REDELIVERIES_HEADER: 2}))
     assert third is not None and third.action is Action.DEAD_LETTER
     assert error_type(third) == "PoisonMessage"
     assert decisions.redelivered(dataclasses.replace(b, max_redeliveries=0),
@@ -394,15 +394,15 @@ def test_the_builtin_handlers_never_expose_their_conf() -> None:
 def test_counter_headers_that_are_not_counts_are_zero(value: Any) -> None:
     """A float inf in x-rpcworker-redeliveries made on_receipt raise OverflowError in the
     consumer loop: the daemon died, and again on every redelivery."""
-    for name in (failures.REDELIVERIES_HEADER, failures.RETRIES_HEADER,
-                 failures.QUORUM_DELIVERY_COUNT):
-        assert failures.int_header({name: value}, name) == 0
+    for name in (xheaders.REDELIVERIES_HEADER, xheaders.RETRIES_HEADER,
+                 xheaders.QUORUM_DELIVERY_COUNT):
+        assert xheaders.int_header({name: value}, name) == 0
     b = dataclasses.replace(AFTER, max_redeliveries=2)
     out = decisions.redelivered(b, req("add", call=False, redelivered=True,
-                                       headers={failures.REDELIVERIES_HEADER: value}))
+                                       headers={xheaders.REDELIVERIES_HEADER: value}))
     assert out is not None and out.action is Action.COUNT
     failed = run(Handler(), RETRYING, req(
-        "boom", call=False, headers={failures.RETRIES_HEADER: value}))
+        "boom", call=False, headers={xheaders.RETRIES_HEADER: value}))
     assert failed.action is Action.RETRY
 
 

@@ -19,7 +19,7 @@ QUORUM = dataclasses.replace(CLASSIC, queue_arguments={"x-queue-type": "quorum",
 
 def delay_queues(b: Binding) -> list[tuple[str, bool, dict[str, object]]]:
     [q] = topology.build(b).queues
-    return [(d.name, d.durable, d.queue_arguments) for d in failures.retry_queues(b, q)]
+    return [(d.name, d.durable, d.queue_arguments) for d in topology.retry_queues(b, q)]
 
 
 def test_quorum_delay_queues_are_quorum_and_named_apart() -> None:
@@ -49,22 +49,22 @@ def test_per_process_queues_get_no_delay_queues() -> None:
                 queue_arguments={"x-queue-type": "quorum"}, max_retries=3)
     topo = topology.build(b, instance_id="abc")
     topic_q, server_q, fanout_q = topo.queues
-    assert [q.name for q in failures.retry_queues(b, topic_q)] == [
+    assert [q.name for q in topology.retry_queues(b, topic_q)] == [
         "c.retry.1000.quorum", "c.retry.2000.quorum", "c.retry.4000.quorum"]
-    assert failures.retry_queues(b, server_q)  # TOPIC.HOST is shared by restarts: durable
-    assert topo.transient == (fanout_q.name,) and failures.is_transient(fanout_q)
-    assert failures.retry_queues(b, fanout_q) == []
+    assert topology.retry_queues(b, server_q)  # TOPIC.HOST is shared by restarts: durable
+    assert topo.transient == (fanout_q.name,) and topology.is_transient(fanout_q)
+    assert topology.retry_queues(b, fanout_q) == []
     exclusive = kombu.Queue("f", exclusive=True)
-    assert failures.retry_queues(b, exclusive) == [] and not failures.can_retry(exclusive)
+    assert topology.retry_queues(b, exclusive) == [] and not topology.can_retry(exclusive)
 
 
 def test_quorum_binding_parking_lot_is_a_quorum_queue() -> None:
-    _, parked = failures.parking_lot(QUORUM)
+    _, parked = topology.parking_lot(QUORUM)
     assert parked is not None and parked.durable
     assert parked.queue_arguments == {"x-queue-type": "quorum"}
-    _, classic = failures.parking_lot(CLASSIC)
+    _, classic = topology.parking_lot(CLASSIC)
     assert classic is not None and not classic.queue_arguments
-    exchange, routed = failures.parking_lot(dataclasses.replace(
+    exchange, routed = topology.parking_lot(dataclasses.replace(
         QUORUM, dead_letter_exchange="dlx"))
     assert exchange is not None and routed is not None
     assert routed.queue_arguments == {"x-queue-type": "quorum"}

@@ -34,9 +34,9 @@ import rpcworker
 from rpcworker.config.bindingconf import Binding
 from rpcworker.engine.inflight import run
 from rpcworker.errors import NoSuchMethod, UnsupportedVersion
-from rpcworker.policy import decisions, dispatcher, failures
+from rpcworker.policy import decisions, dispatcher
 from rpcworker.policy.decisions import Action, Outcome
-from rpcworker.wire import decoding, envelope, replyformat
+from rpcworker.wire import decoding, envelope, replyformat, xheaders
 
 #: deterministic in CI (derandomize, no example database); about 10 s for the whole file
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=300,
@@ -190,8 +190,8 @@ amqp_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                 max_size=3),
     max_leaves=8)
-COUNTERS = [failures.RETRIES_HEADER, failures.REDELIVERIES_HEADER,
-            failures.QUORUM_DELIVERY_COUNT]
+COUNTERS = [xheaders.RETRIES_HEADER, xheaders.REDELIVERIES_HEADER,
+            xheaders.QUORUM_DELIVERY_COUNT]
 HEADER_KEYS = [*COUNTERS, "compression", "x-death"]
 headers_st = st.dictionaries(st.sampled_from(HEADER_KEYS) | st.text(max_size=8), amqp_values,
                              max_size=5)
@@ -491,7 +491,7 @@ def test_counter_headers_hold_anything(name: str, value: Any, binding: Binding, 
     req = decoding.Request(body={}, method=method, headers={name: value},
                            redelivered=True,
                            reply=decoding.ReplyRoute("amqp", "rq") if call else None)
-    count = failures.int_header(req.headers, name)
+    count = xheaders.int_header(req.headers, name)
     assert isinstance(count, int) and count >= 0
     check_dispatch(FuzzHandler(), binding, req)
 

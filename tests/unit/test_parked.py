@@ -21,16 +21,16 @@ from rpcworker.daemon import lotdepth
 from rpcworker.parking.parked import Parked, read_export
 from rpcworker.policy import failures
 from rpcworker.testing import HandlerFixture
-from rpcworker.wire import envelope
+from rpcworker.wire import envelope, xheaders
 
 CAST = envelope.envelope(envelope.oslo_request("resize", {"size": 2}, {"user": "u1"}))
 
 
 def parked_cast(**headers: Any) -> Parked:
-    hdrs = {failures.FAILURE_HEADER: "ValueError: no room", failures.BINDING_HEADER: "c",
-            failures.RETRIES_HEADER: 3, failures.ORIGINAL_EXCHANGE_HEADER: "nova",
-            failures.ORIGINAL_KEY_HEADER: "compute", failures.ORIGINAL_QUEUE_HEADER: "compute",
-            failures.PARKED_AT_HEADER: "2026-12-02T10:00:00.000Z", **headers}
+    hdrs = {xheaders.FAILURE_HEADER: "ValueError: no room", xheaders.BINDING_HEADER: "c",
+            xheaders.RETRIES_HEADER: 3, xheaders.ORIGINAL_EXCHANGE_HEADER: "nova",
+            xheaders.ORIGINAL_KEY_HEADER: "compute", xheaders.ORIGINAL_QUEUE_HEADER: "compute",
+            xheaders.PARKED_AT_HEADER: "2026-12-02T10:00:00.000Z", **headers}
     return Parked("dlq", 0, CAST, {"content_type": "application/json",
                                    "content_encoding": "utf-8", "message_id": "m1",
                                    "delivery_mode": 2}, hdrs)
@@ -79,7 +79,7 @@ def test_kinds() -> None:
 def test_export_round_trips_byte_for_byte(tmp_path: Path) -> None:
     headers = {"when": datetime.datetime(2026, 1, 2, 3, 4, 5), "raw": b"\x00\x01",
                "price": decimal.Decimal("1.50"), "nested": {"list": [1, b"x"]},
-               failures.FAILURE_HEADER: "boom"}
+               xheaders.FAILURE_HEADER: "boom"}
     props = {"content_type": "application/octet-stream", "message_id": "m9",
              "timestamp": datetime.datetime(2026, 1, 2, 3, 4, 5), "priority": 3}
     originals = [Parked("dlq", 0, b"\xff not utf-8", props, headers), parked_cast()]
@@ -99,18 +99,18 @@ def test_export_round_trips_byte_for_byte(tmp_path: Path) -> None:
 
 def test_the_replay_copy_resets_the_counters_and_counts_the_replay() -> None:
     p = parked_cast(**{"x-delivery-count": 4, "x-death": [], "x-first-death-queue": "q",
-                       failures.REDELIVERIES_HEADER: 2, "trace": "keep me"})
+                       xheaders.REDELIVERIES_HEADER: 2, "trace": "keep me"})
     hdrs = p.replay_headers(now=0.0)
-    for gone in (failures.RETRIES_HEADER, failures.REDELIVERIES_HEADER, failures.FAILURE_HEADER,
-                 failures.BINDING_HEADER, failures.PARKED_AT_HEADER, "x-delivery-count",
+    for gone in (xheaders.RETRIES_HEADER, xheaders.REDELIVERIES_HEADER, xheaders.FAILURE_HEADER,
+                 xheaders.BINDING_HEADER, xheaders.PARKED_AT_HEADER, "x-delivery-count",
                  "x-death", "x-first-death-queue"):
         assert gone not in hdrs
     assert hdrs["trace"] == "keep me"
     assert hdrs["x-rpcworker-replayed"] == 1
     assert hdrs["x-rpcworker-replayed-at"] == "1970-01-01T00:00:00.000Z"
     assert hdrs["x-rpcworker-replayed-failure"] == "ValueError: no room"
-    assert hdrs[failures.ORIGINAL_EXCHANGE_HEADER] == "nova"
-    again = Parked("dlq", 0, CAST, {}, {**hdrs, failures.FAILURE_HEADER: "again"})
+    assert hdrs[xheaders.ORIGINAL_EXCHANGE_HEADER] == "nova"
+    again = Parked("dlq", 0, CAST, {}, {**hdrs, xheaders.FAILURE_HEADER: "again"})
     assert again.replay_headers()["x-rpcworker-replayed"] == 2
     assert p.kept_properties() == {"content_type": "application/json",
                                    "content_encoding": "utf-8", "message_id": "m1",
@@ -216,8 +216,8 @@ def test_selection_by_binding_reason_and_count() -> None:
     lot = Lot("shared", ("a", "c"))
     sel = Selection("c", re.compile("no room"), count=1)
     assert sel.wants(parked_cast(), lot)
-    assert not sel.wants(parked_cast(**{failures.BINDING_HEADER: "a"}), lot)
-    assert not sel.wants(parked_cast(**{failures.FAILURE_HEADER: "other"}), lot)
+    assert not sel.wants(parked_cast(**{xheaders.BINDING_HEADER: "a"}), lot)
+    assert not sel.wants(parked_cast(**{xheaders.FAILURE_HEADER: "other"}), lot)
     sel.taken = 1
     assert not sel.wants(parked_cast(), lot)  # --count reached
     anonymous = Parked("own", 0, b"{}", {}, {"x-death": [{"reason": "rejected"}]})
@@ -325,7 +325,7 @@ def test_the_fixture_replays_an_export(tmp_path: Path) -> None:
     messages = [
         parked_cast(),
         Parked("dlq", 1, b'{"thing": 1}', {"content_type": "application/json"},
-               {failures.ORIGINAL_KEY_HEADER: "thing.created", failures.RETRIES_HEADER: 2}),
+               {xheaders.ORIGINAL_KEY_HEADER: "thing.created", xheaders.RETRIES_HEADER: 2}),
         Parked("dlq", 2, envelope.envelope(note), {"content_type": "application/json"}, {}),
     ]
     path = tmp_path / "export.jsonl"
