@@ -48,13 +48,12 @@ import kombu
 from oslo_config import cfg
 
 from rpcworker.amqp import topology, transport
-from rpcworker.config import bindingconf, conffile, opts
+from rpcworker.config import bindingconf, conffile, handlerapi, opts, plugins
 from rpcworker.engine.events import Listener
 from rpcworker.engine.executor import Executor
 from rpcworker.engine.worker import Worker
 from rpcworker.errors import RPCWorkerError
 from rpcworker.parking import parked
-from rpcworker.policy import notifications
 from rpcworker.policy.decisions import Action, Delivery, Outcome
 from rpcworker.wire import envelope, replyformat
 from rpcworker.wire.xheaders import retries_of
@@ -258,7 +257,7 @@ class HandlerFixture:
             (f"events{n}", {"type": "topic", "exchange": self.events_exchange,
                             "routing_key": ["#"], "queue": f"{self.events_exchange}_q"}),
         ]
-        if notifications.priorities_of(handler):
+        if handlerapi.priorities_of(handler):
             bindings.append((f"notify{n}", {"type": "notification",
                                             "exchange": self.notifications_exchange,
                                             "topic": self.notifications_topic}))
@@ -268,7 +267,7 @@ class HandlerFixture:
             configure(self.conf)
         self.handler = handler(self.conf) if callable(handler) and isinstance(handler, type) \
             else handler
-        parsed = notifications.resolve(bindingconf.parse(self.conf),
+        parsed = plugins.resolve_priorities(bindingconf.parse(self.conf),
                                        {"handler": self.handler})
         self._executor = Executor(threads)
         self._outcomes: list[DeliveryOutcome] = []

@@ -1,4 +1,6 @@
-"""Load handler plugins with stevedore, failing fast (exit 2) on any problem."""
+"""Load handler plugins with stevedore, failing fast (exit 2) on any problem; list them
+(``--list-handlers``); resolve what a binding leaves to its handler (a notification
+binding's priorities)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from typing import Any
 from oslo_config import cfg
 from stevedore import NamedExtensionManager
 
-from rpcworker.config.bindingconf import Binding
-from rpcworker.errors import PluginError
-from rpcworker.policy import dispatcher, notifications
+from rpcworker.config import handlerapi
+from rpcworker.config.bindingconf import PRIORITIES, Binding, check_queues_unique
+from rpcworker.errors import ConfigError, PluginError
 
 NAMESPACE = "rpcworker.handlers"
 
@@ -27,10 +29,10 @@ class PluginInfo:
     #: the RPC namespace and version of the handler's ``target`` (None, "1.0" without one)
     namespace: str | None = None
     version: str = "1.0"
-    #: public RPC methods (dispatcher.rpc_methods); None: not known without an
+    #: public RPC methods (handlerapi.rpc_methods); None: not known without an
     #: instance (a factory function, or a ``__getattr__`` that answers any name)
     methods: tuple[str, ...] | None = None
-    #: the notification priorities it has a method for (notifications.priorities_of)
+    #: the notification priorities it has a method for (handlerapi.priorities_of)
     priorities: tuple[str, ...] = ()
 
 
@@ -86,8 +88,8 @@ def describe(name: str, value: str, factory: Any) -> PluginInfo:
     target = getattr(factory, "target", None)
     namespace = getattr(target, "namespace", None)
     version = getattr(target, "version", None) or "1.0"
-    methods = dispatcher.rpc_methods(factory) if isinstance(factory, type) else None
-    priorities = notifications.priorities_of(factory) if isinstance(factory, type) else ()
+    methods = handlerapi.rpc_methods(factory) if isinstance(factory, type) else None
+    priorities = handlerapi.priorities_of(factory) if isinstance(factory, type) else ()
     return PluginInfo(name, value, summary,
                       None if namespace is None else str(namespace), str(version), methods,
                       priorities)
@@ -104,3 +106,30 @@ def list_handlers() -> list[PluginInfo]:
             result.append(PluginInfo(
                 ep.name, ep.value, f"(cannot be imported: {type(exc).__name__}: {exc})"))
     return result
+
+
+def resolve_priorities(bindings: Iterable[Binding], handlers: dict[str, Any]) -> list[Binding]:
+    """``bindings`` with each notification binding's priorities resolved against its
+    handler. Raises ConfigError naming the option."""
+    out = []
+    for b in bindings:
+        if b.type == "notification":
+            b = _resolved(b, handlers[b.handler])
+        out.append(b)
+    check_queues_unique(out)  # again: the default priorities name queues only now
+    return out
+
+
+def _resolved(b: Binding, handler: Any) -> Binding:
+    has = handlerapi.priorities_of(handler)
+    if not b.priorities:
+        if not has:
+            raise ConfigError(b.group, "handler", f"handler {b.handler!r} has no method for "
+                              f"any notification priority ({', '.join(PRIORITIES)}): a "
+                              f"notification binding needs at least one")
+        return dataclasses.replace(b, priorities=has)
+    missing = [p for p in b.priorities if p not in has]
+    if missing:
+        raise ConfigError(b.group, "priorities", f"handler {b.handler!r} has no "
+                          f"{', '.join(missing)}() method (it has: {', '.join(has) or 'none'})")
+    return b

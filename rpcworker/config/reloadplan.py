@@ -16,7 +16,6 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker.config import bindingconf, plugins
-from rpcworker.policy import notifications
 
 LOG = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def plan(conf: cfg.ConfigOpts, current: Sequence[bindingconf.Binding],
     new = bindingconf.parse(conf)
     missing = {b.handler for b in new if b.handler not in handlers}
     loaded = plugins.load(conf, [b for b in new if b.handler in missing]) if missing else {}
-    new = notifications.resolve(new, {**handlers, **loaded})
+    new = plugins.resolve_priorities(new, {**handlers, **loaded})
     old = {b.name: b for b in current}
     fresh = {b.name: b for b in new}
     return Plan(

@@ -28,7 +28,6 @@ from rpcworker.engine.executor import Executor
 from rpcworker.engine.readiness import Notifier
 from rpcworker.engine.worker import Worker
 from rpcworker.errors import ConfigError
-from rpcworker.policy import notifications
 
 LOG = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def validate(conf: cfg.ConfigOpts
     check_budget(conf)
     parsed = bindingconf.parse(conf)
     handlers = plugins.load(conf, parsed)
-    parsed = notifications.resolve(parsed, handlers)
+    parsed = plugins.resolve_priorities(parsed, handlers)
     return parsed, handlers, broker.settings(conf)
 
 

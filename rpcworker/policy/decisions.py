@@ -71,6 +71,7 @@ from typing import Any
 
 from oslo_log import log as logging
 
+from rpcworker.config import handlerapi
 from rpcworker.config.bindingconf import Binding
 from rpcworker.errors import (
     DispatchError,
@@ -82,7 +83,7 @@ from rpcworker.errors import (
     Requeue,
     UnsupportedVersion,
 )
-from rpcworker.policy import dispatcher, notifications
+from rpcworker.policy import dispatcher, filters
 from rpcworker.policy.dedup import CompletedCache
 from rpcworker.wire import decoding, replyformat
 from rpcworker.wire.logfields import log_fields, what, what_delivered
@@ -200,12 +201,12 @@ def _screened(binding: Binding, request: decoding.Request, handler: Any) -> Outc
     the binding's filters keep from it (acked). None: run it."""
     n = request.notification
     assert n is not None
-    if not dispatcher.has_method(type(handler), n.priority):
+    if not handlerapi.has_method(type(handler), n.priority):
         LOG.warning("binding %s: %s acked without running: handler %s has no %s() method",
                     binding.name, what(request), binding.handler, n.priority or "<priority>",
                     extra=log_fields(binding.name, request))
         return Outcome(Action.ACK, reason=f"no handler method for priority {n.priority!r}")
-    if not notifications.matches(binding, n):
+    if not filters.matches(binding, n):
         return _FILTERED
     return None
 

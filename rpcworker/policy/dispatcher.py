@@ -3,8 +3,8 @@
 ``unknown(handler, request)`` tells on receipt whether a request names a method and
 version the handler serves (the policy refuses it when not); ``call()`` runs it in a
 handler thread and returns what the method returned or raises what it raised (the
-policy turns either into an Outcome). The rule of what is callable remotely is here,
-once: ``rpc_methods()`` lists it for ``--list-handlers``.
+policy turns either into an Outcome). What is callable remotely is the plugin API's rule
+(``config.handlerapi``).
 """
 
 from __future__ import annotations
@@ -12,49 +12,16 @@ from __future__ import annotations
 import types
 from typing import Any
 
+from rpcworker.config import handlerapi
 from rpcworker.errors import DispatchError, NoHandleMessage, NoSuchMethod, UnsupportedVersion
 from rpcworker.wire import decoding
 from rpcworker.wire.message import Message
-
-#: handler attributes that are never RPC methods, besides the "_" names
-_NOT_RPC = frozenset({"handle_message", "target"})
-#: what a class body defines as a method (``def``, ``staticmethod``, ``classmethod``)
-_METHOD_TYPES = (types.FunctionType, staticmethod, classmethod)
 
 #: (handler, method, namespace, version) that find_method accepted: the loop thread
 #: checks every request, and the class lookup costs a few microseconds. Only successes
 #: are kept (a flood of unknown names cannot fill it), and it is bounded.
 _FOUND: set[tuple[Any, ...]] = set()
 _FOUND_MAX = 4096
-
-
-def is_rpc_name(name: str) -> bool:
-    """Whether ``name`` may be called remotely at all: an identifier, not ``_private``,
-    not ``handle_message`` or ``target``."""
-    return name.isidentifier() and not name.startswith("_") and name not in _NOT_RPC
-
-
-def has_getattr_hook(cls: type) -> bool:
-    """Whether ``cls`` (or a non-builtin base) defines ``__getattr__``: it may answer
-    any name, so its methods cannot be listed, and its answers may change."""
-    return any("__getattr__" in vars(k) for k in cls.__mro__ if k.__module__ != "builtins")
-
-
-def has_method(cls: type, name: str) -> bool:
-    """Whether ``name`` is a public method of ``cls`` by the rule ``find_method`` keeps."""
-    return is_rpc_name(name) and _definition(cls, name)[1] is not None
-
-
-def rpc_methods(cls: type) -> tuple[str, ...] | None:
-    """The names ``find_method`` would call on an instance of ``cls``, sorted; None when
-    a ``__getattr__`` of its own may answer other names too."""
-    if has_getattr_hook(cls):
-        return None
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass.__module__ != "builtins":
-            names.update(vars(klass))
-    return tuple(sorted(n for n in names if has_method(cls, n)))
 
 
 def unknown(handler: Any, request: decoding.Request) -> DispatchError | None:
@@ -69,7 +36,7 @@ def unknown(handler: Any, request: decoding.Request) -> DispatchError | None:
         find_method(handler, request)
     except (NoSuchMethod, UnsupportedVersion) as exc:
         return exc
-    if not has_getattr_hook(type(handler)):  # its answers may change: never cached
+    if not handlerapi.has_getattr_hook(type(handler)):  # its answers may change: never cached
         if len(_FOUND) >= _FOUND_MAX:
             _FOUND.clear()
         _FOUND.add(key)
@@ -111,7 +78,7 @@ def find_method(handler: Any, request: decoding.Request) -> Any:
     if request.namespace not in accepted or not version_is_compatible(handler_version,
                                                                       request.version):
         raise UnsupportedVersion(request.version, method)
-    if not is_rpc_name(method):
+    if not handlerapi.is_rpc_name(method):
         raise NoSuchMethod(method)
     func = _public_method(handler, method)
     if func is None:
@@ -131,23 +98,10 @@ def _public_method(handler: Any, name: str) -> Any:
     that neither its classes nor the instance define.
     """
     cls = type(handler)
-    defined, raw = _definition(cls, name)
+    defined, raw = handlerapi.definition(cls, name)
     if not defined:
         return _from_getattr_hook(handler, cls, name)
     return None if raw is None else raw.__get__(handler, cls)
-
-
-def _definition(cls: type, name: str) -> tuple[bool, Any]:
-    """(whether a class of ``cls``'s MRO defines ``name``, the definition used when it
-    is a ``def``, ``staticmethod`` or ``classmethod`` of a class that is not a builtin,
-    else None)."""
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            raw = vars(klass)[name]
-            if klass.__module__ == "builtins" or not isinstance(raw, _METHOD_TYPES):
-                return True, None
-            return True, raw
-    return False, None
 
 
 def _from_getattr_hook(handler: Any, cls: type, name: str) -> Any:

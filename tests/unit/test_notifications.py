@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from rpcworker.amqp import topology
-from rpcworker.config import bindingconf
+from rpcworker.config import bindingconf, handlerapi, plugins
 from rpcworker.engine.inflight import run
 from rpcworker.errors import ConfigError
-from rpcworker.policy import decisions, notifications
+from rpcworker.policy import decisions
 from rpcworker.policy.decisions import Action
 from rpcworker.policy.dedup import CompletedCache
 from rpcworker.testing import DEAD_LETTERED, HandlerFixture
@@ -79,21 +79,21 @@ def test_notification_options_are_refused_elsewhere(make_conf: Any) -> None:
 
 
 def test_priorities_are_resolved_against_the_handler(make_conf: Any) -> None:
-    [b] = notifications.resolve([parse(make_conf)], {"h": Handler()})
+    [b] = plugins.resolve_priorities([parse(make_conf)], {"h": Handler()})
     assert b.priorities == ("info", "error")
-    assert notifications.priorities_of(Handler) == ("info", "error")
+    assert handlerapi.priorities_of(Handler) == ("info", "error")
     with pytest.raises(ConfigError) as info:
-        notifications.resolve([parse(make_conf, "priorities = info, sample\n")],
+        plugins.resolve_priorities([parse(make_conf, "priorities = info, sample\n")],
                               {"h": Handler()})
     assert str(info.value) == ("[binding:n] priorities: handler 'h' has no sample() method "
                                "(it has: info, error)")
     with pytest.raises(ConfigError, match=r"^\[binding:n\] handler: handler 'h' has no "
                        "method for any notification priority"):
-        notifications.resolve([parse(make_conf)], {"h": object()})
+        plugins.resolve_priorities([parse(make_conf)], {"h": object()})
 
 
 def test_topology_is_oslos(make_conf: Any) -> None:
-    b = notifications.resolve([parse(make_conf, "exchange = nova, glance\n")],
+    b = plugins.resolve_priorities([parse(make_conf, "exchange = nova, glance\n")],
                               {"h": Handler()})[0]
     t = topology.build(b)
     assert [q.name for q in t.queues] == ["notifications.info", "notifications.error"]
@@ -103,7 +103,7 @@ def test_topology_is_oslos(make_conf: Any) -> None:
             ("glance", q.name), ("nova", q.name)]
         assert all(bd.exchange.type == "topic" and not bd.exchange.durable
                    for bd in q.bindings)
-    pooled = topology.build(notifications.resolve(
+    pooled = topology.build(plugins.resolve_priorities(
         [parse(make_conf, "pool = billing\nqueue_type = quorum\n")], {"h": Handler()})[0])
     [q] = pooled.queues
     assert q.name == "billing" and q.durable
@@ -145,7 +145,7 @@ def test_decoding_envelope_2_and_bare_1_0() -> None:
 
 
 def test_policy_screens_runs_and_retries(make_conf: Any) -> None:
-    b = notifications.resolve([parse(make_conf, "max_retries = 2\n"
+    b = plugins.resolve_priorities([parse(make_conf, "max_retries = 2\n"
                                      "filter_event_type = compute\\.\n")],
                               {"h": Handler()})[0]
     h = Handler()
@@ -183,7 +183,7 @@ def test_two_bindings_on_the_same_default_queues_are_refused(make_conf: Any) -> 
     text = ("[DEFAULT]\nbindings = a, b\n[binding:a]\ntype = notification\nhandler = h\n"
             "[binding:b]\ntype = notification\nhandler = h\n")
     with pytest.raises(ConfigError) as info:
-        notifications.resolve(bindingconf.parse(make_conf(text)), {"h": Handler()})
+        plugins.resolve_priorities(bindingconf.parse(make_conf(text)), {"h": Handler()})
     assert str(info.value) == ("[binding:b] topic: queue 'notifications.info' is already "
                                "consumed by binding 'a'")
 

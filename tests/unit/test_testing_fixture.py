@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import rpcworker
+from rpcworker.config import handlerapi
 from rpcworker.handlers.echo import EchoHandler
 from rpcworker.testing import (  # rpcworker_handler: the pytest fixture, as a conftest gets it
     HandlerFixture,
@@ -175,7 +176,6 @@ def test_rpc_methods_follow_find_method() -> None:
 
     from rpcworker.config import plugins
     from rpcworker.handlers.log import LogHandler
-    from rpcworker.policy import dispatcher
 
     class Base:
         def inherited(self, ctxt: Any) -> None: ...
@@ -200,8 +200,8 @@ def test_rpc_methods_follow_find_method() -> None:
         def prop(self) -> int:
             return 1
 
-    assert dispatcher.rpc_methods(Handler) == ("inherited", "static", "visible")
-    assert dispatcher.rpc_methods(LogHandler) is None
+    assert handlerapi.rpc_methods(Handler) == ("inherited", "static", "visible")
+    assert handlerapi.rpc_methods(LogHandler) is None
     info = plugins.describe("h", "m:Handler", Handler)
     assert (info.namespace, info.version, info.methods) == (None, "1.0", (
         "inherited", "static", "visible"))
