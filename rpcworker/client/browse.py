@@ -36,7 +36,7 @@ import amqp.exceptions
 from rpcworker.amqp import transport
 from rpcworker.client.connect import Session, broker_errors, exchange_exists
 from rpcworker.client.exits import EXIT_BROKER, ClientError
-from rpcworker.client.lots import Lot
+from rpcworker.parking.lots import Lot
 from rpcworker.parking.parked import Parked
 from rpcworker.wire.xheaders import QUORUM_DELIVERY_COUNT, SEQ_HEADER
 

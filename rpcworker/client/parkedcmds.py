@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, Any
 
 from oslo_config import cfg
 
@@ -19,9 +19,10 @@ from rpcworker.amqp.brokercheck import MANAGEMENT_PORT, Management
 from rpcworker.client.browse import LotReader
 from rpcworker.client.connect import Session, broker_errors
 from rpcworker.client.exits import EXIT_BROKER, EXIT_OK, EXIT_REMOTE, EXIT_USAGE, ClientError, warn
-from rpcworker.client.lots import Lot, find
 from rpcworker.config import bindingconf
+from rpcworker.config.bindingconf import Binding
 from rpcworker.errors import ConfigError, oneline
+from rpcworker.parking.lots import Lot, exchange_lots, quorum_of
 from rpcworker.parking.parked import Parked
 
 
@@ -69,6 +70,41 @@ class _Management:
             api = Management(f"http://{name}:{MANAGEMENT_PORT}", host.userid, host.password)
             self._api = api if api.probe() is None else None
         return self._api
+
+
+def find(parsed: list[Binding], *, binding: str | None, queue: str | None,
+         management: Callable[[], Any | None], vhost: str) -> list[Lot]:
+    """The lots to read; ClientError 2 for a binding that is unknown or parks nowhere,
+    4 when only the management API (``management()``, asked only then) could tell and
+    does not answer."""
+    if queue is not None:
+        return [Lot(queue, (binding,) if binding else ())]
+    chosen = [b for b in parsed if binding is None or b.name == binding]
+    if binding is not None and not chosen:
+        names = ", ".join(b.name for b in parsed) or "none"
+        raise ClientError(EXIT_USAGE, f"no binding {binding!r} in the configuration "
+                          f"(bindings: {names})", "ConfigError")
+    found: dict[str, list[Binding]] = {}
+    for b in chosen:
+        if b.dead_letter_queue:
+            found.setdefault(b.dead_letter_queue, []).append(b)
+        elif b.dead_letter_exchange:
+            mgmt = management()
+            if mgmt is None:
+                raise ClientError(EXIT_BROKER, f"binding {b.name!r} parks to exchange "
+                                  f"{b.dead_letter_exchange!r}, whose queues only the "
+                                  "RabbitMQ management API can list, and it does not "
+                                  "answer: name the queue with --queue")
+            for name in exchange_lots(b, mgmt, vhost):
+                found.setdefault(name, []).append(b)
+        elif binding is not None:
+            raise ClientError(EXIT_USAGE, f"binding {b.name!r} has no parking lot: set "
+                              "dead_letter_queue (or dead_letter_exchange); without one a "
+                              "dead letter is rejected to the queue's own "
+                              "x-dead-letter-exchange, if any (then use --queue)",
+                              "ConfigError")
+    return [Lot(name, tuple(b.name for b in owners), quorum_of(name, owners))
+            for name, owners in found.items()]
 
 
 def _lots(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,

@@ -30,21 +30,13 @@ from prometheus_client.registry import Collector
 from rpcworker.amqp import broker
 from rpcworker.config.bindingconf import Binding
 from rpcworker.errors import oneline
+from rpcworker.parking.lots import lots_of
 
 LOG = logging.getLogger(__name__)
 
 NAME = "rpcworker_parked_messages"
 #: seconds between two readings of the broker
 PROBE_EVERY = 5.0
-
-
-def lots_of(parsed: list[Binding]) -> dict[str, tuple[str, ...]]:
-    """Each configured parking-lot queue and the bindings that park there."""
-    out: dict[str, tuple[str, ...]] = {}
-    for b in parsed:
-        if b.dead_letter_queue:
-            out[b.dead_letter_queue] = (*out.get(b.dead_letter_queue, ()), b.name)
-    return out
 
 
 class ParkedDepth(Collector):

@@ -1,6 +1,7 @@
 """A parked message as the operator sees it: where it came from, why it is parked, what
 it asked for; its export form (one JSON object, body and headers exact) and the copy a
-replay publishes. Pure: reading and writing the parking lot is ``rpcworker.client.lots``.
+replay publishes. Pure: which queues are lots is ``parking.lots``; reading and moving
+them is ``client.browse``.
 
 A message reaches a parking lot with rpcworker's headers (``failures.dead_letter_copy``:
 ``x-rpcworker-failure``, ``-binding``, ``-retries``, ``-original-*``, ``-parked-at``), or

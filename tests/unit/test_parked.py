@@ -14,10 +14,10 @@ import pytest
 
 from rpcworker.client import args as client_args
 from rpcworker.client.exits import EXIT_BROKER, EXIT_USAGE, ClientError
-from rpcworker.client.lots import Lot, find, topic_matches
-from rpcworker.client.parkedcmds import Selection, line
+from rpcworker.client.parkedcmds import Selection, find, line
 from rpcworker.config import bindingconf
 from rpcworker.daemon import lotdepth
+from rpcworker.parking.lots import Lot, topic_matches
 from rpcworker.parking.parked import Parked, read_export
 from rpcworker.policy import failures
 from rpcworker.testing import HandlerFixture
