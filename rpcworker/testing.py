@@ -54,7 +54,7 @@ from rpcworker.engine.executor import Executor
 from rpcworker.engine.worker import Worker
 from rpcworker.errors import RPCWorkerError
 from rpcworker.parking import parked
-from rpcworker.policy.decisions import Action, Delivery, Outcome
+from rpcworker.policy.outcomes import Action, Delivery, Outcome
 from rpcworker.wire import envelope, replyformat
 from rpcworker.wire.xheaders import retries_of
 

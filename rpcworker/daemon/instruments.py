@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from rpcworker.engine import recycling
 from rpcworker.engine.events import SETTLEMENT, Recorder
-from rpcworker.policy.decisions import Action, Delivery, Outcome
+from rpcworker.policy.outcomes import Action, Delivery, Outcome
 
 PREFIX = "rpcworker_"
 

@@ -36,7 +36,7 @@ from oslo_log import log as logging
 
 from rpcworker.engine import ratelimit
 from rpcworker.engine.events import Listener
-from rpcworker.policy.decisions import Delivery, Outcome
+from rpcworker.policy.outcomes import Delivery, Outcome
 
 LOG = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 
-from rpcworker.policy.decisions import Action, Delivery, Outcome
+from rpcworker.policy.outcomes import Action, Delivery, Outcome
 
 
 class Listener:

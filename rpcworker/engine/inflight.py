@@ -32,9 +32,10 @@ from rpcworker.engine import aio
 from rpcworker.engine.events import Recorder
 from rpcworker.engine.executor import Executor
 from rpcworker.engine.settle import Settle
+from rpcworker.engine.telling import Teller
 from rpcworker.policy import decisions, dispatcher
-from rpcworker.policy.decisions import Action, Delivery, Outcome
 from rpcworker.policy.dedup import CompletedCache
+from rpcworker.policy.outcomes import Action, Delivery, Outcome
 from rpcworker.wire import decoding, replyformat
 
 LOG = logging.getLogger(__name__)
@@ -80,8 +81,10 @@ def _time_left(binding: Binding, job: _Job | None) -> float | None:
 
 class Inflight:
     def __init__(self, executor: Executor, completed: CompletedCache, metrics: Recorder,
-                 threads: int, dropped: Callable[[Delivery], None] = lambda d: None) -> None:
+                 threads: int, teller: Teller,
+                 dropped: Callable[[Delivery], None] = lambda d: None) -> None:
         self.executor = executor
+        self.teller = teller
         #: told of each delivery dropped unsettled with its connection (the byte budget)
         self.dropped = dropped
         self.completed = completed
@@ -198,6 +201,8 @@ class Inflight:
             live = settle is not None and job.generation == self.generation
             outcome = decisions.on_completed(job.delivery, result, self.completed, live)
             if outcome.action is Action.DROP:
+                if outcome.notes:
+                    self.teller.tell(job.delivery, outcome)
                 self.dropped(job.delivery)
             else:
                 settle.settle(job.delivery, outcome)  # type: ignore[union-attr]

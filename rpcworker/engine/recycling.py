@@ -22,7 +22,7 @@ from oslo_config import cfg
 
 from rpcworker.engine.events import Listener
 from rpcworker.engine.executor import Executor
-from rpcworker.policy.decisions import Delivery, Outcome
+from rpcworker.policy.outcomes import Delivery, Outcome
 
 #: exit status of a worker process that recycled itself (EX_TEMPFAIL)
 RECYCLE_EXIT = 75

@@ -22,6 +22,7 @@ from rpcworker.amqp import broker, transport
 from rpcworker.amqp.transport import Capabilities
 from rpcworker.engine.events import Listener
 from rpcworker.engine.settle import Settle
+from rpcworker.engine.telling import Teller
 
 #: most broker events handled in one go before completions get a turn
 DRAIN_BATCH = 256
@@ -46,10 +47,11 @@ def log_connection_error(exc: BaseException, conn: kombu.Connection, interval: f
 
 
 class Session:
-    def __init__(self, conn: kombu.Connection, wake_fd: int, events: Listener) -> None:
+    def __init__(self, conn: kombu.Connection, wake_fd: int, events: Listener,
+                 teller: Teller) -> None:
         self.conn = conn
         self.caps = Capabilities.of(conn)
-        self.settle = Settle(conn, self.caps, events)
+        self.settle = Settle(conn, self.caps, events, teller)
         self._wake_fd = wake_fd
         self._last_heartbeat_check = 0.0
         amqp_conn = conn.connection

@@ -1,8 +1,8 @@
-"""Carries out outcomes on one connection: the reply, then the ack, reject or confirmed
-copy; then tells the listeners. Decides nothing: ``decisions.resolve`` says what an outcome
-becomes on this queue, and a copy the broker refuses goes back to the policy
-(``on_copy_refused``) for the outcome carried out instead. Loop thread only; one
-``Settle`` per connection.
+"""Carries out outcomes on one connection: has the teller log what happened, publishes
+the reply, then the ack, reject or confirmed copy; then tells the listeners. Decides
+nothing: ``decisions.resolve`` says what an outcome becomes on this queue, and a copy
+the broker refuses goes back to the policy (``on_copy_refused``) for the outcome carried
+out instead. Loop thread only; one ``Settle`` per connection.
 
 * copies (retry, dead letter, redelivery count) go on a confirm-mode channel and the
   original is acked only once the broker has confirmed the copy;
@@ -22,16 +22,19 @@ from rpcworker.engine.acks import Acks
 from rpcworker.engine.events import Listener
 from rpcworker.engine.publisher import ConfirmPublisher
 from rpcworker.engine.replies import Replies
+from rpcworker.engine.telling import Teller
 from rpcworker.policy import decisions, failures
-from rpcworker.policy.decisions import COPIES, Action, Delivery, Outcome
+from rpcworker.policy.outcomes import COPIES, Action, Delivery, Outcome
 from rpcworker.wire import replyformat
 
 LOG = logging.getLogger(__name__)
 
 
 class Settle:
-    def __init__(self, conn: kombu.Connection, caps: Capabilities, events: Listener) -> None:
+    def __init__(self, conn: kombu.Connection, caps: Capabilities, events: Listener,
+                 teller: Teller) -> None:
         self.events = events
+        self.teller = teller
         self.blocked = False
         self.acks = Acks(batch=caps.amqp)
         self.replies = Replies(conn, caps)
@@ -52,8 +55,14 @@ class Settle:
     # -- the switch -----------------------------------------------------------------------
 
     def settle(self, d: Delivery, outcome: Outcome) -> None:
-        """Publish the reply (if any), then carry out the resolved outcome."""
+        """Tell what happened, publish the reply (if any), then carry out the resolved
+        outcome."""
         outcome = decisions.resolve(d, outcome)
+        if outcome.notes or outcome.refusal is not None:
+            self.teller.tell(d, outcome)
+        self._carry_out(d, outcome)
+
+    def _carry_out(self, d: Delivery, outcome: Outcome) -> None:
         action = outcome.action
         if action is Action.DROP:
             return
@@ -111,7 +120,7 @@ class Settle:
         LOG.warning("The broker unblocked the connection; sending %d deferred "
                     "settlement(s)", len(deferred))
         for delivery, outcome in deferred:
-            self.settle(delivery, outcome)
+            self._carry_out(delivery, outcome)
 
 
 def _copy_of(d: Delivery, outcome: Outcome) -> failures.Copy:

@@ -77,4 +77,4 @@ class Drain:
         else:
             self.notifier.stopping(f"draining {busy} in-flight message(s)")
             self.notifier.extend_timeout(self.timeout + 10)
-        self.intake.refusals.summarise(final=True)
+        self.intake.teller.summarise(final=True)

@@ -41,6 +41,7 @@ from rpcworker.engine.recycling import Recycler
 from rpcworker.engine.session import Session
 from rpcworker.engine.stopping import Drain
 from rpcworker.engine.subscriptions import Subscriptions
+from rpcworker.engine.telling import Teller
 from rpcworker.errors import StopRequested, oneline
 from rpcworker.policy.dedup import CompletedCache
 
@@ -71,9 +72,11 @@ class Worker(ConsumerMixin):
         self.events = Listeners([self.stats, self.budget, self.recycler, *(
             [recorder] if recorder is not NULL else []), *listeners])
         completed = CompletedCache(conf.duplicate_cache_size)
+        self.teller = Teller()
         self.inflight = Inflight(executor, completed, recorder, conf.executor_thread_pool_size,
-                                 dropped=lambda d: self.budget.release(d.size))
-        self.intake = Intake(conf, self.inflight, completed, self.events, self.budget)
+                                 self.teller, dropped=lambda d: self.budget.release(d.size))
+        self.intake = Intake(conf, self.inflight, completed, self.events, self.budget,
+                             self.teller)
         b = conf.broker
         self._reconnect = (b.reconnect_interval_start, b.reconnect_interval_step,
                            b.reconnect_interval_max)
@@ -197,7 +200,8 @@ class Worker(ConsumerMixin):
                 interval_start=start, interval_step=step, interval_max=top,
                 callback=self._check_stop,
             )
-            self._session = Session(conn, self.executor.fileno(), self.events)
+            self._session = Session(conn, self.executor.fileno(), self.events,
+                                    self.teller)
             yield conn
             clean = True
         finally:
@@ -267,7 +271,7 @@ class Worker(ConsumerMixin):
                 session.wait(wait)
                 tick = session.heartbeat()
                 if tick:  # twice a second: summaries, gauges, the STATUS line
-                    self.intake.refusals.summarise()
+                    self.teller.summarise()
                     self.throttle.tick()
                     self.metrics.threads(self.executor.busy, self.executor.stuck)
                     self.metrics.inflight_bytes(self.budget.held,
@@ -318,5 +322,5 @@ class Worker(ConsumerMixin):
         """SIGHUP: the subscriptions re-read the bindings; READY=1 again after it."""
         self.notifier.reloading()
         if self.subscriptions.reload(self.conf):
-            self.intake.debug_changed()
+            self.teller.debug_changed()
         self.readiness.announce(force=True)

@@ -1,5 +1,7 @@
 """The ack policy: the one place that turns (binding, request, what happened) into an
-``Outcome`` — ack, retry, dead-letter, count, reject or requeue. Nothing else decides.
+``Outcome`` — ack, retry, dead-letter, count, reject or requeue. Nothing else decides,
+and nothing here logs: an outcome carries ``Note``s of what happened, which the
+engine's teller words and logs once (deciding apart from telling).
 
 A delivery passes it twice: ``on_receipt()`` (the intake asks before anything runs)
 and ``on_completion()`` (the handler thread asks with what the handler returned or
@@ -66,10 +68,7 @@ oslo.messaging's RPC server does): the action is ``none`` whatever happens.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any
-
-from oslo_log import log as logging
 
 from rpcworker.config import handlerapi
 from rpcworker.config.bindingconf import Binding
@@ -83,10 +82,22 @@ from rpcworker.errors import (
     Requeue,
     UnsupportedVersion,
 )
-from rpcworker.policy import dispatcher, filters
+from rpcworker.policy import filters
 from rpcworker.policy.dedup import CompletedCache
-from rpcworker.wire import decoding, replyformat
-from rpcworker.wire.logfields import log_fields, what, what_delivered
+from rpcworker.policy.dispatcher import unknown
+from rpcworker.policy.outcomes import (
+    ACK_THEN_RUN,
+    RUN,
+    Action,
+    Delivery,
+    Happened,
+    Note,
+    Outcome,
+    Start,
+)
+from rpcworker.wire.decoding import Rejected, Request
+from rpcworker.wire.logfields import what
+from rpcworker.wire.replyformat import Reply, encode_error, encode_failure, encode_result
 from rpcworker.wire.xheaders import (
     QUORUM_DELIVERY_COUNT,
     REDELIVERIES_HEADER,
@@ -94,56 +105,8 @@ from rpcworker.wire.xheaders import (
     retries_of,
 )
 
-LOG = logging.getLogger(__name__)
-
 #: the error type (and module) a caller gets for a request refused before dispatch
 REFUSED_TYPE, REFUSED_MODULE = "InvalidRequest", "rpcworker.errors"
-
-
-class Action(enum.Enum):
-    NONE = "none"  # already acked on receipt
-    ACK = "ack"
-    RETRY = "retry"  # to the delay queue of the next attempt, then ack
-    DEAD_LETTER = "dead-letter"  # to the parking lot, then ack (see resolve())
-    COUNT = "count"  # to the tail of the same queue with the redelivery count + 1, then ack
-    REJECT = "reject"  # basic.reject without requeue: the queue's own DLX, if any, applies
-    REQUEUE = "requeue"  # basic.reject with requeue
-    DROP = "drop"  # nothing: its connection is gone and the broker redelivers it
-
-
-#: actions carried out by publishing a copy (confirmed) before the ack
-COPIES = frozenset({Action.RETRY, Action.DEAD_LETTER, Action.COUNT})
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    action: Action
-    reply: replyformat.Reply | None = None
-    #: why it failed (dead-letter headers, logs)
-    reason: str | None = None
-    #: refused before dispatch (not decodable, unknown method): the reason of the
-    #: rate-limited "refused" line the intake logs
-    refusal: str | None = None
-    #: the broker refused the copy this outcome was carried out with (rejected instead)
-    copy_refused: bool = False
-    #: a notification the binding's filters kept from the handler (acked)
-    filtered: bool = False
-
-    @property
-    def dead_lettered(self) -> bool:
-        """Parked, or rejected for want of a parking lot (not a refused copy)."""
-        return self.action is Action.DEAD_LETTER or (
-            self.action is Action.REJECT and not self.copy_refused)
-
-
-class Start(enum.Enum):
-    """``on_receipt`` lets the delivery run: settled later by its handler's outcome."""
-
-    RUN = "run"
-    ACK_THEN_RUN = "ack-then-run"  # acknowledge = before: the ack goes out first
-
-
-RUN, ACK_THEN_RUN = Start.RUN, Start.ACK_THEN_RUN
 
 _ACKED, _DONE, _DROPPED, _REQUEUED = (Outcome(Action.ACK), Outcome(Action.NONE),
                                       Outcome(Action.DROP), Outcome(Action.REQUEUE))
@@ -152,91 +115,72 @@ _FILTERED = Outcome(Action.ACK, filtered=True)
 REQUEUE_RESULT = "requeue"
 
 
-@dataclasses.dataclass(slots=True)
-class Delivery:
-    """One received message and where it came from."""
-
-    message: Any  # kombu.Message
-    binding: Binding
-    queue: str
-    request: decoding.Request | None  # None when it could not be decoded
-    #: the queue has delay queues (a retry can wait there)
-    retryable: bool = True
-    #: bytes of the body (counted against max_inflight_bytes until settled)
-    size: int = 0
-
-
 # -- on receipt ---------------------------------------------------------------------------
 
 
-def on_receipt(binding: Binding, decoded: decoding.Request | decoding.Rejected, handler: Any,
+def on_receipt(binding: Binding, decoded: Request | Rejected, handler: Any,
                completed: CompletedCache, *, draining: bool) -> Outcome | Start:
     """Everything decided before a handler runs, in order: stopping, undecodable,
     poison or a redelivery to count, a duplicate, an unknown method; else it runs
     (acked first with ``acknowledge = before``)."""
     if draining:
         return _REQUEUED  # a stopping worker takes no new work: back to the queue
-    if isinstance(decoded, decoding.Rejected):
-        return refused(binding, decoded)
+    if isinstance(decoded, Rejected):
+        return refused(decoded)
     early = redelivered(binding, decoded)
     if early is not None:
         return early
     uid = decoded.unique_id
     if uid and uid in completed:
-        LOG.info("binding %s: request %s already completed; not run again", binding.name,
-                 what(decoded), extra=log_fields(binding.name, decoded))
         return duplicate(completed.get(uid))
     if decoded.notification is not None:
         early = _screened(binding, decoded, handler)
         if early is not None:
             return early
-    error = dispatcher.unknown(handler, decoded)
+    error = unknown(handler, decoded)
     if error is not None:
         return unknown_method(decoded, error)
     return ACK_THEN_RUN if binding.ack_before else RUN
 
 
-def _screened(binding: Binding, request: decoding.Request, handler: Any) -> Outcome | None:
+def _screened(binding: Binding, request: Request, handler: Any) -> Outcome | None:
     """A notification its handler has no method for (as oslo: acked, a warning), or one
     the binding's filters keep from it (acked). None: run it."""
     n = request.notification
     assert n is not None
     if not handlerapi.has_method(type(handler), n.priority):
-        LOG.warning("binding %s: %s acked without running: handler %s has no %s() method",
-                    binding.name, what(request), binding.handler, n.priority or "<priority>",
-                    extra=log_fields(binding.name, request))
-        return Outcome(Action.ACK, reason=f"no handler method for priority {n.priority!r}")
+        return Outcome(Action.ACK, reason=f"no handler method for priority {n.priority!r}",
+                       notes=(Note(Happened.NO_PRIORITY_METHOD, n.priority or "<priority>"),))
     if not filters.matches(binding, n):
         return _FILTERED
     return None
 
 
-def refused(binding: Binding, rejected: decoding.Rejected) -> Outcome:
+def refused(rejected: Rejected) -> Outcome:
     """A delivery that ``decoding.decode`` refused: never run, dead-lettered; a caller
     that waits gets the error."""
     reply = None
     if rejected.reply is not None:
-        reply = replyformat.encode_error(rejected.reply, REFUSED_TYPE, REFUSED_MODULE,
-                                      rejected.reason)
+        reply = encode_error(rejected.reply, REFUSED_TYPE, REFUSED_MODULE, rejected.reason)
     return Outcome(Action.DEAD_LETTER, reply, f"refused: {rejected.reason}",
                    refusal=rejected.reason)
 
 
-def unknown_method(request: decoding.Request, error: DispatchError) -> Outcome:
+def unknown_method(request: Request, error: DispatchError) -> Outcome:
     """A request for a method or version the handler does not have: refused before any
     receipt ack and never run (a cast is dead-lettered, a call acked and answered with
     the error)."""
-    reply = replyformat.encode_failure(request.reply, error) if request.reply else None
+    reply = encode_failure(request.reply, error) if request.reply else None
     action = Action.ACK if request.is_call else Action.DEAD_LETTER
     reason = f"{type(error).__name__}: {error}"
     return Outcome(action, reply, reason, refusal=reason)
 
 
-def duplicate(reply: replyformat.Reply | None) -> Outcome:
+def duplicate(reply: Reply | None) -> Outcome:
     """A request whose id already completed: not run again; a call gets the same reply.
 
     Decided before any receipt ack, so it is acked here whatever ``acknowledge`` says."""
-    return Outcome(Action.ACK, reply)
+    return Outcome(Action.ACK, reply, notes=(Note(Happened.DUPLICATE),))
 
 
 def limited_by_delivery_limit(binding: Binding) -> bool:
@@ -255,7 +199,7 @@ def redelivery_bound(binding: Binding) -> int | None:
     return binding.max_redeliveries or None
 
 
-def redelivered(binding: Binding, request: decoding.Request) -> Outcome | None:
+def redelivered(binding: Binding, request: Request) -> Outcome | None:
     """A poison message, or a redelivery to count. None: run it."""
     if binding.ack_before or not request.redelivered:
         return None
@@ -270,7 +214,7 @@ def redelivered(binding: Binding, request: decoding.Request) -> Outcome | None:
                       f"(delivery_limit {binding.delivery_limit}): the broker's last "
                       f"delivery is dead-lettered instead of run; its handler crashed, hung "
                       f"or lost the connection {count} times")
-            return _poison(binding, request, reason)
+            return _poison(request, reason)
     elif not binding.max_redeliveries:
         return None
     else:  # classic queues (and an rpc binding's fanout queue): counted by copies
@@ -279,23 +223,21 @@ def redelivered(binding: Binding, request: decoding.Request) -> Outcome | None:
             return Outcome(Action.COUNT, reason=f"redelivery {count}")
     reason = (f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "
               f"its handler crashed, hung or lost the connection every time")
-    return _poison(binding, request, reason)
+    return _poison(request, reason)
 
 
-def _poison(binding: Binding, request: decoding.Request, reason: str) -> Outcome:
+def _poison(request: Request, reason: str) -> Outcome:
     """Dead-letter a poison message without running it; a call gets PoisonMessage."""
-    LOG.error("binding %s: poison message %s dead-lettered: %s", binding.name,
-              what(request), reason, extra=log_fields(binding.name, request))
     reply = None
     if request.reply is not None:
-        reply = replyformat.encode_failure(request.reply, PoisonMessage(reason))
-    return Outcome(Action.DEAD_LETTER, reply, reason)
+        reply = encode_failure(request.reply, PoisonMessage(reason))
+    return Outcome(Action.DEAD_LETTER, reply, reason, notes=(Note(Happened.POISON, reason),))
 
 
 # -- on completion (a handler thread) ------------------------------------------------------
 
 
-def on_completion(binding: Binding, request: decoding.Request, result: Any = None,
+def on_completion(binding: Binding, request: Request, result: Any = None,
                   error: Exception | None = None) -> Outcome:
     """The outcome of a handler run that returned ``result`` or raised ``error``."""
     if error is not None:
@@ -306,54 +248,47 @@ def on_completion(binding: Binding, request: decoding.Request, result: Any = Non
     if request.reply is None:
         return done
     try:
-        reply = replyformat.encode_result(request.reply, result)
+        reply = encode_result(request.reply, result)
     except (TypeError, ValueError) as exc:
-        LOG.error("binding %s: result of %s is not JSON-serialisable: %s", binding.name,
-                  what(request), exc, extra=log_fields(binding.name, request))
-        reply = replyformat.encode_failure(request.reply, exc)
+        return Outcome(done.action, encode_failure(request.reply, exc),
+                       notes=(Note(Happened.UNSERIALISABLE, error=exc),))
     return Outcome(done.action, reply)
 
 
-def _on_error(binding: Binding, request: decoding.Request, exc: Exception) -> Outcome:
+def _on_error(binding: Binding, request: Request, exc: Exception) -> Outcome:
     if isinstance(exc, Requeue):
-        LOG.info("binding %s: handler asked to retry %s: %s", binding.name,
-                 what(request), exc, extra=log_fields(binding.name, request))
-        return _failed(binding, request, exc, log=False)
+        return _failed(binding, request, exc, Note(Happened.RETRY_ASKED, error=exc))
     if isinstance(exc, Reject):
-        LOG.warning("binding %s: handler rejected %s: %s", binding.name, what(request), exc,
-                    extra=log_fields(binding.name, request))
-        return _failed(binding, request, exc, log=False, final=True)
+        return _failed(binding, request, exc, Note(Happened.REJECTED, error=exc), final=True)
     if isinstance(exc, HandlerTimeout):  # an async handler, cancelled at its deadline
         return timed_out(binding, request, cancelled=True)
     if isinstance(exc, NoHandleMessage):
         reason = f"handler {binding.handler} {exc}"
-        LOG.error("binding %s: %s dead-lettered: %s", binding.name, what(request),
-                  reason, extra=log_fields(binding.name, request))
-        return Outcome(Action.NONE if binding.ack_before else Action.DEAD_LETTER, None, reason)
+        return Outcome(Action.NONE if binding.ack_before else Action.DEAD_LETTER, None, reason,
+                       notes=(Note(Happened.NO_HANDLE_MESSAGE, reason),))
     if isinstance(exc, (NoSuchMethod, UnsupportedVersion)):  # unknown() let it through
-        LOG.warning("binding %s: %s refused: %s", binding.name, what(request), exc,
-                    extra=log_fields(binding.name, request))
-        return _failed(binding, request, exc, log=False, final=True, quiet=True)
-    return _failed(binding, request, exc, log=True)
+        return _failed(binding, request, exc, Note(Happened.UNKNOWN_METHOD, error=exc),
+                       final=True, quiet=True)
+    return _failed(binding, request, exc)
 
 
-def timed_out(binding: Binding, request: decoding.Request, cancelled: bool = False
-              ) -> Outcome:
+def timed_out(binding: Binding, request: Request, cancelled: bool = False) -> Outcome:
     """The handler is still running ``handler_timeout`` seconds after it started (an
     async one: its task was ``cancelled``)."""
     exc = HandlerTimeout(f"handler {binding.handler} did not finish {what(request)} "
                          f"within handler_timeout ({binding.handler_timeout:g} s)")
-    LOG.error("binding %s: %s; %s", binding.name, exc,
-              "its task is cancelled" if cancelled else
-              "its thread is stuck: a fresh one takes its place",
-              extra=log_fields(binding.name, request))
-    return _failed(binding, request, exc, log=False)
+    fate = ("its task is cancelled" if cancelled else
+            "its thread is stuck: a fresh one takes its place")
+    return _failed(binding, request, exc, Note(Happened.TIMED_OUT, fate, exc))
 
 
-def _failed(binding: Binding, request: decoding.Request, exc: Exception, *, log: bool,
-            final: bool = False, quiet: bool = False) -> Outcome:
+def _failed(binding: Binding, request: Request, exc: Exception, note: Note | None = None,
+            *, final: bool = False, quiet: bool = False) -> Outcome:
     """A failure: calls are answered with the error and acked; casts and events are
-    retried while max_retries allows (unless ``final``), then dead-lettered."""
+    retried while max_retries allows (unless ``final``), then dead-lettered.
+
+    ``note``: what to tell of it; without one, the failure is told with its traceback
+    and what happens next."""
     reason = f"{type(exc).__name__}: {exc}"
     if binding.ack_before:
         action = Action.NONE
@@ -363,18 +298,18 @@ def _failed(binding: Binding, request: decoding.Request, exc: Exception, *, log:
         action = Action.RETRY
     else:
         action = Action.DEAD_LETTER
-    if log:
-        LOG.error("binding %s: handler %s failed on %s (%s)", binding.name, binding.handler,
-                  what(request), _consequence(action, request, binding), exc_info=exc,
-                  extra=log_fields(binding.name, request))
-    elif action is Action.DEAD_LETTER and not request.is_call and not quiet:
-        LOG.warning("binding %s: %s dead-lettered: %s", binding.name, what(request), reason,
-                    extra=log_fields(binding.name, request))
-    reply = replyformat.encode_failure(request.reply, exc) if request.reply is not None else None
-    return Outcome(action, reply, reason)
+    if note is None:
+        notes: tuple[Note, ...] = (
+            Note(Happened.FAILED, _consequence(action, request, binding), exc),)
+    else:
+        notes = (note,)
+        if action is Action.DEAD_LETTER and not request.is_call and not quiet:
+            notes += (Note(Happened.DEAD_LETTERED, reason),)
+    reply = encode_failure(request.reply, exc) if request.reply is not None else None
+    return Outcome(action, reply, reason, notes=notes)
 
 
-def _consequence(action: Action, request: decoding.Request, binding: Binding) -> str:
+def _consequence(action: Action, request: Request, binding: Binding) -> str:
     if request.is_call:
         return "error returned to the caller"
     if action is Action.RETRY:
@@ -400,9 +335,7 @@ def on_completed(d: Delivery, result: Any, completed: CompletedCache, live: bool
     if d.request is not None and outcome.action in (Action.ACK, Action.NONE):
         completed.add(d.request.unique_id, outcome.reply)
     if not live:
-        LOG.debug("dropping the outcome of a delivery from a lost connection; "
-                  "the broker redelivers it")
-        return _DROPPED
+        return Outcome(Action.DROP, notes=outcome.notes + (Note(Happened.DROPPED),))
     return outcome
 
 
@@ -412,12 +345,9 @@ def resolve(d: Delivery, outcome: Outcome) -> Outcome:
     is rejected (the queue's own dead-letter exchange, if any, applies)."""
     action = outcome.action
     if action is Action.RETRY and not d.retryable:
-        LOG.warning("binding %s: %s: queue %s has no delay queue (a per-process "
-                    "queue, or the transport has no message TTL): dead-lettered instead of retried",
-                    d.binding.name, what_delivered(d.request), d.queue,
-                    extra=log_fields(d.binding.name, d.request))
         action = Action.DEAD_LETTER
-        outcome = dataclasses.replace(outcome, action=action)
+        outcome = dataclasses.replace(outcome, action=action).noting(
+            Note(Happened.NO_DELAY_QUEUE))
     if action is Action.DEAD_LETTER and not d.binding.dead_letters_published:
         outcome = dataclasses.replace(outcome, action=Action.REJECT)
     return outcome
@@ -429,11 +359,6 @@ def on_copy_refused(d: Delivery, outcome: Outcome, target: str) -> Outcome:
     parking lot never makes a loop; a count copy's original goes back to its queue."""
     if outcome.action is Action.COUNT:
         return Outcome(Action.REQUEUE, reason=outcome.reason, copy_refused=True)
-    fields = log_fields(d.binding.name, d.request)
-    if outcome.action is Action.RETRY:
-        LOG.error("binding %s: the delay queue %s refused a retry of %s; rejecting the "
-                  "message", d.binding.name, target, what_delivered(d.request), extra=fields)
-    else:
-        LOG.error("binding %s: the parking lot refused a dead letter (%s); rejecting the "
-                  "message instead", d.binding.name, what_delivered(d.request), extra=fields)
-    return Outcome(Action.REJECT, reason=outcome.reason, copy_refused=True)
+    note = (Note(Happened.RETRY_REFUSED, target) if outcome.action is Action.RETRY
+            else Note(Happened.DEAD_LETTER_REFUSED))
+    return Outcome(Action.REJECT, reason=outcome.reason, copy_refused=True, notes=(note,))

@@ -4,12 +4,10 @@ of 406 replies, the migration advice and the list of expected entities."""
 
 from __future__ import annotations
 
-import base64
-import json
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,65 +15,14 @@ import pytest
 from rpcworker.amqp import brokercheck
 from rpcworker.amqp.brokercheck import Difference, Expected, Management
 from rpcworker.config.bindingconf import Binding
-
-# as GET /api/queues/%2F/orders returns it on RabbitMQ 3.10 (trimmed)
-CLASSIC_QUEUE = {
-    "arguments": {}, "auto_delete": False, "durable": True, "exclusive": False,
-    "messages": 7, "messages_ready": 7, "messages_unacknowledged": 0, "consumers": 0,
-    "name": "orders", "node": "rabbit@host", "state": "running", "type": "classic",
-    "vhost": "/",
-}
-QUORUM_QUEUE = {
-    "arguments": {"x-queue-type": "quorum", "x-max-length": 1000}, "auto_delete": False,
-    "durable": True, "exclusive": False, "messages": 0, "name": "jobs", "type": "quorum",
-    "vhost": "/", "leader": "rabbit@host", "members": ["rabbit@host"],
-}
-TOPIC_EXCHANGE = {
-    "arguments": {}, "auto_delete": False, "durable": True, "internal": False,
-    "name": "orders", "type": "topic", "user_who_performed_action": "guest", "vhost": "/",
-}
-OVERVIEW = {"management_version": "3.10.8", "rabbitmq_version": "3.10.8",
-            "cluster_name": "rabbit@host"}
-
-RECORDED = {
-    "/api/overview": OVERVIEW,
-    "/api/queues/%2F/orders": CLASSIC_QUEUE,
-    "/api/queues/%2F/jobs": QUORUM_QUEUE,
-    "/api/exchanges/%2F/orders": TOPIC_EXCHANGE,
-    "/api/queues/my%2Fvhost/a%20b": dict(CLASSIC_QUEUE, name="a b", vhost="my/vhost"),
-}
-GUEST = "Basic " + base64.b64encode(b"guest:guest").decode()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    requests: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        self.requests.append(self.path)
-        if self.headers.get("Authorization") != GUEST:
-            self._send(401, {"error": "not_authorised", "reason": "Login failed"})
-        elif self.path in RECORDED:
-            self._send(200, RECORDED[self.path])
-        else:
-            self._send(404, {"error": "Object Not Found", "reason": "Not Found"})
-
-    def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
+from tests.fakes import CLASSIC_QUEUE, QUORUM_QUEUE, TOPIC_EXCHANGE, ManagementStub
 
 
 @pytest.fixture
 def stub() -> Iterator[str]:
     """The base URL of a local stub of the management API."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    _Handler.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ManagementStub)
+    ManagementStub.requests = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -97,7 +44,7 @@ def test_management_reads_recorded_entities(stub: str) -> None:
     assert api.exchange("/", "orders") == TOPIC_EXCHANGE
     assert api.queue("/", "missing") is None  # 404: does not exist
     assert api.queue("my/vhost", "a b") is not None  # vhost and name are quoted
-    assert "/api/queues/my%2Fvhost/a%20b" in _Handler.requests
+    assert "/api/queues/my%2Fvhost/a%20b" in ManagementStub.requests
 
 
 def test_management_not_reachable_or_refused(stub: str) -> None:

@@ -17,11 +17,12 @@ from rpcworker.engine import aio, recycling
 from rpcworker.engine.events import NULL
 from rpcworker.engine.executor import Executor
 from rpcworker.engine.inflight import Inflight, run
+from rpcworker.engine.telling import Teller
 from rpcworker.errors import ConfigError, HandlerTimeout
-from rpcworker.policy.decisions import Action, Delivery, Outcome
 from rpcworker.policy.dedup import CompletedCache
+from rpcworker.policy.outcomes import Action, Delivery, Outcome
 from rpcworker.testing import HandlerFixture, RemoteFailure
-from tests.unit.test_dispatcher import AFTER, req
+from tests.fakes import AFTER, Clock, Sink, req
 
 # -- the executor ------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ def settle_until(inflight: Inflight, settle: FakeSettle, n: int, timeout: float 
 
 
 def inflight_of(threads: int) -> Inflight:
-    inflight = Inflight(Executor(threads), CompletedCache(0), NULL, threads)
+    inflight = Inflight(Executor(threads), CompletedCache(0), NULL, threads, Teller())
     inflight.connected()
     return inflight
 
@@ -298,7 +299,6 @@ def test_supervisor_health_and_turns_follow_the_workers_that_can_take_work() -> 
     import json as json_mod
 
     from rpcworker.daemon.supervisor import Hub
-    from tests.unit.test_supervisor import Clock, Sink
 
     clock = Clock()
     hub = Hub(2, Sink(), None, clock=clock, alive=lambda pid: True)

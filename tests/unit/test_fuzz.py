@@ -35,7 +35,7 @@ from rpcworker.config.bindingconf import Binding
 from rpcworker.engine.inflight import run
 from rpcworker.errors import NoSuchMethod, UnsupportedVersion
 from rpcworker.policy import decisions, dispatcher
-from rpcworker.policy.decisions import Action, Outcome
+from rpcworker.policy.outcomes import Action, Outcome
 from rpcworker.wire import decoding, envelope, replyformat, xheaders
 
 #: deterministic in CI (derandomize, no example database); about 10 s for the whole file
@@ -445,7 +445,7 @@ def run_delivery(delivery: dict[str, Any], binding: Binding, handler_cls: type) 
         assert not result.reason.startswith("cannot decode"), result.reason  # a missed case
         assert_route(result.reply)
         note(f"refused: {result.reason.split(':')[0][:40]}")
-        outcome = assert_outcome(decisions.refused(binding, result), binding)
+        outcome = assert_outcome(decisions.refused(result), binding)
         assert outcome.action is Action.DEAD_LETTER
         assert reply_error(outcome) == ("InvalidRequest" if result.reply else None)
         return result

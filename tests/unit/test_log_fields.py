@@ -1,22 +1,19 @@
-"""How log lines about a message name it: logfields.what / log_fields, the intake's
-refusal line; and the same fields as ``extra`` (separate keys with ``use_json``)."""
+"""How log lines about a message name it: logfields.what / log_fields, the refusal
+line; and the same fields as ``extra`` (separate keys with ``use_json``). The lines of
+what the decisions say happened are ``test_telling``'s."""
 
 from __future__ import annotations
 
-import json
 import logging
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from oslo_log import formatters
 
-from rpcworker.engine.inflight import run
-from rpcworker.engine.intake import Refusals
 from rpcworker.engine.ratelimit import LogLimiter
+from rpcworker.engine.telling import Refusals
 from rpcworker.wire import decoding, logfields
 from rpcworker.wire.logfields import describe as _describe
-from tests.unit.test_dispatcher import AFTER
 
 
 def call(**kw: Any) -> decoding.Request:
@@ -49,24 +46,6 @@ def test_what_and_fields() -> None:
 def test_ids_cannot_forge_log_lines() -> None:
     req = decoding.Request(body=None, method="m", unique_id="u\nFAKE LINE")
     assert "\n" not in logfields.what(req)
-
-
-class Failing:
-    def m(self, ctxt: dict[str, Any]) -> None:
-        raise ValueError("boom")
-
-
-def test_failure_line_carries_the_fields_as_extra(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="rpcworker.policy.decisions")
-    run(Failing(), AFTER, call())
-    [record] = caplog.records
-    assert "failed on call 'm' (msg_id='m1', unique_id='u1')" in record.getMessage()
-    assert (record.binding, record.method, record.msg_id, record.unique_id) == (  # type: ignore[attr-defined]
-        "b", "m", "m1", "u1")
-    # oslo.log's JSONFormatter keeps them, as keys of "extra"
-    line = json.loads(formatters.JSONFormatter().format(record))
-    assert {k: line["extra"][k] for k in ("binding", "method", "msg_id", "unique_id")} == {
-        "binding": "b", "method": "m", "msg_id": "m1", "unique_id": "u1"}
 
 
 def test_refusal_line_names_the_message_id(caplog: pytest.LogCaptureFixture) -> None:

@@ -13,10 +13,9 @@ from rpcworker.daemon import endpoints, instruments
 from rpcworker.daemon.supervisor import Hub
 from rpcworker.engine.readiness import NullNotifier
 from rpcworker.errors import ConfigError
-from rpcworker.policy.decisions import Action, Delivery, Outcome
+from rpcworker.policy.outcomes import Action, Delivery, Outcome
+from tests.fakes import BINDING, Box, Clock, FakeMessage, Sink
 from tests.helpers import http_get as get
-from tests.unit.test_settle import BINDING, Box, FakeMessage
-from tests.unit.test_supervisor import Clock, Sink
 
 # -- [metrics] listen ---------------------------------------------------------------------
 

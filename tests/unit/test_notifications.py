@@ -12,9 +12,9 @@ from rpcworker.amqp import topology
 from rpcworker.config import bindingconf, handlerapi, plugins
 from rpcworker.engine.inflight import run
 from rpcworker.errors import ConfigError
-from rpcworker.policy import decisions
-from rpcworker.policy.decisions import Action
+from rpcworker.policy import decisions, outcomes
 from rpcworker.policy.dedup import CompletedCache
+from rpcworker.policy.outcomes import Action
 from rpcworker.testing import DEAD_LETTERED, HandlerFixture
 from rpcworker.wire import decoding, envelope
 
@@ -151,14 +151,14 @@ def test_policy_screens_runs_and_retries(make_conf: Any) -> None:
     h = Handler()
     req = decoded(oslo_body())
     assert isinstance(req, decoding.Request)
-    assert decisions.on_receipt(b, req, h, CompletedCache(10), draining=False) is decisions.RUN
+    assert decisions.on_receipt(b, req, h, CompletedCache(10), draining=False) is outcomes.RUN
     other = decoded(oslo_body(event_type="image.update"))
     assert decisions.on_receipt(b, other, h, CompletedCache(10), draining=False) == (
-        decisions.Outcome(Action.ACK, filtered=True))
+        outcomes.Outcome(Action.ACK, filtered=True))
     warn = decoded(oslo_body("WARN"))  # the handler has no warn(): acked, not run
     out = decisions.on_receipt(b, warn, h, CompletedCache(10), draining=False)
-    assert isinstance(out, decisions.Outcome) and out.action is Action.ACK and not out.filtered
-    assert run(h, b, req) == decisions.Outcome(Action.ACK)
+    assert isinstance(out, outcomes.Outcome) and out.action is Action.ACK and not out.filtered
+    assert run(h, b, req) == outcomes.Outcome(Action.ACK)
     assert h.got[0][1:3] == ("compute.h1", "compute.instance.create.end")
     requeue = decoded(oslo_body(payload={"answer": "requeue"}))
     assert isinstance(requeue, decoding.Request)

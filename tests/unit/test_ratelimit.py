@@ -119,10 +119,10 @@ def test_bad_limits(burst: int, interval: float) -> None:
 
 def test_consumer_logs_through_the_limiter(clock: Clock,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    """The intake's refusal logging (intake.Refusals) on a flood of 50 refusals."""
+    """The intake's refusal logging (telling.Refusals) on a flood of 50 refusals."""
     from types import SimpleNamespace
 
-    from rpcworker.engine.intake import Refusals
+    from rpcworker.engine.telling import Refusals
 
     refusals = Refusals(LogLimiter(clock=clock))
     binding: Any = SimpleNamespace(name="api")

@@ -12,33 +12,10 @@ from typing import Any
 import kombu
 import pytest
 
-from rpcworker.amqp.transport import Capabilities
-from rpcworker.config.bindingconf import Binding
 from rpcworker.engine.acks import Acks
-from rpcworker.engine.events import Listener, Stats
-from rpcworker.engine.settle import Settle
-from rpcworker.policy.decisions import Action, Delivery, Outcome
+from rpcworker.policy.outcomes import Action, Delivery, Outcome
 from rpcworker.wire import decoding, replyformat
-
-BINDING = Binding(name="b", type="direct", handler="h", exchange="ex", durable=True,
-                  prefetch_count=1, acknowledge="after", queue="q", routing_keys=("k",),
-                  max_retries=2, dead_letter_queue="parked")
-
-
-@dataclasses.dataclass
-class FakeMessage:
-    body: bytes = b'{"method": "m"}'
-    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
-    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
-    delivery_info: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"exchange": "ex", "routing_key": "k"})
-    settled: list[str] = dataclasses.field(default_factory=list)
-
-    def ack(self) -> None:
-        self.settled.append("ack")
-
-    def reject(self, requeue: bool) -> None:
-        self.settled.append("requeue" if requeue else "reject")
+from tests.fakes import BINDING, Box, FakeMessage
 
 
 @pytest.fixture
@@ -48,14 +25,6 @@ def conn() -> Iterator[kombu.Connection]:
         kombu.Queue(name)(c.channel()).declare()
     yield c
     c.release()
-
-
-class Box(Settle):
-    """A Settle that counts what it settled in ``stats``."""
-
-    def __init__(self, conn: kombu.Connection, listener: Listener | None = None) -> None:
-        self.stats = Stats()
-        super().__init__(conn, Capabilities.of(conn), listener or self.stats)
 
 
 def take(conn: kombu.Connection, queue: str) -> list[Any]:

@@ -21,52 +21,10 @@ from rpcworker.daemon.supervisor import (
     Hub,
 )
 from rpcworker.errors import ConfigError
+from tests.fakes import Clock, Sink
 
 USEC = 10_000_000  # WATCHDOG_USEC: a 10 s window
 OK = "consuming 2 of 2 binding(s); 0 reconnect(s)"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Sink:
-    """Records the Notifier calls the hub makes, as systemd datagram lines."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def ready(self, status: str) -> None:
-        self.sent.append(f"READY=1 STATUS={status}")
-
-    def status(self, status: str) -> None:
-        self.sent.append(f"STATUS={status}")
-
-    def watchdog(self) -> None:
-        self.sent.append("WATCHDOG=1")
-
-    def stopping(self, status: str) -> None:
-        self.sent.append(f"STOPPING=1 STATUS={status}")
-
-    def extend_timeout(self, seconds: float) -> None:
-        self.sent.append(f"EXTEND_TIMEOUT={seconds:g}")
-
-    def reloading(self) -> None:
-        self.sent.append("RELOADING=1")
-
-    def count(self, prefix: str) -> int:
-        return sum(1 for m in self.sent if m.startswith(prefix))
-
-    def take(self) -> list[str]:
-        sent, self.sent = self.sent, []
-        return sent
 
 
 @pytest.fixture
