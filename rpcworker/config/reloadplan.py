@@ -3,7 +3,8 @@
 Log levels follow ``debug`` (oslo.log's mutate hook); bindings and their handlers
 are re-read. Options outside the bindings (broker, thread pool, ...) need a
 restart. A configuration that does not validate is refused as a whole: the
-worker goes on with what it had.
+worker goes on with what it had. The worker asks here (``reread``) and hands the plan to
+the engine (``engine.rebinding``), which never reads the configuration itself.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker.config import bindingconf, plugins
+from rpcworker.config.bindingconf import Binding
+from rpcworker.errors import ConfigError, PluginError
 
 LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    bindings: list[bindingconf.Binding]
+    bindings: list[Binding]
     added: list[str]
     removed: list[str]
     changed: list[str]
@@ -34,7 +37,7 @@ class Plan:
         return not (self.added or self.removed or self.changed)
 
 
-def plan(conf: cfg.ConfigOpts, current: Sequence[bindingconf.Binding],
+def plan(conf: cfg.ConfigOpts, current: Sequence[Binding],
          handlers: dict[str, Any]) -> Plan:
     """Re-read the config files; raises ConfigError/PluginError (nothing is changed then)."""
     changes = conf.mutate_config_files()
@@ -53,3 +56,17 @@ def plan(conf: cfg.ConfigOpts, current: Sequence[bindingconf.Binding],
         changed=[n for n in fresh if n in old and fresh[n] != old[n]],
         new_handlers=loaded,
     )
+
+
+def reread(conf: cfg.ConfigOpts, current: Sequence[Binding], handlers: dict[str, Any]
+           ) -> Plan | None:
+    """SIGHUP: the plan for the configuration files as they are now; None when the new
+    configuration is refused (logged; nothing changes then)."""
+    LOG.info("SIGHUP: re-reading the configuration")
+    try:
+        return plan(conf, current, handlers)
+    except (ConfigError, PluginError) as exc:
+        LOG.error("SIGHUP: the new configuration is refused, nothing changed: %s", exc)
+    except Exception:  # a reload must never take the worker down
+        LOG.exception("SIGHUP: reading the new configuration failed, nothing changed")
+    return None

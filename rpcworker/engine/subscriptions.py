@@ -7,7 +7,7 @@ closes only that binding's channel: it is logged in one line, the other bindings
 and it is tried again every ``reconnect_interval_max`` seconds. On SIGHUP a removed or
 changed binding stops taking deliveries (basic.cancel) but keeps its channel until its
 in-flight messages are settled, so nothing is lost or handled twice; a new or changed
-binding is declared and consumed at once. Loop thread only.
+binding is declared and consumed at once (``engine.rebinding``). Loop thread only.
 """
 
 from __future__ import annotations
@@ -20,17 +20,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import kombu
-from oslo_config import cfg
 from oslo_log import log as logging
 
 from rpcworker.amqp import topology
 from rpcworker.amqp.topology import Topology
 from rpcworker.amqp.transport import Capabilities, prepare_consuming_channel
-from rpcworker.config import reloadplan
 from rpcworker.config.bindingconf import Binding
 from rpcworker.engine.budget import MAX_WINDOW
 from rpcworker.engine.events import Listener
-from rpcworker.errors import ConfigError, PluginError, oneline
+from rpcworker.errors import oneline
 
 LOG = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ class Subscription:
 
 
 @dataclasses.dataclass(eq=False)
-class _Bound:
+class Bound:
     """A binding's channel and consumers on the current connection."""
 
     topology: Topology
@@ -105,10 +103,8 @@ class Subscriptions:
         self._retry_interval = retry_interval
         self._conn: kombu.Connection | None = None
         self._caps: Capabilities | None = None
-        self._bound: dict[str, _Bound] = {}
+        self._bound: dict[str, Bound] = {}
         self._failed: dict[str, float] = {}  # binding name -> next declaration attempt
-        #: bindings taken away by a reload, kept open until their in-flight work is settled
-        self._retiring: list[_Bound] = []
 
     @property
     def consuming(self) -> list[Topology]:
@@ -117,10 +113,6 @@ class Subscriptions:
     @property
     def failed(self) -> list[str]:
         return sorted(self._failed)
-
-    @property
-    def retiring(self) -> bool:
-        return bool(self._retiring)
 
     def log_consuming(self) -> None:
         if self.consuming:
@@ -146,22 +138,44 @@ class Subscriptions:
         self.lost()
         self._conn, self._caps = conn, caps
         for topo in self.topologies:
-            self._start(topo)
+            self.declare(topo)
         return self.consumers()
 
     def lost(self) -> None:
         """The connection is gone, and its channels with it."""
         self._conn = self._caps = None
-        self._bound, self._failed, self._retiring = {}, {}, []
+        self._bound, self._failed = {}, {}
         self.paused = False
 
-    def _start(self, topo: Topology) -> None:
+    @property
+    def connection(self) -> kombu.Connection:
+        """The current connection (loop thread, while connected)."""
+        assert self._conn is not None
+        return self._conn
+
+    def withdraw(self, name: str) -> Bound | None:
+        """Stop consuming binding ``name`` (basic.cancel) and forget it; its channel
+        stays open, with its unacked deliveries, in the ``Bound`` returned (None: it
+        was not consumed)."""
+        self._failed.pop(name, None)
+        bound = self._bound.pop(name, None)
+        if bound is None:
+            return None
+        self._events.consuming(name, False)
+        with contextlib.suppress(*tuple(self.connection.channel_errors)):
+            for consumer in bound.consumers:
+                consumer.cancel()
+        return bound
+
+    def declare(self, topo: Topology) -> None:
+        """Declare ``topo`` and consume it on the current connection (a refusal is logged
+        and retried later, see ``retry_failed``)."""
         b = topo.binding
         assert self._conn is not None and self._caps is not None
         channel = self._conn.channel()
         prepare_consuming_channel(channel)
         try:
-            consumers = self._declare(channel, topo, self._caps)
+            consumers = self._declare_on(channel, topo, self._caps)
         except tuple(self._conn.channel_errors) as exc:
             self._failed[b.name] = time.monotonic() + self._retry_interval
             LOG.error("binding %s: the broker refused its declarations: %s; the other "
@@ -171,11 +185,11 @@ class Subscriptions:
                 channel.close()
             return
         self._failed.pop(b.name, None)
-        bound = self._bound[b.name] = _Bound(topo, channel, consumers)
+        bound = self._bound[b.name] = Bound(topo, channel, consumers)
         bound.paused = self.paused  # then _declare left its pausable consumers idle
         self._events.consuming(b.name, True)
 
-    def _declare(self, channel: Any, topo: Topology, caps: Capabilities
+    def _declare_on(self, channel: Any, topo: Topology, caps: Capabilities
                  ) -> list[kombu.Consumer]:
         """Delay queues, parking lot, then the queues (each with its own consumer);
         consuming starts once all are declared."""
@@ -208,7 +222,7 @@ class Subscriptions:
         """Declare again the bindings whose retry is due; whether any was tried."""
         due = [t for t in self.topologies if self._failed.get(t.binding.name, now + 1) <= now]
         for topo in due:
-            self._start(topo)
+            self.declare(topo)
         return bool(due)
 
     def cancel(self) -> None:
@@ -222,7 +236,7 @@ class Subscriptions:
         return self._window(b.prefetch_count, sum(len(t.queues) for t in self.topologies))
 
     def pause(self) -> int:
-        """Cancel every consumer that may be (``_Bound.pausable``); how many were. The
+        """Cancel every consumer that may be (``Bound.pausable``); how many were. The
         deliveries they had stay unacked on their channels, to be settled as usual."""
         self.paused = True
         return sum(bound.pause() for bound in self._bound.values())
@@ -275,88 +289,3 @@ class Subscriptions:
         channel = self._conn.default_channel
         return not any(channel.queue_declare(queue=q.name, passive=True)[1]
                        for t in self.consuming for q in t.queues)
-
-    # -- SIGHUP ---------------------------------------------------------------------------
-
-    def reload(self, conf: cfg.ConfigOpts) -> bool:
-        """Re-read the configuration and re-bind what changed; False when the new
-        configuration is refused (nothing changes then)."""
-        LOG.info("SIGHUP: re-reading the configuration")
-        try:
-            plan = reloadplan.plan(conf, [t.binding for t in self.topologies], self.handlers)
-        except (ConfigError, PluginError) as exc:
-            LOG.error("SIGHUP: the new configuration is refused, nothing changed: %s", exc)
-            return False
-        except Exception:  # a reload must never take the worker down
-            LOG.exception("SIGHUP: reading the new configuration failed, nothing changed")
-            return False
-        if plan.empty:
-            self.handlers.update(plan.new_handlers)
-            LOG.info("SIGHUP: bindings unchanged")
-            return True
-        self.apply(plan)
-        LOG.info("SIGHUP: bindings added %s, removed %s, changed %s", plan.added or "none",
-                 plan.removed or "none", plan.changed or "none")
-        return True
-
-    def apply(self, plan: reloadplan.Plan) -> None:
-        """Re-bind what ``plan`` changed: retire removed and changed bindings, declare
-        new and changed ones, unbind the keys a changed one no longer has."""
-        self.handlers.update(plan.new_handlers)
-        old = {t.binding.name: t for t in self.topologies}
-        for name in plan.removed + plan.changed:
-            self._retire(name)
-        fresh = set(plan.added) | set(plan.changed)
-        self.topologies = [topology.build(b) if b.name in fresh else old[b.name]
-                           for b in plan.bindings]
-        for topo in self.topologies:
-            if topo.binding.name in fresh:
-                self._start(topo)
-                if topo.binding.name in old:
-                    self._unbind_dropped_keys(old[topo.binding.name], topo)
-
-    def _retire(self, name: str) -> None:
-        self._failed.pop(name, None)
-        bound = self._bound.pop(name, None)
-        if bound is None:
-            return
-        self._events.consuming(name, False)
-        assert self._conn is not None
-        with contextlib.suppress(*tuple(self._conn.channel_errors)):
-            for consumer in bound.consumers:
-                consumer.cancel()
-        self._retiring.append(bound)
-
-    def close_retired(self, busy: Callable[[Binding], bool]) -> None:
-        """Close the retired bindings' channels whose in-flight work is settled."""
-        for bound in list(self._retiring):
-            if busy(bound.topology.binding):
-                continue
-            self._retiring.remove(bound)
-            for name in bound.topology.transient:
-                with contextlib.suppress(Exception):
-                    bound.channel.queue_delete(name)
-            with contextlib.suppress(Exception):
-                bound.channel.close()
-            LOG.info("binding %s: previous consumer closed, its in-flight work settled",
-                     bound.topology.binding.name)
-
-    def _unbind_dropped_keys(self, before: Topology, after: Topology) -> None:
-        """Remove queue bindings (exchange, routing key) that the new config no longer has."""
-        def keys(t: Topology) -> dict[str, set[tuple[str, str]]]:
-            return {q.name: {(b.exchange.name, b.routing_key) for b in q.bindings}
-                    | ({(q.exchange.name, q.routing_key)} if q.exchange and q.exchange.name
-                       else set()) for q in t.queues}
-        assert self._conn is not None
-        now = keys(after)
-        for queue, pairs in keys(before).items():
-            if queue not in now:
-                continue
-            for exchange, key in sorted(pairs - now[queue]):
-                try:
-                    self._conn.default_channel.queue_unbind(queue, exchange, key or "")
-                    LOG.info("binding %s: queue %s unbound from %s with key %r",
-                             after.binding.name, queue, exchange, key)
-                except tuple(self._conn.channel_errors) as exc:
-                    LOG.warning("binding %s: could not unbind %s from %s (%r): %s",
-                                after.binding.name, queue, exchange, key, oneline(exc))

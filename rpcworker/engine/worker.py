@@ -29,6 +29,7 @@ from oslo_log import log as logging
 
 from rpcworker.amqp import transport
 from rpcworker.amqp.topology import Topology
+from rpcworker.config import reloadplan
 from rpcworker.engine import session
 from rpcworker.engine.budget import Budget, Throttle
 from rpcworker.engine.events import NULL, Listener, Listeners, Recorder, Stats
@@ -37,6 +38,7 @@ from rpcworker.engine.inflight import MAX_WAIT, Inflight
 from rpcworker.engine.intake import Intake
 from rpcworker.engine.questions import Questions
 from rpcworker.engine.readiness import Notifier, NullNotifier, Readiness
+from rpcworker.engine.rebinding import Rebinding
 from rpcworker.engine.recycling import Recycler
 from rpcworker.engine.session import Session
 from rpcworker.engine.stopping import Drain
@@ -83,6 +85,7 @@ class Worker(ConsumerMixin):
         self.subscriptions = Subscriptions(topologies, handlers, self.intake.on_message,
                                            self.events, retry_interval=self._reconnect[2],
                                            window=self.budget.window)
+        self.rebinding = Rebinding(self.subscriptions)
         self.throttle = Throttle(self.budget, self.subscriptions)
         self.drain = Drain(conf, self.inflight, self.intake, self.subscriptions,
                            self.notifier)
@@ -210,6 +213,7 @@ class Worker(ConsumerMixin):
             self.inflight.disconnected()
             self.throttle.disconnected(self.inflight.held_bytes())
             self.subscriptions.lost()
+            self.rebinding.lost()
             self.readiness.ready = False
             self.events.disconnected()
             with contextlib.suppress(Exception):
@@ -300,8 +304,8 @@ class Worker(ConsumerMixin):
             self._reload_requested = False
             self._reload()
         settle.flush()  # acks owed on a retiring channel go out before it closes
-        if self.subscriptions.retiring:
-            self.subscriptions.close_retired(
+        if self.rebinding.retiring:
+            self.rebinding.close_retired(
                 lambda b: self.inflight.holds(b) or settle.pending > 0)
         self.questions.answer()
         if self.should_stop:
@@ -319,8 +323,13 @@ class Worker(ConsumerMixin):
             self._stop()
 
     def _reload(self) -> None:
-        """SIGHUP: the subscriptions re-read the bindings; READY=1 again after it."""
+        """SIGHUP: the configuration side re-reads the bindings and plans what changes,
+        the rebinding carries the plan out; READY=1 again after it."""
         self.notifier.reloading()
-        if self.subscriptions.reload(self.conf):
+        subs = self.subscriptions
+        plan = reloadplan.reread(self.conf, [t.binding for t in subs.topologies],
+                                 subs.handlers)
+        if plan is not None:
+            self.rebinding.apply(plan)
             self.teller.debug_changed()
         self.readiness.announce(force=True)

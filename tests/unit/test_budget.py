@@ -331,7 +331,7 @@ def test_subscriptions_pause_resume_and_a_binding_started_while_paused() -> None
         assert not active["kept"]._active_tags and active["gone"]._active_tags
         late = topology.build(binding("late"))
         subs.topologies.append(late)
-        subs._start(late)  # as a SIGHUP or a retried declaration does
+        subs.declare(late)  # as a SIGHUP or a retried declaration does
         [late_consumer] = [c for c in subs.consumers() if c.queues[0].name == "late"]
         assert not late_consumer._active_tags  # waits for resume
         budget.take(1 * KiB)  # small messages seen: the windows widen
