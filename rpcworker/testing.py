@@ -49,6 +49,7 @@ from oslo_config import cfg
 
 from rpcworker.amqp import topology, transport
 from rpcworker.config import bindingconf, conffile, handlerapi, opts, plugins
+from rpcworker.config.bindingconf import Acknowledge
 from rpcworker.engine.events import Listener
 from rpcworker.engine.executor import Executor
 from rpcworker.engine.worker import Worker
@@ -235,7 +236,7 @@ class HandlerFixture:
     """
 
     def __init__(self, handler: Any, *, topic: str | None = None,
-                 acknowledge: str = "after", threads: int = 4,
+                 acknowledge: Acknowledge = "after", threads: int = 4,
                  config_text: str | None = None,
                  namespace: str | None = None, version: str | None = None,
                  binding_options: dict[str, Any] | None = None,

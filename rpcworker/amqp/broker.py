@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import ssl as ssl_module
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -151,7 +152,8 @@ def parse_transport_url(url: str, b: Any) -> tuple[tuple[Host, ...], dict[str, A
     return tuple(hosts), overrides, _SCHEMES[scheme]
 
 
-def _split_hostport(hostport: str, fail: Any) -> tuple[str, int | None]:
+def _split_hostport(hostport: str, fail: Callable[[str], ConfigError]
+                    ) -> tuple[str, int | None]:
     if hostport.startswith("["):
         host, _, rest = hostport[1:].partition("]")
         port_s = rest[1:] if rest.startswith(":") else ""

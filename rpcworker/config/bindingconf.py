@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from oslo_config import cfg
 
 from rpcworker.config import conffile, opts
 from rpcworker.errors import ConfigError
+
+#: a binding's ``type`` (``opts.BINDING_TYPES``)
+BindingType = Literal["rpc", "direct", "fanout", "topic", "notification"]
+#: a binding's ``acknowledge``: after the handler (at-least-once) or on receipt
+Acknowledge = Literal["after", "before"]
+#: ``fail(option, reason)``: the ConfigError naming the binding's group and the option
+Fail = Callable[[str, str], ConfigError]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 #: oslo.messaging's notification priorities (notify/dispatcher.py PRIORITIES)
@@ -23,12 +30,12 @@ class Binding:
     """One enabled ``[binding:NAME]`` group, with every default resolved."""
 
     name: str
-    type: str  # rpc | direct | fanout | topic
+    type: BindingType
     handler: str
     exchange: str
     durable: bool
     prefetch_count: int
-    acknowledge: str  # after | before
+    acknowledge: Acknowledge
     queue_arguments: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     # rpc
     topic: str | None = None
@@ -152,7 +159,7 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
 
 
 def _parse_rpc(conf: cfg.ConfigOpts, group: str, name: str, g: Any, args: dict[str, Any],
-               quorum: bool, fail: Any) -> Binding:
+               quorum: bool, fail: Fail) -> Binding:
     """An oslo.messaging-style RPC server binding."""
     for option in ("queue", "routing_key", "auto_delete", "exclusive"):
         if conf[group][option] != _default(option):
@@ -170,11 +177,11 @@ def _parse_rpc(conf: cfg.ConfigOpts, group: str, name: str, g: Any, args: dict[s
                    durable=durable, prefetch_count=g.prefetch_count,
                    acknowledge=g.acknowledge, queue_arguments=args,
                    topic=topic, server=server, **_policy(g, fail),
-                   max_concurrency=_budget(conf, g, fail))
+                   max_concurrency=_concurrency_cap(conf, g, fail))
 
 
 def _parse_notification(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
-                        args: dict[str, Any], quorum: bool, fail: Any) -> Binding:
+                        args: dict[str, Any], quorum: bool, fail: Fail) -> Binding:
     """An oslo.messaging-style notification listener."""
     for option in ("queue", "routing_key", "auto_delete", "exclusive", "server"):
         if conf[group][option] != _default(option):
@@ -206,10 +213,10 @@ def _parse_notification(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
                    topics=topics, priorities=tuple(dict.fromkeys(priorities)), pool=g.pool,
                    filter_event_type=g.filter_event_type,
                    filter_publisher_id=g.filter_publisher_id, **_policy(g, fail),
-                   max_concurrency=_budget(conf, g, fail))
+                   max_concurrency=_concurrency_cap(conf, g, fail))
 
 
-def _names(value: str, option: str, fail: Any) -> tuple[str, ...]:
+def _names(value: str, option: str, fail: Fail) -> tuple[str, ...]:
     """A comma-separated list of exchange or topic names, each checked, in order."""
     names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
     if not names:
@@ -220,7 +227,7 @@ def _names(value: str, option: str, fail: Any) -> tuple[str, ...]:
 
 
 def _parse_exchange_binding(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
-                            args: dict[str, Any], quorum: bool, fail: Any) -> Binding:
+                            args: dict[str, Any], quorum: bool, fail: Fail) -> Binding:
     """A direct, topic or fanout exchange and its queue."""
     for option in ("topic", "server"):
         if conf[group][option] is not None:
@@ -252,10 +259,10 @@ def _parse_exchange_binding(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
                    durable=durable, prefetch_count=g.prefetch_count,
                    acknowledge=g.acknowledge, queue_arguments=args, queue=queue,
                    routing_keys=keys, auto_delete=auto_delete, exclusive=exclusive,
-                   **_policy(g, fail), max_concurrency=_budget(conf, g, fail))
+                   **_policy(g, fail), max_concurrency=_concurrency_cap(conf, g, fail))
 
 
-def _routing_keys(g: Any, fail: Any) -> tuple[str, ...]:
+def _routing_keys(g: Any, fail: Fail) -> tuple[str, ...]:
     """Exact keys (direct: at least one), patterns (topic: ``#`` by default), none
     (fanout)."""
     keys = tuple(k.strip() for k in g.routing_key if k.strip())
@@ -282,7 +289,7 @@ _QUORUM_ARGUMENTS = (
 )
 
 
-def _apply_queue_type(g: Any, args: dict[str, Any], fail: Any) -> bool:
+def _apply_queue_type(g: Any, args: dict[str, Any], fail: Fail) -> bool:
     """Merge queue_type and the quorum options into ``args``; True for a quorum queue."""
     given = args.get("x-queue-type")
     if g.queue_type is not None:
@@ -307,7 +314,7 @@ def _apply_queue_type(g: Any, args: dict[str, Any], fail: Any) -> bool:
     return quorum
 
 
-def _check_quorum_arguments(args: Mapping[str, Any], fail: Any) -> None:
+def _check_quorum_arguments(args: Mapping[str, Any], fail: Fail) -> None:
     """x-delivery-limit and x-max-in-memory-* given in queue_arguments are integers."""
     for option, argument in _QUORUM_ARGUMENTS:
         value = args.get(argument)
@@ -316,7 +323,7 @@ def _check_quorum_arguments(args: Mapping[str, Any], fail: Any) -> None:
                        f"(prefer the {option} option)")
 
 
-def _policy(g: Any, fail: Any) -> dict[str, Any]:
+def _policy(g: Any, fail: Fail) -> dict[str, Any]:
     """The failure-policy fields of a binding group, validated."""
     if g.retry_delay_max < g.retry_delay:
         raise fail("retry_delay_max", f"{g.retry_delay_max} is below retry_delay "
@@ -338,7 +345,7 @@ def _policy(g: Any, fail: Any) -> dict[str, Any]:
     }
 
 
-def _budget(conf: cfg.ConfigOpts, g: Any, fail: Any) -> int:
+def _concurrency_cap(conf: cfg.ConfigOpts, g: Any, fail: Fail) -> int:
     """``max_concurrency``, checked against the pool and the prefetch window."""
     limit, pool = g.max_concurrency, conf.executor_thread_pool_size
     if limit > pool:
@@ -357,7 +364,7 @@ def _default(option: str) -> Any:
     raise KeyError(option)
 
 
-def _check_name(value: str, option: str, fail: Any) -> None:
+def _check_name(value: str, option: str, fail: Fail) -> None:
     if not value or not value.strip():
         raise fail(option, "must not be empty")
     if value != value.strip() or any(c.isspace() for c in value):
@@ -368,7 +375,7 @@ def _check_name(value: str, option: str, fail: Any) -> None:
         raise fail(option, f"{value!r}: names starting with 'amq.' are reserved by the broker")
 
 
-def _queue_arguments(raw: Mapping[str, str], fail: Any) -> dict[str, Any]:
+def _queue_arguments(raw: Mapping[str, str], fail: Fail) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for key, value in raw.items():
         key = key.strip()

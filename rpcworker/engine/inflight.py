@@ -1,9 +1,9 @@
 """Deliveries whose handler is waiting or running: tokens, connection generations,
-per-binding budgets, ``handler_timeout`` deadlines, oslo call-monitor heartbeats, and
+per-binding concurrency caps, ``handler_timeout`` deadlines, oslo call-monitor heartbeats, and
 what a handler thread runs for each.
 
 * A binding never holds more than ``max_concurrency`` handler threads (0, the default:
-  no budget, the whole pool): its further deliveries wait here, in order, and a stuck or
+  no cap, the whole pool): its further deliveries wait here, in order, and a stuck or
   slow binding cannot starve the others.
 * A deadline counts from the moment the handler *starts* (the handler thread stamps
   the job), never from receipt: waiting for a thread is not a failure. Past it, the
@@ -100,7 +100,7 @@ class Inflight:
         self._abandoned: set[int] = set()
         self._monitors: dict[int, float] = {}  # token -> next call-monitor heartbeat
         self._running: collections.Counter[str] = collections.Counter()  # binding -> jobs
-        self._waiting: dict[str, collections.deque[int]] = {}  # over budget, in order
+        self._waiting: dict[str, collections.deque[int]] = {}  # over their cap, in order
         #: no deadline can pass before this (see expire); the shortest timeout seen
         self._next_scan = 0.0
         self._shortest = float("inf")
@@ -151,7 +151,7 @@ class Inflight:
             self._shortest = timeout
             self._next_scan = 0.0
         name, limit = d.binding.name, d.binding.max_concurrency
-        # no budget (0: the whole pool) goes straight to the executor's queue, so that a
+        # no cap (0: the whole pool) goes straight to the executor's queue, so that a
         # free thread never waits for the loop to hand it the next delivery
         if limit and self._running[name] >= limit:
             self._waiting.setdefault(name, collections.deque()).append(token)
@@ -163,7 +163,7 @@ class Inflight:
         self.executor.submit(token, self._run, job)
 
     def _release(self, job: _Job) -> None:
-        """``job`` no longer holds a thread of its binding's budget: the next one waiting
+        """``job`` no longer holds one of its binding's threads: the next one waiting
         gets it."""
         name = job.delivery.binding.name
         self._running[name] -= 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from rpcworker.wire.envelope import (
     CONTEXT_PREFIX,
@@ -23,11 +23,16 @@ _ACCEPTED_TYPES = ("", JSON)
 _ACCEPTED_ENCODINGS = ("", "utf-8", "utf8")
 
 
+#: how a reply is written: oslo.messaging's envelope (``_msg_id``, on ``_reply_q``) or
+#: plain AMQP RPC (``correlation_id``, on ``reply_to``)
+ReplyStyle = Literal["oslo", "amqp"]
+
+
 @dataclasses.dataclass(frozen=True)
 class ReplyRoute:
     """Where and how the answer to a call goes."""
 
-    style: str  # "oslo" | "amqp"
+    style: ReplyStyle
     routing_key: str  # _reply_q or reply_to; published on the default exchange
     msg_id: str | None = None  # oslo _msg_id
     correlation_id: str | None = None  # plain AMQP RPC

@@ -23,8 +23,7 @@ from tests.functional.conftest import (
     delete_exchanges,
     delete_queues,
 )
-from tests.functional.support import queue_info
-from tests.functional.test_cli import run
+from tests.functional.support import queue_info, run
 
 
 def config(uid: str, port: int = BROKER_PORT, quorum: bool = False, extra: str = "") -> str:
@@ -183,7 +182,7 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
     from rpcworker.amqp import broker, brokercheck
     from rpcworker.config import bindingconf
     from rpcworker.config import conffile as rpcconfig
-    from tests.unit.test_brokercheck import CLASSIC_QUEUE, RECORDED, _Handler
+    from tests.fakes import CLASSIC_QUEUE, RECORDED, ManagementStub
 
     with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
         conn.channel().queue_declare(names["queue"], durable=True, auto_delete=False,
@@ -191,7 +190,7 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
     recorded = {f"/api/queues/%2F/{names['queue']}": dict(
         CLASSIC_QUEUE, name=names["queue"], arguments={"x-max-length": 50}, messages=3)}
     RECORDED.update(recorded)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ManagementStub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

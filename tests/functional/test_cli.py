@@ -7,46 +7,28 @@ stop the daemon (exit 2, one line on stderr) before it opens any connection.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.functional.conftest import broker_section
-from tests.functional.test_lifecycle import delete_entities, plain_rpc
+from tests.functional.support import (
+    CLIENT,
+    assert_one_line_error,
+    connections_to,
+    daemon_config,
+    delete_entities,
+    plain_rpc,
+    run,
+)
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONF = ROOT / "etc" / "rpcworker" / "rpcworker.conf"
-RPCWORKER = Path(sys.executable).parent / "rpcworker"
-
-
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    exe = [str(RPCWORKER)] if RPCWORKER.exists() else [sys.executable, "-m", "rpcworker"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, check=False)
-
-
-def connections_to(sock: socket.socket) -> int:
-    """Connections waiting in ``sock``'s accept queue (a process that exited left them)."""
-    sock.setblocking(False)
-    count = 0
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except BlockingIOError:
-            return count
-        conn.close()
-        count += 1
-
-
 def base_config(port: int, broker_extra: str = "", default_extra: str = "",
                 binding: str = "type = direct\nhandler = recorder\nrouting_key = k",
                 bindings: str = "b1") -> str:
@@ -97,17 +79,6 @@ BAD_CONFIGS: list[tuple[str, Any, tuple[str, ...]]] = [
 ]
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str],
-                          expected: tuple[str, ...]) -> None:
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
-    for text in expected:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-
-
 @pytest.mark.parametrize("mode", ["run", "check-config"])
 @pytest.mark.parametrize("build,expected", [(b, e) for _, b, e in BAD_CONFIGS],
                          ids=[i for i, _, _ in BAD_CONFIGS])
@@ -124,8 +95,6 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, trap: socket.socket, b
 
 def test_version_of_the_daemon_and_the_client() -> None:
     import importlib.metadata
-
-    from tests.functional.test_client import CLIENT
 
     expected = f"rpcworker {importlib.metadata.version('rpcworker')}\n"
     daemon = run("--version")
@@ -205,26 +174,6 @@ def test_password_not_in_check_config_output(tmp_path: Path, uid: str) -> None:
     assert result.returncode == 0, result.stderr
     assert url_secret not in result.stdout + result.stderr
     assert "someone:***@127.0.0.1:5672" in result.stdout
-
-
-def daemon_config(uid: str, tmp_path: Path, broker: str, default: str = "") -> str:
-    """One direct binding on the recorder; ``default``: extra [DEFAULT] lines."""
-    return textwrap.dedent(f"""\
-        [DEFAULT]
-        bindings = work
-        host = h-{uid}
-        graceful_shutdown_timeout = 10
-        """) + default + "\n" + broker + textwrap.dedent(f"""
-        [recorder]
-        path = {tmp_path / 'records.jsonl'}
-
-        [binding:work]
-        type = direct
-        handler = recorder
-        exchange = ex-{uid}
-        queue = q-{uid}
-        routing_key = k-{uid}
-        """)
 
 
 def test_debug_and_log_file(daemon_factory: Any, uid: str, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +18,8 @@ import pytest
 from rpcworker_testplugin import read_records
 
 from tests.functional.conftest import broker_section, delete_exchanges, delete_queues
+from tests.functional.support import CLIENT, run_client
 from tests.helpers import wait_for
-
-_SCRIPT = Path(sys.executable).with_name("rpcworker-client")
-CLIENT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "rpcworker.cmd.client"]
-
-
-def run_client(conf: Path | str, *args: str, timeout: float = 60,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLIENT, "--config-file", str(conf), *args], capture_output=True,
-                          text=True, timeout=timeout, input=stdin)
 
 
 def worker_config(uid: str, records: Path) -> str:

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.functional.test_cli import connections_to
+from tests.functional.support import assert_one_line_error, connections_to, run
 from tests.helpers import wait_for
 from tests.plugin.rpcworker_testplugin import read_records
 
@@ -137,8 +137,6 @@ def test_worker_and_client_without_a_broker(daemon_factory: Any, tmp_path: Path,
 
 
 def test_bad_filesystem_url_is_a_config_error(tmp_path: Path) -> None:
-    from tests.functional.test_cli import assert_one_line_error, run
-
     path = tmp_path / "bad.conf"
     path.write_text("[DEFAULT]\nbindings = b\ntransport_url = filesystem://relative/dir\n"
                     "[binding:b]\ntype = direct\nhandler = echo\nrouting_key = k\n")
@@ -147,8 +145,6 @@ def test_bad_filesystem_url_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_check_broker_refuses_a_filesystem_url(tmp_path: Path) -> None:
-    from tests.functional.test_cli import run
-
     path = tmp_path / "dev.conf"
     path.write_text(dev_config(tmp_path / "bus", tmp_path / "r.jsonl", 1, "dev"))
     result = run("--config-file", str(path), "--check-config", "--broker")

@@ -1,5 +1,5 @@
 """Handler execution that survives misbehaving plugins, on the real daemon and broker:
-deadlines from the start of the call, stuck threads replaced, per-binding budgets,
+deadlines from the start of the call, stuck threads replaced, per-binding concurrency caps,
 recycling (stuck threads, max_messages_per_worker, max_memory_per_worker) and
 ``async def`` handlers."""
 
@@ -109,7 +109,7 @@ def test_a_stuck_binding_does_not_starve_another(workers: Workers, amqp: PikaCli
     # a is still hung: two started, none finished or timed out, four waiting their turn
     assert len(records(d, kind="start", method="hang")) == 2
     assert "HandlerTimeout" not in d.log()
-    print(f"\nEXECUTION budgets: b 40 casts in {alone:.2f} s alone, {hung:.2f} s while a "
+    print(f"\nEXECUTION concurrency caps: b 40 casts in {alone:.2f} s alone, {hung:.2f} s while a "
           f"holds its 2 of 4 threads hung")
     d.signal(15)  # a's handlers never return: do not wait for them
     d.signal(15)

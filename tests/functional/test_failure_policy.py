@@ -12,23 +12,17 @@ import kombu
 import pytest
 
 from tests.functional.conftest import BROKER_URL, consumer_count, delete_queues
-from tests.functional.support import PikaClient, Workers, queue_drained, queue_info, records
+from tests.functional.support import (
+    PikaClient,
+    Workers,
+    direct,
+    parked,
+    queue_drained,
+    queue_info,
+    records,
+    run_client,
+)
 from tests.helpers import wait_for
-
-
-def direct(uid: str, **options: Any) -> dict[str, Any]:
-    return {"type": "direct", "handler": "recorder", "exchange": f"ex-{uid}",
-            "queue": f"q-{uid}", "routing_key": f"rk-{uid}", **options}
-
-
-def parked(queue: str) -> list[tuple[dict[str, Any], Any]]:
-    """(headers, body) of every message in the parking lot ``queue`` (consumed)."""
-    out = []
-    with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
-        q = kombu.Queue(queue, no_declare=True)(conn.channel())
-        while (m := q.get(no_ack=True)) is not None:
-            out.append((dict(m.headers or {}), json.loads(m.body)))
-    return out
 
 
 def test_failing_cast_is_retried_with_growing_delays_then_parked(
@@ -254,8 +248,6 @@ def test_per_process_fanout_queue_has_no_delay_queues_and_a_failing_fanout_is_pa
         workers: Workers, uid: str) -> None:
     """As many queues per process as oslo.messaging: TOPIC_fanout_<uuid> and no
     TOPIC_fanout_<uuid>.retry.*; a failing fanout cast is parked at once, not retried."""
-    from tests.functional.test_client import run_client
-
     topic, dlq = f"t-{uid}", f"dlq-{uid}"
     workers.queues |= {dlq, topic, f"{topic}.w1-{uid}"} | {
         f"{q}.retry.{ms}" for q in (topic, f"{topic}.w1-{uid}") for ms in (1000, 2000)}

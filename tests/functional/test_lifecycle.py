@@ -7,12 +7,10 @@ see what ran, and when.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,90 +20,16 @@ import pytest
 from rpcworker_testplugin import read_records
 
 from tests.functional.conftest import BROKER_URL, broker_section, consumer_count, message_count
+from tests.functional.support import cast, delete_entities, plain_rpc, tags
 from tests.helpers import wait_for
 
-# -- helpers shared with test_reconnect.py ------------------------------------------
-
-
-def publish(exchange: str, routing_key: str, body: Any, **properties: Any) -> None:
-    """Publish one persistent JSON message (kombu, its own connection)."""
-    with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
-        producer = kombu.Producer(conn.channel(), auto_declare=False)
-        producer.publish(body, exchange=exchange, routing_key=routing_key, serializer="json",
-                         delivery_mode=2, retry=False, **properties)
-
-
-def cast(exchange: str, routing_key: str, method: str, **args: Any) -> None:
-    """A plain AMQP RPC cast: ``{"method": M, "args": {...}}`` without reply_to."""
-    publish(exchange, routing_key, {"method": method, "args": args, "context": {}})
-
-
-def delete_entities(queues: tuple[str, ...] = (), exchanges: tuple[str, ...] = ()) -> None:
-    with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
-        for name in queues:
-            with contextlib.suppress(Exception):
-                conn.channel().queue_delete(name)
-        for name in exchanges:
-            with contextlib.suppress(Exception):
-                conn.channel().exchange_delete(name)
-
-
-class PlainRPC:
-    """A plain AMQP RPC client (reply_to + correlation_id) on its own reply queue."""
-
-    def __init__(self) -> None:
-        self.conn = kombu.Connection(BROKER_URL, connect_timeout=5)
-        self.conn.ensure_connection(max_retries=3)
-        channel = self.conn.channel()
-        self.reply_queue = kombu.Queue(f"reply-{uuid.uuid4().hex}", exclusive=True,
-                                       auto_delete=True, durable=False)(channel)
-        self.reply_queue.declare()
-        self.producer = kombu.Producer(channel, auto_declare=False)
-        self.replies: dict[str, Any] = {}
-
-    def send(self, exchange: str, routing_key: str, method: str, **args: Any) -> str:
-        corr = uuid.uuid4().hex
-        self.producer.publish({"method": method, "args": args, "context": {"user": "t"}},
-                              exchange=exchange, routing_key=routing_key, serializer="json",
-                              reply_to=self.reply_queue.name, correlation_id=corr,
-                              retry=False)
-        return corr
-
-    def _poll(self, corr: str) -> bool:
-        msg = self.reply_queue.get(no_ack=True, accept=["json"])
-        if msg is not None:
-            self.replies[msg.properties.get("correlation_id")] = msg.decode()
-        return corr in self.replies
-
-    def wait(self, corr: str, timeout: float = 20) -> Any:
-        wait_for(lambda: self._poll(corr), timeout, message=f"the reply to {corr}")
-        return self.replies.pop(corr)
-
-    def call(self, exchange: str, routing_key: str, method: str, timeout: float = 20,
-             **args: Any) -> Any:
-        return self.wait(self.send(exchange, routing_key, method, **args), timeout)
-
-    def close(self) -> None:
-        self.conn.release()
-
-
-@contextlib.contextmanager
-def plain_rpc() -> Iterator[PlainRPC]:
-    client = PlainRPC()
-    try:
-        yield client
-    finally:
-        client.close()
+# -- helpers -------------------------------------------------------------------------
 
 
 def records(path: Path, kind: str | None = None, method: str | None = None) -> list[dict]:
     return [r for r in read_records(str(path))
             if (kind is None or r["kind"] == kind)
             and (method is None or r.get("method") == method)]
-
-
-def tags(path: Path, kind: str = "rpc") -> list[Any]:
-    return [r.get("args", {}).get("tag") for r in records(path, kind)]
 
 
 def fetch_all(queue: str) -> list[Any]:

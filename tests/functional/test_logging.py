@@ -14,7 +14,7 @@ import kombu
 import pytest
 
 from tests.functional.conftest import BROKER_URL, broker_section, delete_exchanges, delete_queues
-from tests.functional.test_client import CLIENT
+from tests.functional.support import CLIENT
 from tests.helpers import wait_for
 
 

@@ -16,10 +16,12 @@ from tests.functional.support import (
     PikaClient,
     Workers,
     broker_stopped,
+    free_port,
     queue_drained,
     queue_info,
     rabbitmqctl,
     records,
+    scrape,
 )
 from tests.helpers import wait_for
 
@@ -189,8 +191,6 @@ def test_throttling_keeps_what_was_delivered_and_redelivers_nothing(
     once handled. Every cast is handled exactly once (a redelivery would be recorded
     twice: casts carry no id to suppress it), and the metrics show the bytes in flight
     and the time throttled."""
-    from tests.functional.test_metrics import free_port, scrape
-
     queue, exchange, hold = f"pause-{uid}", f"ex-{uid}", tmp_path / "hold"
     port = free_port()
     d = workers.start({"p": {"type": "topic", "handler": "recorder", "exchange": exchange,

@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import kombu
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.functional.conftest import BROKER_HOST, BROKER_PORT, BROKER_URL, broker_section
-from tests.functional.support import records
+from tests.functional.support import cast, children, delete_entities, free_port, records, scrape
 from tests.functional.tcpproxy import TCPProxy
-from tests.functional.test_lifecycle import cast, delete_entities
-from tests.functional.test_workers import children
 from tests.helpers import http_get as get
 from tests.helpers import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> dict[tuple[str, str], float]:
-    """{(sample name, binding label): value} from /metrics."""
-    code, text = get(port, "/metrics")
-    assert code == 200, text
-    return {(s.name, s.labels.get("binding", "")): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def config(uid: str, tmp: Path, port: int, workers: int = 1, broker: str = "",

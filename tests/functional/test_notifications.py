@@ -20,7 +20,14 @@ from tests.functional.conftest import (
     message_count,
 )
 from tests.functional.stream import Stream
-from tests.functional.support import PikaClient, Workers, broker_stopped, queue_info, records
+from tests.functional.support import (
+    PikaClient,
+    Workers,
+    broker_stopped,
+    queue_info,
+    records,
+    run_client,
+)
 from tests.helpers import wait_for
 
 om = pytest.importorskip("oslo_messaging")
@@ -130,8 +137,6 @@ def test_pools_each_get_every_notification_and_share_within(
 
 def test_one_binding_on_several_exchanges(workers: Workers, amqp: PikaClient,
                                           topic: str, uid: str) -> None:
-    from tests.functional.test_client import run_client
-
     exchanges = [f"nova-{uid}", f"glance-{uid}"]
     workers.exchanges |= set(exchanges)
     d = workers.start({"n": binding(topic, exchange=", ".join(exchanges),
@@ -210,8 +215,8 @@ def test_a_broker_restart_mid_stream_loses_no_notification(
     key = f"{topic}.info"
 
     def notification(i: int) -> bytes:
-        from rpcworker.wire import protocol
-        return protocol.envelope(protocol.oslo_notification("info", "x.y", {"id": i},
+        from rpcworker.wire import envelope
+        return envelope.envelope(envelope.oslo_notification("info", "x.y", {"id": i},
                                                             "compute.h"))
 
     stream = Stream(exchange, key, count=600, rate=200.0, body=notification)

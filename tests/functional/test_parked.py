@@ -14,13 +14,15 @@ import pytest
 
 from tests.functional.conftest import BROKER_URL, delete_queues
 from tests.functional.support import (
+    CLIENT,
     PikaClient,
     Workers,
     broker_stopped,
+    free_port,
     queue_info,
     records,
+    run_client,
 )
-from tests.functional.test_client import CLIENT, run_client
 from tests.helpers import http_get, wait_for
 
 
@@ -192,8 +194,6 @@ def test_export_leaves_the_lot_and_the_fixture_reproduces_the_failure(
 @pytest.mark.parametrize("workers_n", [1, 2])
 def test_parked_depth_on_the_metrics_endpoint(workers: Workers, amqp: PikaClient, uid: str,
                                               tmp_path: Path, workers_n: int) -> None:
-    from tests.functional.test_metrics import free_port
-
     port = free_port()
     workers.queues |= {f"dlq-{uid}"}
     workers.start({"c": topic(uid)}, default={"workers": workers_n},

@@ -18,8 +18,15 @@ from tests.functional.conftest import (
     delete_exchanges,
     delete_queues,
 )
-from tests.functional.support import PikaClient, Workers, queue_drained, queue_info, records
-from tests.functional.test_failure_policy import direct, parked
+from tests.functional.support import (
+    PikaClient,
+    Workers,
+    direct,
+    parked,
+    queue_drained,
+    queue_info,
+    records,
+)
 from tests.helpers import wait_for
 
 CTXT = {"request_id": "req-q", "user_id": "u1", "project_id": "p1"}

@@ -14,9 +14,15 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import BROKER_HOST, BROKER_PORT, broker_section, consumer_count
-from tests.functional.support import broker_stopped, rabbitmqctl
+from tests.functional.support import (
+    broker_stopped,
+    cast,
+    delete_entities,
+    plain_rpc,
+    rabbitmqctl,
+    tags,
+)
 from tests.functional.tcpproxy import TCPProxy
-from tests.functional.test_lifecycle import cast, delete_entities, plain_rpc, tags
 from tests.helpers import wait_for
 
 om = pytest.importorskip("oslo_messaging")

@@ -16,9 +16,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.functional.conftest import BROKER_HOST, BROKER_PORT, broker_section
-from tests.functional.support import rabbitmqctl
-from tests.functional.test_cli import daemon_config, run
-from tests.functional.test_lifecycle import delete_entities, plain_rpc
+from tests.functional.support import daemon_config, delete_entities, plain_rpc, rabbitmqctl, run
 from tests.helpers import wait_for
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -24,65 +23,9 @@ from tests.functional.conftest import (
     delete_exchanges,
     delete_queues,
 )
-from tests.functional.test_lifecycle import cast
+from tests.functional.support import WATCHDOG_USEC, Listener, cast, notify_listener
 
-WATCHDOG_USEC = 2_000_000  # the daemon sends WATCHDOG=1 about every second
 GRACE = 10
-
-
-class Listener:
-    """Reads notifications in order; ``expect()`` waits, with a deadline, for the next match."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.received: list[tuple[float, str]] = []  # (monotonic time, datagram)
-
-    def _recv(self, deadline: float) -> str | None:
-        self.sock.settimeout(max(0.01, min(0.5, deadline - time.monotonic())))
-        try:
-            text = self.sock.recv(65536).decode()
-        except TimeoutError:
-            return None
-        self.received.append((time.monotonic(), text))
-        return text
-
-    def expect(self, match: Callable[[str], bool] | str, timeout: float,
-               on_match: Callable[[str], None] | None = None) -> str:
-        """The next datagram that ``match``es (a predicate, or a line it must contain)."""
-        pred = match if callable(match) else (lambda m: match in m.split("\n"))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self._recv(deadline)
-            if text is not None and pred(text):
-                if on_match is not None:
-                    on_match(text)
-                return text
-        raise AssertionError(f"timed out after {timeout}s waiting for {match!r}; "
-                             f"received: {[m for _, m in self.received][-10:]}")
-
-    def watchdogs_since(self, start: float) -> list[float]:
-        return [t for t, m in self.received if t >= start and m == "WATCHDOG=1"]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-L = TypeVar("L", bound=Listener)
-
-
-def notify_listener(cls: type[L], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                    watchdog_usec: int = WATCHDOG_USEC) -> L:
-    """A ``cls`` bound in tmp_path, and NOTIFY_SOCKET/WATCHDOG_USEC set for daemons started
-    from now on (conftest's Daemon.start passes os.environ)."""
-    path = str(tmp_path / "notify")
-    assert len(path) < 100, "AF_UNIX paths are limited to 107 bytes"
-    lst = cls(path)
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setenv("WATCHDOG_USEC", str(watchdog_usec))
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    return lst
 
 
 @pytest.fixture

@@ -20,9 +20,7 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import consumer_count, message_count
-from tests.functional.support import Workers, records
-from tests.functional.test_lifecycle import cast
-from tests.functional.test_systemd_notify import Listener, notify_listener
+from tests.functional.support import Listener, Workers, cast, children, notify_listener, records
 from tests.helpers import wait_for
 
 WATCHDOG_USEC = 3_000_000  # the supervisor sends WATCHDOG=1 about every 1.5 s
@@ -32,23 +30,6 @@ GRACE = 10  # graceful_shutdown_timeout of tests.functional.support.Workers
 def direct(uid: str, **options: Any) -> dict[str, Any]:
     return {"type": "direct", "handler": "recorder", "exchange": f"ex-{uid}",
             "queue": f"q-{uid}", "routing_key": "k", **options}
-
-
-def children(pid: int) -> list[int]:
-    """Live (non-zombie) child processes of ``pid``, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return sorted(found)
 
 
 def alive(pid: int) -> bool:

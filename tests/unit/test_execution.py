@@ -1,5 +1,5 @@
 """Handler execution without a broker: stuck threads replaced, deadlines from the start,
-per-binding budgets, async handlers (aio and the test kit), the recycling bounds."""
+per-binding concurrency caps, async handlers (aio and the test kit), the recycling bounds."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_a_stuck_thread_is_replaced_and_the_pool_keeps_its_size() -> None:
         ex.shutdown(wait=True)
 
 
-# -- inflight: budgets and deadlines --------------------------------------------------------
+# -- inflight: concurrency caps and deadlines ---------------------------------------------
 
 
 class FakeSettle:
@@ -221,7 +221,7 @@ def test_the_test_kit_runs_async_handlers() -> None:
         assert info.value.exc_type == "KeyError"
 
 
-# -- recycling and budgets in the configuration -----------------------------------------
+# -- recycling and concurrency caps in the configuration -----------------------------------------
 
 
 class Stuck:
