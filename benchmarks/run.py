@@ -331,7 +331,9 @@ class Harness:
             try:
                 for run, proc in zip((rw, oslo, floor), procs, strict=True):
                     wait_consumers(self.broker, run.queue, 1, 120, proc.alive)
-                if not cfg.CONF._args:
+                # oslo.messaging 18 needs the global CONF parsed once; it has no public
+                # "was it parsed?"
+                if not cfg.CONF._args:  # noqa: SLF001
                     cfg.CONF([], project="rpcworker-bench")
                 transport = om.get_rpc_transport(cfg.CONF, url=self.address.oslo_url)
                 clients = {
@@ -393,7 +395,7 @@ class Harness:
                     pika_client.close()
                 reply_q = None
                 if transport is not None:
-                    reply_q = getattr(transport._driver, "_reply_q", None)
+                    reply_q = getattr(transport._driver, "_reply_q", None)  # noqa: SLF001 - oslo's reply queue
                     with contextlib.suppress(Exception):
                         transport.cleanup()
                 for proc in procs:

@@ -367,7 +367,35 @@ class HandlerFixture:
         notification to the notification binding, anything else to the events exchange
         with its original routing key. Returns how many; ``wait_for_outcomes(n)`` then
         shows what the handler made of them, e.g. the production failure reproduced."""
-        return _replay_export(self, path)
+        return self._replay_export(path)
+
+    def _replay_export(self, path: str) -> int:
+        count = 0
+        with self._client.channel() as channel:
+            for p in parked.read_export(path):
+                exchange, key = self._replay_route(p)
+                props = p.kept_properties()
+                message = channel.prepare_message(
+                    p.body, props.pop("priority", None), props.pop("content_type", None),
+                    props.pop("content_encoding", None), p.replay_headers(), props)
+                channel.basic_publish(message, exchange, key)
+                count += 1
+        return count
+
+
+    def _replay_route(self, p: parked.Parked) -> tuple[str, str]:
+        """Where ``HandlerFixture.replay`` sends an exported message."""
+        kind, _ = p.kind()
+        if kind in ("call", "cast"):
+            return "openstack", self.topic
+        body = p.decoded()
+        if kind == "notification" and isinstance(body, dict):
+            if not self._has_notification_binding():
+                raise RuntimeError("an exported notification, and the handler has no method "
+                                   "for a notification priority")
+            priority = str(body["priority"]).lower()
+            return self.notifications_exchange, f"{self.notifications_topic}.{priority}"
+        return self.events_exchange, p.original_routing_key or "event"
 
     def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until every message published so far has been handled and settled (the
@@ -488,35 +516,6 @@ class HandlerFixture:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
             time.sleep(0.005)
-
-
-def _replay_export(fx: HandlerFixture, path: str) -> int:
-    count = 0
-    with fx._client.channel() as channel:
-        for p in parked.read_export(path):
-            exchange, key = _replay_route(fx, p)
-            props = p.kept_properties()
-            message = channel.prepare_message(
-                p.body, props.pop("priority", None), props.pop("content_type", None),
-                props.pop("content_encoding", None), p.replay_headers(), props)
-            channel.basic_publish(message, exchange, key)
-            count += 1
-    return count
-
-
-def _replay_route(fx: HandlerFixture, p: parked.Parked) -> tuple[str, str]:
-    """Where ``HandlerFixture.replay`` sends an exported message."""
-    kind, _ = p.kind()
-    if kind in ("call", "cast"):
-        return "openstack", fx.topic
-    body = p.decoded()
-    if kind == "notification" and isinstance(body, dict):
-        if not fx._has_notification_binding():
-            raise RuntimeError("an exported notification, and the handler has no method "
-                               "for a notification priority")
-        priority = str(body["priority"]).lower()
-        return fx.notifications_exchange, f"{fx.notifications_topic}.{priority}"
-    return fx.events_exchange, p.original_routing_key or "event"
 
 
 if _pytest is not None:

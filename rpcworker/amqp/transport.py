@@ -5,7 +5,10 @@ connection from kombu's ``driver_type``: every "is this py-amqp?" question in th
 engine and the client reads it instead of sniffing attributes.
 
 Every use of a private or undocumented kombu / py-amqp API lives here, each with
-the upstream behaviour that forces it. Nothing else in rpcworker touches one.
+the upstream behaviour that forces it; ruff's SLF001 keeps it so (this module is its
+one exception for kombu and py-amqp). The other third-party internals rpcworker
+touches are oslo.config's option lookup (``config.conffile``) and cotyledon's signal
+hook (``daemon.supervisor``), each with its reason where it is used.
 """
 
 from __future__ import annotations

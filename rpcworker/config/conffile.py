@@ -19,7 +19,6 @@ from rpcworker.config import opts
 from rpcworker.errors import ConfigError, oneline
 
 PROJECT = "rpcworker"
-LOG = logging.getLogger(__name__)
 
 #: library loggers that are too chatty at INFO for a daemon
 _DEFAULT_LOG_LEVELS = [

@@ -40,9 +40,6 @@ class Listeners(Listener):
     def __init__(self, listeners: Iterable[Listener]) -> None:
         self.listeners = list(listeners)
 
-    def add(self, listener: Listener) -> None:
-        self.listeners.append(listener)
-
     def received(self, binding: str) -> None:
         for listener in self.listeners:
             listener.received(binding)

@@ -83,7 +83,7 @@ class Executor:
             self._running[token] = me
             try:
                 result = fn(*args)
-            except BaseException as exc:  # the dispatcher never raises; belt and braces
+            except BaseException as exc:  # inflight.run never raises; belt and braces
                 LOG.exception("job %s raised", token)
                 result = exc
             # the job (its delivery, body and arguments) is not kept alive by this thread

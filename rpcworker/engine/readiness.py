@@ -6,13 +6,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from oslo_log import log as logging
-
 from rpcworker.engine.events import Stats
 from rpcworker.engine.executor import Executor
 from rpcworker.engine.subscriptions import Subscriptions
-
-LOG = logging.getLogger(__name__)
 
 
 class Notifier(Protocol):
