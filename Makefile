@@ -6,7 +6,7 @@ CONF ?= etc/rpcworker/rpcworker.conf
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv install run test lint typecheck unit functional test-cluster test-systemd sample docs bench clean
+.PHONY: venv install run test check lint format typecheck unit functional test-cluster test-systemd sample docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ install: venv
 run: install
 	$(BIN)/rpcworker --config-file $(CONF)
 
+LINTED := rpcworker tests benchmarks examples
+
+## ruff's rules (SLF001 included) and its formatting, checked
 lint: install
-	$(BIN)/ruff check rpcworker tests
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+## format the code as `make lint` wants it
+format: install
+	$(BIN)/ruff format $(LINTED)
 
 typecheck: install
 	$(BIN)/mypy
@@ -36,6 +44,10 @@ test: lint typecheck
 
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+## the edit loop: lint, types and the unit tests (no broker; about a minute)
+check: lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 functional: install
 	$(BIN)/pytest -q -ra tests/functional

@@ -39,5 +39,7 @@ def make_app(url: str, queue: str) -> Celery:
     return app
 
 
-app = make_app(os.environ.get("RPCWORKER_BENCH_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-               os.environ.get("RPCWORKER_BENCH_CELERY_QUEUE", "rpcworker-bench-celery"))
+app = make_app(
+    os.environ.get("RPCWORKER_BENCH_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    os.environ.get("RPCWORKER_BENCH_CELERY_QUEUE", "rpcworker-bench-celery"),
+)

@@ -14,11 +14,14 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from rpcworker_benchplugin.probe import PROBE
 
 broker = RabbitmqBroker(
-    url=os.environ.get("RPCWORKER_BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
+    url=os.environ.get("RPCWORKER_BENCH_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+)
 dramatiq.set_broker(broker)
 
 
-@dramatiq.actor(queue_name=os.environ.get("RPCWORKER_BENCH_DRAMATIQ_QUEUE",
-                                          "rpcworker-bench-dramatiq"), max_retries=0)
+@dramatiq.actor(
+    queue_name=os.environ.get("RPCWORKER_BENCH_DRAMATIQ_QUEUE", "rpcworker-bench-dramatiq"),
+    max_retries=0,
+)
 def noop() -> None:
     PROBE.tick()

@@ -35,16 +35,28 @@ def main(argv: list[str]) -> int:
 
         def on_message(message: Any) -> None:
             inner = json.loads(json.loads(message.body)["oslo.message"])
-            body = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(
-                {"result": inner.get("args"), "failure": None, "ending": True,
-                 "_msg_id": inner["_msg_id"], "_unique_id": uuid.uuid4().hex})}).encode()
-            channel.basic_publish(amqp.Message(body, content_type="application/json",
-                                               content_encoding="utf-8"),
-                                  exchange="", routing_key=inner["_reply_q"])
+            body = json.dumps(
+                {
+                    "oslo.version": "2.0",
+                    "oslo.message": json.dumps(
+                        {
+                            "result": inner.get("args"),
+                            "failure": None,
+                            "ending": True,
+                            "_msg_id": inner["_msg_id"],
+                            "_unique_id": uuid.uuid4().hex,
+                        }
+                    ),
+                }
+            ).encode()
+            channel.basic_publish(
+                amqp.Message(body, content_type="application/json", content_encoding="utf-8"),
+                exchange="",
+                routing_key=inner["_reply_q"],
+            )
             message.ack()
 
-        with kombu.Consumer(channel, queues=[queue], on_message=on_message,
-                            prefetch_count=64):
+        with kombu.Consumer(channel, queues=[queue], on_message=on_message, prefetch_count=64):
             while not stop:
                 try:
                     conn.drain_events(timeout=0.5)

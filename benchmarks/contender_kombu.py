@@ -38,8 +38,13 @@ def main(argv: list[str]) -> int:
 
     with kombu.Connection(url) as conn:
         channel = conn.channel()
-        consumer = kombu.Consumer(channel, queues=[queue], on_message=on_message,
-                                  prefetch_count=int(prefetch), accept=["json"])
+        consumer = kombu.Consumer(
+            channel,
+            queues=[queue],
+            on_message=on_message,
+            prefetch_count=int(prefetch),
+            accept=["json"],
+        )
         with consumer:
             while not stopping:
                 try:

@@ -25,4 +25,3 @@ class BenchService:
     @event_handler(SOURCE, EVENT)
     def noop(self, payload: Any) -> None:
         PROBE.tick()
-

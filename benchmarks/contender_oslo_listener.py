@@ -17,8 +17,9 @@ from benchmarks.contender_oslo import serve
 
 
 class Endpoint:
-    def info(self, ctxt: Any, publisher_id: str, event_type: str, payload: Any,
-             metadata: Any) -> None:
+    def info(
+        self, ctxt: Any, publisher_id: str, event_type: str, payload: Any, metadata: Any
+    ) -> None:
         PROBE.tick()
 
 
@@ -31,8 +32,9 @@ def main(argv: list[str]) -> int:
     om.set_transport_defaults(control_exchange=exchange)
     cfg.CONF([], project="rpcworker-bench-oslo-listener")
     transport = om.get_notification_transport(cfg.CONF, url=url)
-    listener = om.get_notification_listener(transport, [om.Target(topic=topic)],
-                                            [Endpoint()], executor="threading")
+    listener = om.get_notification_listener(
+        transport, [om.Target(topic=topic)], [Endpoint()], executor="threading"
+    )
     serve(listener, transport)
     return 0
 

@@ -82,9 +82,19 @@ class RpcworkerDirect(Run):
 
     label = "rpcworker"
 
-    def __init__(self, broker: Broker, uid: str, workdir: Path, *, handler: str = "bench_echo",
-                 method: str = "echo", workers: int = 1, extra: str = "",
-                 default_options: str = "", binding_options: str = "") -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        uid: str,
+        workdir: Path,
+        *,
+        handler: str = "bench_echo",
+        method: str = "echo",
+        workers: int = 1,
+        extra: str = "",
+        default_options: str = "",
+        binding_options: str = "",
+    ) -> None:
         super().__init__(broker, uid, workdir)
         self.handler, self.method, self.workers, self.extra = handler, method, workers, extra
         self.default_options, self.binding_options = default_options, binding_options
@@ -95,17 +105,18 @@ class RpcworkerDirect(Run):
         self.body = json.dumps({"method": method, "args": {}}).encode()
 
     def config(self) -> str:
-        return (f"[DEFAULT]\nbindings = bench\nhost = {self.uid}\nworkers = {self.workers}\n"
-                f"{self.default_options}\n"
-                f"{self.broker.address.config_section()}\n"
-                f"[binding:bench]\ntype = direct\nhandler = {self.handler}\n"
-                f"exchange = {self.exchange}\nqueue = {self.queue}\n"
-                f"routing_key = {self.key}\n{self.binding_options}\n{self.extra}")
+        return (
+            f"[DEFAULT]\nbindings = bench\nhost = {self.uid}\nworkers = {self.workers}\n"
+            f"{self.default_options}\n"
+            f"{self.broker.address.config_section()}\n"
+            f"[binding:bench]\ntype = direct\nhandler = {self.handler}\n"
+            f"exchange = {self.exchange}\nqueue = {self.queue}\n"
+            f"routing_key = {self.key}\n{self.binding_options}\n{self.extra}"
+        )
 
     def declare(self) -> None:
         exchange = kombu.Exchange(self.exchange, type="direct", durable=True)
-        self.broker.declare(kombu.Queue(self.queue, exchange, routing_key=self.key,
-                                        durable=True))
+        self.broker.declare(kombu.Queue(self.queue, exchange, routing_key=self.key, durable=True))
 
     def prefill(self, n: int) -> None:
         self.broker.publish_many(self.exchange, self.key, [self.body] * n)
@@ -113,8 +124,9 @@ class RpcworkerDirect(Run):
     def start(self, env: dict[str, str]) -> Proc:
         conf = self.workdir / f"{self.uid}.conf"
         conf.write_text(self.config())
-        return Proc(self.label, python_argv("-m", "rpcworker", "--config-file", str(conf)),
-                    self.log(), env)
+        return Proc(
+            self.label, python_argv("-m", "rpcworker", "--config-file", str(conf)), self.log(), env
+        )
 
 
 class RpcworkerNoBudget(RpcworkerDirect):
@@ -132,37 +144,50 @@ class RpcworkerRpc(Run):
 
     label = "rpcworker (rpc binding)"
 
-    def __init__(self, broker: Broker, uid: str, workdir: Path, *,
-                 handler: str = "bench_echo") -> None:
+    def __init__(
+        self, broker: Broker, uid: str, workdir: Path, *, handler: str = "bench_echo"
+    ) -> None:
         super().__init__(broker, uid, workdir)
         self.handler = handler
         self.exchange, self.topic, self.server = f"{uid}-x", f"{uid}-t", f"{uid}-s"
         self.queue = self.topic
-        self.queues = [self.topic, f"{self.topic}.{self.server}",
-                       *(f"{q}.retry.{t}" for q in (self.topic, f"{self.topic}.{self.server}")
-                         for t in RETRY_TTLS_MS)]
+        self.queues = [
+            self.topic,
+            f"{self.topic}.{self.server}",
+            *(
+                f"{q}.retry.{t}"
+                for q in (self.topic, f"{self.topic}.{self.server}")
+                for t in RETRY_TTLS_MS
+            ),
+        ]
         self.exchanges = [self.exchange, f"{self.topic}_fanout"]
 
     def declare(self) -> None:
         # what oslo.messaging (and rpcworker's rpc binding) declare with their defaults
         exchange = kombu.Exchange(self.exchange, type="topic", durable=False)
-        self.broker.declare(kombu.Queue(self.topic, exchange, routing_key=self.topic,
-                                        durable=False, auto_delete=False))
+        self.broker.declare(
+            kombu.Queue(
+                self.topic, exchange, routing_key=self.topic, durable=False, auto_delete=False
+            )
+        )
 
     def prefill(self, n: int) -> None:
         self.broker.publish_many(self.exchange, self.topic, oslo_casts(n))
 
     def config(self) -> str:
-        return (f"[DEFAULT]\nbindings = bench\nhost = {self.server}\nworkers = 1\n\n"
-                f"{self.broker.address.config_section()}\n"
-                f"[binding:bench]\ntype = rpc\nhandler = {self.handler}\n"
-                f"exchange = {self.exchange}\ntopic = {self.topic}\n")
+        return (
+            f"[DEFAULT]\nbindings = bench\nhost = {self.server}\nworkers = 1\n\n"
+            f"{self.broker.address.config_section()}\n"
+            f"[binding:bench]\ntype = rpc\nhandler = {self.handler}\n"
+            f"exchange = {self.exchange}\ntopic = {self.topic}\n"
+        )
 
     def start(self, env: dict[str, str]) -> Proc:
         conf = self.workdir / f"{self.uid}.conf"
         conf.write_text(self.config())
-        return Proc(self.label, python_argv("-m", "rpcworker", "--config-file", str(conf)),
-                    self.log(), env)
+        return Proc(
+            self.label, python_argv("-m", "rpcworker", "--config-file", str(conf)), self.log(), env
+        )
 
 
 # -- the peers ----------------------------------------------------------------------------
@@ -179,9 +204,20 @@ class KombuBare(RpcworkerDirect):
         self.queues = [self.queue]
 
     def start(self, env: dict[str, str]) -> Proc:
-        return Proc(self.label, python_argv(
-            "-m", "benchmarks.contender_kombu", self.broker.address.kombu_url, self.queue,
-            self.exchange, self.key, str(self.prefetch)), self.log(), env)
+        return Proc(
+            self.label,
+            python_argv(
+                "-m",
+                "benchmarks.contender_kombu",
+                self.broker.address.kombu_url,
+                self.queue,
+                self.exchange,
+                self.key,
+                str(self.prefetch),
+            ),
+            self.log(),
+            env,
+        )
 
 
 class OsloServer(RpcworkerRpc):
@@ -190,9 +226,19 @@ class OsloServer(RpcworkerRpc):
     label = "oslo.messaging"
 
     def start(self, env: dict[str, str]) -> Proc:
-        return Proc(self.label, python_argv(
-            "-m", "benchmarks.contender_oslo", self.broker.address.oslo_url, self.exchange,
-            self.topic, self.server), self.log(), env)
+        return Proc(
+            self.label,
+            python_argv(
+                "-m",
+                "benchmarks.contender_oslo",
+                self.broker.address.oslo_url,
+                self.exchange,
+                self.topic,
+                self.server,
+            ),
+            self.log(),
+            env,
+        )
 
 
 class FloorResponder(RpcworkerRpc):
@@ -201,9 +247,18 @@ class FloorResponder(RpcworkerRpc):
     label = "inline kombu responder (floor)"
 
     def start(self, env: dict[str, str]) -> Proc:
-        return Proc(self.label, python_argv(
-            "-m", "benchmarks.contender_floor", self.broker.address.kombu_url, self.exchange,
-            self.topic), self.log(), env)
+        return Proc(
+            self.label,
+            python_argv(
+                "-m",
+                "benchmarks.contender_floor",
+                self.broker.address.kombu_url,
+                self.exchange,
+                self.topic,
+            ),
+            self.log(),
+            env,
+        )
 
 
 class CeleryWorker(Run):
@@ -227,12 +282,34 @@ class CeleryWorker(Run):
         app.close()
 
     def start(self, env: dict[str, str]) -> Proc:
-        env = {**env, "RPCWORKER_BENCH_CELERY_QUEUE": self.queue,
-               "RPCWORKER_BENCH_URL": self.broker.address.kombu_url}
-        return Proc(self.label, python_argv(
-            "-m", "celery", "-A", "benchmarks.contender_celery", "worker", "-P", "solo",
-            "-c", "1", "--without-mingle", "--without-gossip", "--without-heartbeat",
-            "-l", "WARNING", "-n", f"{self.uid}@{socket.gethostname()}"), self.log(), env)
+        env = {
+            **env,
+            "RPCWORKER_BENCH_CELERY_QUEUE": self.queue,
+            "RPCWORKER_BENCH_URL": self.broker.address.kombu_url,
+        }
+        return Proc(
+            self.label,
+            python_argv(
+                "-m",
+                "celery",
+                "-A",
+                "benchmarks.contender_celery",
+                "worker",
+                "-P",
+                "solo",
+                "-c",
+                "1",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+                "-l",
+                "WARNING",
+                "-n",
+                f"{self.uid}@{socket.gethostname()}",
+            ),
+            self.log(),
+            env,
+        )
 
 
 class DramatiqWorker(Run):
@@ -253,26 +330,42 @@ class DramatiqWorker(Run):
         try:
             broker.declare_queue(self.queue)
             for _ in range(n):
-                broker.enqueue(dramatiq.Message(queue_name=self.queue, actor_name="noop",
-                                                args=(), kwargs={}, options={}))
+                broker.enqueue(
+                    dramatiq.Message(
+                        queue_name=self.queue, actor_name="noop", args=(), kwargs={}, options={}
+                    )
+                )
         finally:
             broker.close()
 
     def start(self, env: dict[str, str]) -> Proc:
-        env = {**env, "RPCWORKER_BENCH_DRAMATIQ_QUEUE": self.queue,
-               "RPCWORKER_BENCH_URL": self.broker.address.pika_url}
-        return Proc(self.label, python_argv(
-            "-m", "dramatiq", "benchmarks.contender_dramatiq", "--processes", "1"),
-            self.log(), env)
+        env = {
+            **env,
+            "RPCWORKER_BENCH_DRAMATIQ_QUEUE": self.queue,
+            "RPCWORKER_BENCH_URL": self.broker.address.pika_url,
+        }
+        return Proc(
+            self.label,
+            python_argv("-m", "dramatiq", "benchmarks.contender_dramatiq", "--processes", "1"),
+            self.log(),
+            env,
+        )
 
 
 def oslo_notifications(n: int) -> Iterator[bytes]:
     """``n`` info notifications byte for byte as an oslo.messaging ``Notifier`` (driver
     messagingv2) publishes them (envelope 2.0, each with its own message_id)."""
     for _ in range(n):
-        inner = json.dumps({"message_id": str(uuid.uuid4()), "publisher_id": "bench.host",
-                            "event_type": "bench.event", "priority": "INFO",
-                            "payload": {}, "timestamp": "2026-01-01 00:00:00.000000"})
+        inner = json.dumps(
+            {
+                "message_id": str(uuid.uuid4()),
+                "publisher_id": "bench.host",
+                "event_type": "bench.event",
+                "priority": "INFO",
+                "payload": {},
+                "timestamp": "2026-01-01 00:00:00.000000",
+            }
+        )
         yield json.dumps({"oslo.version": "2.0", "oslo.message": inner}).encode()
 
 
@@ -291,20 +384,26 @@ class RpcworkerNotification(Run):
     def declare(self) -> None:
         # what oslo.messaging's notifier and listener (and rpcworker) declare by default
         exchange = kombu.Exchange(self.exchange, type="topic", durable=False)
-        self.broker.declare(kombu.Queue(self.queue, exchange, routing_key=self.queue,
-                                        durable=False, auto_delete=False))
+        self.broker.declare(
+            kombu.Queue(
+                self.queue, exchange, routing_key=self.queue, durable=False, auto_delete=False
+            )
+        )
 
     def prefill(self, n: int) -> None:
         self.broker.publish_many(self.exchange, self.queue, oslo_notifications(n))
 
     def start(self, env: dict[str, str]) -> Proc:
         conf = self.workdir / f"{self.uid}.conf"
-        conf.write_text(f"[DEFAULT]\nbindings = bench\nhost = {self.uid}\n\n"
-                        f"{self.broker.address.config_section()}\n"
-                        f"[binding:bench]\ntype = notification\nhandler = bench_notify\n"
-                        f"exchange = {self.exchange}\ntopic = {self.topic}\n")
-        return Proc(self.label, python_argv("-m", "rpcworker", "--config-file", str(conf)),
-                    self.log(), env)
+        conf.write_text(
+            f"[DEFAULT]\nbindings = bench\nhost = {self.uid}\n\n"
+            f"{self.broker.address.config_section()}\n"
+            f"[binding:bench]\ntype = notification\nhandler = bench_notify\n"
+            f"exchange = {self.exchange}\ntopic = {self.topic}\n"
+        )
+        return Proc(
+            self.label, python_argv("-m", "rpcworker", "--config-file", str(conf)), self.log(), env
+        )
 
 
 class OsloListener(RpcworkerNotification):
@@ -313,9 +412,18 @@ class OsloListener(RpcworkerNotification):
     label = "oslo.messaging listener"
 
     def start(self, env: dict[str, str]) -> Proc:
-        return Proc(self.label, python_argv(
-            "-m", "benchmarks.contender_oslo_listener", self.broker.address.oslo_url,
-            self.exchange, self.topic), self.log(), env)
+        return Proc(
+            self.label,
+            python_argv(
+                "-m",
+                "benchmarks.contender_oslo_listener",
+                self.broker.address.oslo_url,
+                self.exchange,
+                self.topic,
+            ),
+            self.log(),
+            env,
+        )
 
 
 #: drain contenders, in the order of every round: key -> (class, dists it needs)
@@ -346,18 +454,32 @@ class NamekoWorker(Run):
     def declare(self) -> None:
         # as nameko's EventHandler.setup() and get_event_exchange() declare them
         exchange = kombu.Exchange(f"{self.source}.events", type="topic", durable=True)
-        self.broker.declare(kombu.Queue(self.queue, exchange, routing_key="bench",
-                                        durable=True, auto_delete=False))
+        self.broker.declare(
+            kombu.Queue(self.queue, exchange, routing_key="bench", durable=True, auto_delete=False)
+        )
 
     def prefill(self, n: int) -> None:
         self.broker.publish_many(f"{self.source}.events", "bench", [b"{}"] * n)
 
     def start(self, env: dict[str, str]) -> Proc:
-        env = {**env, "RPCWORKER_BENCH_NAMEKO_SOURCE": self.source,
-               "RPCWORKER_BENCH_NAMEKO_SERVICE": self.service}
+        env = {
+            **env,
+            "RPCWORKER_BENCH_NAMEKO_SOURCE": self.source,
+            "RPCWORKER_BENCH_NAMEKO_SERVICE": self.service,
+        }
         nameko = str(Path(sys.executable).with_name("nameko"))
-        return Proc(self.label, [nameko, "run", "benchmarks.contender_nameko:BenchService",
-                                 "--broker", self.broker.address.kombu_url], self.log(), env)
+        return Proc(
+            self.label,
+            [
+                nameko,
+                "run",
+                "benchmarks.contender_nameko:BenchService",
+                "--broker",
+                self.broker.address.kombu_url,
+            ],
+            self.log(),
+            env,
+        )
 
 
 DRAIN["nameko"] = (NamekoWorker, ("nameko",))

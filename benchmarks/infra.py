@@ -55,8 +55,10 @@ class BrokerAddress:
         return f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/%2F"
 
     def config_section(self) -> str:
-        return (f"[broker]\nhostname = {self.host}\nport = {self.port}\nuserid = {self.user}\n"
-                f"password = {self.password}\n")
+        return (
+            f"[broker]\nhostname = {self.host}\nport = {self.port}\nuserid = {self.user}\n"
+            f"password = {self.password}\n"
+        )
 
 
 class Broker:
@@ -100,16 +102,23 @@ class Broker:
     def declare(self, queue: kombu.Queue) -> None:
         queue.bind(self.channel).declare()
 
-    def publish_many(self, exchange: str, routing_key: str, bodies: Iterator[bytes] | list[bytes],
-                     persistent: bool = True, content_type: str = JSON) -> int:
+    def publish_many(
+        self,
+        exchange: str,
+        routing_key: str,
+        bodies: Iterator[bytes] | list[bytes],
+        persistent: bool = True,
+        content_type: str = JSON,
+    ) -> int:
         """Publish without confirms (basic.publish is asynchronous), then one round trip so
         that the broker has read them all."""
         channel = self.channel
         props = {"delivery_mode": 2 if persistent else 1}
         n = 0
         for body in bodies:
-            msg = channel.prepare_message(body, content_type=content_type,
-                                          content_encoding="utf-8", properties=props)
+            msg = channel.prepare_message(
+                body, content_type=content_type, content_encoding="utf-8", properties=props
+            )
             channel.basic_publish(msg, exchange=exchange, routing_key=routing_key)
             n += 1
         self.sync()
@@ -135,37 +144,53 @@ class Broker:
 
 
 def rabbitmqctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def queue_stats(prefix: str) -> dict[str, dict[str, int]]:
     """``{name: {ready, unacked, consumers}}`` of the queues whose name starts with prefix,
     from ``rabbitmqctl list_queues`` (about 0.5 s: never inside a timed section)."""
-    out = rabbitmqctl("list_queues", "-q", "--formatter", "json", "name", "messages_ready",
-                      "messages_unacknowledged", "consumers", timeout=60)
+    out = rabbitmqctl(
+        "list_queues",
+        "-q",
+        "--formatter",
+        "json",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+        timeout=60,
+    )
     if out.returncode != 0:
         raise BenchError(f"rabbitmqctl list_queues failed: {out.stderr.strip()}")
     found = {}
     for q in json.loads(out.stdout or "[]"):
         if q["name"].startswith(prefix):
-            found[q["name"]] = {"ready": int(q["messages_ready"]),
-                                "unacked": int(q["messages_unacknowledged"]),
-                                "consumers": int(q["consumers"])}
+            found[q["name"]] = {
+                "ready": int(q["messages_ready"]),
+                "unacked": int(q["messages_unacknowledged"]),
+                "consumers": int(q["consumers"]),
+            }
     return found
 
 
 def delete_by_prefix(broker: Broker, prefix: str) -> None:
     """Delete every queue and exchange whose name starts with ``prefix`` (this run's)."""
-    for kind, deleter in (("queues", broker.delete_queues),
-                          ("exchanges", broker.delete_exchanges)):
+    for kind, deleter in (("queues", broker.delete_queues), ("exchanges", broker.delete_exchanges)):
         out = rabbitmqctl(f"list_{kind}", "-q", "name", timeout=60)
         if out.returncode == 0:
             deleter([n for n in out.stdout.split() if n.startswith(prefix)])
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.05, alive: Callable[[], bool] | None = None) -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    alive: Callable[[], bool] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -178,8 +203,9 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-def wait_consumers(broker: Broker, queue: str, count: int, timeout: float,
-                   alive: Callable[[], bool]) -> float:
+def wait_consumers(
+    broker: Broker, queue: str, count: int, timeout: float, alive: Callable[[], bool]
+) -> float:
     """Poll (every ~2 ms) until ``queue`` has ``count`` consumers; the monotonic time at
     which that happened: the midpoint between the last poll that did not see them and the
     answer of the one that did (so within about one poll interval)."""
@@ -236,12 +262,12 @@ def plugin_env(workdir: Path) -> dict[str, str]:
         info = site / "rpcworker_benchplugin-0.1.0.dist-info"
         info.mkdir(parents=True, exist_ok=True)
         (info / "METADATA").write_text(
-            "Metadata-Version: 2.1\nName: rpcworker-benchplugin\nVersion: 0.1.0\n")
+            "Metadata-Version: 2.1\nName: rpcworker-benchplugin\nVersion: 0.1.0\n"
+        )
         setup_cfg = (PLUGIN / "setup.cfg").read_text()
         eps = setup_cfg.split("rpcworker.handlers =", 1)[1]
         lines = [ln.strip() for ln in eps.splitlines() if ln.strip() and "=" in ln]
-        (info / "entry_points.txt").write_text(
-            "[rpcworker.handlers]\n" + "\n".join(lines) + "\n")
+        (info / "entry_points.txt").write_text("[rpcworker.handlers]\n" + "\n".join(lines) + "\n")
         paths.append(str(site))
     old = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": os.pathsep.join(paths + ([old] if old else []))}
@@ -257,8 +283,13 @@ class Proc:
         self.log = log
         with open(log, "ab") as out:
             self.popen = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, cwd=ROOT)
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                cwd=ROOT,
+            )
         self.started = time.monotonic()
         Proc.registry.append(self)
 
@@ -359,8 +390,9 @@ def read_probes(directory: Path) -> list[dict[str, Any]]:
     return found
 
 
-def wait_probes(directory: Path, n: int, timeout: float, alive: Callable[[], bool],
-                times: bool = True) -> list[float]:
+def wait_probes(
+    directory: Path, n: int, timeout: float, alive: Callable[[], bool], times: bool = True
+) -> list[float]:
     """Wait until the contender's processes have handled ``n`` messages between them (and,
     with ``times``, reported their times: all those times, sorted)."""
     deadline = time.monotonic() + timeout
@@ -447,8 +479,9 @@ def _version(dist: str) -> str:
 
 def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10, check=False)
+        out = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        )
     except OSError:
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -472,10 +505,22 @@ def collect_facts(broker: Broker) -> Facts:
         commit += " + uncommitted changes in rpcworker/"
     rabbit = broker.server_version()
     return Facts(
-        machine={"nproc": str(os.cpu_count()), "cpu": cpu, "ram": ram,
-                 "kernel": platform.release(), "load average at start": load},
-        versions={"python": platform.python_version(), "rabbitmq": rabbit,
-                  "kombu": _version("kombu"), "amqp": _version("amqp"),
-                  "oslo.messaging": _version("oslo.messaging"), "celery": _version("celery"),
-                  "dramatiq": _version("dramatiq"), "pika": _version("pika"),
-                  "rpcworker": f"{_version('rpcworker')} (git {commit})"})
+        machine={
+            "nproc": str(os.cpu_count()),
+            "cpu": cpu,
+            "ram": ram,
+            "kernel": platform.release(),
+            "load average at start": load,
+        },
+        versions={
+            "python": platform.python_version(),
+            "rabbitmq": rabbit,
+            "kombu": _version("kombu"),
+            "amqp": _version("amqp"),
+            "oslo.messaging": _version("oslo.messaging"),
+            "celery": _version("celery"),
+            "dramatiq": _version("dramatiq"),
+            "pika": _version("pika"),
+            "rpcworker": f"{_version('rpcworker')} (git {commit})",
+        },
+    )

@@ -49,8 +49,7 @@ dead_letter_queue = {lot}
 
 
 def _channel(host: str, port: int) -> tuple[amqp.Connection, amqp.Channel]:
-    conn = amqp.Connection(f"{host}:{port}", userid="guest", password="guest",
-                           confirm_publish=True)
+    conn = amqp.Connection(f"{host}:{port}", userid="guest", password="guest", confirm_publish=True)
     conn.connect()
     return conn, conn.channel()
 
@@ -64,20 +63,36 @@ def fill(ch: amqp.Channel, lot: str, qtype: str, n: int) -> None:
     ch.queue_declare(queue=lot, durable=True, auto_delete=False, arguments=args)
     for i in range(n):
         body = envelope.envelope(envelope.oslo_request("resize", {"i": i}, {"user": "u"}))
-        headers = {xheaders.FAILURE_HEADER: "ValueError: no room", xheaders.BINDING_HEADER: "c",
-                   xheaders.RETRIES_HEADER: 3, xheaders.ORIGINAL_EXCHANGE_HEADER: "nova",
-                   xheaders.ORIGINAL_KEY_HEADER: "compute",
-                   xheaders.PARKED_AT_HEADER: xheaders.utc_iso()}
-        ch.basic_publish(amqp.Message(body, content_type="application/json",
-                                      content_encoding="utf-8", delivery_mode=2,
-                                      message_id=f"m{i}", application_headers=headers),
-                         exchange="", routing_key=lot)
+        headers = {
+            xheaders.FAILURE_HEADER: "ValueError: no room",
+            xheaders.BINDING_HEADER: "c",
+            xheaders.RETRIES_HEADER: 3,
+            xheaders.ORIGINAL_EXCHANGE_HEADER: "nova",
+            xheaders.ORIGINAL_KEY_HEADER: "compute",
+            xheaders.PARKED_AT_HEADER: xheaders.utc_iso(),
+        }
+        ch.basic_publish(
+            amqp.Message(
+                body,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                message_id=f"m{i}",
+                application_headers=headers,
+            ),
+            exchange="",
+            routing_key=lot,
+        )
 
 
 def timed(conf: str, *args: str) -> float:
     started = time.perf_counter()
-    p = subprocess.run([*CLIENT, "--config-file", conf, "parked", *args],
-                       capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        [*CLIENT, "--config-file", conf, "parked", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     elapsed = time.perf_counter() - started
     if p.returncode != 0:
         raise SystemExit(f"parked {' '.join(args)} failed ({p.returncode}): {p.stderr}")
@@ -88,8 +103,11 @@ def pika_replay(host: str, port: int, lot: str, target: str) -> int:
     """The hand-written replay: get, publish with a confirm, ack; one by one."""
     import pika
 
-    conn = pika.BlockingConnection(pika.ConnectionParameters(
-        host=host, port=port, credentials=pika.PlainCredentials("guest", "guest")))
+    conn = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host=host, port=port, credentials=pika.PlainCredentials("guest", "guest")
+        )
+    )
     ch = conn.channel()
     ch.confirm_delivery()
     moved = 0
@@ -141,12 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5672)
     ns = p.parse_args(argv)
     print(f"parked lot of {ns.n} messages; messages per second")
-    print(f"{'lot':8} {'list':>8} {'export':>8} {'replay':>8} {'pika script':>12} "
-          f"{'ratio':>6}")
+    print(f"{'lot':8} {'list':>8} {'export':>8} {'replay':>8} {'pika script':>12} {'ratio':>6}")
     for qtype in ns.queue_type.split(","):
         r = run_one(ns.host, ns.port, qtype, ns.n)
-        print(f"{qtype:8} {r['list']:8.0f} {r['export']:8.0f} {r['replay']:8.0f} "
-              f"{r['pika script']:12.0f} {r['replay'] / r['pika script']:5.1f}x")
+        print(
+            f"{qtype:8} {r['list']:8.0f} {r['export']:8.0f} {r['replay']:8.0f} "
+            f"{r['pika script']:12.0f} {r['replay'] / r['pika script']:5.1f}x"
+        )
     return 0
 
 

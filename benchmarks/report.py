@@ -19,12 +19,16 @@ def _f(value: float | None, fmt: str = "{:.0f}") -> str:
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """A Markdown table; a short row (e.g. a skipped contender) is padded with empty cells."""
     rows = [r + [""] * (len(headers) - len(r)) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-              for r in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -38,9 +42,12 @@ def _pairs(a: dict[str, Any], b: dict[str, Any], key: str) -> list[float]:
     """Per-round ratios a/b: the two ran back to back within each round."""
 
     def by_round(entry: dict[str, Any]) -> dict[int, float]:
-        return {(x.get("round", i) if isinstance(x, dict) else i):
-                (x[key] if isinstance(x, dict) else x)
-                for i, x in enumerate(entry.get("rounds", []))}
+        return {
+            (x.get("round", i) if isinstance(x, dict) else i): (
+                x[key] if isinstance(x, dict) else x
+            )
+            for i, x in enumerate(entry.get("rounds", []))
+        }
 
     ra, rb = by_round(a), by_round(b)
     return [ra[k] / rb[k] for k in sorted(ra) if rb.get(k)]
@@ -52,12 +59,27 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]
     rows: list[list[str]] = []
 
     def add(name: str, value: float | None, goal: str, ok: bool, detail: str) -> None:
-        verdict = ("not measured" if value is None else "(not a target)" if goal == "(info)"
-                   else "met" if ok else "MISSED")
+        verdict = (
+            "not measured"
+            if value is None
+            else "(not a target)"
+            if goal == "(info)"
+            else "met"
+            if ok
+            else "MISSED"
+        )
         rows.append([name, _f(value, "{:.2f}"), goal, verdict, detail])
 
-    def compare(name: str, a: dict[str, Any], b: dict[str, Any], key: str, summary: str,
-                goal: str, ok: Any, note: str = "") -> None:
+    def compare(
+        name: str,
+        a: dict[str, Any],
+        b: dict[str, Any],
+        key: str,
+        summary: str,
+        goal: str,
+        ok: Any,
+        note: str = "",
+    ) -> None:
         pairs = _pairs(a, b, key)
         of_medians = _ratio(a.get(summary), b.get(summary))
         value = statistics.median(pairs) if pairs else of_medians
@@ -70,72 +92,142 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]
 
     drain = results.get("drain", {})
     rw, rpc = drain.get("rpcworker", {}), drain.get("rpcworker-rpc", {})
-    compare("cast drain ÷ bare kombu", rw, drain.get("kombu", {}), "rate", "median", "≥ 1.0",
-            lambda v: v >= 1.0)
+    compare(
+        "cast drain ÷ bare kombu",
+        rw,
+        drain.get("kombu", {}),
+        "rate",
+        "median",
+        "≥ 1.0",
+        lambda v: v >= 1.0,
+    )
     same = rpc.get("median") is not None
-    compare("cast drain ÷ oslo.messaging", rpc if same else rw, drain.get("oslo", {}), "rate",
-            "median", "≥ 3.0", lambda v: v >= 3.0,
-            "rpc binding, the same oslo casts: " if same else "direct binding: ")
-    compare("cast drain ÷ Celery", rw, drain.get("celery", {}), "rate", "median", "≥ 2.0",
-            lambda v: v >= 2.0)
+    compare(
+        "cast drain ÷ oslo.messaging",
+        rpc if same else rw,
+        drain.get("oslo", {}),
+        "rate",
+        "median",
+        "≥ 3.0",
+        lambda v: v >= 3.0,
+        "rpc binding, the same oslo casts: " if same else "direct binding: ",
+    )
+    compare(
+        "cast drain ÷ Celery",
+        rw,
+        drain.get("celery", {}),
+        "rate",
+        "median",
+        "≥ 2.0",
+        lambda v: v >= 2.0,
+    )
     if "rpcworker-notify" in drain:  # not a target: notifications, the same oslo messages
-        compare("notification drain ÷ oslo.messaging listener",
-                drain.get("rpcworker-notify", {}), drain.get("oslo-notify", {}), "rate",
-                "median", "(info)", lambda v: True)
+        compare(
+            "notification drain ÷ oslo.messaging listener",
+            drain.get("rpcworker-notify", {}),
+            drain.get("oslo-notify", {}),
+            "rate",
+            "median",
+            "(info)",
+            lambda v: True,
+        )
     lat = results.get("latency", {})
-    compare("call p50 ÷ oslo server's (same oslo client)", lat.get("rpcworker", {}),
-            lat.get("oslo", {}), "p50", "p50", "≤ 0.6", lambda v: v <= 0.6)
+    compare(
+        "call p50 ÷ oslo server's (same oslo client)",
+        lat.get("rpcworker", {}),
+        lat.get("oslo", {}),
+        "p50",
+        "p50",
+        "≤ 0.6",
+        lambda v: v <= 0.6,
+    )
     if "floor" in lat:  # not a target: how close rpcworker is to the stack's floor
-        compare("call p50 ÷ the floor (inline responder, same client)",
-                lat.get("rpcworker", {}), lat.get("floor", {}), "p50", "p50", "(info)",
-                lambda v: True)
+        compare(
+            "call p50 ÷ the floor (inline responder, same client)",
+            lat.get("rpcworker", {}),
+            lat.get("floor", {}),
+            "p50",
+            "p50",
+            "(info)",
+            lambda v: True,
+        )
     sc = results.get("scaling", {})
-    compare("CPU-bound: workers=2 ÷ workers=1", sc.get("workers=2", {}),
-            sc.get("workers=1", {}), "rate", "median", "≥ 1.7", lambda v: v >= 1.7)
+    compare(
+        "CPU-bound: workers=2 ÷ workers=1",
+        sc.get("workers=2", {}),
+        sc.get("workers=1", {}),
+        "rate",
+        "median",
+        "≥ 1.7",
+        lambda v: v >= 1.7,
+    )
     mem = results.get("memory", {})
     g = mem.get("growth")
-    add(f"RSS growth over {mem.get('messages', args.rss_messages):,} messages (MB)", g, "< 5",
-        g is not None and g < 5, f"after warm-up: {_f(mem.get('growth_warm'), '{:+.1f}')} MB"
-        if g is not None else "")
+    add(
+        f"RSS growth over {mem.get('messages', args.rss_messages):,} messages (MB)",
+        g,
+        "< 5",
+        g is not None and g < 5,
+        f"after warm-up: {_f(mem.get('growth_warm'), '{:+.1f}')} MB" if g is not None else "",
+    )
     return rows
 
 
-def render(results: dict[str, Any], facts: Facts, args: argparse.Namespace,
-           elapsed: float) -> str:
-    out = ["# rpcworker benchmark results", "",
-           f"Written by `{args.command}` on {args.date} ({elapsed / 60:.1f} min). "
-           "Run it again with `make bench` (see README.md, \"Performance\"); the method is "
-           "at the end.", ""]
+def render(results: dict[str, Any], facts: Facts, args: argparse.Namespace, elapsed: float) -> str:
+    out = [
+        "# rpcworker benchmark results",
+        "",
+        f"Written by `{args.command}` on {args.date} ({elapsed / 60:.1f} min). "
+        'Run it again with `make bench` (see README.md, "Performance"); the method is '
+        "at the end.",
+        "",
+    ]
     out += ["## Machine and versions", ""]
     out.append(table(["machine", ""], [[k, v] for k, v in facts.machine.items()]))
     out.append("")
     out.append(table(["software", "version"], [[k, v] for k, v in facts.versions.items()]))
     out += ["", "## Parameters", ""]
-    out.append(table(["parameter", "value"], [
-        ["rounds (contenders alternated within each)", str(args.rounds)],
-        ["N, messages per drain run", f"{args.n:,}"],
-        ["sequential calls per latency run", f"{args.calls:,}"],
-        ["concurrent calls per run / client threads",
-         f"{args.concurrent_calls:,} / {args.threads}"],
-        ["CPU-bound messages per scaling run", f"{args.scale_n:,}"],
-        ["messages of the memory test", f"{args.rss_messages:,}"],
-        ["broker restart test", "no" if args.no_broker_restart else "yes"],
-    ]))
-    out += ["", "## Targets (issue 4)", "",
-            "Each ratio is the median of the per-round ratios (the two sides of a ratio run "
-            "back to back in every round, so a slow spell of the machine hits both); the ratio "
-            "of the medians is shown beside it.", ""]
+    out.append(
+        table(
+            ["parameter", "value"],
+            [
+                ["rounds (contenders alternated within each)", str(args.rounds)],
+                ["N, messages per drain run", f"{args.n:,}"],
+                ["sequential calls per latency run", f"{args.calls:,}"],
+                [
+                    "concurrent calls per run / client threads",
+                    f"{args.concurrent_calls:,} / {args.threads}",
+                ],
+                ["CPU-bound messages per scaling run", f"{args.scale_n:,}"],
+                ["messages of the memory test", f"{args.rss_messages:,}"],
+                ["broker restart test", "no" if args.no_broker_restart else "yes"],
+            ],
+        )
+    )
+    out += [
+        "",
+        "## Targets (issue 4)",
+        "",
+        "Each ratio is the median of the per-round ratios (the two sides of a ratio run "
+        "back to back in every round, so a slow spell of the machine hits both); the ratio "
+        "of the medians is shown beside it.",
+        "",
+    ]
     out.append(table(["target", "measured", "goal", "verdict", "detail"], targets(results, args)))
 
     drain = results.get("drain")
     if drain:
-        out += ["", "## 1. Cast drain rate", "",
-                f"{args.n:,} no-op casts prefilled, then the contender started; msg/s from the "
-                "moment its consumer is on the queue to the moment the last message was "
-                "handled. *Acks*: whether the broker showed every message acked when the "
-                "harness looked (about 0.5 s after the last one was handled), or how long "
-                "after the last message the last ack arrived.",
-                ""]
+        out += [
+            "",
+            "## 1. Cast drain rate",
+            "",
+            f"{args.n:,} no-op casts prefilled, then the contender started; msg/s from the "
+            "moment its consumer is on the queue to the moment the last message was "
+            "handled. *Acks*: whether the broker showed every message acked when the "
+            "harness looked (about 0.5 s after the last one was handled), or how long "
+            "after the last message the last ack arrived.",
+            "",
+        ]
         base = drain.get("rpcworker", {}).get("median")
         rows = []
         for entry in drain.values():
@@ -144,72 +236,143 @@ def render(results: dict[str, Any], facts: Facts, args: argparse.Namespace,
                 continue
             rounds = entry.get("rounds", [])
             m = entry.get("median")
-            rows.append([entry["label"], _f(m),
-                         ", ".join(_f(x["rate"]) for x in rounds)
-                         + (f" ({len(entry['errors'])} failed)" if entry.get("errors") else ""),
-                         _f(_ratio(base, m), "{:.2f}×"), acks(rounds),
-                         _f(median_of(rounds, "rss_mb"), "{:.0f}")])
-        out.append(table(["contender", "median msg/s", "rounds", "rpcworker ÷ it", "acks",
-                          "RSS at end (MB)"], rows))
+            rows.append(
+                [
+                    entry["label"],
+                    _f(m),
+                    ", ".join(_f(x["rate"]) for x in rounds)
+                    + (f" ({len(entry['errors'])} failed)" if entry.get("errors") else ""),
+                    _f(_ratio(base, m), "{:.2f}×"),
+                    acks(rounds),
+                    _f(median_of(rounds, "rss_mb"), "{:.0f}"),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "contender",
+                    "median msg/s",
+                    "rounds",
+                    "rpcworker ÷ it",
+                    "acks",
+                    "RSS at end (MB)",
+                ],
+                rows,
+            )
+        )
     lat = results.get("latency")
     if lat and "skipped" not in lat:
-        labels = {"rpcworker": "oslo.messaging client → rpcworker (rpc binding, echo)",
-                  "oslo": "oslo.messaging client → oslo.messaging server",
-                  "rpcworker-pika": "pika plain AMQP RPC (direct reply-to) → rpcworker",
-                  "floor": "oslo.messaging client → inline kombu responder (the floor)"}
-        out += ["", "## 2. RPC call latency", "",
-                f"{args.calls:,} sequential calls per round (after {20} warm-up calls); "
-                "medians of the rounds' percentiles, in ms.", ""]
-        rows = [[labels.get(k, k), _f(v.get("p50"), "{:.2f}"), _f(v.get("p99"), "{:.2f}"),
-                 ", ".join(f"{x['p50']:.2f}/{x['p99']:.2f}" for x in v.get("rounds", []))]
-                for k, v in lat.items() if isinstance(v, dict) and "rounds" in v]
+        labels = {
+            "rpcworker": "oslo.messaging client → rpcworker (rpc binding, echo)",
+            "oslo": "oslo.messaging client → oslo.messaging server",
+            "rpcworker-pika": "pika plain AMQP RPC (direct reply-to) → rpcworker",
+            "floor": "oslo.messaging client → inline kombu responder (the floor)",
+        }
+        out += [
+            "",
+            "## 2. RPC call latency",
+            "",
+            f"{args.calls:,} sequential calls per round (after {20} warm-up calls); "
+            "medians of the rounds' percentiles, in ms.",
+            "",
+        ]
+        rows = [
+            [
+                labels.get(k, k),
+                _f(v.get("p50"), "{:.2f}"),
+                _f(v.get("p99"), "{:.2f}"),
+                ", ".join(f"{x['p50']:.2f}/{x['p99']:.2f}" for x in v.get("rounds", [])),
+            ]
+            for k, v in lat.items()
+            if isinstance(v, dict) and "rounds" in v
+        ]
         out.append(table(["client → server", "p50 ms", "p99 ms", "rounds (p50/p99)"], rows))
     conc = results.get("concurrency")
     if conc:
-        out += ["", "## 3. Concurrent calls", "",
-                f"{args.threads} client threads sharing one oslo.messaging transport, "
-                f"{args.concurrent_calls:,} calls per round.", ""]
-        rows = [[k, _f(v.get("median")), ", ".join(_f(x) for x in v["rounds"])]
-                for k, v in conc.items()]
+        out += [
+            "",
+            "## 3. Concurrent calls",
+            "",
+            f"{args.threads} client threads sharing one oslo.messaging transport, "
+            f"{args.concurrent_calls:,} calls per round.",
+            "",
+        ]
+        rows = [
+            [k, _f(v.get("median")), ", ".join(_f(x) for x in v["rounds"])] for k, v in conc.items()
+        ]
         out.append(table(["server", "median calls/s", "rounds"], rows))
     sc = results.get("scaling")
     if sc:
-        out += ["", "## 4. Scaling: CPU-bound handler", "",
-                f"{args.scale_n:,} messages to the `burn` handler (benchmarks/plugin), "
-                f"{sc['iterations']:,} turns of a pure-Python loop ≈ {sc['burn_ms']} ms of "
-                "CPU each (calibrated in the harness"
-                + (f"; with `workers = 1` a message took {1000 / w1:.2f} ms end to end"
-                   if (w1 := sc["workers=1"].get("median")) else "")
-                + "); msg/s from all worker processes consuming to the last message handled.",
-                ""]
-        rows = [[k, _f(sc[k].get("median")),
-                 ", ".join(_f(x["rate"]) for x in sc[k]["rounds"]), acks(sc[k]["rounds"])]
-                for k in ("workers=1", "workers=2")]
+        out += [
+            "",
+            "## 4. Scaling: CPU-bound handler",
+            "",
+            f"{args.scale_n:,} messages to the `burn` handler (benchmarks/plugin), "
+            f"{sc['iterations']:,} turns of a pure-Python loop ≈ {sc['burn_ms']} ms of "
+            "CPU each (calibrated in the harness"
+            + (
+                f"; with `workers = 1` a message took {1000 / w1:.2f} ms end to end"
+                if (w1 := sc["workers=1"].get("median"))
+                else ""
+            )
+            + "); msg/s from all worker processes consuming to the last message handled.",
+            "",
+        ]
+        rows = [
+            [
+                k,
+                _f(sc[k].get("median")),
+                ", ".join(_f(x["rate"]) for x in sc[k]["rounds"]),
+                acks(sc[k]["rounds"]),
+            ]
+            for k in ("workers=1", "workers=2")
+        ]
         out.append(table(["rpcworker", "median msg/s", "rounds", "acks"], rows))
     mem = results.get("memory")
     if mem:
-        out += ["", "## 5. Memory", "",
-                "RSS of the rpcworker process and its children (VmRSS), `echo` handler, "
-                "direct binding, shipped defaults.", ""]
-        rows = [["after start (consuming, idle 2 s)", _f(mem.get("start"), "{:.1f}")],
-                ["after the warm-up messages", _f(mem.get("warm"), "{:.1f}")],
-                [f"after {mem['messages']:,} messages", _f(mem.get("end"), "{:.1f}")],
-                ["growth from start", _f(mem.get("growth"), "{:+.1f}")],
-                ["growth from warm-up", _f(mem.get("growth_warm"), "{:+.1f}")]]
+        out += [
+            "",
+            "## 5. Memory",
+            "",
+            "RSS of the rpcworker process and its children (VmRSS), `echo` handler, "
+            "direct binding, shipped defaults.",
+            "",
+        ]
+        rows = [
+            ["after start (consuming, idle 2 s)", _f(mem.get("start"), "{:.1f}")],
+            ["after the warm-up messages", _f(mem.get("warm"), "{:.1f}")],
+            [f"after {mem['messages']:,} messages", _f(mem.get("end"), "{:.1f}")],
+            ["growth from start", _f(mem.get("growth"), "{:+.1f}")],
+            ["growth from warm-up", _f(mem.get("growth_warm"), "{:+.1f}")],
+        ]
         out.append(table(["when", "RSS MB"], rows))
         if mem.get("series"):
-            out += ["", "RSS (MB) as messages were published: " + ", ".join(
-                f"{n:,}: {r}" for n, r in mem["series"])]
+            out += [
+                "",
+                "RSS (MB) as messages were published: "
+                + ", ".join(f"{n:,}: {r}" for n, r in mem["series"]),
+            ]
     up = results.get("startup")
     if up:
         out += ["", "## 6. Start-up and broker restart", ""]
-        rows = [[f"start → READY=1, {k}", _f(v.get("median"), "{:.2f}"),
-                 ", ".join(f"{x:.2f}" for x in v.get("rounds", []))]
-                for k, v in up.items() if k.startswith("workers")]
+        rows = [
+            [
+                f"start → READY=1, {k}",
+                _f(v.get("median"), "{:.2f}"),
+                ", ".join(f"{x:.2f}" for x in v.get("rounds", [])),
+            ]
+            for k, v in up.items()
+            if k.startswith("workers")
+        ]
         br = up.get("broker_restart")
         if br and "consuming" in br:
-            rows.append(["broker answering again → consuming again (workers=1)",
-                         f"{br['consuming']:.2f}", f"broker down {br['down']:.1f} s"])
+            rows.append(
+                [
+                    "broker answering again → consuming again (workers=1)",
+                    f"{br['consuming']:.2f}",
+                    f"broker down {br['down']:.1f} s",
+                ]
+            )
             rows.append(["broker answering again → READY=1 again", f"{br['ready']:.2f}", ""])
         elif br:
             rows.append(["broker restart", "failed", "; ".join(br.get("errors", []))])
@@ -227,18 +390,41 @@ def render(results: dict[str, Any], facts: Facts, args: argparse.Namespace,
                 f"{prof['rate']:,.0f} msg/s under the profiler) while `py-spy record --gil` "
                 f"sampled it at 250 Hz: {prof['samples']:,} samples of the thread holding the "
                 "GIL, i.e. of the one core's worth of Python that bounds the drain rate. "
-                "Share of those samples:")
-            out += ["", table(["thread", "% of GIL samples"],
-                              [[t, f"{p:.0f}"] for t, p in prof["threads"]])]
-            out += ["", table(["self time in (module)", "%"],
-                              [[f"`{m}`", f"{p:.0f}"] for m, p in prof.get("packages", [])])]
-            out += ["", table(["function (self time)", "%"],
-                              [[f"`{f}`", f"{p:.1f}"] for f, p in prof["self"]])]
-            out += ["", table(["function (inclusive, below the main loop)", "%"],
-                              [[f"`{f}`", f"{p:.1f}"] for f, p in prof["inclusive"]])]
-    errors = [e for section in results.values() if isinstance(section, dict)
-              for entry in ([section] + [v for v in section.values() if isinstance(v, dict)])
-              for e in entry.get("errors", [])]
+                "Share of those samples:"
+            )
+            out += [
+                "",
+                table(
+                    ["thread", "% of GIL samples"], [[t, f"{p:.0f}"] for t, p in prof["threads"]]
+                ),
+            ]
+            out += [
+                "",
+                table(
+                    ["self time in (module)", "%"],
+                    [[f"`{m}`", f"{p:.0f}"] for m, p in prof.get("packages", [])],
+                ),
+            ]
+            out += [
+                "",
+                table(
+                    ["function (self time)", "%"], [[f"`{f}`", f"{p:.1f}"] for f, p in prof["self"]]
+                ),
+            ]
+            out += [
+                "",
+                table(
+                    ["function (inclusive, below the main loop)", "%"],
+                    [[f"`{f}`", f"{p:.1f}"] for f, p in prof["inclusive"]],
+                ),
+            ]
+    errors = [
+        e
+        for section in results.values()
+        if isinstance(section, dict)
+        for entry in ([section] + [v for v in section.values() if isinstance(v, dict)])
+        for e in entry.get("errors", [])
+    ]
     if errors:
         out += ["", "## Failures", ""] + [f"- {e}" for e in dict.fromkeys(errors)]
     out += ["", METHOD]
@@ -251,8 +437,9 @@ def acks(rounds: list[dict[str, Any]]) -> str:
     tails = [x["ack_tail"] for x in rounds if x.get("ack_tail") is not None]
     if not tails:
         return "all acked at the check"
-    return (f"{len(tails)} of {len(rounds)} round(s): last ack "
-            + ", ".join(f"+{t:.1f} s" for t in tails))
+    return f"{len(tails)} of {len(rounds)} round(s): last ack " + ", ".join(
+        f"+{t:.1f} s" for t in tails
+    )
 
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float | None:

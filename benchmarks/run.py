@@ -77,46 +77,96 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
         description="Benchmark rpcworker against a bare kombu consumer, oslo.messaging, "
-                    "Celery (and dramatiq, nameko when installed) on the local RabbitMQ.")
-    p.add_argument("--n", type=int, default=20_000,
-                   help="messages per drain run (default %(default)s)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of every alternated comparison (default %(default)s)")
-    p.add_argument("--calls", type=int, default=1000,
-                   help="sequential calls per latency run (default %(default)s)")
-    p.add_argument("--threads", type=int, default=16,
-                   help="client threads of the concurrent-calls run (default %(default)s)")
-    p.add_argument("--concurrent-calls", type=int, default=3200,
-                   help="calls per concurrent run, split over the threads (default "
-                        "%(default)s)")
-    p.add_argument("--scale-n", type=int, default=3000,
-                   help="messages per run of the CPU-bound scaling test (default %(default)s)")
-    p.add_argument("--burn-ms", type=float, default=2.0,
-                   help="CPU time of one CPU-bound message, in ms (default %(default)s)")
-    p.add_argument("--rss-messages", type=int, default=100_000,
-                   help="messages through rpcworker for the memory test (default %(default)s)")
-    p.add_argument("--profile-n", type=int, default=60_000,
-                   help="messages of the profiled rpcworker drain (phase 'profile', needs "
-                        "py-spy; default %(default)s)")
-    p.add_argument("--no-broker-restart", action="store_true",
-                   help="skip the broker restart test (it stops and starts RabbitMQ's app)")
-    p.add_argument("--phases", default=",".join(PHASES),
-                   help="comma-separated subset of: " + ", ".join(PHASES))
-    p.add_argument("--contenders", default=",".join(DRAIN),
-                   help="drain contenders, comma-separated subset of: " + ", ".join(DRAIN))
-    p.add_argument("--results", default=str(BENCH / "RESULTS.md"),
-                   help="the Markdown report to write (default benchmarks/RESULTS.md)")
+        "Celery (and dramatiq, nameko when installed) on the local RabbitMQ.",
+    )
+    p.add_argument(
+        "--n", type=int, default=20_000, help="messages per drain run (default %(default)s)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of every alternated comparison (default %(default)s)",
+    )
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=1000,
+        help="sequential calls per latency run (default %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=16,
+        help="client threads of the concurrent-calls run (default %(default)s)",
+    )
+    p.add_argument(
+        "--concurrent-calls",
+        type=int,
+        default=3200,
+        help="calls per concurrent run, split over the threads (default %(default)s)",
+    )
+    p.add_argument(
+        "--scale-n",
+        type=int,
+        default=3000,
+        help="messages per run of the CPU-bound scaling test (default %(default)s)",
+    )
+    p.add_argument(
+        "--burn-ms",
+        type=float,
+        default=2.0,
+        help="CPU time of one CPU-bound message, in ms (default %(default)s)",
+    )
+    p.add_argument(
+        "--rss-messages",
+        type=int,
+        default=100_000,
+        help="messages through rpcworker for the memory test (default %(default)s)",
+    )
+    p.add_argument(
+        "--profile-n",
+        type=int,
+        default=60_000,
+        help="messages of the profiled rpcworker drain (phase 'profile', needs "
+        "py-spy; default %(default)s)",
+    )
+    p.add_argument(
+        "--no-broker-restart",
+        action="store_true",
+        help="skip the broker restart test (it stops and starts RabbitMQ's app)",
+    )
+    p.add_argument(
+        "--phases", default=",".join(PHASES), help="comma-separated subset of: " + ", ".join(PHASES)
+    )
+    p.add_argument(
+        "--contenders",
+        default=",".join(DRAIN),
+        help="drain contenders, comma-separated subset of: " + ", ".join(DRAIN),
+    )
+    p.add_argument(
+        "--results",
+        default=str(BENCH / "RESULTS.md"),
+        help="the Markdown report to write (default benchmarks/RESULTS.md)",
+    )
     p.add_argument("--json", default=None, help="also write the raw results as JSON here")
-    p.add_argument("--lock", default=os.environ.get("RPCWORKER_BENCH_LOCK"),
-                   help="flock this file around each broker-using step (e.g. "
-                        "/tmp/rpcworker-broker.lock; env RPCWORKER_BENCH_LOCK); released in "
-                        "between so that other test runs can interleave (do not also wrap the "
-                        "harness in `flock` on the same file: it would wait for itself)")
+    p.add_argument(
+        "--lock",
+        default=os.environ.get("RPCWORKER_BENCH_LOCK"),
+        help="flock this file around each broker-using step (e.g. "
+        "/tmp/rpcworker-broker.lock; env RPCWORKER_BENCH_LOCK); released in "
+        "between so that other test runs can interleave (do not also wrap the "
+        "harness in `flock` on the same file: it would wait for itself)",
+    )
     p.add_argument("--host", default=os.environ.get("RPCWORKER_TEST_BROKER_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int,
-                   default=int(os.environ.get("RPCWORKER_TEST_BROKER_PORT", "5672")))
-    p.add_argument("--keep-workdir", action="store_true",
-                   help="keep the temporary directory with configs and contender logs")
+    p.add_argument(
+        "--port", type=int, default=int(os.environ.get("RPCWORKER_TEST_BROKER_PORT", "5672"))
+    )
+    p.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the temporary directory with configs and contender logs",
+    )
     args = p.parse_args(argv)
     args.phases = [x for x in args.phases.split(",") if x]
     args.contenders = [x for x in args.contenders.split(",") if x]
@@ -185,8 +235,10 @@ class Harness:
         monotonic time at which that became true (polled with rabbitmqctl: coarse)."""
 
         def drained() -> bool:
-            return (self.broker.counts(queue)[0] == 0
-                    and queue_stats(queue).get(queue, {"unacked": 0})["unacked"] == 0)
+            return (
+                self.broker.counts(queue)[0] == 0
+                and queue_stats(queue).get(queue, {"unacked": 0})["unacked"] == 0
+            )
 
         if drained():
             return None
@@ -205,8 +257,10 @@ class Harness:
             wait_until(lambda: self.broker.counts(run.queue)[0] >= n, 30, "the prefill")
         ready, consumers = self.broker.counts(run.queue)
         if ready < n or consumers:
-            raise BenchError(f"prefill: {ready} messages and {consumers} consumers on "
-                             f"{run.queue}, expected {n} and 0")
+            raise BenchError(
+                f"prefill: {ready} messages and {consumers} consumers on "
+                f"{run.queue}, expected {n} and 0"
+            )
 
     def measure_drain(self, run: Run, n: int) -> dict[str, Any]:
         """Prefill ``n`` messages, start the contender, time from the moment its consumers
@@ -233,9 +287,15 @@ class Harness:
             run.cleanup()
         t_end = times[-1]
         counted = sum(1 for t in times if t >= t0)
-        return {"rate": counted / (t_end - t0), "seconds": t_end - t0, "handled": len(times),
-                "counted": counted, "rss_mb": rss, "first_after": times[0] - t0,
-                "ack_tail": None if acked is None else acked - t_end}
+        return {
+            "rate": counted / (t_end - t0),
+            "seconds": t_end - t0,
+            "handled": len(times),
+            "counted": counted,
+            "rss_mb": rss,
+            "first_after": times[0] - t0,
+            "ack_tail": None if acked is None else acked - t_end,
+        }
 
     def phase_drain(self) -> None:
         a = self.args
@@ -262,8 +322,10 @@ class Harness:
                         self.fail(out[key], f"round {r + 1}: {exc}")
                         continue
                     out[key]["rounds"].append({**res, "round": r})
-                    self.say(f"drain round {r + 1}/{a.rounds}: {run.label:<24} "
-                             f"{res['rate']:8.0f} msg/s ({res['seconds']:.2f} s)")
+                    self.say(
+                        f"drain round {r + 1}/{a.rounds}: {run.label:<24} "
+                        f"{res['rate']:8.0f} msg/s ({res['seconds']:.2f} s)"
+                    )
                 self.sweep()
         for entry in out.values():
             if entry.get("rounds"):
@@ -287,21 +349,28 @@ class Harness:
             with self.lock():
                 for w in (1, 2):
                     run = RpcworkerDirect(
-                        self.broker, self.uid(f"burn{w}-"), self.workdir, handler="burn",
-                        method="burn", workers=w,
+                        self.broker,
+                        self.uid(f"burn{w}-"),
+                        self.workdir,
+                        handler="burn",
+                        method="burn",
+                        workers=w,
                         extra=f"[bench]\nburn_iterations = {iterations}\n",
                         # README's advice for CPU-bound handlers, the same for both sides:
                         # threads only fight over the GIL, and a small prefetch window
                         # keeps the last messages from queueing behind one busy process
-                        default_options=SCALING_DEFAULTS, binding_options=SCALING_BINDING)
+                        default_options=SCALING_DEFAULTS,
+                        binding_options=SCALING_BINDING,
+                    )
                     try:
                         res = self.measure_drain(run, a.scale_n)
                     except Exception as exc:
                         self.fail(out[f"workers={w}"], f"round {r + 1}: {exc}")
                         continue
                     out[f"workers={w}"]["rounds"].append({**res, "round": r})
-                    self.say(f"scaling round {r + 1}/{a.rounds}: workers={w} "
-                             f"{res['rate']:8.0f} msg/s")
+                    self.say(
+                        f"scaling round {r + 1}/{a.rounds}: workers={w} {res['rate']:8.0f} msg/s"
+                    )
                 self.sweep()
         for w in (1, 2):
             rates = [x["rate"] for x in out[f"workers={w}"]["rounds"]]
@@ -338,17 +407,25 @@ class Harness:
                 transport = om.get_rpc_transport(cfg.CONF, url=self.address.oslo_url)
                 clients = {
                     "rpcworker": om.get_rpc_client(
-                        transport, om.Target(topic=rw.topic, exchange=rw.exchange), timeout=30),
+                        transport, om.Target(topic=rw.topic, exchange=rw.exchange), timeout=30
+                    ),
                     "oslo": om.get_rpc_client(
-                        transport, om.Target(topic=oslo.topic, exchange=oslo.exchange),
-                        timeout=30),
+                        transport, om.Target(topic=oslo.topic, exchange=oslo.exchange), timeout=30
+                    ),
                 }
                 callers: dict[str, Callable[[], Any]] = {
-                    k: functools.partial(c.call, {}, "echo") for k, c in clients.items()}
+                    k: functools.partial(c.call, {}, "echo") for k, c in clients.items()
+                }
                 if latency:  # the floor: same client, a responder that does nothing else
-                    callers["floor"] = functools.partial(om.get_rpc_client(
-                        transport, om.Target(topic=floor.topic, exchange=floor.exchange),
-                        timeout=30).call, {}, "echo")
+                    callers["floor"] = functools.partial(
+                        om.get_rpc_client(
+                            transport,
+                            om.Target(topic=floor.topic, exchange=floor.exchange),
+                            timeout=30,
+                        ).call,
+                        {},
+                        "echo",
+                    )
                 if latency and not missing("pika"):
                     pika_client = PikaCaller(self.address, rw.exchange, rw.topic)
                     callers["rpcworker-pika"] = pika_client.call
@@ -365,12 +442,17 @@ class Harness:
                                 start = time.perf_counter()
                                 call()
                                 samples.append((time.perf_counter() - start) * 1000)
-                            res = {"round": r, "p50": percentile(samples, 50),
-                                   "p99": percentile(samples, 99),
-                                   "mean": statistics.fmean(samples)}
+                            res = {
+                                "round": r,
+                                "p50": percentile(samples, 50),
+                                "p99": percentile(samples, 99),
+                                "mean": statistics.fmean(samples),
+                            }
                             lat[key]["rounds"].append(res)
-                            self.say(f"latency round {r + 1}/{a.rounds}: {key:<15} "
-                                     f"p50 {res['p50']:.2f} ms, p99 {res['p99']:.2f} ms")
+                            self.say(
+                                f"latency round {r + 1}/{a.rounds}: {key:<15} "
+                                f"p50 {res['p50']:.2f} ms, p99 {res['p99']:.2f} ms"
+                            )
                     for entry in lat.values():
                         entry["p50"] = median([x["p50"] for x in entry["rounds"]])
                         entry["p99"] = median([x["p99"] for x in entry["rounds"]])
@@ -380,16 +462,21 @@ class Harness:
                         conc[key] = {"rounds": []}
                     for r in range(a.rounds):
                         for key in clients:
-                            rate = concurrent_calls(callers[key], a.threads,
-                                                    max(1, a.concurrent_calls // a.threads))
+                            rate = concurrent_calls(
+                                callers[key], a.threads, max(1, a.concurrent_calls // a.threads)
+                            )
                             conc[key]["rounds"].append(rate)
-                            self.say(f"concurrency round {r + 1}/{a.rounds}: {key:<10} "
-                                     f"{rate:8.0f} calls/s ({a.threads} threads)")
+                            self.say(
+                                f"concurrency round {r + 1}/{a.rounds}: {key:<10} "
+                                f"{rate:8.0f} calls/s ({a.threads} threads)"
+                            )
                     for entry in conc.values():
                         entry["median"] = median(entry["rounds"])
             except BenchError as exc:
-                self.fail(self.results.setdefault("latency", lat),
-                          f"calls: {exc}\n" + "\n".join(p.tail() for p in procs))
+                self.fail(
+                    self.results.setdefault("latency", lat),
+                    f"calls: {exc}\n" + "\n".join(p.tail() for p in procs),
+                )
             finally:
                 if pika_client is not None:
                     pika_client.close()
@@ -427,27 +514,40 @@ class Harness:
                 chunk = 10_000
                 while sent < total:
                     batch = min(chunk, total - sent) if sent else warm
-                    wait_until(lambda: self.broker.counts(run.queue)[0] < chunk // 2, 600,
-                               "the queue to go down", alive=proc.alive)
-                    sent += self.broker.publish_many(run.exchange, run.key,
-                                                     [ECHO_BODY] * batch)
+                    wait_until(
+                        lambda: self.broker.counts(run.queue)[0] < chunk // 2,
+                        600,
+                        "the queue to go down",
+                        alive=proc.alive,
+                    )
+                    sent += self.broker.publish_many(run.exchange, run.key, [ECHO_BODY] * batch)
                     if sent == warm:
-                        wait_until(lambda: self.broker.counts(run.queue)[0] == 0, 120,
-                                   "the warm-up messages", alive=proc.alive)
+                        wait_until(
+                            lambda: self.broker.counts(run.queue)[0] == 0,
+                            120,
+                            "the warm-up messages",
+                            alive=proc.alive,
+                        )
                         self.acked_by(run.queue)
                         time.sleep(1)
                         out["warm"] = rss_mb(proc.pid)
                     out["series"].append((sent, round(rss_mb(proc.pid), 1)))
-                wait_until(lambda: self.broker.counts(run.queue)[0] == 0, 600,
-                           "the queue to drain", alive=proc.alive)
+                wait_until(
+                    lambda: self.broker.counts(run.queue)[0] == 0,
+                    600,
+                    "the queue to drain",
+                    alive=proc.alive,
+                )
                 self.acked_by(run.queue, timeout=60)
                 time.sleep(2)
                 out["end"] = rss_mb(proc.pid)
                 out["growth"] = out["end"] - out["start"]
                 out["growth_warm"] = out["end"] - out.get("warm", out["start"])
-                self.say(f"memory: RSS {out['start']:.1f} MB after start, "
-                         f"{out.get('warm', float('nan')):.1f} MB after {warm} messages, "
-                         f"{out['end']:.1f} MB after {total}: growth {out['growth']:+.1f} MB")
+                self.say(
+                    f"memory: RSS {out['start']:.1f} MB after start, "
+                    f"{out.get('warm', float('nan')):.1f} MB after {warm} messages, "
+                    f"{out['end']:.1f} MB after {total}: growth {out['growth']:+.1f} MB"
+                )
             except BenchError as exc:
                 self.fail(out, f"memory: {exc}; log {run.log()}:\n{proc.tail()}")
             finally:
@@ -465,15 +565,18 @@ class Harness:
         for r in range(a.rounds):
             with self.lock():
                 for w in (1, 2):
-                    run = RpcworkerDirect(self.broker, self.uid(f"up{w}-"), self.workdir,
-                                          handler="echo", workers=w)
+                    run = RpcworkerDirect(
+                        self.broker, self.uid(f"up{w}-"), self.workdir, handler="echo", workers=w
+                    )
                     listener = NotifyListener(self.workdir / f"n{self.seq}")
                     proc = run.start({**self.env, "NOTIFY_SOCKET": listener.path})
                     try:
                         t_ready = listener.wait_for("READY=1", 120)
                         out[f"workers={w}"]["rounds"].append(t_ready - proc.started)
-                        self.say(f"startup round {r + 1}/{a.rounds}: workers={w} READY=1 "
-                                 f"after {t_ready - proc.started:.2f} s")
+                        self.say(
+                            f"startup round {r + 1}/{a.rounds}: workers={w} READY=1 "
+                            f"after {t_ready - proc.started:.2f} s"
+                        )
                     except BenchError as exc:
                         self.fail(out[f"workers={w}"], f"startup: {exc}\n{proc.tail()}")
                     finally:
@@ -501,16 +604,16 @@ class Harness:
                 raise BenchError(f"rabbitmqctl stop_app: {stopped.stderr.strip()}")
             t_stopped = time.monotonic()
             starting = rabbitmqctl_async("start_app")
-            t_up = wait_until(self.broker_answers, 180, "the broker to come back",
-                              interval=0.02)
+            t_up = wait_until(self.broker_answers, 180, "the broker to come back", interval=0.02)
             self.broker.reconnect()
             t_consuming = wait_consumers(self.broker, run.queue, 1, 180, proc.alive)
             t_ready = listener.wait_for("READY=1", 180, since=t_stopped)
             starting.wait(timeout=180)
-            res.update(down=t_up - t_stopped, consuming=t_consuming - t_up,
-                       ready=t_ready - t_up)
-            self.say(f"broker restart: consuming again {res['consuming']:.2f} s after the "
-                     f"broker answered (READY=1 after {res['ready']:.2f} s)")
+            res.update(down=t_up - t_stopped, consuming=t_consuming - t_up, ready=t_ready - t_up)
+            self.say(
+                f"broker restart: consuming again {res['consuming']:.2f} s after the "
+                f"broker answered (READY=1 after {res['ready']:.2f} s)"
+            )
         except BenchError as exc:
             self.fail(res, f"broker restart: {exc}\n{proc.tail()}")
         finally:
@@ -527,9 +630,12 @@ class Harness:
         attempt, no retries)."""
         import amqp
 
-        conn = amqp.Connection(host=f"{self.address.host}:{self.address.port}",
-                               userid=self.address.user, password=self.address.password,
-                               connect_timeout=1)
+        conn = amqp.Connection(
+            host=f"{self.address.host}:{self.address.port}",
+            userid=self.address.user,
+            password=self.address.password,
+            connect_timeout=1,
+        )
         try:
             conn.connect()
             return time.monotonic()
@@ -547,8 +653,10 @@ class Harness:
         a = self.args
         out: dict[str, Any] = {"messages": a.profile_n}
         self.results["profile"] = out
-        spy_bin = shutil.which("py-spy", path=os.pathsep.join(
-            [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+        spy_bin = shutil.which(
+            "py-spy",
+            path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        )
         if spy_bin is None:
             out["skipped"] = "py-spy not installed (pip install '.[bench]')"
             self.say(f"profile: skipped: {out['skipped']}")
@@ -569,11 +677,28 @@ class Harness:
             try:
                 t0 = wait_consumers(self.broker, run.queue, 1, 120, proc.alive)
                 spy = subprocess.Popen(
-                    [spy_bin, "record", "--pid", str(proc.pid), "--rate", "250", "--gil",
-                     "--threads", "--nolineno", "--format", "raw", "--output", str(raw)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                wait_probes(probe_dir, a.profile_n, max(120.0, a.profile_n / 50), proc.alive,
-                            times=False)
+                    [
+                        spy_bin,
+                        "record",
+                        "--pid",
+                        str(proc.pid),
+                        "--rate",
+                        "250",
+                        "--gil",
+                        "--threads",
+                        "--nolineno",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(raw),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                wait_probes(
+                    probe_dir, a.profile_n, max(120.0, a.profile_n / 50), proc.alive, times=False
+                )
                 t_end = time.monotonic()
                 spy.send_signal(signal.SIGINT)
                 _, err = spy.communicate(timeout=60)
@@ -582,8 +707,10 @@ class Harness:
                 out["rate"] = a.profile_n / (t_end - t0)
                 out.update(summarise_profile(raw))
                 out["raw"] = str(raw)
-                self.say(f"profile: {out['samples']} GIL-holding samples, top: "
-                         + ", ".join(f"{f} {pct:.0f}%" for f, pct in out["self"][:3]))
+                self.say(
+                    f"profile: {out['samples']} GIL-holding samples, top: "
+                    + ", ".join(f"{f} {pct:.0f}%" for f, pct in out["self"][:3])
+                )
             except Exception as exc:
                 self.fail(out, f"profile: {exc!r}\n{proc.tail()}")
             finally:
@@ -622,8 +749,9 @@ class Harness:
         print(text.split("\n## Method", 1)[0])
         Path(a.results).write_text(text)
         if a.json:
-            Path(a.json).write_text(json.dumps({"args": vars(a), "results": self.results},
-                                               indent=1, default=str))
+            Path(a.json).write_text(
+                json.dumps({"args": vars(a), "results": self.results}, indent=1, default=str)
+            )
         self.say(f"wrote {a.results}")
         if self.failed or a.keep_workdir:
             self.say(f"contender logs kept in {self.workdir}")
@@ -653,9 +781,13 @@ class PikaCaller:
     def call(self) -> Any:
         self.corr, self.answer = uuid.uuid4().hex, None
         self.channel.basic_publish(
-            self.exchange, self.routing_key, ECHO_BODY,
-            self.pika.BasicProperties(content_type=JSON, reply_to="amq.rabbitmq.reply-to",
-                                      correlation_id=self.corr))
+            self.exchange,
+            self.routing_key,
+            ECHO_BODY,
+            self.pika.BasicProperties(
+                content_type=JSON, reply_to="amq.rabbitmq.reply-to", correlation_id=self.corr
+            ),
+        )
         deadline = time.monotonic() + 30
         while self.answer is None:
             if time.monotonic() > deadline:
@@ -733,13 +865,19 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
 
     # leave out the frames every sample has (the interpreter and the daemon's main loop)
     branches = Counter({f: n for f, n in inclusive.items() if n < 0.95 * total})
-    return {"samples": total, "threads": pct(threads), "packages": pct(packages, 8),
-            "self": pct(own), "inclusive": pct(branches)}
+    return {
+        "samples": total,
+        "threads": pct(threads),
+        "packages": pct(packages, 8),
+        "self": pct(own),
+        "inclusive": pct(branches),
+    }
 
 
 def rabbitmqctl_async(*args: str) -> Any:
-    return subprocess.Popen(["rabbitmqctl", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        ["rabbitmqctl", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -747,14 +885,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if str(PLUGIN) not in sys.path:  # the probe, for the clients of Celery and friends
         sys.path.append(str(PLUGIN))
     args.command = "python -m benchmarks.run " + " ".join(
-        shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
+        shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)
+    )
     args.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     args.hostname = socket.gethostname()
     try:
         harness = Harness(args)
     except Exception as exc:
-        print(f"benchmarks: cannot reach RabbitMQ at {args.host}:{args.port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"benchmarks: cannot reach RabbitMQ at {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
         return 2
     return harness.run()
 

@@ -71,14 +71,19 @@ COUNTED = "counted"
 REQUEUED = "requeued"
 
 #: how each action the worker carried out is recorded
-_RECORDED = {Action.ACK: ACKED, Action.NONE: ACKED, Action.RETRY: RETRIED,
-             Action.DEAD_LETTER: DEAD_LETTERED, Action.REJECT: DEAD_LETTERED,
-             Action.COUNT: COUNTED, Action.REQUEUE: REQUEUED}
+_RECORDED = {
+    Action.ACK: ACKED,
+    Action.NONE: ACKED,
+    Action.RETRY: RETRIED,
+    Action.DEAD_LETTER: DEAD_LETTERED,
+    Action.REJECT: DEAD_LETTERED,
+    Action.COUNT: COUNTED,
+    Action.REQUEUE: REQUEUED,
+}
 
 _fixture_ids = itertools.count(1)
 #: binding_options that only the notification binding takes
-_NOTIFICATION_ONLY = frozenset({"priorities", "pool", "filter_event_type",
-                                "filter_publisher_id"})
+_NOTIFICATION_ONLY = frozenset({"priorities", "pool", "filter_event_type", "filter_publisher_id"})
 
 
 class RemoteFailure(RPCWorkerError):
@@ -161,9 +166,20 @@ def _record(d: Delivery, outcome: Outcome) -> DeliveryOutcome:
         else:
             kind = "event" if req.method is None else "call" if req.is_call else "cast"
             method, args = req.method, dict(req.args)
-    return DeliveryOutcome(_RECORDED[outcome.action], kind, method, args, body,
-                           str(info.get("routing_key", "")), d.binding.name, d.queue,
-                           outcome.reason, retries, result, failure)
+    return DeliveryOutcome(
+        _RECORDED[outcome.action],
+        kind,
+        method,
+        args,
+        body,
+        str(info.get("routing_key", "")),
+        d.binding.name,
+        d.queue,
+        outcome.reason,
+        retries,
+        result,
+        failure,
+    )
 
 
 class _Recorder(Listener):
@@ -177,9 +193,13 @@ class _Recorder(Listener):
         self._add(_record(delivery, outcome))
 
 
-def _fixture_conf(tmpdir: str, config_text: str | None,
-                  bindings: list[tuple[str, dict[str, Any]]], threads: int,
-                  options: dict[str, Any]) -> cfg.ConfigOpts:
+def _fixture_conf(
+    tmpdir: str,
+    config_text: str | None,
+    bindings: list[tuple[str, dict[str, Any]]],
+    threads: int,
+    options: dict[str, Any],
+) -> cfg.ConfigOpts:
     """The fixture's ConfigOpts: ``config_text`` as the config file, ``bindings`` (each
     served by the handler named ``handler``) with ``options`` set over each (the
     notification-only ones on the notification binding only)."""
@@ -207,8 +227,9 @@ def _fixture_conf(tmpdir: str, config_text: str | None,
 def _declare_reply_queue(channel: Any) -> tuple[str, kombu.Queue]:
     """A new reply queue ``reply_<uuid hex>`` on the default exchange, declared."""
     name = f"reply_{uuid.uuid4().hex}"
-    queue = kombu.Queue(name, exchange=kombu.Exchange("", type="direct"), routing_key=name,
-                        channel=channel)
+    queue = kombu.Queue(
+        name, exchange=kombu.Exchange("", type="direct"), routing_key=name, channel=channel
+    )
     queue.declare()
     return name, queue
 
@@ -235,12 +256,19 @@ class HandlerFixture:
     ``events_exchange`` bound with ``#``.
     """
 
-    def __init__(self, handler: Any, *, topic: str | None = None,
-                 acknowledge: Acknowledge = "after", threads: int = 4,
-                 config_text: str | None = None,
-                 namespace: str | None = None, version: str | None = None,
-                 binding_options: dict[str, Any] | None = None,
-                 configure: Callable[[cfg.ConfigOpts], None] | None = None) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        topic: str | None = None,
+        acknowledge: Acknowledge = "after",
+        threads: int = 4,
+        config_text: str | None = None,
+        namespace: str | None = None,
+        version: str | None = None,
+        binding_options: dict[str, Any] | None = None,
+        configure: Callable[[cfg.ConfigOpts], None] | None = None,
+    ) -> None:
         n = next(_fixture_ids)
         self.topic = topic or f"test_topic_{n}"
         self.events_exchange = f"test_events_{n}"
@@ -255,36 +283,60 @@ class HandlerFixture:
         self.notifications_topic = f"notifications_{n}"
         bindings: list[tuple[str, dict[str, Any]]] = [
             (f"rpc{n}", {"type": "rpc", "topic": self.topic, "exchange": "openstack"}),
-            (f"events{n}", {"type": "topic", "exchange": self.events_exchange,
-                            "routing_key": ["#"], "queue": f"{self.events_exchange}_q"}),
+            (
+                f"events{n}",
+                {
+                    "type": "topic",
+                    "exchange": self.events_exchange,
+                    "routing_key": ["#"],
+                    "queue": f"{self.events_exchange}_q",
+                },
+            ),
         ]
         if handlerapi.priorities_of(handler):
-            bindings.append((f"notify{n}", {"type": "notification",
-                                            "exchange": self.notifications_exchange,
-                                            "topic": self.notifications_topic}))
-        self.conf = _fixture_conf(self._tmpdir.name, config_text, bindings, threads,
-                                  {"acknowledge": acknowledge, **(binding_options or {})})
+            bindings.append(
+                (
+                    f"notify{n}",
+                    {
+                        "type": "notification",
+                        "exchange": self.notifications_exchange,
+                        "topic": self.notifications_topic,
+                    },
+                )
+            )
+        self.conf = _fixture_conf(
+            self._tmpdir.name,
+            config_text,
+            bindings,
+            threads,
+            {"acknowledge": acknowledge, **(binding_options or {})},
+        )
         if configure is not None:
             configure(self.conf)
-        self.handler = handler(self.conf) if callable(handler) and isinstance(handler, type) \
-            else handler
-        parsed = plugins.resolve_priorities(bindingconf.parse(self.conf),
-                                       {"handler": self.handler})
+        self.handler = (
+            handler(self.conf) if callable(handler) and isinstance(handler, type) else handler
+        )
+        parsed = plugins.resolve_priorities(bindingconf.parse(self.conf), {"handler": self.handler})
         self._executor = Executor(threads)
         self._outcomes: list[DeliveryOutcome] = []
         self._outcomes_lock = threading.Lock()
         self.worker = Worker(
-            self.conf, kombu.Connection(self.url, transport_options={"polling_interval": 0.01}),
-            [topology.build(b) for b in parsed], {"handler": self.handler}, self._executor,
-            listeners=[_Recorder(self._add_outcome)])
+            self.conf,
+            kombu.Connection(self.url, transport_options={"polling_interval": 0.01}),
+            [topology.build(b) for b in parsed],
+            {"handler": self.handler},
+            self._executor,
+            listeners=[_Recorder(self._add_outcome)],
+        )
         self._thread: threading.Thread | None = None
         self._client = kombu.Connection(self.url)
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> HandlerFixture:
-        self._thread = threading.Thread(target=self.worker.run, name="rpcworker-fixture",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.worker.run, name="rpcworker-fixture", daemon=True
+        )
         self._thread.start()
         self._wait(lambda: self.worker.ready, 5.0, "the worker to consume")
         return self
@@ -305,14 +357,14 @@ class HandlerFixture:
 
     # -- client side -----------------------------------------------------------
 
-    def call(self, method: str, ctxt: dict[str, Any] | None = None, timeout: float = 5.0,
-             **args: Any) -> Any:
+    def call(
+        self, method: str, ctxt: dict[str, Any] | None = None, timeout: float = 5.0, **args: Any
+    ) -> Any:
         """An oslo.messaging-style call; returns the result or raises RemoteFailure."""
         msg_id = uuid.uuid4().hex
         with self._client.channel() as channel:
             reply_q, queue = _declare_reply_queue(channel)
-            self._publish_rpc(method, ctxt, args, extra={"msg_id": msg_id,
-                                                         "reply_q": reply_q})
+            self._publish_rpc(method, ctxt, args, extra={"msg_id": msg_id, "reply_q": reply_q})
             waiter = replyformat.ReplyWaiter(msg_id)
             for message in _replies(queue, timeout):
                 if not waiter.feed(message.body):
@@ -326,39 +378,61 @@ class HandlerFixture:
         """An oslo.messaging-style cast (no reply)."""
         self._publish_rpc(method, ctxt, args, extra={})
 
-    def publish_event(self, body: Any, routing_key: str = "event",
-                      headers: dict[str, Any] | None = None) -> None:
+    def publish_event(
+        self, body: Any, routing_key: str = "event", headers: dict[str, Any] | None = None
+    ) -> None:
         """Publish a plain JSON event to the fixture's topic exchange."""
         with self._client.Producer() as producer:
-            producer.publish(json.dumps(body).encode(), exchange=self.events_exchange,
-                             routing_key=routing_key, content_type=envelope.JSON,
-                             content_encoding="utf-8", headers=headers or {})
+            producer.publish(
+                json.dumps(body).encode(),
+                exchange=self.events_exchange,
+                routing_key=routing_key,
+                content_type=envelope.JSON,
+                content_encoding="utf-8",
+                headers=headers or {},
+            )
 
-    def notify(self, event_type: str, payload: Any, priority: str = "info",
-               publisher_id: str = "test.host", ctxt: dict[str, Any] | None = None,
-               message_id: str | None = None) -> str:
+    def notify(
+        self,
+        event_type: str,
+        payload: Any,
+        priority: str = "info",
+        publisher_id: str = "test.host",
+        ctxt: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> str:
         """Send a notification as an oslo.messaging ``Notifier`` (driver messagingv2)
         does, to the fixture's notification binding; returns its message_id."""
         if not self._has_notification_binding():
             raise RuntimeError("the handler has no method for a notification priority")
-        inner = envelope.oslo_notification(priority, event_type, payload, publisher_id, ctxt,
-                                           message_id)
+        inner = envelope.oslo_notification(
+            priority, event_type, payload, publisher_id, ctxt, message_id
+        )
         with self._client.Producer() as producer:
-            producer.publish(envelope.envelope(inner), exchange=self.notifications_exchange,
-                             routing_key=f"{self.notifications_topic}.{priority.lower()}",
-                             content_type=envelope.JSON, content_encoding="utf-8")
+            producer.publish(
+                envelope.envelope(inner),
+                exchange=self.notifications_exchange,
+                routing_key=f"{self.notifications_topic}.{priority.lower()}",
+                content_type=envelope.JSON,
+                content_encoding="utf-8",
+            )
         return str(inner["message_id"])
 
     def _has_notification_binding(self) -> bool:
-        return any(t.binding.type == "notification"
-                   for t in self.worker.subscriptions.topologies)
+        return any(t.binding.type == "notification" for t in self.worker.subscriptions.topologies)
 
-    def publish_raw(self, body: bytes, content_type: str | None = envelope.JSON,
-                    routing_key: str = "event") -> None:
+    def publish_raw(
+        self, body: bytes, content_type: str | None = envelope.JSON, routing_key: str = "event"
+    ) -> None:
         """Publish arbitrary bytes (e.g. to test that bad input is refused)."""
         with self._client.Producer() as producer:
-            producer.publish(body, exchange=self.events_exchange, routing_key=routing_key,
-                             content_type=content_type, content_encoding="utf-8")
+            producer.publish(
+                body,
+                exchange=self.events_exchange,
+                routing_key=routing_key,
+                content_type=content_type,
+                content_encoding="utf-8",
+            )
 
     def replay(self, path: str) -> int:
         """Deliver every message of a ``rpcworker-client parked export`` file to the
@@ -376,12 +450,16 @@ class HandlerFixture:
                 exchange, key = self._replay_route(p)
                 props = p.kept_properties()
                 message = channel.prepare_message(
-                    p.body, props.pop("priority", None), props.pop("content_type", None),
-                    props.pop("content_encoding", None), p.replay_headers(), props)
+                    p.body,
+                    props.pop("priority", None),
+                    props.pop("content_type", None),
+                    props.pop("content_encoding", None),
+                    p.replay_headers(),
+                    props,
+                )
                 channel.basic_publish(message, exchange, key)
                 count += 1
         return count
-
 
     def _replay_route(self, p: parked.Parked) -> tuple[str, str]:
         """Where ``HandlerFixture.replay`` sends an exported message."""
@@ -391,8 +469,10 @@ class HandlerFixture:
         body = p.decoded()
         if kind == "notification" and isinstance(body, dict):
             if not self._has_notification_binding():
-                raise RuntimeError("an exported notification, and the handler has no method "
-                                   "for a notification priority")
+                raise RuntimeError(
+                    "an exported notification, and the handler has no method "
+                    "for a notification priority"
+                )
             priority = str(body["priority"]).lower()
             return self.notifications_exchange, f"{self.notifications_topic}.{priority}"
         return self.events_exchange, p.original_routing_key or "event"
@@ -404,14 +484,17 @@ class HandlerFixture:
 
         def idle() -> bool:
             try:
-                return self.worker.questions.ask(self.worker.idle,
-                                                max(0.0, deadline - time.monotonic()))
+                return self.worker.questions.ask(
+                    self.worker.idle, max(0.0, deadline - time.monotonic())
+                )
             except TimeoutError:
                 return False
+
         self._wait(idle, timeout, "the worker to be idle")
 
-    def call_amqp(self, method: str, context: dict[str, Any] | None = None,
-                  timeout: float = 5.0, **args: Any) -> Any:
+    def call_amqp(
+        self, method: str, context: dict[str, Any] | None = None, timeout: float = 5.0, **args: Any
+    ) -> Any:
         """A plain AMQP RPC call (JSON body, ``reply_to``/``correlation_id``), as a client
         in any language sends it; returns the result or raises RemoteFailure."""
         corr = uuid.uuid4().hex
@@ -423,10 +506,15 @@ class HandlerFixture:
         with self._client.channel() as channel:
             reply_q, queue = _declare_reply_queue(channel)
             with self._client.Producer() as producer:
-                producer.publish(json.dumps(request).encode(), exchange="openstack",
-                                 routing_key=self.topic, content_type=envelope.JSON,
-                                 content_encoding="utf-8", reply_to=reply_q,
-                                 correlation_id=corr)
+                producer.publish(
+                    json.dumps(request).encode(),
+                    exchange="openstack",
+                    routing_key=self.topic,
+                    content_type=envelope.JSON,
+                    content_encoding="utf-8",
+                    reply_to=reply_q,
+                    correlation_id=corr,
+                )
             for message in _replies(queue, timeout):
                 reply = replyformat.parse_reply(message.body)
                 if message.properties.get("correlation_id") != corr or reply is None:
@@ -464,28 +552,43 @@ class HandlerFixture:
         with self._outcomes_lock:
             self._outcomes.clear()
 
-    def wait_for_outcomes(self, count: int = 1, *, timeout: float = 5.0,
-                          action: str | None = None, method: str | None = None,
-                          kind: str | None = None) -> list[DeliveryOutcome]:
+    def wait_for_outcomes(
+        self,
+        count: int = 1,
+        *,
+        timeout: float = 5.0,
+        action: str | None = None,
+        method: str | None = None,
+        kind: str | None = None,
+    ) -> list[DeliveryOutcome]:
         """Wait until at least ``count`` recorded outcomes match the filters (each
         filter that is not None must be equal) and return those that match."""
+
         def matching() -> list[DeliveryOutcome]:
-            return [o for o in self.outcomes
-                    if (action is None or o.action == action)
-                    and (method is None or o.method == method)
-                    and (kind is None or o.kind == kind)]
-        wanted = ", ".join(f"{k}={v!r}" for k, v in
-                           (("action", action), ("method", method), ("kind", kind))
-                           if v is not None)
+            return [
+                o
+                for o in self.outcomes
+                if (action is None or o.action == action)
+                and (method is None or o.method == method)
+                and (kind is None or o.kind == kind)
+            ]
+
+        wanted = ", ".join(
+            f"{k}={v!r}"
+            for k, v in (("action", action), ("method", method), ("kind", kind))
+            if v is not None
+        )
         try:
-            self._wait(lambda: len(matching()) >= count, timeout,
-                       f"{count} outcome(s) {wanted}".rstrip())
+            self._wait(
+                lambda: len(matching()) >= count, timeout, f"{count} outcome(s) {wanted}".rstrip()
+            )
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; recorded: {self.outcomes!r}") from None
         return matching()
 
-    def wait_for(self, cond: Callable[[], bool], timeout: float = 5.0,
-                 what: str = "the condition") -> None:
+    def wait_for(
+        self, cond: Callable[[], bool], timeout: float = 5.0, what: str = "the condition"
+    ) -> None:
         """Poll ``cond`` until it is true; TimeoutError after ``timeout`` seconds."""
         self._wait(cond, timeout, what)
 
@@ -501,13 +604,22 @@ class HandlerFixture:
                         moved += transport.move_messages(channel, delay.name, queue.name)
         return moved
 
-    def _publish_rpc(self, method: str, ctxt: dict[str, Any] | None, args: dict[str, Any],
-                     extra: dict[str, Any]) -> None:
-        body = envelope.envelope(envelope.oslo_request(
-            method, args, ctxt, namespace=self.namespace, version=self.version, **extra))
+    def _publish_rpc(
+        self, method: str, ctxt: dict[str, Any] | None, args: dict[str, Any], extra: dict[str, Any]
+    ) -> None:
+        body = envelope.envelope(
+            envelope.oslo_request(
+                method, args, ctxt, namespace=self.namespace, version=self.version, **extra
+            )
+        )
         with self._client.Producer() as producer:
-            producer.publish(body, exchange="openstack", routing_key=self.topic,
-                             content_type=envelope.JSON, content_encoding="utf-8")
+            producer.publish(
+                body,
+                exchange="openstack",
+                routing_key=self.topic,
+                content_type=envelope.JSON,
+                content_encoding="utf-8",
+            )
 
     @staticmethod
     def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -24,10 +24,28 @@ from rpcworker.wire import decoding
 
 # -- the policy and the dispatcher ---------------------------------------------------------
 
-AFTER = Binding(name="b", type="rpc", handler="h", exchange="openstack", durable=False,
-                prefetch_count=1, acknowledge="after", topic="t", server="s")
-BEFORE = Binding(name="b", type="rpc", handler="h", exchange="openstack", durable=False,
-                 prefetch_count=1, acknowledge="before", topic="t", server="s")
+AFTER = Binding(
+    name="b",
+    type="rpc",
+    handler="h",
+    exchange="openstack",
+    durable=False,
+    prefetch_count=1,
+    acknowledge="after",
+    topic="t",
+    server="s",
+)
+BEFORE = Binding(
+    name="b",
+    type="rpc",
+    handler="h",
+    exchange="openstack",
+    durable=False,
+    prefetch_count=1,
+    acknowledge="before",
+    topic="t",
+    server="s",
+)
 ROUTE = decoding.ReplyRoute("amqp", "rq", correlation_id="c")
 
 
@@ -69,10 +87,12 @@ class Versioned(Handler):
     target = Target()
 
 
-def req(method: str | None, call: bool = True, redelivered: bool = False,
-        **kw: Any) -> decoding.Request:
-    return decoding.Request(body={}, method=method, reply=ROUTE if call else None,
-                            redelivered=redelivered, **kw)
+def req(
+    method: str | None, call: bool = True, redelivered: bool = False, **kw: Any
+) -> decoding.Request:
+    return decoding.Request(
+        body={}, method=method, reply=ROUTE if call else None, redelivered=redelivered, **kw
+    )
 
 
 def error_type(outcome: outcomes.Outcome) -> str:
@@ -131,9 +151,19 @@ class Sink:
 
 # -- settle -----------------------------------------------------------------------------------
 
-BINDING = Binding(name="b", type="direct", handler="h", exchange="ex", durable=True,
-                  prefetch_count=1, acknowledge="after", queue="q", routing_keys=("k",),
-                  max_retries=2, dead_letter_queue="parked")
+BINDING = Binding(
+    name="b",
+    type="direct",
+    handler="h",
+    exchange="ex",
+    durable=True,
+    prefetch_count=1,
+    acknowledge="after",
+    queue="q",
+    routing_keys=("k",),
+    max_retries=2,
+    dead_letter_queue="parked",
+)
 
 
 @dataclasses.dataclass
@@ -142,7 +172,8 @@ class FakeMessage:
     properties: dict[str, Any] = dataclasses.field(default_factory=dict)
     headers: dict[str, Any] = dataclasses.field(default_factory=dict)
     delivery_info: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"exchange": "ex", "routing_key": "k"})
+        default_factory=lambda: {"exchange": "ex", "routing_key": "k"}
+    )
     settled: list[str] = dataclasses.field(default_factory=list)
 
     def ack(self) -> None:
@@ -164,22 +195,47 @@ class Box(Settle):
 
 # as GET /api/queues/%2F/orders returns it on RabbitMQ 3.10 (trimmed)
 CLASSIC_QUEUE = {
-    "arguments": {}, "auto_delete": False, "durable": True, "exclusive": False,
-    "messages": 7, "messages_ready": 7, "messages_unacknowledged": 0, "consumers": 0,
-    "name": "orders", "node": "rabbit@host", "state": "running", "type": "classic",
+    "arguments": {},
+    "auto_delete": False,
+    "durable": True,
+    "exclusive": False,
+    "messages": 7,
+    "messages_ready": 7,
+    "messages_unacknowledged": 0,
+    "consumers": 0,
+    "name": "orders",
+    "node": "rabbit@host",
+    "state": "running",
+    "type": "classic",
     "vhost": "/",
 }
 QUORUM_QUEUE = {
-    "arguments": {"x-queue-type": "quorum", "x-max-length": 1000}, "auto_delete": False,
-    "durable": True, "exclusive": False, "messages": 0, "name": "jobs", "type": "quorum",
-    "vhost": "/", "leader": "rabbit@host", "members": ["rabbit@host"],
+    "arguments": {"x-queue-type": "quorum", "x-max-length": 1000},
+    "auto_delete": False,
+    "durable": True,
+    "exclusive": False,
+    "messages": 0,
+    "name": "jobs",
+    "type": "quorum",
+    "vhost": "/",
+    "leader": "rabbit@host",
+    "members": ["rabbit@host"],
 }
 TOPIC_EXCHANGE = {
-    "arguments": {}, "auto_delete": False, "durable": True, "internal": False,
-    "name": "orders", "type": "topic", "user_who_performed_action": "guest", "vhost": "/",
+    "arguments": {},
+    "auto_delete": False,
+    "durable": True,
+    "internal": False,
+    "name": "orders",
+    "type": "topic",
+    "user_who_performed_action": "guest",
+    "vhost": "/",
 }
-OVERVIEW = {"management_version": "3.10.8", "rabbitmq_version": "3.10.8",
-            "cluster_name": "rabbit@host"}
+OVERVIEW = {
+    "management_version": "3.10.8",
+    "rabbitmq_version": "3.10.8",
+    "cluster_name": "rabbit@host",
+}
 
 RECORDED = {
     "/api/overview": OVERVIEW,

@@ -61,12 +61,20 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-def _run(args: list[str], env: dict[str, str] | None = None,
-         timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run a RabbitMQ command line. Its own process group: on timeout the whole group
     goes (the Debian wrappers leave the real command in a child of `su`)."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -80,9 +88,17 @@ def _run(args: list[str], env: dict[str, str] | None = None,
 class RabbitNode:
     """The node ``name`` in ``base_dir`` (created if missing; never removed by this class)."""
 
-    def __init__(self, name: str, amqp_port: int, dist_port: int, base_dir: Path,
-                 config_lines: Sequence[str], enabled_plugins: Sequence[str] = (),
-                 *, extra_ports: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        amqp_port: int,
+        dist_port: int,
+        base_dir: Path,
+        config_lines: Sequence[str],
+        enabled_plugins: Sequence[str] = (),
+        *,
+        extra_ports: Sequence[int] = (),
+    ) -> None:
         self.name = name
         self.amqp_port = amqp_port
         self.dist_port = dist_port
@@ -122,7 +138,8 @@ class RabbitNode:
         # instead of /etc/rabbitmq/rabbitmq-env.conf, which names the default node
         (b / "rabbitmq-env.conf").write_text(
             f"NODENAME={self.name}\nERL_EPMD_ADDRESS=127.0.0.1\n"
-            'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"\n')
+            'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"\n'
+        )
         for sub in ("mnesia", "log"):
             (b / sub).mkdir(exist_ok=True)
         self._give_to_rabbitmq()
@@ -148,8 +165,10 @@ class RabbitNode:
         run), naming the command that stops it."""
         busy = [p for p in self.ports if _port_in_use(p)]
         if busy:
-            raise NodeError(f"127.0.0.1 port(s) {busy} already in use (a {self.name} left "
-                            f"over from an earlier run? `rabbitmqctl -n {self.name} stop`)")
+            raise NodeError(
+                f"127.0.0.1 port(s) {busy} already in use (a {self.name} left "
+                f"over from an earlier run? `rabbitmqctl -n {self.name} stop`)"
+            )
 
     def start(self, timeout: float = START_TIMEOUT) -> RabbitNode:
         """Start the node and wait for it; on any failure stop it and raise NodeError."""
@@ -172,33 +191,47 @@ class RabbitNode:
         self.pid_file.unlink(missing_ok=True)  # a crashed (killed) node leaves its pid file
         with open(self.base / "startup.out", "wb") as out:
             # -detached: the node outlives this call, so its output must not be a pipe
-            proc = subprocess.run(["rabbitmq-server", "-detached"], env=self.env(),
-                                  stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=60, check=False)
+            proc = subprocess.run(
+                ["rabbitmq-server", "-detached"],
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
+            )
         self.started = True
         if proc.returncode != 0:
-            raise NodeError(f"rabbitmq-server -detached exited {proc.returncode}\n"
-                            f"{self.diagnostics()}")
+            raise NodeError(
+                f"rabbitmq-server -detached exited {proc.returncode}\n{self.diagnostics()}"
+            )
 
     def await_boot(self, deadline: float) -> None:
         """The pid file appears within seconds (a node that dies while booting, e.g. on a
         bad rabbitmq.conf, writes none and says nothing: -detached); then await_startup,
         again while the node is still registering with epmd."""
         try:
-            wait_for(lambda: self._pid() is not None, PID_FILE_TIMEOUT, interval=0.2,
-                     message="its pid file")
+            wait_for(
+                lambda: self._pid() is not None,
+                PID_FILE_TIMEOUT,
+                interval=0.2,
+                message="its pid file",
+            )
         except AssertionError:
             raise NodeError(
                 f"{self.name} wrote no pid file in {PID_FILE_TIMEOUT:.0f} s: it died while "
                 f"booting, and -detached hides why: run `rabbitmq-server` in the foreground "
-                f"with the environment of RabbitNode.env()\n{self.diagnostics()}") from None
+                f"with the environment of RabbitNode.env()\n{self.diagnostics()}"
+            ) from None
         last = ""
         while (left := deadline - time.monotonic()) > 0:
             if not self.alive:
-                raise NodeError(f"{self.name} (pid {self._pid()}) exited while booting\n"
-                                f"{self.diagnostics()}")
-            ready = self.ctl("await_startup", "--timeout", str(max(1, int(left))),
-                             timeout=left + 15)
+                raise NodeError(
+                    f"{self.name} (pid {self._pid()}) exited while booting\n{self.diagnostics()}"
+                )
+            ready = self.ctl(
+                "await_startup", "--timeout", str(max(1, int(left))), timeout=left + 15
+            )
             if ready.returncode == 0:
                 return
             last = (ready.stderr or ready.stdout).strip()[-300:]
@@ -210,8 +243,12 @@ class RabbitNode:
         try:
             if self.started:
                 self._stop_node()
-                wait_for(lambda: not _port_in_use(self.amqp_port), EXIT_TIMEOUT,
-                         interval=0.2, message=f"{self.name}'s port {self.amqp_port} to close")
+                wait_for(
+                    lambda: not _port_in_use(self.amqp_port),
+                    EXIT_TIMEOUT,
+                    interval=0.2,
+                    message=f"{self.name}'s port {self.amqp_port} to close",
+                )
         except Exception:
             pass
         finally:
@@ -242,8 +279,11 @@ class RabbitNode:
         for sig in signals:
             try:
                 os.kill(pid, sig)
-                wait_for(lambda: not _alive(pid), EXIT_TIMEOUT,
-                         message=f"{self.name} (pid {pid}) to exit")
+                wait_for(
+                    lambda: not _alive(pid),
+                    EXIT_TIMEOUT,
+                    message=f"{self.name} (pid {pid}) to exit",
+                )
                 return
             except ProcessLookupError:
                 return

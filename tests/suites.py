@@ -20,8 +20,10 @@ from collections.abc import Sequence
 #: (name, paths) in the order they run: the fast ones first
 SUITES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("unit", ("tests/unit",)),
-    ("examples", ("examples/rpcworker-handler-example/tests",
-                  "examples/rpcworker-nova-events/tests")),
+    (
+        "examples",
+        ("examples/rpcworker-handler-example/tests", "examples/rpcworker-nova-events/tests"),
+    ),
     ("functional", ("tests/functional",)),
     ("cluster", ("tests/cluster",)),
     ("systemd", ("tests/systemd",)),
@@ -34,8 +36,12 @@ _NO_TESTS = 5
 def run_suite(paths: Sequence[str], extra: Sequence[str]) -> tuple[int, str, float]:
     """pytest on ``paths``, its output passed through; (status, summary line, seconds)."""
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-ra", *extra, *paths],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-ra", *extra, *paths],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     summary = ""
     assert proc.stdout is not None
     for line in proc.stdout:

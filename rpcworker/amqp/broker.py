@@ -35,8 +35,10 @@ class Host:
 
     def url(self) -> str:
         host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
-        return (f"amqp://{quote(self.userid, safe='')}:{quote(self.password, safe='')}"
-                f"@{host}:{self.port}/{quote(self.virtual_host, safe='')}")
+        return (
+            f"amqp://{quote(self.userid, safe='')}:{quote(self.password, safe='')}"
+            f"@{host}:{self.port}/{quote(self.virtual_host, safe='')}"
+        )
 
     def masked(self) -> str:
         host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
@@ -60,8 +62,9 @@ def settings(conf: cfg.ConfigOpts) -> BrokerSettings:
     use_ssl = b.ssl
     if conf.transport_url and conf.transport_url.startswith(FILESYSTEM):
         values = {opt.dest: getattr(b, opt.dest) for opt in opts.broker_opts}
-        return BrokerSettings(hosts=(), ssl=False, options=values,
-                              folder=_filesystem_folder(conf.transport_url))
+        return BrokerSettings(
+            hosts=(), ssl=False, options=values, folder=_filesystem_folder(conf.transport_url)
+        )
     if conf.transport_url:
         hosts, overrides, url_ssl = parse_transport_url(conf.transport_url, b)
         use_ssl = use_ssl or url_ssl
@@ -80,8 +83,11 @@ def _filesystem_folder(url: str) -> str:
     """The directory of ``filesystem:///path`` (absolute; query strings are refused)."""
     parts = urlsplit(url)
     if parts.netloc or parts.query or not parts.path.startswith("/"):
-        raise ConfigError("DEFAULT", "transport_url", "use filesystem:///ABSOLUTE/PATH "
-                          "(three slashes, no host, no query)")
+        raise ConfigError(
+            "DEFAULT",
+            "transport_url",
+            "use filesystem:///ABSOLUTE/PATH (three slashes, no host, no query)",
+        )
     return unquote(parts.path)
 
 
@@ -91,18 +97,27 @@ def _check_tls(s: BrokerSettings) -> None:
     o = s.options
     if o["login_method"] == "EXTERNAL":
         if not s.ssl:
-            raise ConfigError(opts.BROKER_GROUP, "login_method",
-                              "EXTERNAL logs in with the TLS client certificate: it needs "
-                              "ssl = true (or an amqps:// transport_url)")
+            raise ConfigError(
+                opts.BROKER_GROUP,
+                "login_method",
+                "EXTERNAL logs in with the TLS client certificate: it needs "
+                "ssl = true (or an amqps:// transport_url)",
+            )
         if not o["ssl_cert_file"]:
-            raise ConfigError(opts.BROKER_GROUP, "login_method",
-                              "EXTERNAL logs in with the TLS client certificate: set "
-                              "ssl_cert_file (and ssl_key_file)")
+            raise ConfigError(
+                opts.BROKER_GROUP,
+                "login_method",
+                "EXTERNAL logs in with the TLS client certificate: set "
+                "ssl_cert_file (and ssl_key_file)",
+            )
     if not s.ssl:
         return
     if o["ssl_key_file"] and not o["ssl_cert_file"]:
-        raise ConfigError(opts.BROKER_GROUP, "ssl_key_file",
-                          "set without ssl_cert_file (the certificate it belongs to)")
+        raise ConfigError(
+            opts.BROKER_GROUP,
+            "ssl_key_file",
+            "set without ssl_cert_file (the certificate it belongs to)",
+        )
     for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
         path = o[name]
         if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
@@ -112,6 +127,7 @@ def _check_tls(s: BrokerSettings) -> None:
 
 def parse_transport_url(url: str, b: Any) -> tuple[tuple[Host, ...], dict[str, Any], bool]:
     """Parse ``rabbit://u:p@h1:5672,u:p@h2/vhost?opt=v`` (oslo.messaging's form)."""
+
     def fail(reason: str) -> ConfigError:
         return ConfigError("DEFAULT", "transport_url", reason)
 
@@ -152,8 +168,7 @@ def parse_transport_url(url: str, b: Any) -> tuple[tuple[Host, ...], dict[str, A
     return tuple(hosts), overrides, _SCHEMES[scheme]
 
 
-def _split_hostport(hostport: str, fail: Callable[[str], ConfigError]
-                    ) -> tuple[str, int | None]:
+def _split_hostport(hostport: str, fail: Callable[[str], ConfigError]) -> tuple[str, int | None]:
     if hostport.startswith("["):
         host, _, rest = hostport[1:].partition("]")
         port_s = rest[1:] if rest.startswith(":") else ""
@@ -220,8 +235,9 @@ def filesystem_connection(folder: str) -> kombu.Connection:
         for path in (queues, exchanges):
             os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise ConfigError("DEFAULT", "transport_url",
-                          f"cannot create {folder}: {exc.strerror}") from None
+        raise ConfigError(
+            "DEFAULT", "transport_url", f"cannot create {folder}: {exc.strerror}"
+        ) from None
     return transport.filesystem_connection(queues, exchanges)
 
 
@@ -229,9 +245,14 @@ def filesystem_connection(folder: str) -> kombu.Connection:
 _UNTRUSTED = {2, 18, 19, 20, 21}
 _NAME_MISMATCH = {62, 64}
 _NOT_TLS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"}
-_CLIENT_CERT_REFUSED = {"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
-                        "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
-                        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "TLSV1_ALERT_ACCESS_DENIED"}
+_CLIENT_CERT_REFUSED = {
+    "TLSV1_ALERT_UNKNOWN_CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    "TLSV1_ALERT_ACCESS_DENIED",
+}
 
 
 def explain(exc: BaseException) -> str:
@@ -247,23 +268,28 @@ def _tls_hint(exc: BaseException) -> str | None:
         exc = cause
     if isinstance(exc, ssl_module.SSLCertVerificationError):
         if exc.verify_code in _NAME_MISMATCH:
-            return ("TLS: the broker's certificate is not valid for the host name "
-                    "connected to; connect with a name the certificate lists, or set "
-                    "[broker] ssl_verify_hostname = false")
+            return (
+                "TLS: the broker's certificate is not valid for the host name "
+                "connected to; connect with a name the certificate lists, or set "
+                "[broker] ssl_verify_hostname = false"
+            )
         if exc.verify_code in _UNTRUSTED:
-            return ("TLS: the broker's certificate is not signed by a trusted CA; "
-                    "[broker] ssl_ca_file must hold the CA that signed it")
+            return (
+                "TLS: the broker's certificate is not signed by a trusted CA; "
+                "[broker] ssl_ca_file must hold the CA that signed it"
+            )
         return "TLS: the broker's certificate was refused"
     if isinstance(exc, ssl_module.SSLEOFError):
-        return ("TLS: the broker closed the connection during the handshake; it may "
-                "refuse the client certificate ([broker] ssl_cert_file)")
+        return (
+            "TLS: the broker closed the connection during the handshake; it may "
+            "refuse the client certificate ([broker] ssl_cert_file)"
+        )
     if isinstance(exc, ssl_module.SSLError):
         reason = getattr(exc, "reason", None) or ""
         if reason in _NOT_TLS:
             return "TLS: the port does not speak TLS; use the broker's TLS port (usually 5671)"
         if reason in _CLIENT_CERT_REFUSED:
-            return ("TLS: the broker refused the client certificate "
-                    "([broker] ssl_cert_file)")
+            return "TLS: the broker refused the client certificate ([broker] ssl_cert_file)"
         if reason == "KEY_VALUES_MISMATCH":
             return "TLS: [broker] ssl_key_file is not the key of ssl_cert_file"
     return None

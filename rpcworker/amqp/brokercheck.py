@@ -42,7 +42,8 @@ SKIPPED = "skipped"
 
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '.*' in vhost '.*': "
-    r"received (?P<received>.+?) but current is (?P<current>.+)$")
+    r"received (?P<received>.+?) but current is (?P<current>.+)$"
+)
 _VALUE = re.compile(r"^(?:the value )?'(?P<value>.*?)'(?: of type '[^']*')?$")
 
 
@@ -135,14 +136,17 @@ class BrokerCheck:
         for f in self.findings:
             out.extend(f.lines())
         if self.conflicts:
-            out.append(f"broker: {len(self.conflicts)} conflict(s); the worker would fail to "
-                       "declare them (406 PRECONDITION_FAILED) until they are migrated")
+            out.append(
+                f"broker: {len(self.conflicts)} conflict(s); the worker would fail to "
+                "declare them (406 PRECONDITION_FAILED) until they are migrated"
+            )
         else:
             out.append(f"broker: consistent ({len(self.to_create)} to create at start-up)")
         return out
 
 
 # -- what the configuration declares -------------------------------------------------
+
 
 def expected_entities(parsed: list[Binding]) -> list[Expected]:
     """Every exchange and queue the worker would declare for ``parsed``, in order, each
@@ -184,9 +188,15 @@ def _exchanges_of(q: Queue) -> list[Exchange]:
 
 
 def _exchange(ex: Exchange, binding: str) -> Expected:
-    return Expected(kind="exchange", name=ex.name, bindings=(binding,), type=ex.type,
-                    durable=bool(ex.durable), auto_delete=bool(ex.auto_delete),
-                    arguments=dict(getattr(ex, "arguments", None) or {}))
+    return Expected(
+        kind="exchange",
+        name=ex.name,
+        bindings=(binding,),
+        type=ex.type,
+        durable=bool(ex.durable),
+        auto_delete=bool(ex.auto_delete),
+        arguments=dict(getattr(ex, "arguments", None) or {}),
+    )
 
 
 def _queue(q: Queue, binding: str, per_process: bool) -> Expected:
@@ -195,18 +205,27 @@ def _queue(q: Queue, binding: str, per_process: bool) -> Expected:
         skip = "per-process queue, named and declared by each worker process at start-up"
     elif q.exclusive:
         skip = "exclusive queue: it belongs to the one connection that declares it"
-    return Expected(kind="queue", name=q.name, bindings=(binding,), durable=bool(q.durable),
-                    auto_delete=bool(q.auto_delete), exclusive=bool(q.exclusive),
-                    arguments=dict(getattr(q, "queue_arguments", None) or {}), skip=skip)
+    return Expected(
+        kind="queue",
+        name=q.name,
+        bindings=(binding,),
+        durable=bool(q.durable),
+        auto_delete=bool(q.auto_delete),
+        exclusive=bool(q.exclusive),
+        arguments=dict(getattr(q, "queue_arguments", None) or {}),
+        skip=skip,
+    )
 
 
 # -- the management API --------------------------------------------------------------
 
+
 class Management:
     """A minimal RabbitMQ management API client (GET only)."""
 
-    def __init__(self, url: str, userid: str, password: str,
-                 timeout: float = MANAGEMENT_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, userid: str, password: str, timeout: float = MANAGEMENT_TIMEOUT
+    ) -> None:
         self.url = url.rstrip("/")
         token = base64.b64encode(f"{userid}:{password}".encode()).decode("ascii")
         self._auth = f"Basic {token}"
@@ -214,8 +233,9 @@ class Management:
 
     def get(self, path: str) -> Any | None:
         """The decoded JSON of ``path``; None on 404. Raises OSError/ValueError otherwise."""
-        request = urllib.request.Request(self.url + path, headers={
-            "Authorization": self._auth, "Accept": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, headers={"Authorization": self._auth, "Accept": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read().decode("utf-8"))
@@ -282,35 +302,46 @@ def _value(text: str) -> Any:
 
 # -- migrations ----------------------------------------------------------------------
 
+
 def migration(e: Expected, diffs: list[Difference], rpc: bool) -> list[str]:
     """Ways out of the conflicts ``diffs`` on ``e`` (configuration vs broker)."""
     fields = {d.field for d in diffs}
     steps: list[str] = []
     if e.kind == "exchange":
         if fields & {"type", "durable", "auto_delete"} or not fields:
-            steps.append(f"use a new exchange name (exchange = ...) and move publishers to it; "
-                         f"or delete exchange {e.name!r} (this drops its bindings: every queue "
-                         "bound to it must be bound again) and let the worker redeclare it")
+            steps.append(
+                f"use a new exchange name (exchange = ...) and move publishers to it; "
+                f"or delete exchange {e.name!r} (this drops its bindings: every queue "
+                "bound to it must be bound again) and let the worker redeclare it"
+            )
         steps.append(_match_config(diffs))
         return [s for s in steps if s]
-    drain = (f"stop its consumers, drain queue {e.name!r} (let the old workers finish or "
-             f"move its messages, e.g. with a shovel), delete it "
-             f"(rabbitmqctl delete_queue {e.name}) and start rpcworker to redeclare it")
+    drain = (
+        f"stop its consumers, drain queue {e.name!r} (let the old workers finish or "
+        f"move its messages, e.g. with a shovel), delete it "
+        f"(rabbitmqctl delete_queue {e.name}) and start rpcworker to redeclare it"
+    )
     if "x-queue-type" in fields:
         d = next(d for d in diffs if d.field == "x-queue-type")
-        steps.append(f"a queue's type cannot change in place ({d.actual or 'classic'} -> "
-                     f"{d.configured or 'classic'})")
+        steps.append(
+            f"a queue's type cannot change in place ({d.actual or 'classic'} -> "
+            f"{d.configured or 'classic'})"
+        )
         if not rpc:
-            steps.append("give the binding a new queue name (queue = ...), let the old "
-                         f"queue {e.name!r} drain, then delete it")
+            steps.append(
+                "give the binding a new queue name (queue = ...), let the old "
+                f"queue {e.name!r} drain, then delete it"
+            )
         steps.append(drain)
     elif fields & {"durable", "auto_delete", "exclusive"}:
         flags = "/".join(sorted(fields & {"durable", "auto_delete", "exclusive"}))
         steps.append(f"{flags} cannot change in place: " + drain)
     elif fields:
-        steps.append("queue arguments cannot change in place: " + drain + "; or drop them "
-                     "from queue_arguments and apply them with a policy "
-                     "(rabbitmqctl set_policy), which can change at any time")
+        steps.append(
+            "queue arguments cannot change in place: " + drain + "; or drop them "
+            "from queue_arguments and apply them with a policy "
+            "(rabbitmqctl set_policy), which can change at any time"
+        )
     else:
         steps.append(drain)
     steps.append(_match_config(diffs))
@@ -338,8 +369,13 @@ def _match_config(diffs: list[Difference]) -> str:
 
 # -- the check -----------------------------------------------------------------------
 
-def check(parsed: list[Binding], settings: broker.BrokerSettings, conn: kombu.Connection,
-          management_url: str | None = None) -> BrokerCheck:
+
+def check(
+    parsed: list[Binding],
+    settings: broker.BrokerSettings,
+    conn: kombu.Connection,
+    management_url: str | None = None,
+) -> BrokerCheck:
     """Compare ``parsed`` with the broker ``conn`` points at. Creates and deletes nothing.
 
     ``management_url``: the management API (default ``http://HOST:15672`` of the first
@@ -347,8 +383,12 @@ def check(parsed: list[Binding], settings: broker.BrokerSettings, conn: kombu.Co
     """
     host = settings.hosts[0]
     try:
-        conn.ensure_connection(max_retries=max(0, len(settings.hosts) - 1),
-                               interval_start=0, interval_step=0, interval_max=0)
+        conn.ensure_connection(
+            max_retries=max(0, len(settings.hosts) - 1),
+            interval_start=0,
+            interval_step=0,
+            interval_max=0,
+        )
     except Exception as exc:
         where = transport.attempted(exc, conn)
         conn.release()
@@ -362,12 +402,16 @@ def check(parsed: list[Binding], settings: broker.BrokerSettings, conn: kombu.Co
         if why is None:
             note = f"management API {url}: actual flags and arguments shown"
         else:
-            note = (f"management API {url} not reachable ({why}): conflicts are found by "
-                    "declaring, without the broker's full list of differences")
+            note = (
+                f"management API {url} not reachable ({why}): conflicts are found by "
+                "declaring, without the broker's full list of differences"
+            )
             mgmt = None
         rpc = {b.name for b in parsed if b.type == "rpc"}
-        findings = [_check_one(conn, e, mgmt, host.virtual_host, bool(rpc & set(e.bindings)))
-                    for e in expected_entities(parsed)]
+        findings = [
+            _check_one(conn, e, mgmt, host.virtual_host, bool(rpc & set(e.bindings)))
+            for e in expected_entities(parsed)
+        ]
         return BrokerCheck(broker=where, findings=tuple(findings), management=note)
     finally:
         conn.release()
@@ -378,8 +422,9 @@ def _url_host(conn: kombu.Connection, host: broker.Host) -> str:
     return f"[{name}]" if ":" in name else name
 
 
-def _check_one(conn: kombu.Connection, e: Expected, mgmt: Management | None, vhost: str,
-               rpc: bool) -> Finding:
+def _check_one(
+    conn: kombu.Connection, e: Expected, mgmt: Management | None, vhost: str, rpc: bool
+) -> Finding:
     if e.skip:
         return Finding(e, SKIPPED, reason=e.skip)
     with _channel(conn) as ch:
@@ -402,11 +447,21 @@ def _check_one(conn: kombu.Connection, e: Expected, mgmt: Management | None, vho
         try:
             # it exists: an equivalent declaration is a no-op, another one is refused
             if e.kind == "exchange":
-                ch.exchange_declare(e.name, e.type, durable=e.durable,
-                                    auto_delete=e.auto_delete, arguments=dict(e.arguments))
+                ch.exchange_declare(
+                    e.name,
+                    e.type,
+                    durable=e.durable,
+                    auto_delete=e.auto_delete,
+                    arguments=dict(e.arguments),
+                )
             else:
-                ch.queue_declare(e.name, durable=e.durable, auto_delete=e.auto_delete,
-                                 exclusive=e.exclusive, arguments=dict(e.arguments))
+                ch.queue_declare(
+                    e.name,
+                    durable=e.durable,
+                    auto_delete=e.auto_delete,
+                    exclusive=e.exclusive,
+                    arguments=dict(e.arguments),
+                )
         except tuple(conn.channel_errors) as exc:
             code = getattr(exc, "reply_code", None)
             text = getattr(exc, "reply_text", None) or str(exc)
@@ -416,11 +471,18 @@ def _check_one(conn: kombu.Connection, e: Expected, mgmt: Management | None, vho
             reason = f"{code} {text}" if code and not text.startswith(str(code)) else text
             steps = migration(e, diffs, rpc)
             if code == 405:
-                steps = ["the queue is exclusive to another connection: stop the program "
-                         "that owns it, or use another queue name"]
-            return Finding(e, CONFLICT, reason=reason, differences=tuple(diffs),
-                           migration=tuple(steps),
-                           messages=messages if isinstance(messages, int) else None)
+                steps = [
+                    "the queue is exclusive to another connection: stop the program "
+                    "that owns it, or use another queue name"
+                ]
+            return Finding(
+                e,
+                CONFLICT,
+                reason=reason,
+                differences=tuple(diffs),
+                migration=tuple(steps),
+                messages=messages if isinstance(messages, int) else None,
+            )
     return Finding(e, EXISTS, differences=tuple(diffs))
 
 

@@ -72,16 +72,27 @@ def _rpc(b: Binding, instance: str) -> Topology:
     topic_exchange = Exchange(b.exchange, type="topic", durable=b.durable, auto_delete=False)
     args = dict(b.queue_arguments) or None
     queues = [
-        Queue(key, topic_exchange, routing_key=key, durable=b.durable, auto_delete=False,
-              queue_arguments=args)
+        Queue(
+            key,
+            topic_exchange,
+            routing_key=key,
+            durable=b.durable,
+            auto_delete=False,
+            queue_arguments=args,
+        )
         for key in (b.topic, f"{b.topic}.{b.server}")
     ]
-    fanout_exchange = Exchange(f"{b.topic}_fanout", type="fanout", durable=False,
-                               auto_delete=True)
+    fanout_exchange = Exchange(f"{b.topic}_fanout", type="fanout", durable=False, auto_delete=True)
     fanout_queue = f"{b.topic}_fanout_{instance}"
     queues.append(
-        Queue(fanout_queue, fanout_exchange, routing_key=b.topic, durable=False,
-              auto_delete=False, queue_arguments={"x-expires": TRANSIENT_QUEUE_TTL_MS})
+        Queue(
+            fanout_queue,
+            fanout_exchange,
+            routing_key=b.topic,
+            durable=False,
+            auto_delete=False,
+            queue_arguments={"x-expires": TRANSIENT_QUEUE_TTL_MS},
+        )
     )
     return Topology(binding=b, queues=tuple(queues), transient=(fanout_queue,))
 
@@ -92,8 +103,9 @@ def _notification(b: Binding) -> Topology:
     bound with that key on each exchange, or one queue ``POOL`` bound with every key.
     The flags are those of oslo's notifier too (``_publish_and_creates_default_queue``):
     durable as the exchange, not auto-delete, quorum arguments with queue_type."""
-    exchanges = [Exchange(e, type="topic", durable=b.durable, auto_delete=False)
-                 for e in b.exchanges]
+    exchanges = [
+        Exchange(e, type="topic", durable=b.durable, auto_delete=False) for e in b.exchanges
+    ]
     keys = [f"{t}.{p}" for t in b.topics for p in b.priorities]
     args = dict(b.queue_arguments) or None
     if b.pool:
@@ -101,27 +113,36 @@ def _notification(b: Binding) -> Topology:
     else:
         names_and_keys = [(key, [key]) for key in keys]
     queues = tuple(
-        Queue(name, bindings=[binding(e, routing_key=k) for e in exchanges for k in ks],
-              durable=b.durable, auto_delete=False, queue_arguments=args)
-        for name, ks in names_and_keys)
+        Queue(
+            name,
+            bindings=[binding(e, routing_key=k) for e in exchanges for k in ks],
+            durable=b.durable,
+            auto_delete=False,
+            queue_arguments=args,
+        )
+        for name, ks in names_and_keys
+    )
     return Topology(binding=b, queues=queues)
 
 
 def describe(t: Topology) -> list[str]:
     """Human-readable lines of what ``t`` declares (for --check-config)."""
     b = t.binding
-    priorities = (f"priorities {', '.join(b.priorities)}, " if b.type == "notification"
-                  else "")
-    lines = [f"binding {b.name} (type {b.type}, handler {b.handler}, {priorities}"
-             f"acknowledge {b.acknowledge}, prefetch {b.prefetch_count})"]
+    priorities = f"priorities {', '.join(b.priorities)}, " if b.type == "notification" else ""
+    lines = [
+        f"binding {b.name} (type {b.type}, handler {b.handler}, {priorities}"
+        f"acknowledge {b.acknowledge}, prefetch {b.prefetch_count})"
+    ]
     seen_exchanges: set[str] = set()
     for q in t.queues:
         for bd in q.bindings or [binding(q.exchange, routing_key=q.routing_key)]:
             ex = bd.exchange
             if ex is not None and ex.name not in seen_exchanges:
                 seen_exchanges.add(ex.name)
-                lines.append(f"  exchange {ex.name!r} type={ex.type} durable={ex.durable} "
-                             f"auto_delete={ex.auto_delete}")
+                lines.append(
+                    f"  exchange {ex.name!r} type={ex.type} durable={ex.durable} "
+                    f"auto_delete={ex.auto_delete}"
+                )
         by_exchange: dict[str, list[str]] = {}
         for bd in q.bindings or [binding(q.exchange, routing_key=q.routing_key)]:
             by_exchange.setdefault(bd.exchange.name, []).append(bd.routing_key)
@@ -149,8 +170,7 @@ _QUORUM_DELAY_ARGUMENTS = {
 def is_transient(queue: Queue) -> bool:
     """A per-process queue: exclusive (a fanout binding's), or expiring with its process
     (an rpc binding's ``TOPIC_fanout_<uuid>``, ``x-expires`` as oslo declares it)."""
-    return bool(queue.exclusive or (getattr(queue, "queue_arguments", None) or {}
-                                    ).get("x-expires"))
+    return bool(queue.exclusive or (getattr(queue, "queue_arguments", None) or {}).get("x-expires"))
 
 
 def can_retry(queue: Queue) -> bool:
@@ -173,9 +193,15 @@ def retry_queues(binding: Binding, queue: Queue) -> list[Queue]:
         }
         if quorum:
             args.update(_QUORUM_DELAY_ARGUMENTS)
-        result.append(Queue(retry_queue_name(queue.name, ttl, quorum),
-                            durable=queue.durable or quorum, auto_delete=False,
-                            queue_arguments=args, no_declare=False))
+        result.append(
+            Queue(
+                retry_queue_name(queue.name, ttl, quorum),
+                durable=queue.durable or quorum,
+                auto_delete=False,
+                queue_arguments=args,
+                no_declare=False,
+            )
+        )
     return result
 
 
@@ -188,9 +214,13 @@ def parking_lot(binding: Binding) -> tuple[Exchange | None, Queue | None]:
     if binding.dead_letter_queue:
         args = {"x-queue-type": "quorum"} if binding.quorum else None
         if exchange is not None:
-            queue = Queue(binding.dead_letter_queue, exchange,
-                          routing_key=binding.dead_letter_routing_key or "#", durable=True,
-                          queue_arguments=args)
+            queue = Queue(
+                binding.dead_letter_queue,
+                exchange,
+                routing_key=binding.dead_letter_routing_key or "#",
+                durable=True,
+                queue_arguments=args,
+            )
         else:
             queue = Queue(binding.dead_letter_queue, durable=True, queue_arguments=args)
     return exchange, queue

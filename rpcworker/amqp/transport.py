@@ -55,8 +55,13 @@ class Capabilities:
     def of(cls, conn: kombu.Connection) -> Capabilities:
         driver = str(getattr(conn.transport, "driver_type", ""))
         amqp = driver == AMQP
-        return cls(driver=driver, amqp=amqp, delay_queues=driver != FILESYSTEM,
-                   returns=driver != FILESYSTEM, blocking=amqp)
+        return cls(
+            driver=driver,
+            amqp=amqp,
+            delay_queues=driver != FILESYSTEM,
+            returns=driver != FILESYSTEM,
+            blocking=amqp,
+        )
 
 
 def describe(conn: kombu.Connection) -> str:
@@ -119,7 +124,8 @@ class _UninflatedMessage(pyamqp.Message):
         headers = msg.properties.get("application_headers") or {}
         if "compression" in headers:
             msg.properties["application_headers"] = {
-                k: v for k, v in headers.items() if k != "compression"}
+                k: v for k, v in headers.items() if k != "compression"
+            }
         try:
             super().__init__(msg, channel=channel, **kwargs)
         finally:
@@ -305,5 +311,12 @@ def filesystem_connection(queues: str, exchanges: str) -> kombu.Connection:
     """kombu's filesystem transport (with the races above closed): messages are files in
     ``queues``, exchange bindings in ``exchanges``."""
     # a host name only to keep kombu from warning that none was given
-    return kombu.Connection("localhost", transport=_FilesystemTransport, transport_options={
-        "data_folder_in": queues, "data_folder_out": queues, "control_folder": exchanges})
+    return kombu.Connection(
+        "localhost",
+        transport=_FilesystemTransport,
+        transport_options={
+            "data_folder_in": queues,
+            "data_folder_out": queues,
+            "control_folder": exchanges,
+        },
+    )

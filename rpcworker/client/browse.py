@@ -107,19 +107,29 @@ class LotReader:
 
     def _rotated(self, p: Parked, failed: str | None) -> None:
         if failed is not None:
-            raise ClientError(EXIT_BROKER, f"cannot keep message {p.position} of "
-                              f"{self.lot.queue} in place: {failed}; it was not removed "
-                              "(the lot may be out of order)")
+            raise ClientError(
+                EXIT_BROKER,
+                f"cannot keep message {p.position} of "
+                f"{self.lot.queue} in place: {failed}; it was not removed "
+                "(the lot may be out of order)",
+            )
         self.remove(p)
 
     def remove(self, p: Parked) -> None:
         """Take ``p`` out of the lot (ack)."""
         self._in.basic_ack(self._tags.pop(p.position))
 
-    def move(self, p: Parked, exchange: str, routing_key: str, headers: dict[str, Any],
-             on_failed: Callable[[Parked, str], None]) -> None:
+    def move(
+        self,
+        p: Parked,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any],
+        on_failed: Callable[[Parked, str], None],
+    ) -> None:
         """Publish a copy of ``p`` to ``exchange``/``routing_key``; remove ``p`` once the
         copy is confirmed, else keep it and tell ``on_failed(p, why)``."""
+
         def done(original: Parked, failed: str | None) -> None:
             if failed is None:
                 self.remove(original)
@@ -127,6 +137,7 @@ class LotReader:
             else:
                 on_failed(original, failed)
                 self.keep(original)
+
         self._publish(p, exchange, routing_key, headers, done)
 
     def exchange_exists(self, name: str) -> bool:
@@ -135,16 +146,17 @@ class LotReader:
 
     # -- copies with pipelined confirms --------------------------------------------------
 
-    def _publish(self, p: Parked, exchange: str, routing_key: str, headers: dict[str, Any],
-                 on_done: Done) -> None:
+    def _publish(
+        self, p: Parked, exchange: str, routing_key: str, headers: dict[str, Any], on_done: Done
+    ) -> None:
         """A copy of ``p`` (its body and kept properties, ``headers``), confirmed later."""
         channel = self._channel()
         self._seq += 1
-        message = amqp.Message(p.body, application_headers={**headers, SEQ_HEADER: self._seq},
-                               **p.kept_properties())
+        message = amqp.Message(
+            p.body, application_headers={**headers, SEQ_HEADER: self._seq}, **p.kept_properties()
+        )
         self._inflight[self._seq] = _Copy(p, on_done)
-        channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
-                              mandatory=True)
+        channel.basic_publish(message, exchange=exchange, routing_key=routing_key, mandatory=True)
         if len(self._inflight) >= WINDOW:
             self._wait(lambda: len(self._inflight) < WINDOW // 2)
 
@@ -152,10 +164,12 @@ class LotReader:
         if self._out is None:
             channel = self.session.conn.channel()
             channel.confirm_select()
-            channel.events["basic_ack"].add(lambda tag, multiple: self._answer(tag, multiple,
-                                                                              None))
-            channel.events["basic_nack"].add(lambda tag, multiple: self._answer(
-                tag, multiple, "the broker refused it (basic.nack)"))
+            channel.events["basic_ack"].add(lambda tag, multiple: self._answer(tag, multiple, None))
+            channel.events["basic_nack"].add(
+                lambda tag, multiple: self._answer(
+                    tag, multiple, "the broker refused it (basic.nack)"
+                )
+            )
             channel.events["basic_return"].add(self._on_return)
             self._out = channel
         return self._out
@@ -164,8 +178,10 @@ class LotReader:
         headers = (getattr(message, "properties", None) or {}).get("application_headers") or {}
         copy = self._inflight.get(headers.get(SEQ_HEADER))  # type: ignore[arg-type]
         if copy is not None:
-            copy.returned = (f"unroutable: no queue is bound to exchange "
-                             f"{exchange or '(default)'!s} for routing key {routing_key!r}")
+            copy.returned = (
+                f"unroutable: no queue is bound to exchange "
+                f"{exchange or '(default)'!s} for routing key {routing_key!r}"
+            )
 
     def _answer(self, tag: int, multiple: bool, failed: str | None) -> None:
         """A confirm (called while py-amqp reads): noted, carried out by
@@ -184,9 +200,12 @@ class LotReader:
         while not enough():
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ClientError(EXIT_BROKER, f"no publisher confirm from the broker "
-                                  f"for {len(self._inflight)} message(s) in "
-                                  f"{max(self.session.timeout, 10.0):g}s; they stay parked")
+                raise ClientError(
+                    EXIT_BROKER,
+                    f"no publisher confirm from the broker "
+                    f"for {len(self._inflight)} message(s) in "
+                    f"{max(self.session.timeout, 10.0):g}s; they stay parked",
+                )
             with contextlib.suppress(TimeoutError):
                 self.session.conn.drain_events(timeout=min(left, 1.0))
         self._settle_answered()

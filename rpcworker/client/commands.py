@@ -48,8 +48,9 @@ class Caller:
         self.reply_q = f"reply_{uuid.uuid4().hex}"
         self.waiter: replyformat.ReplyWaiter | None = None
         queue = kombu.Queue(self.reply_q, durable=False, exclusive=True, auto_delete=True)
-        kombu.Consumer(session.conn.default_channel, queues=[queue], no_ack=True,
-                       on_message=self._on_reply).consume()
+        kombu.Consumer(
+            session.conn.default_channel, queues=[queue], no_ack=True, on_message=self._on_reply
+        ).consume()
 
     def _on_reply(self, message: Any) -> None:
         if self.waiter is not None:  # replies to an earlier call that timed out: dropped
@@ -59,10 +60,16 @@ class Caller:
         """One call: the complete waiter (result or failure); ClientError(3) on a timeout."""
         req = self.req
         self.waiter = waiter = replyformat.ReplyWaiter(uuid.uuid4().hex)
-        inner = inner_message(req, msg_id=waiter.msg_id, reply_q=self.reply_q,
-                              monitor_timeout=self.monitor)
-        publish(self.session, envelope.envelope(inner), req.exchange, req.routing_key,
-                expiration=self.timeout)
+        inner = inner_message(
+            req, msg_id=waiter.msg_id, reply_q=self.reply_q, monitor_timeout=self.monitor
+        )
+        publish(
+            self.session,
+            envelope.envelope(inner),
+            req.exchange,
+            req.routing_key,
+            expiration=self.timeout,
+        )
         wait_reply(self.session, waiter, req, self.timeout, self.monitor)
         return waiter
 
@@ -75,20 +82,31 @@ def cmd_call(session: Session, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def wait_reply(session: Session, waiter: replyformat.ReplyWaiter, req: RpcRequest, timeout: float,
-               monitor: float | None) -> None:
+def wait_reply(
+    session: Session,
+    waiter: replyformat.ReplyWaiter,
+    req: RpcRequest,
+    timeout: float,
+    monitor: float | None,
+) -> None:
     """Drain the connection until the reply is complete; ClientError(3) on a timeout."""
     deadline = time.monotonic() + timeout
     while not waiter.done:
         now = time.monotonic()
         if now >= deadline:
-            raise ClientError(EXIT_TIMEOUT, f"timed out after {timeout:g}s waiting for a reply "
-                              f"to {req.method!r} sent to exchange {req.exchange!r} with "
-                              f"routing key {req.routing_key!r} (is a server consuming "
-                              "that topic?)")
+            raise ClientError(
+                EXIT_TIMEOUT,
+                f"timed out after {timeout:g}s waiting for a reply "
+                f"to {req.method!r} sent to exchange {req.exchange!r} with "
+                f"routing key {req.routing_key!r} (is a server consuming "
+                "that topic?)",
+            )
         if monitor is not None and now - waiter.last_heard >= monitor:
-            raise ClientError(EXIT_TIMEOUT, f"no heartbeat from the server for {monitor:g}s "
-                              f"(--call-monitor-timeout) while waiting for {req.method!r}")
+            raise ClientError(
+                EXIT_TIMEOUT,
+                f"no heartbeat from the server for {monitor:g}s "
+                f"(--call-monitor-timeout) while waiting for {req.method!r}",
+            )
         session.conn.heartbeat_check()
         try:
             session.conn.drain_events(timeout=min(_POLL, deadline - now))
@@ -110,6 +128,7 @@ def caster(session: Session, ns: argparse.Namespace) -> Callable[[], None]:
 
     def send() -> None:  # a new _unique_id each time
         publish(session, envelope.envelope(inner_message(req)), exchange, routing_key)
+
     return send
 
 
@@ -125,14 +144,16 @@ def cmd_publish(session: Session, ns: argparse.Namespace) -> int:
     exchange: str = ns.exchange
     if exchange and not exchange_exists(session, exchange):
         if ns.type is None:
-            raise ClientError(EXIT_USAGE, f"exchange {exchange!r} does not exist; give --type "
-                              "to declare it")
+            raise ClientError(
+                EXIT_USAGE, f"exchange {exchange!r} does not exist; give --type to declare it"
+            )
         ensure_exchange(session, exchange, ns.type, durable=True, auto_delete=False)
-        warn(json_errors(ns, ()), f"exchange {exchange!r} did not exist: declared it "
-             f"(type {ns.type}, durable)")
+        warn(
+            json_errors(ns, ()),
+            f"exchange {exchange!r} did not exist: declared it (type {ns.type}, durable)",
+        )
     elif exchange and session.settings.folder is not None:
-        ensure_exchange(session, exchange, ns.type or "direct", durable=True,
-                        auto_delete=False)
+        ensure_exchange(session, exchange, ns.type or "direct", durable=True, auto_delete=False)
     returned: list[str] = []
 
     def on_return(exc: BaseException, *_: Any) -> None:
@@ -140,10 +161,12 @@ def cmd_publish(session: Session, ns: argparse.Namespace) -> int:
 
     publish(session, ns.body, exchange, ns.routing_key, on_return=on_return)
     if returned:
-        warn(json_errors(ns, ()), f"warning: no queue is bound to exchange {exchange!r} for "
-             f"routing key {ns.routing_key!r}: the broker dropped the message")
+        warn(
+            json_errors(ns, ()),
+            f"warning: no queue is bound to exchange {exchange!r} for "
+            f"routing key {ns.routing_key!r}: the broker dropped the message",
+        )
     return EXIT_OK
-
 
 
 def cmd_notify(session: Session, ns: argparse.Namespace) -> int:
@@ -154,9 +177,13 @@ def cmd_notify(session: Session, ns: argparse.Namespace) -> int:
     key = f"{ns.topic}.{ns.priority}"
     ensure_exchange(session, ns.exchange, "topic", durable=False, auto_delete=False)
     ensure_queue(session, key, ns.exchange, key)
-    inner = envelope.oslo_notification(ns.priority, ns.event_type,
-                                       merge_args(ns.payload, ns.arg), ns.publisher_id,
-                                       dict(ns.context or []))
+    inner = envelope.oslo_notification(
+        ns.priority,
+        ns.event_type,
+        merge_args(ns.payload, ns.arg),
+        ns.publisher_id,
+        dict(ns.context or []),
+    )
     publish(session, envelope.envelope(inner), ns.exchange, key)
     print(json.dumps({"message_id": inner["message_id"]}))
     return EXIT_OK

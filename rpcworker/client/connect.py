@@ -53,12 +53,18 @@ def load_settings(argv: Sequence[str]) -> tuple[cfg.ConfigOpts, broker.BrokerSet
 
 
 def broker_errors(conn: kombu.Connection) -> tuple[type[BaseException], ...]:
-    return (kombu.exceptions.KombuError, amqp.exceptions.AMQPError, OSError,
-            *conn.connection_errors, *conn.channel_errors)
+    return (
+        kombu.exceptions.KombuError,
+        amqp.exceptions.AMQPError,
+        OSError,
+        *conn.connection_errors,
+        *conn.channel_errors,
+    )
 
 
-def connect(conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
-            confirm_publish: bool = True) -> Session:
+def connect(
+    conf: cfg.ConfigOpts, settings: broker.BrokerSettings, confirm_publish: bool = True
+) -> Session:
     """Connect with a few quick retries (each bounded by connect_timeout), else exit 4.
 
     ``confirm_publish``: every publish waits for its confirm (py-amqp's mode); off for
@@ -72,21 +78,27 @@ def connect(conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
     )
     session = Session(conn, settings)
     try:
-        conn.ensure_connection(max_retries=2 * len(settings.hosts), interval_start=0.5,
-                               interval_step=0.5, interval_max=1.0)
+        conn.ensure_connection(
+            max_retries=2 * len(settings.hosts),
+            interval_start=0.5,
+            interval_step=0.5,
+            interval_max=1.0,
+        )
     except broker_errors(conn) as exc:
         conn.release()
         reason = session.scrub(broker.explain(exc))
-        raise ClientError(EXIT_BROKER, f"cannot connect to the broker at "
-                          f"{broker.describe(settings)}: {reason}") from None
+        raise ClientError(
+            EXIT_BROKER, f"cannot connect to the broker at {broker.describe(settings)}: {reason}"
+        ) from None
     return session
 
 
 def exchange_exists(session: Session, name: str) -> bool:
     """Passive declare on a throw-away channel (a 404 closes the channel)."""
     if session.settings.folder is not None:  # filesystem://: bindings live in files
-        return os.path.exists(os.path.join(session.settings.folder, "exchanges",
-                                           f"{name}.exchange"))
+        return os.path.exists(
+            os.path.join(session.settings.folder, "exchanges", f"{name}.exchange")
+        )
     channel = session.conn.channel()
     try:
         channel.exchange_declare(exchange=name, type="topic", passive=True)
@@ -96,8 +108,9 @@ def exchange_exists(session: Session, name: str) -> bool:
     return True
 
 
-def ensure_exchange(session: Session, name: str, type_: str, *, durable: bool,
-                    auto_delete: bool) -> bool:
+def ensure_exchange(
+    session: Session, name: str, type_: str, *, durable: bool, auto_delete: bool
+) -> bool:
     """Declare ``name`` unless it exists (never redeclare with other flags). True if created.
 
     filesystem://: an exchange's type lives in each process, so it is always declared."""
@@ -105,8 +118,7 @@ def ensure_exchange(session: Session, name: str, type_: str, *, durable: bool,
     if not name or (not local and exchange_exists(session, name)):
         return False
     channel = session.conn.channel()
-    channel.exchange_declare(exchange=name, type=type_, durable=durable,
-                             auto_delete=auto_delete)
+    channel.exchange_declare(exchange=name, type=type_, durable=durable, auto_delete=auto_delete)
     channel.close()
     return True
 
@@ -129,17 +141,28 @@ def ensure_queue(session: Session, name: str, exchange: str, routing_key: str) -
     return True
 
 
-def publish(session: Session, body: bytes | str, exchange: str, routing_key: str,
-            expiration: float | None = None,
-            on_return: Callable[..., None] | None = None) -> None:
+def publish(
+    session: Session,
+    body: bytes | str,
+    exchange: str,
+    routing_key: str,
+    expiration: float | None = None,
+    on_return: Callable[..., None] | None = None,
+) -> None:
     """One confirmed publish: JSON, utf-8, persistent (kombu's and oslo's properties)."""
     channel = session.conn.default_channel
     # filesystem://: no basic.return (an unroutable message is dropped unseen)
     returns = transport.Capabilities.of(session.conn).returns
     producer = kombu.Producer(channel, on_return=on_return if returns else None)
     producer.publish(
-        body, exchange=exchange, routing_key=routing_key,
-        content_type=envelope.JSON, content_encoding="utf-8", delivery_mode=2,
-        expiration=expiration, mandatory=on_return is not None, retry=False,
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        content_type=envelope.JSON,
+        content_encoding="utf-8",
+        delivery_mode=2,
+        expiration=expiration,
+        mandatory=on_return is not None,
+        retry=False,
         timeout=session.timeout,
     )

@@ -33,8 +33,10 @@ class ClientError(Exception):
 
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` form: ``{"error": {"type", "module", "message"}, "exit": N}``."""
-        return {"error": {"type": self.type, "module": CLIENT_MODULE,
-                          "message": str(self)}, "exit": self.status}
+        return {
+            "error": {"type": self.type, "module": CLIENT_MODULE, "message": str(self)},
+            "exit": self.status,
+        }
 
 
 class UsageError(ClientError):
@@ -54,8 +56,11 @@ class RemoteCallError(ClientError):
         self.traceback = traceback
 
     def as_json(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"type": self.failure.cls, "module": self.failure.module,
-                                 "message": self.failure.message}
+        error: dict[str, Any] = {
+            "type": self.failure.cls,
+            "module": self.failure.module,
+            "message": self.failure.message,
+        }
         if self.traceback and self.failure.traceback:
             error["traceback"] = "".join(self.failure.traceback).rstrip("\n")
         return {"error": error, "exit": self.status}

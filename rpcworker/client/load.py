@@ -89,8 +89,7 @@ def _load_worker(session: Session, ns: argparse.Namespace, state: LoadRun) -> No
         state.failed(exc)
 
 
-def run_load(conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
-             ns: argparse.Namespace) -> int:
+def run_load(conf: cfg.ConfigOpts, settings: broker.BrokerSettings, ns: argparse.Namespace) -> int:
     """``--count N --concurrency C``: N requests over C connections; a JSON summary."""
     count: int = ns.count
     sessions: list[Session] = []
@@ -98,8 +97,12 @@ def run_load(conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
         for _ in range(min(ns.concurrency or 1, count)):
             sessions.append(connect(conf, settings))
         state = LoadRun(count)
-        threads = [threading.Thread(target=_load_worker, args=(s, ns, state), daemon=True,
-                                    name=f"{PROG}-{i}") for i, s in enumerate(sessions)]
+        threads = [
+            threading.Thread(
+                target=_load_worker, args=(s, ns, state), daemon=True, name=f"{PROG}-{i}"
+            )
+            for i, s in enumerate(sessions)
+        ]
         start = time.monotonic()
         for t in threads:
             t.start()
@@ -115,8 +118,12 @@ def run_load(conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
         for s in sessions:
             s.conn.release()
     summary: dict[str, Any] = {
-        "command": ns.command, "count": count, "concurrency": len(sessions),
-        "sent": state.sent, "ok": state.ok, "errors": state.errors,
+        "command": ns.command,
+        "count": count,
+        "concurrency": len(sessions),
+        "sent": state.sent,
+        "ok": state.ok,
+        "errors": state.errors,
         "elapsed": round(elapsed, 6),
         "rate": round(state.sent / elapsed, 3) if elapsed > 0 else None,
     }
@@ -135,8 +142,9 @@ class LoadError(ClientError):
     """Some requests of a ``--count`` run failed: the exit status of the first failure."""
 
     def __init__(self, first: ClientError, errors: int, count: int) -> None:
-        super().__init__(first.status, f"{errors} of {count} requests failed; the first: "
-                         f"{first}", first.type)
+        super().__init__(
+            first.status, f"{errors} of {count} requests failed; the first: {first}", first.type
+        )
         self.first, self.errors = first, errors
 
     def as_json(self) -> dict[str, Any]:

@@ -72,8 +72,14 @@ class _Management:
         return self._api
 
 
-def find(parsed: list[Binding], *, binding: str | None, queue: str | None,
-         management: Callable[[], Any | None], vhost: str) -> list[Lot]:
+def find(
+    parsed: list[Binding],
+    *,
+    binding: str | None,
+    queue: str | None,
+    management: Callable[[], Any | None],
+    vhost: str,
+) -> list[Lot]:
     """The lots to read; ClientError 2 for a binding that is unknown or parks nowhere,
     4 when only the management API (``management()``, asked only then) could tell and
     does not answer."""
@@ -82,8 +88,11 @@ def find(parsed: list[Binding], *, binding: str | None, queue: str | None,
     chosen = [b for b in parsed if binding is None or b.name == binding]
     if binding is not None and not chosen:
         names = ", ".join(b.name for b in parsed) or "none"
-        raise ClientError(EXIT_USAGE, f"no binding {binding!r} in the configuration "
-                          f"(bindings: {names})", "ConfigError")
+        raise ClientError(
+            EXIT_USAGE,
+            f"no binding {binding!r} in the configuration (bindings: {names})",
+            "ConfigError",
+        )
     found: dict[str, list[Binding]] = {}
     for b in chosen:
         if b.dead_letter_queue:
@@ -91,37 +100,60 @@ def find(parsed: list[Binding], *, binding: str | None, queue: str | None,
         elif b.dead_letter_exchange:
             mgmt = management()
             if mgmt is None:
-                raise ClientError(EXIT_BROKER, f"binding {b.name!r} parks to exchange "
-                                  f"{b.dead_letter_exchange!r}, whose queues only the "
-                                  "RabbitMQ management API can list, and it does not "
-                                  "answer: name the queue with --queue")
+                raise ClientError(
+                    EXIT_BROKER,
+                    f"binding {b.name!r} parks to exchange "
+                    f"{b.dead_letter_exchange!r}, whose queues only the "
+                    "RabbitMQ management API can list, and it does not "
+                    "answer: name the queue with --queue",
+                )
             for name in exchange_lots(b, mgmt, vhost):
                 found.setdefault(name, []).append(b)
         elif binding is not None:
-            raise ClientError(EXIT_USAGE, f"binding {b.name!r} has no parking lot: set "
-                              "dead_letter_queue (or dead_letter_exchange); without one a "
-                              "dead letter is rejected to the queue's own "
-                              "x-dead-letter-exchange, if any (then use --queue)",
-                              "ConfigError")
-    return [Lot(name, tuple(b.name for b in owners), quorum_of(name, owners))
-            for name, owners in found.items()]
+            raise ClientError(
+                EXIT_USAGE,
+                f"binding {b.name!r} has no parking lot: set "
+                "dead_letter_queue (or dead_letter_exchange); without one a "
+                "dead letter is rejected to the queue's own "
+                "x-dead-letter-exchange, if any (then use --queue)",
+                "ConfigError",
+            )
+    return [
+        Lot(name, tuple(b.name for b in owners), quorum_of(name, owners))
+        for name, owners in found.items()
+    ]
 
 
-def _lots(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
-          ) -> tuple[list[Lot], _Management]:
+def _lots(
+    conf: cfg.ConfigOpts,
+    session: Session,
+    ns: argparse.Namespace,
+) -> tuple[list[Lot], _Management]:
     if session.settings.folder is not None:
-        raise ClientError(EXIT_USAGE, "parked needs RabbitMQ: the filesystem:// transport "
-                          "has no parking lot to read", "ConfigError")
+        raise ClientError(
+            EXIT_USAGE,
+            "parked needs RabbitMQ: the filesystem:// transport has no parking lot to read",
+            "ConfigError",
+        )
     try:
         parsed = bindingconf.parse(conf)
     except ConfigError as exc:
         raise ClientError(EXIT_USAGE, f"configuration error: {exc}", "ConfigError") from None
     mgmt = _Management(session)
-    lots = find(parsed, binding=ns.binding, queue=ns.queue, management=mgmt,
-                vhost=session.settings.hosts[0].virtual_host)
+    lots = find(
+        parsed,
+        binding=ns.binding,
+        queue=ns.queue,
+        management=mgmt,
+        vhost=session.settings.hosts[0].virtual_host,
+    )
     if not lots:
-        raise ClientError(EXIT_USAGE, "no binding of this configuration has a parking lot "
-                          "(dead_letter_queue or dead_letter_exchange)", "ConfigError")
+        raise ClientError(
+            EXIT_USAGE,
+            "no binding of this configuration has a parking lot "
+            "(dead_letter_queue or dead_letter_exchange)",
+            "ConfigError",
+        )
     return lots, mgmt
 
 
@@ -135,8 +167,11 @@ def _is_quorum(lot: Lot, management: _Management, vhost: str) -> bool:
     return info is None or info.get("type") != "classic"
 
 
-def _walk(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
-          ) -> Iterator[tuple[Lot, LotReader, int]]:
+def _walk(
+    conf: cfg.ConfigOpts,
+    session: Session,
+    ns: argparse.Namespace,
+) -> Iterator[tuple[Lot, LotReader, int]]:
     """Each lot to read, with its reader and its depth when the walk began; the reader
     is flushed once the caller is done with the lot, and closed."""
     lots, mgmt = _lots(conf, session, ns)
@@ -146,8 +181,11 @@ def _walk(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace,
         try:
             depth = reader.depth()
             if depth is None:
-                warn(ns.sub_json, f"{lot.queue}: no such queue on the broker (nothing "
-                     "parked yet: the worker declares it when it starts)")
+                warn(
+                    ns.sub_json,
+                    f"{lot.queue}: no such queue on the broker (nothing "
+                    "parked yet: the worker declares it when it starts)",
+                )
                 continue
             yield lot, reader, depth
             reader.flush()  # the confirms still in flight, and the acks they allow
@@ -170,11 +208,14 @@ def line(p: Parked, now: float) -> str:
     what = s["kind"] + (f" {s['name']}" if s["name"] else "")
     ids = " ".join(f"{k}={v}" for k, v in s["ids"].items())
     origin = f"{s['original_exchange'] or '(default)'}/{s['original_routing_key']}"
-    return (f"{p.queue}#{p.position}  binding={s['binding'] or '-'}  {what}  "
-            f"retries={s['retries']}  from={origin}  queue={s['original_queue'] or '-'}  "
-            f"size={s['size']}  age={_age(s['age'])}"
-            + (f"  replays={s['replays']}" if s["replays"] else "")
-            + (f"  {ids}" if ids else "") + f"  reason: {s['reason']}")
+    return (
+        f"{p.queue}#{p.position}  binding={s['binding'] or '-'}  {what}  "
+        f"retries={s['retries']}  from={origin}  queue={s['original_queue'] or '-'}  "
+        f"size={s['size']}  age={_age(s['age'])}"
+        + (f"  replays={s['replays']}" if s["replays"] else "")
+        + (f"  {ids}" if ids else "")
+        + f"  reason: {s['reason']}"
+    )
 
 
 # -- the commands -------------------------------------------------------------------------
@@ -189,8 +230,11 @@ def cmd_list(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> 
             if sel.wants(p, lot):
                 sel.taken += 1
                 shown += 1
-                print(json.dumps(p.to_json(exact=False, now=now), ensure_ascii=False)
-                      if ns.sub_json else line(p, now))
+                print(
+                    json.dumps(p.to_json(exact=False, now=now), ensure_ascii=False)
+                    if ns.sub_json
+                    else line(p, now)
+                )
             elif not reader.rotate and sel.count is not None and sel.taken >= sel.count:
                 break  # classic: the rest stays in place when the walk ends
             reader.keep(p)
@@ -202,18 +246,17 @@ def cmd_export(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -
     sel = _selection(ns)
     now = time.time()
     try:
-        out: IO[str] = sys.stdout if ns.output == "-" else open(ns.output, "w",
-                                                                 encoding="utf-8")
+        out: IO[str] = sys.stdout if ns.output == "-" else open(ns.output, "w", encoding="utf-8")
     except OSError as exc:
-        raise ClientError(EXIT_USAGE, f"--output: cannot write {ns.output}: "
-                          f"{exc.strerror or exc}") from None
+        raise ClientError(
+            EXIT_USAGE, f"--output: cannot write {ns.output}: {exc.strerror or exc}"
+        ) from None
     try:
         for lot, reader, depth in _walk(conf, session, ns):
             written = 0
             for p in reader.messages(depth):
                 if sel.wants(p, lot):
-                    out.write(json.dumps(p.to_json(exact=True, now=now),
-                                         ensure_ascii=False) + "\n")
+                    out.write(json.dumps(p.to_json(exact=True, now=now), ensure_ascii=False) + "\n")
                     written += 1
                 reader.keep(p)
             warn(ns.sub_json, f"{lot.queue}: {written} of {depth} exported")
@@ -239,8 +282,11 @@ def cmd_purge(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) ->
         if ns.yes:
             warn(ns.sub_json, f"{lot.queue}: deleted {deleted} of {depth}")
     if not ns.yes:
-        raise ClientError(EXIT_USAGE, f"purge would delete {would} message(s): add --yes to "
-                          "delete them (nothing was deleted)")
+        raise ClientError(
+            EXIT_USAGE,
+            f"purge would delete {would} message(s): add --yes to "
+            "delete them (nothing was deleted)",
+        )
     return EXIT_OK
 
 
@@ -275,35 +321,45 @@ def cmd_replay(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -
                     on_failed(p, problem or "no target")
                     reader.keep(p)
                 elif ns.dry_run:
-                    print(f"would replay {p.queue}#{p.position} {_ids(p)} to exchange "
-                          f"{target[0] or '(default)'!s} routing key {target[1]!r}")
+                    print(
+                        f"would replay {p.queue}#{p.position} {_ids(p)} to exchange "
+                        f"{target[0] or '(default)'!s} routing key {target[1]!r}"
+                    )
                     reader.keep(p)
                 else:
                     reader.move(p, target[0], target[1], p.replay_headers(), on_failed)
             reader.flush()
             replayed += reader.moved
     except broker_errors(session.conn) as exc:
-        raise ClientError(EXIT_BROKER, session.scrub(
-            f"broker error while replaying: {oneline(exc, with_type=False)}; the messages "
-            "whose copies the broker had confirmed are out of the lot, the rest is still "
-            "parked: run the command again"),
+        raise ClientError(
+            EXIT_BROKER,
+            session.scrub(
+                f"broker error while replaying: {oneline(exc, with_type=False)}; the messages "
+                "whose copies the broker had confirmed are out of the lot, the rest is still "
+                "parked: run the command again"
+            ),
         ) from None
     for text in failed:
         print(f"not replayed: {text}", file=sys.stderr)
     elapsed = time.monotonic() - started
     verb = "would replay" if ns.dry_run else "replayed"
     count = sel.taken - len(failed) if ns.dry_run else replayed
-    warn(ns.sub_json, f"{verb} {count} message(s) in {elapsed:.2f}s"
-         + (f"; {len(failed)} could not be and stay parked" if failed else ""))
+    warn(
+        ns.sub_json,
+        f"{verb} {count} message(s) in {elapsed:.2f}s"
+        + (f"; {len(failed)} could not be and stay parked" if failed else ""),
+    )
     return EXIT_REMOTE if failed else EXIT_OK
 
 
-def _unfit(target: tuple[str, str] | None, exchanges: dict[str, bool],
-           reader: LotReader) -> str | None:
+def _unfit(
+    target: tuple[str, str] | None, exchanges: dict[str, bool], reader: LotReader
+) -> str | None:
     """Why a message cannot be replayed to ``target``, known before publishing."""
     if target is None:
-        return ("where it came from is unknown (no x-rpcworker-original-* nor x-death): "
-                "give --to-queue")
+        return (
+            "where it came from is unknown (no x-rpcworker-original-* nor x-death): give --to-queue"
+        )
     exchange = target[0]
     if exchange not in exchanges:
         exchanges[exchange] = reader.exchange_exists(exchange)
@@ -328,4 +384,3 @@ COMMANDS: dict[str, Callable[[cfg.ConfigOpts, Session, argparse.Namespace], int]
 
 def run(conf: cfg.ConfigOpts, session: Session, ns: argparse.Namespace) -> int:
     return COMMANDS[ns.parked_command](conf, session, ns)
-

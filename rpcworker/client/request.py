@@ -43,14 +43,26 @@ def rpc_request(ns: argparse.Namespace) -> RpcRequest:
     )
 
 
-def inner_message(req: RpcRequest, *, msg_id: str | None = None, reply_q: str | None = None,
-                  monitor_timeout: float | None = None,
-                  unique_id: str | None = None) -> dict[str, Any]:
+def inner_message(
+    req: RpcRequest,
+    *,
+    msg_id: str | None = None,
+    reply_q: str | None = None,
+    monitor_timeout: float | None = None,
+    unique_id: str | None = None,
+) -> dict[str, Any]:
     """The inner dict, field for field and in the order oslo.messaging 18 builds it.
 
     ``msg_id`` and ``reply_q`` make it a call (with ``_timeout``); without them a cast.
     """
-    return envelope.oslo_request(req.method, req.args, req.context, namespace=req.namespace,
-                                 version=req.version, msg_id=msg_id, reply_q=reply_q,
-                                 timeout=monitor_timeout, unique_id=unique_id)
-
+    return envelope.oslo_request(
+        req.method,
+        req.args,
+        req.context,
+        namespace=req.namespace,
+        version=req.version,
+        msg_id=msg_id,
+        reply_q=reply_q,
+        timeout=monitor_timeout,
+        unique_id=unique_id,
+    )

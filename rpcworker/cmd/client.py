@@ -72,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(exc, json_errors(ns, args))
         return exc.status
     except KeyboardInterrupt:
-        report(ClientError(EXIT_INTERRUPTED, "interrupted", "KeyboardInterrupt"),
-               json_errors(ns, args))
+        report(
+            ClientError(EXIT_INTERRUPTED, "interrupted", "KeyboardInterrupt"), json_errors(ns, args)
+        )
         return EXIT_INTERRUPTED
 
 

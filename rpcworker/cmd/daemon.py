@@ -66,8 +66,11 @@ def list_handlers() -> int:
         print(f"{info.name:<{width}}  {info.target}  {info.summary}".rstrip())
         if info.summary.startswith("(cannot be imported"):
             continue
-        methods = ("(any public name: decided by the handler at run time)"
-                   if info.methods is None else ", ".join(info.methods) or "(none)")
+        methods = (
+            "(any public name: decided by the handler at run time)"
+            if info.methods is None
+            else ", ".join(info.methods) or "(none)"
+        )
         print(f"{'':<{width}}    target: namespace {info.namespace}, version {info.version}")
         print(f"{'':<{width}}    methods: {methods}")
         if info.priorities:
@@ -88,8 +91,10 @@ def check_config(conf: cfg.ConfigOpts) -> int:
     if not conf.check_broker:
         return EXIT_OK
     if settings.folder is not None:
-        print("rpcworker: --broker: there is no broker to check with a filesystem:// "
-              "transport_url", file=sys.stderr)
+        print(
+            "rpcworker: --broker: there is no broker to check with a filesystem:// transport_url",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     result = brokercheck.check(parsed, settings, broker.connection(conf, settings))
     if result.unreachable:

@@ -114,14 +114,20 @@ def parse(conf: cfg.ConfigOpts) -> list[Binding]:
     """Register and read every enabled binding group; raise ConfigError on the first fault."""
     names = list(conf.bindings)
     if not names:
-        raise ConfigError("DEFAULT", "bindings", "no binding enabled; list at least one NAME "
-                          "and configure it in a [binding:NAME] group")
+        raise ConfigError(
+            "DEFAULT",
+            "bindings",
+            "no binding enabled; list at least one NAME and configure it in a [binding:NAME] group",
+        )
     seen: set[str] = set()
     result = []
     for name in names:
         if not _NAME.match(name):
-            raise ConfigError("DEFAULT", "bindings",
-                              f"invalid binding name {name!r} (letters, digits, _ . - only)")
+            raise ConfigError(
+                "DEFAULT",
+                "bindings",
+                f"invalid binding name {name!r} (letters, digits, _ . - only)",
+            )
         if name in seen:
             raise ConfigError("DEFAULT", "bindings", f"binding {name!r} is listed twice")
         seen.add(name)
@@ -143,8 +149,10 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
     if not g.type:
         raise fail("type", f"required: one of {', '.join(opts.BINDING_TYPES)}")
     if not g.handler:
-        raise fail("handler", "required: the entry point name of a handler plugin "
-                   "(see `rpcworker --list-handlers`)")
+        raise fail(
+            "handler",
+            "required: the entry point name of a handler plugin (see `rpcworker --list-handlers`)",
+        )
     args = _queue_arguments(g.queue_arguments, fail)
     quorum = _apply_queue_type(g, args, fail)
 
@@ -158,13 +166,23 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
     return _parse_exchange_binding(conf, group, name, g, args, quorum, fail)
 
 
-def _parse_rpc(conf: cfg.ConfigOpts, group: str, name: str, g: Any, args: dict[str, Any],
-               quorum: bool, fail: Fail) -> Binding:
+def _parse_rpc(
+    conf: cfg.ConfigOpts,
+    group: str,
+    name: str,
+    g: Any,
+    args: dict[str, Any],
+    quorum: bool,
+    fail: Fail,
+) -> Binding:
     """An oslo.messaging-style RPC server binding."""
     for option in ("queue", "routing_key", "auto_delete", "exclusive"):
         if conf[group][option] != _default(option):
-            raise fail(option, "not used by rpc bindings: they declare exactly what an "
-                       "oslo.messaging server declares (see topic and server)")
+            raise fail(
+                option,
+                "not used by rpc bindings: they declare exactly what an "
+                "oslo.messaging server declares (see topic and server)",
+            )
     topic = g.topic or name
     server = g.server or conf.host
     exchange = g.exchange or "openstack"
@@ -173,28 +191,48 @@ def _parse_rpc(conf: cfg.ConfigOpts, group: str, name: str, g: Any, args: dict[s
         _check_name(value, option, fail)
     if quorum and not durable:
         raise fail("durable", _QUORUM_DURABLE)
-    return Binding(name=name, type="rpc", handler=g.handler, exchange=exchange,
-                   durable=durable, prefetch_count=g.prefetch_count,
-                   acknowledge=g.acknowledge, queue_arguments=args,
-                   topic=topic, server=server, **_policy(g, fail),
-                   max_concurrency=_concurrency_cap(conf, g, fail))
+    return Binding(
+        name=name,
+        type="rpc",
+        handler=g.handler,
+        exchange=exchange,
+        durable=durable,
+        prefetch_count=g.prefetch_count,
+        acknowledge=g.acknowledge,
+        queue_arguments=args,
+        topic=topic,
+        server=server,
+        **_policy(g, fail),
+        max_concurrency=_concurrency_cap(conf, g, fail),
+    )
 
 
-def _parse_notification(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
-                        args: dict[str, Any], quorum: bool, fail: Fail) -> Binding:
+def _parse_notification(
+    conf: cfg.ConfigOpts,
+    group: str,
+    name: str,
+    g: Any,
+    args: dict[str, Any],
+    quorum: bool,
+    fail: Fail,
+) -> Binding:
     """An oslo.messaging-style notification listener."""
     for option in ("queue", "routing_key", "auto_delete", "exclusive", "server"):
         if conf[group][option] != _default(option):
-            raise fail(option, "not used by notification bindings: they declare what "
-                       "oslo.messaging's notifiers and listeners declare (see topic, "
-                       "priorities and pool)")
+            raise fail(
+                option,
+                "not used by notification bindings: they declare what "
+                "oslo.messaging's notifiers and listeners declare (see topic, "
+                "priorities and pool)",
+            )
     exchanges = _names(g.exchange or "openstack", "exchange", fail)
     topics = _names(g.topic or "notifications", "topic", fail)
     priorities = tuple(p.strip().lower() for p in g.priorities if p.strip())
     for priority in priorities:
         if priority not in PRIORITIES:
-            raise fail("priorities", f"unknown priority {priority!r} (one of "
-                       f"{', '.join(PRIORITIES)})")
+            raise fail(
+                "priorities", f"unknown priority {priority!r} (one of {', '.join(PRIORITIES)})"
+            )
     if g.pool is not None:
         _check_name(g.pool, "pool", fail)
     for option in ("filter_event_type", "filter_publisher_id"):
@@ -207,13 +245,24 @@ def _parse_notification(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
     durable = bool(g.durable) if g.durable is not None else quorum
     if quorum and not durable:
         raise fail("durable", _QUORUM_DURABLE)
-    return Binding(name=name, type="notification", handler=g.handler, exchange=exchanges[0],
-                   durable=durable, prefetch_count=g.prefetch_count,
-                   acknowledge=g.acknowledge, queue_arguments=args, exchanges=exchanges,
-                   topics=topics, priorities=tuple(dict.fromkeys(priorities)), pool=g.pool,
-                   filter_event_type=g.filter_event_type,
-                   filter_publisher_id=g.filter_publisher_id, **_policy(g, fail),
-                   max_concurrency=_concurrency_cap(conf, g, fail))
+    return Binding(
+        name=name,
+        type="notification",
+        handler=g.handler,
+        exchange=exchanges[0],
+        durable=durable,
+        prefetch_count=g.prefetch_count,
+        acknowledge=g.acknowledge,
+        queue_arguments=args,
+        exchanges=exchanges,
+        topics=topics,
+        priorities=tuple(dict.fromkeys(priorities)),
+        pool=g.pool,
+        filter_event_type=g.filter_event_type,
+        filter_publisher_id=g.filter_publisher_id,
+        **_policy(g, fail),
+        max_concurrency=_concurrency_cap(conf, g, fail),
+    )
 
 
 def _names(value: str, option: str, fail: Fail) -> tuple[str, ...]:
@@ -226,8 +275,15 @@ def _names(value: str, option: str, fail: Fail) -> tuple[str, ...]:
     return names
 
 
-def _parse_exchange_binding(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
-                            args: dict[str, Any], quorum: bool, fail: Fail) -> Binding:
+def _parse_exchange_binding(
+    conf: cfg.ConfigOpts,
+    group: str,
+    name: str,
+    g: Any,
+    args: dict[str, Any],
+    quorum: bool,
+    fail: Fail,
+) -> Binding:
     """A direct, topic or fanout exchange and its queue."""
     for option in ("topic", "server"):
         if conf[group][option] is not None:
@@ -251,15 +307,27 @@ def _parse_exchange_binding(conf: cfg.ConfigOpts, group: str, name: str, g: Any,
         if not durable:
             raise fail("durable", _QUORUM_DURABLE)
         if exclusive or auto_delete:
-            raise fail("exclusive" if exclusive else "auto_delete",
-                       "quorum queues cannot be exclusive or auto-delete"
-                       + (" (a fanout binding needs a named queue for that)" if per_process
-                          else ""))
-    return Binding(name=name, type=g.type, handler=g.handler, exchange=exchange,
-                   durable=durable, prefetch_count=g.prefetch_count,
-                   acknowledge=g.acknowledge, queue_arguments=args, queue=queue,
-                   routing_keys=keys, auto_delete=auto_delete, exclusive=exclusive,
-                   **_policy(g, fail), max_concurrency=_concurrency_cap(conf, g, fail))
+            raise fail(
+                "exclusive" if exclusive else "auto_delete",
+                "quorum queues cannot be exclusive or auto-delete"
+                + (" (a fanout binding needs a named queue for that)" if per_process else ""),
+            )
+    return Binding(
+        name=name,
+        type=g.type,
+        handler=g.handler,
+        exchange=exchange,
+        durable=durable,
+        prefetch_count=g.prefetch_count,
+        acknowledge=g.acknowledge,
+        queue_arguments=args,
+        queue=queue,
+        routing_keys=keys,
+        auto_delete=auto_delete,
+        exclusive=exclusive,
+        **_policy(g, fail),
+        max_concurrency=_concurrency_cap(conf, g, fail),
+    )
 
 
 def _routing_keys(g: Any, fail: Fail) -> tuple[str, ...]:
@@ -294,8 +362,11 @@ def _apply_queue_type(g: Any, args: dict[str, Any], fail: Fail) -> bool:
     given = args.get("x-queue-type")
     if g.queue_type is not None:
         if given is not None and given != g.queue_type:
-            raise fail("queue_type", f"{g.queue_type} disagrees with queue_arguments "
-                       f"x-queue-type:{given}; set the type in one place")
+            raise fail(
+                "queue_type",
+                f"{g.queue_type} disagrees with queue_arguments "
+                f"x-queue-type:{given}; set the type in one place",
+            )
         if g.queue_type == "quorum":
             args["x-queue-type"] = "quorum"
     quorum = args.get("x-queue-type") == "quorum"
@@ -306,8 +377,11 @@ def _apply_queue_type(g: Any, args: dict[str, Any], fail: Fail) -> bool:
         if not quorum:
             raise fail(option, "only for quorum queues: set queue_type = quorum")
         if argument in args and args[argument] != value:
-            raise fail(option, f"{value} disagrees with queue_arguments "
-                       f"{argument}:{args[argument]}; set it in one place")
+            raise fail(
+                option,
+                f"{value} disagrees with queue_arguments "
+                f"{argument}:{args[argument]}; set it in one place",
+            )
         args[argument] = value
     if quorum:
         _check_quorum_arguments(args, fail)
@@ -319,15 +393,16 @@ def _check_quorum_arguments(args: Mapping[str, Any], fail: Fail) -> None:
     for option, argument in _QUORUM_ARGUMENTS:
         value = args.get(argument)
         if value is not None and (type(value) is not int or value < 0):
-            raise fail("queue_arguments", f"{argument}: {value!r} is not an integer >= 0 "
-                       f"(prefer the {option} option)")
+            raise fail(
+                "queue_arguments",
+                f"{argument}: {value!r} is not an integer >= 0 (prefer the {option} option)",
+            )
 
 
 def _policy(g: Any, fail: Fail) -> dict[str, Any]:
     """The failure-policy fields of a binding group, validated."""
     if g.retry_delay_max < g.retry_delay:
-        raise fail("retry_delay_max", f"{g.retry_delay_max} is below retry_delay "
-                   f"({g.retry_delay})")
+        raise fail("retry_delay_max", f"{g.retry_delay_max} is below retry_delay ({g.retry_delay})")
     if g.dead_letter_routing_key is not None and not g.dead_letter_exchange:
         raise fail("dead_letter_routing_key", "needs dead_letter_exchange")
     for option in ("dead_letter_exchange", "dead_letter_queue"):
@@ -349,11 +424,17 @@ def _concurrency_cap(conf: cfg.ConfigOpts, g: Any, fail: Fail) -> int:
     """``max_concurrency``, checked against the pool and the prefetch window."""
     limit, pool = g.max_concurrency, conf.executor_thread_pool_size
     if limit > pool:
-        raise fail("max_concurrency", f"{limit} is more than the handler threads of a "
-                   f"worker process ([DEFAULT] executor_thread_pool_size = {pool})")
+        raise fail(
+            "max_concurrency",
+            f"{limit} is more than the handler threads of a "
+            f"worker process ([DEFAULT] executor_thread_pool_size = {pool})",
+        )
     if limit and g.prefetch_count and limit > g.prefetch_count:
-        raise fail("max_concurrency", f"{limit} is more than prefetch_count "
-                   f"({g.prefetch_count}): no more deliveries are ever in flight")
+        raise fail(
+            "max_concurrency",
+            f"{limit} is more than prefetch_count "
+            f"({g.prefetch_count}): no more deliveries are ever in flight",
+        )
     return int(limit)
 
 
@@ -404,9 +485,11 @@ def check_queues_unique(bindings: list[Binding]) -> None:
         for q in b.work_queues:
             if q in owner:
                 option = {"rpc": "topic", "notification": "pool" if b.pool else "topic"}.get(
-                    b.type, "queue")
-                raise ConfigError(b.group, option,
-                                  f"queue {q!r} is already consumed by binding {owner[q]!r}")
+                    b.type, "queue"
+                )
+                raise ConfigError(
+                    b.group, option, f"queue {q!r} is already consumed by binding {owner[q]!r}"
+                )
             owner[q] = b.name
 
 
@@ -418,11 +501,14 @@ def _check_exchanges_consistent(bindings: list[Binding]) -> None:
         for exchange in b.exchanges or (b.exchange,):
             first = seen.setdefault(exchange, (b.name, kind, b.durable))
             if first[1:] != (kind, b.durable):
-                raise ConfigError(b.group, "exchange" if first[1] != kind else "durable",
-                                  f"exchange {exchange!r} is also used by binding "
-                                  f"{first[0]!r} as type {first[1]}, durable={first[2]}; this "
-                                  f"binding would declare it as type {kind}, "
-                                  f"durable={b.durable}")
+                raise ConfigError(
+                    b.group,
+                    "exchange" if first[1] != kind else "durable",
+                    f"exchange {exchange!r} is also used by binding "
+                    f"{first[0]!r} as type {first[1]}, durable={first[2]}; this "
+                    f"binding would declare it as type {kind}, "
+                    f"durable={b.durable}",
+                )
 
 
 def _check_parking_lots_consistent(bindings: list[Binding]) -> None:
@@ -435,8 +521,11 @@ def _check_parking_lots_consistent(bindings: list[Binding]) -> None:
         first = seen.setdefault(b.dead_letter_queue, b)
         if first.quorum != b.quorum:
             kinds = {True: "quorum", False: "classic"}
-            raise ConfigError(b.group, "dead_letter_queue",
-                              f"queue {b.dead_letter_queue!r} is also the parking lot of "
-                              f"binding {first.name!r}, a {kinds[first.quorum]} binding; "
-                              f"this {kinds[b.quorum]} binding would declare it as a "
-                              f"{kinds[b.quorum]} queue")
+            raise ConfigError(
+                b.group,
+                "dead_letter_queue",
+                f"queue {b.dead_letter_queue!r} is also the parking lot of "
+                f"binding {first.name!r}, a {kinds[first.quorum]} binding; "
+                f"this {kinds[b.quorum]} binding would declare it as a "
+                f"{kinds[b.quorum]} queue",
+            )

@@ -46,14 +46,16 @@ def new_conf(with_cli: bool = True) -> cfg.ConfigOpts:
     if with_cli:
         conf.register_cli_opts(opts.cli_opts)
     logging.register_options(conf)
-    logging.set_defaults(
-        default_log_levels=logging.get_default_log_levels() + _DEFAULT_LOG_LEVELS
-    )
+    logging.set_defaults(default_log_levels=logging.get_default_log_levels() + _DEFAULT_LOG_LEVELS)
     return conf
 
 
-def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
-            default_config_files: list[str] | None = None) -> cfg.ConfigOpts:
+def prepare(
+    argv: Sequence[str] | None,
+    *,
+    with_cli: bool = True,
+    default_config_files: list[str] | None = None,
+) -> cfg.ConfigOpts:
     """Parse ``argv`` (without the program name) into a new ConfigOpts.
 
     Raises ConfigError for a value oslo.config refuses, naming group and option.
@@ -80,20 +82,26 @@ def prepare(argv: Sequence[str] | None, *, with_cli: bool = True,
 _OSLO_CLI_VALUE_ERROR = re.compile(r"^argument --(\S+): Invalid (.+?) value: (.*)$")
 
 
-def _parse(conf: cfg.ConfigOpts, argv: list[str], default_config_files: list[str] | None
-           ) -> None:
+def _parse(conf: cfg.ConfigOpts, argv: list[str], default_config_files: list[str] | None) -> None:
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            conf(args=argv, project=PROJECT, prog=PROJECT, version=version_string(),
-                 default_config_files=default_config_files, validate_default_values=True)
+            conf(
+                args=argv,
+                project=PROJECT,
+                prog=PROJECT,
+                version=version_string(),
+                default_config_files=default_config_files,
+                validate_default_values=True,
+            )
     except SystemExit:
         text = captured.getvalue().strip()
         match = _OSLO_CLI_VALUE_ERROR.match(text)
         if match:
             dest, type_name, value = match.groups()
-            raise ConfigError("DEFAULT", dest, f"invalid value {value!r}: {type_name} "
-                              "expected") from None
+            raise ConfigError(
+                "DEFAULT", dest, f"invalid value {value!r}: {type_name} expected"
+            ) from None
         sys.stderr.write(captured.getvalue())  # argparse's usage error or --help
         raise
     sys.stderr.write(captured.getvalue())
@@ -125,8 +133,10 @@ def check_values(conf: cfg.ConfigOpts, group: str | None, options: Sequence[cfg.
             raise ConfigError(group or "DEFAULT", opt.name, _value_error(exc, source)) from exc
 
 
-_OSLO_VALUE_ERROR = re.compile(r"^Value for option \S+ from LocationInfo\(.*?detail='(.*?)'\) "
-                               r"is not valid: (.*)$")
+_OSLO_VALUE_ERROR = re.compile(
+    r"^Value for option \S+ from LocationInfo\(.*?detail='(.*?)'\) "
+    r"is not valid: (.*)$"
+)
 
 
 def _value_error(exc: BaseException, source: str | None = None) -> str:
@@ -146,19 +156,23 @@ def setup_logging(conf: cfg.ConfigOpts) -> None:
         logging.setup(conf, PROJECT)
     except RuntimeError as exc:
         if conf.use_journal and "ystemd" in str(exc):
-            raise ConfigError("DEFAULT", "use_journal",
-                              "needs the systemd-python package (pip install "
-                              "'rpcworker[journal]'); without it, log to stderr, which "
-                              "systemd sends to the journal anyway") from exc
-        raise ConfigError("DEFAULT", None, "logging set-up failed: "
-                          f"{oneline(exc, with_type=False)}") from exc
+            raise ConfigError(
+                "DEFAULT",
+                "use_journal",
+                "needs the systemd-python package (pip install "
+                "'rpcworker[journal]'); without it, log to stderr, which "
+                "systemd sends to the journal anyway",
+            ) from exc
+        raise ConfigError(
+            "DEFAULT", None, f"logging set-up failed: {oneline(exc, with_type=False)}"
+        ) from exc
     except OSError as exc:
         option = "log_file" if conf.log_file else None
-        raise ConfigError("DEFAULT", option, "cannot open the log: "
-                          f"{oneline(exc, with_type=False)}") from exc
+        raise ConfigError(
+            "DEFAULT", option, f"cannot open the log: {oneline(exc, with_type=False)}"
+        ) from exc
     # py-amqp logs every heartbeat tick at DEBUG: keep that out even with --debug
-    std_logging.getLogger("amqp.connection.Connection.heartbeat_tick").setLevel(
-        std_logging.WARNING)
+    std_logging.getLogger("amqp.connection.Connection.heartbeat_tick").setLevel(std_logging.WARNING)
     if not conf.debug:
         std_logging.getLogger("amqp").setLevel(std_logging.WARNING)
 
@@ -185,7 +199,8 @@ def exposed_secrets(conf: cfg.ConfigOpts) -> list[str]:
             warnings.append(
                 f"config file {path} holds the broker password ({what}) and every user "
                 f"can read it (mode {mode:04o}): chmod o-rw {path}, e.g. mode 0640 owned "
-                "by root and the service's group")
+                "by root and the service's group"
+            )
     return warnings
 
 
@@ -197,8 +212,11 @@ def _only_default_credentials(conf: cfg.ConfigOpts) -> bool:
     """guest/guest on the loopback interface (the repository's example config): RabbitMQ's
     well-known default user, which it refuses from any other host, is no secret."""
     b = conf[opts.BROKER_GROUP]
-    return ((b.userid, b.password) == ("guest", "guest") and b.hostname in _LOOPBACK
-            and not conf.transport_url)
+    return (
+        (b.userid, b.password) == ("guest", "guest")
+        and b.hostname in _LOOPBACK
+        and not conf.transport_url
+    )
 
 
 def _url_has_password(url: str) -> bool:

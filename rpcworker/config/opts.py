@@ -117,9 +117,7 @@ default_opts = [
 ]
 
 broker_opts = [
-    cfg.HostAddressOpt(
-        "hostname", default="localhost", help="Broker host name or IP address."
-    ),
+    cfg.HostAddressOpt("hostname", default="localhost", help="Broker host name or IP address."),
     cfg.PortOpt("port", default=5672, help="Broker port (5671 is the usual TLS port)."),
     cfg.StrOpt("userid", default="guest", help="User name to log in with."),
     cfg.StrOpt("password", default="guest", secret=True, help="Password. Never logged."),
@@ -197,14 +195,20 @@ binding_opts = [
     cfg.StrOpt(
         "type",
         choices=[
-            ("rpc", "an oslo.messaging RPC server: queues TOPIC and TOPIC.SERVER on the "
-             "topic exchange, and the TOPIC_fanout exchange with a per-process queue"),
+            (
+                "rpc",
+                "an oslo.messaging RPC server: queues TOPIC and TOPIC.SERVER on the "
+                "topic exchange, and the TOPIC_fanout exchange with a per-process queue",
+            ),
             ("direct", "one queue bound with exact routing keys"),
             ("fanout", "one queue that gets a copy of everything published on the exchange"),
             ("topic", "one queue bound with patterns (* one word, # zero or more words)"),
-            ("notification", "an oslo.messaging notification listener: queues "
-             "TOPIC.PRIORITY (or one POOL queue) on the topic exchange(s) the notifiers "
-             "publish to"),
+            (
+                "notification",
+                "an oslo.messaging notification listener: queues "
+                "TOPIC.PRIORITY (or one POOL queue) on the topic exchange(s) the notifiers "
+                "publish to",
+            ),
         ],
         help="What the binding declares and consumes. Required.",
     ),
@@ -220,9 +224,12 @@ binding_opts = [
         "to, a comma-separated list (e.g. nova, glance, cinder), default 'openstack'. Other "
         "types: default the binding's name.",
     ),
-    cfg.StrOpt("topic", help="rpc: the RPC topic, default the binding's name. notification: "
-               "the notification topics, a comma-separated list, default 'notifications' "
-               "(Nova's versioned ones: versioned_notifications)."),
+    cfg.StrOpt(
+        "topic",
+        help="rpc: the RPC topic, default the binding's name. notification: "
+        "the notification topics, a comma-separated list, default 'notifications' "
+        "(Nova's versioned ones: versioned_notifications).",
+    ),
     cfg.ListOpt(
         "priorities",
         default=[],
@@ -507,6 +514,5 @@ def list_opts() -> list[tuple[str | cfg.OptGroup | None, Iterable[cfg.Opt]]]:
         (None, default_opts),
         (cfg.OptGroup(BROKER_GROUP, help=_broker_help), broker_opts),
         (cfg.OptGroup(binding_group("NAME"), help=_binding_help), binding_opts),
-        (cfg.OptGroup(METRICS_GROUP, help="Prometheus metrics and health endpoint."),
-         metrics_opts),
+        (cfg.OptGroup(METRICS_GROUP, help="Prometheus metrics and health endpoint."), metrics_opts),
     ]

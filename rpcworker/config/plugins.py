@@ -54,13 +54,17 @@ def load(conf: cfg.ConfigOpts, bindings: Iterable[Binding]) -> dict[str, Any]:
     def on_missing(names: Iterable[str]) -> None:
         name = sorted(names)[0]
         installed = ", ".join(sorted(e.name for e in _all_entry_points())) or "none"
-        raise PluginError(f"{where(name)} handler: no plugin {name!r} in entry point "
-                          f"group {NAMESPACE} (installed: {installed})")
+        raise PluginError(
+            f"{where(name)} handler: no plugin {name!r} in entry point "
+            f"group {NAMESPACE} (installed: {installed})"
+        )
 
     def on_failure(manager: Any, entrypoint: Any, exc: BaseException) -> None:
-        raise PluginError(f"{where(entrypoint.name)} handler: plugin {entrypoint.name!r} "
-                          f"({entrypoint.value}) failed to load: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"{where(entrypoint.name)} handler: plugin {entrypoint.name!r} "
+            f"({entrypoint.value}) failed to load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
     manager = NamedExtensionManager(
         NAMESPACE,
@@ -90,9 +94,15 @@ def describe(name: str, value: str, factory: Any) -> PluginInfo:
     version = getattr(target, "version", None) or "1.0"
     methods = handlerapi.rpc_methods(factory) if isinstance(factory, type) else None
     priorities = handlerapi.priorities_of(factory) if isinstance(factory, type) else ()
-    return PluginInfo(name, value, summary,
-                      None if namespace is None else str(namespace), str(version), methods,
-                      priorities)
+    return PluginInfo(
+        name,
+        value,
+        summary,
+        None if namespace is None else str(namespace),
+        str(version),
+        methods,
+        priorities,
+    )
 
 
 def list_handlers() -> list[PluginInfo]:
@@ -103,8 +113,9 @@ def list_handlers() -> list[PluginInfo]:
         try:
             result.append(describe(ep.name, ep.value, ep.load()))
         except Exception as exc:  # a broken plugin is listed, not fatal here
-            result.append(PluginInfo(
-                ep.name, ep.value, f"(cannot be imported: {type(exc).__name__}: {exc})"))
+            result.append(
+                PluginInfo(ep.name, ep.value, f"(cannot be imported: {type(exc).__name__}: {exc})")
+            )
     return result
 
 
@@ -124,12 +135,20 @@ def _resolved(b: Binding, handler: Any) -> Binding:
     has = handlerapi.priorities_of(handler)
     if not b.priorities:
         if not has:
-            raise ConfigError(b.group, "handler", f"handler {b.handler!r} has no method for "
-                              f"any notification priority ({', '.join(PRIORITIES)}): a "
-                              f"notification binding needs at least one")
+            raise ConfigError(
+                b.group,
+                "handler",
+                f"handler {b.handler!r} has no method for "
+                f"any notification priority ({', '.join(PRIORITIES)}): a "
+                f"notification binding needs at least one",
+            )
         return dataclasses.replace(b, priorities=has)
     missing = [p for p in b.priorities if p not in has]
     if missing:
-        raise ConfigError(b.group, "priorities", f"handler {b.handler!r} has no "
-                          f"{', '.join(missing)}() method (it has: {', '.join(has) or 'none'})")
+        raise ConfigError(
+            b.group,
+            "priorities",
+            f"handler {b.handler!r} has no "
+            f"{', '.join(missing)}() method (it has: {', '.join(has) or 'none'})",
+        )
     return b

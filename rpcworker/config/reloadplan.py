@@ -37,12 +37,13 @@ class Plan:
         return not (self.added or self.removed or self.changed)
 
 
-def plan(conf: cfg.ConfigOpts, current: Sequence[Binding],
-         handlers: dict[str, Any]) -> Plan:
+def plan(conf: cfg.ConfigOpts, current: Sequence[Binding], handlers: dict[str, Any]) -> Plan:
     """Re-read the config files; raises ConfigError/PluginError (nothing is changed then)."""
     changes = conf.mutate_config_files()
-    LOG.debug("options changed by the reload: %s",
-              ", ".join(f"[{group or 'DEFAULT'}] {name}" for group, name in changes))
+    LOG.debug(
+        "options changed by the reload: %s",
+        ", ".join(f"[{group or 'DEFAULT'}] {name}" for group, name in changes),
+    )
     new = bindingconf.parse(conf)
     missing = {b.handler for b in new if b.handler not in handlers}
     loaded = plugins.load(conf, [b for b in new if b.handler in missing]) if missing else {}
@@ -58,8 +59,9 @@ def plan(conf: cfg.ConfigOpts, current: Sequence[Binding],
     )
 
 
-def reread(conf: cfg.ConfigOpts, current: Sequence[Binding], handlers: dict[str, Any]
-           ) -> Plan | None:
+def reread(
+    conf: cfg.ConfigOpts, current: Sequence[Binding], handlers: dict[str, Any]
+) -> Plan | None:
     """SIGHUP: the plan for the configuration files as they are now; None when the new
     configuration is refused (logged; nothing changes then)."""
     LOG.info("SIGHUP: re-reading the configuration")

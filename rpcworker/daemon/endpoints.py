@@ -53,20 +53,22 @@ def parse_listen(value: str) -> tuple[str, int] | None:
         return None
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
-        raise ConfigError("metrics", "listen", f"{value!r} is not HOST:PORT (e.g. "
-                          "127.0.0.1:9464)")
+        raise ConfigError("metrics", "listen", f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         _check_ip(value, host)
     elif ":" in host:
-        raise ConfigError("metrics", "listen", f"{value!r}: write an IPv6 address in "
-                          "brackets, e.g. [::1]:9464")
+        raise ConfigError(
+            "metrics", "listen", f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9464"
+        )
     elif not all(c.isalnum() or c in "-." for c in host):
-        raise ConfigError("metrics", "listen", f"{value!r}: {host!r} is not a host name "
-                          "or IP address")
+        raise ConfigError(
+            "metrics", "listen", f"{value!r}: {host!r} is not a host name or IP address"
+        )
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ConfigError("metrics", "listen", f"{value!r}: the port must be a number "
-                          "from 1 to 65535")
+        raise ConfigError(
+            "metrics", "listen", f"{value!r}: the port must be a number from 1 to 65535"
+        )
     return host, int(port_text)
 
 
@@ -74,8 +76,9 @@ def _check_ip(value: str, host: str) -> None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError("metrics", "listen", f"{value!r}: {host!r} is not an IP "
-                          "address") from None
+        raise ConfigError(
+            "metrics", "listen", f"{value!r}: {host!r} is not an IP address"
+        ) from None
 
 
 # -- the instruments ----------------------------------------------------------------------
@@ -88,8 +91,7 @@ class LoopProbe:
     """A ``Notifier`` in front of another: remembers when the consume loop last sent
     WATCHDOG (it does on every turn) and its last status line, then forwards all."""
 
-    def __init__(self, inner: Notifier,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, inner: Notifier, clock: Callable[[], float] = time.monotonic) -> None:
         self.inner = inner
         self._clock = clock
         self.last_tick = clock()
@@ -138,8 +140,13 @@ class LoopProbe:
 class Endpoint:
     """``/metrics``, ``/healthz``, ``/readyz`` on a ThreadingHTTPServer in a daemon thread."""
 
-    def __init__(self, address: tuple[str, int], collect: Callable[[], bytes],
-                 health: Callable[[], Verdict], ready: Callable[[], Verdict]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        collect: Callable[[], bytes],
+        health: Callable[[], Verdict],
+        ready: Callable[[], Verdict],
+    ) -> None:
         routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
             "/metrics": lambda: (200, prometheus_client.CONTENT_TYPE_LATEST, collect()),
             "/healthz": lambda: _verdict(health()),
@@ -149,17 +156,24 @@ class Endpoint:
         try:
             self.server = ThreadingHTTPServer(address, handler)
         except OSError as exc:
-            raise ConfigError("metrics", "listen", f"cannot listen on "
-                              f"{address[0]}:{address[1]}: {exc.strerror or exc}") from exc
+            raise ConfigError(
+                "metrics",
+                "listen",
+                f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}",
+            ) from exc
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever,
-                                        name="rpcworker-metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="rpcworker-metrics", daemon=True
+        )
 
     def start(self) -> Endpoint:
         self._thread.start()
-        LOG.info("Metrics and health endpoint on http://%s:%d/metrics",
-                 self.server.server_address[0], self.port)
+        LOG.info(
+            "Metrics and health endpoint on http://%s:%d/metrics",
+            self.server.server_address[0],
+            self.port,
+        )
         return self
 
     def close(self) -> None:
@@ -194,15 +208,21 @@ class _Handler(BaseHTTPRequestHandler):
         LOG.debug("metrics endpoint: " + format, *args)
 
 
-def serve_process(address: tuple[str, int], registry: CollectorRegistry,
-                  probe: LoopProbe, worker: Any) -> Endpoint:
+def serve_process(
+    address: tuple[str, int], registry: CollectorRegistry, probe: LoopProbe, worker: Any
+) -> Endpoint:
     """The endpoint of a single process (``workers = 1``). Raises ConfigError."""
+
     def health() -> Verdict:
         unable = worker.unable()
         return (False, unable) if unable else probe.health()
 
-    return Endpoint(address, lambda: prometheus_client.generate_latest(registry),
-                    health, lambda: probe.readiness(bool(worker.ready))).start()
+    return Endpoint(
+        address,
+        lambda: prometheus_client.generate_latest(registry),
+        health,
+        lambda: probe.readiness(bool(worker.ready)),
+    ).start()
 
 
 # -- workers > 1: multiprocess mode -------------------------------------------------------
@@ -235,10 +255,16 @@ def mark_dead(path: str, pid: int) -> None:
         LOG.debug("metrics: could not mark pid %d dead: %s", pid, exc)
 
 
-def serve_supervisor(address: tuple[str, int], path: str, health: Callable[[], Verdict],
-                     ready: Callable[[], Verdict], own: Sequence[Collector] = ()) -> Endpoint:
+def serve_supervisor(
+    address: tuple[str, int],
+    path: str,
+    health: Callable[[], Verdict],
+    ready: Callable[[], Verdict],
+    own: Sequence[Collector] = (),
+) -> Endpoint:
     """The endpoint of the supervisor: the workers' values summed, and the collectors of
     its ``own``. Raises ConfigError."""
+
     def collect() -> bytes:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=path)

@@ -49,55 +49,106 @@ class Metrics(Recorder):
             return _Children(prometheus_client.Counter(PREFIX + name, doc, by, registry=reg))
 
         self._received = counter("received", "Deliveries received.")
-        self._acked = counter("acked", "Deliveries acknowledged (basic.ack), including "
-                              "those acked once their retry or dead-letter copy was confirmed.")
+        self._acked = counter(
+            "acked",
+            "Deliveries acknowledged (basic.ack), including "
+            "those acked once their retry or dead-letter copy was confirmed.",
+        )
         self._rejected = counter("rejected", "Deliveries rejected (basic.reject).")
         self._retried = counter("retried", "Deliveries sent to a delay queue for a retry.")
-        self._dead_lettered = counter("dead_lettered", "Deliveries dead-lettered: copied to "
-                                      "the parking lot, or rejected without one.")
-        self._failed = counter("failed", "Handler runs that failed (raised, or no "
-                               "handle_message for an event).")
-        self._filtered = counter("filtered", "Notifications acked without reaching the "
-                                 "handler: the binding's filters did not match them.")
-        self._duration = _Children(prometheus_client.Histogram(
-            PREFIX + "handler_duration_seconds", "Handler run time.", by, registry=reg))
-        self._inflight = _Children(prometheus_client.Gauge(
-            PREFIX + "inflight", "Handlers running now.", by, registry=reg,
-            multiprocess_mode="livesum"))
-        self._consuming = _Children(prometheus_client.Gauge(
-            PREFIX + "binding_consuming", "1 while the binding has a consumer on the broker "
-            "(workers > 1: the number of worker processes consuming it).", by, registry=reg,
-            multiprocess_mode="livesum"))
+        self._dead_lettered = counter(
+            "dead_lettered",
+            "Deliveries dead-lettered: copied to the parking lot, or rejected without one.",
+        )
+        self._failed = counter(
+            "failed", "Handler runs that failed (raised, or no handle_message for an event)."
+        )
+        self._filtered = counter(
+            "filtered",
+            "Notifications acked without reaching the "
+            "handler: the binding's filters did not match them.",
+        )
+        self._duration = _Children(
+            prometheus_client.Histogram(
+                PREFIX + "handler_duration_seconds", "Handler run time.", by, registry=reg
+            )
+        )
+        self._inflight = _Children(
+            prometheus_client.Gauge(
+                PREFIX + "inflight",
+                "Handlers running now.",
+                by,
+                registry=reg,
+                multiprocess_mode="livesum",
+            )
+        )
+        self._consuming = _Children(
+            prometheus_client.Gauge(
+                PREFIX + "binding_consuming",
+                "1 while the binding has a consumer on the broker "
+                "(workers > 1: the number of worker processes consuming it).",
+                by,
+                registry=reg,
+                multiprocess_mode="livesum",
+            )
+        )
         self._reconnects = prometheus_client.Counter(
-            PREFIX + "reconnects", "Connections to the broker made after the first.",
-            registry=reg)
+            PREFIX + "reconnects", "Connections to the broker made after the first.", registry=reg
+        )
         self._connected = prometheus_client.Gauge(
-            PREFIX + "connected", "1 while connected to the broker (workers > 1: 1 only if "
-            "every worker process is).", registry=reg, multiprocess_mode="livemin")
+            PREFIX + "connected",
+            "1 while connected to the broker (workers > 1: 1 only if every worker process is).",
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
         self._connected.set(0)
         self._busy = prometheus_client.Gauge(
-            PREFIX + "handler_threads_busy", "Handler threads in a handler now (stuck ones "
-            "included).", registry=reg, multiprocess_mode="livesum")
+            PREFIX + "handler_threads_busy",
+            "Handler threads in a handler now (stuck ones included).",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self._stuck = prometheus_client.Gauge(
-            PREFIX + "handler_threads_stuck", "Handler threads stuck in a handler past its "
-            "handler_timeout (each replaced by a fresh one).", registry=reg,
-            multiprocess_mode="livesum")
+            PREFIX + "handler_threads_stuck",
+            "Handler threads stuck in a handler past its "
+            "handler_timeout (each replaced by a fresh one).",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self._recycles = prometheus_client.Counter(
-            PREFIX + "recycles", "Worker processes that recycled themselves (stuck threads, "
-            "max_messages_per_worker, max_memory_per_worker).", registry=reg)
+            PREFIX + "recycles",
+            "Worker processes that recycled themselves (stuck threads, "
+            "max_messages_per_worker, max_memory_per_worker).",
+            registry=reg,
+        )
         self._recycles.inc(recycling.recycles_so_far())  # those before a re-exec
         self._inflight_bytes = prometheus_client.Gauge(
-            PREFIX + "inflight_bytes", "Bytes of message bodies received and not yet "
-            "settled (counted against max_inflight_bytes).", registry=reg,
-            multiprocess_mode="livesum")
+            PREFIX + "inflight_bytes",
+            "Bytes of message bodies received and not yet "
+            "settled (counted against max_inflight_bytes).",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self._throttled = prometheus_client.Counter(
-            PREFIX + "throttled_seconds", "Seconds spent throttled: consumers cancelled "
-            "because max_inflight_bytes of bodies were in flight.", registry=reg)
+            PREFIX + "throttled_seconds",
+            "Seconds spent throttled: consumers cancelled "
+            "because max_inflight_bytes of bodies were in flight.",
+            registry=reg,
+        )
         self._throttled_so_far = 0.0
         for name in bindings:
-            for children in (self._received, self._acked, self._rejected, self._retried,
-                             self._dead_lettered, self._failed, self._filtered, self._duration,
-                             self._inflight, self._consuming):
+            for children in (
+                self._received,
+                self._acked,
+                self._rejected,
+                self._retried,
+                self._dead_lettered,
+                self._failed,
+                self._filtered,
+                self._duration,
+                self._inflight,
+                self._consuming,
+            ):
                 children[name]  # noqa: B018  (creates the labelled child at zero)
 
     def received(self, binding: str) -> None:

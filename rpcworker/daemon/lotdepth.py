@@ -42,8 +42,13 @@ PROBE_EVERY = 5.0
 class ParkedDepth(Collector):
     """The collector; ``None`` from ``for_bindings`` when no binding has a lot."""
 
-    def __init__(self, conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
-                 lots: dict[str, tuple[str, ...]], every: float = PROBE_EVERY) -> None:
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        settings: broker.BrokerSettings,
+        lots: dict[str, tuple[str, ...]],
+        every: float = PROBE_EVERY,
+    ) -> None:
         self.conf, self.settings, self.lots, self.every = conf, settings, lots, every
         self._lock = threading.Lock()
         self._conn: kombu.Connection | None = None
@@ -52,8 +57,9 @@ class ParkedDepth(Collector):
         self._failing = False
 
     @classmethod
-    def for_bindings(cls, conf: cfg.ConfigOpts, settings: broker.BrokerSettings,
-                     parsed: list[Binding]) -> ParkedDepth | None:
+    def for_bindings(
+        cls, conf: cfg.ConfigOpts, settings: broker.BrokerSettings, parsed: list[Binding]
+    ) -> ParkedDepth | None:
         lots = lots_of(parsed)
         if not lots or settings.folder is not None:  # filesystem://: no queue depths
             return None
@@ -65,8 +71,11 @@ class ParkedDepth(Collector):
                 self._probe()
             depths = dict(self._depths)
         family = GaugeMetricFamily(
-            NAME, "Messages in the parking lot (dead_letter_queue) of the binding(s), read "
-            f"from the broker at most every {self.every:g} s.", labels=["binding", "queue"])
+            NAME,
+            "Messages in the parking lot (dead_letter_queue) of the binding(s), read "
+            f"from the broker at most every {self.every:g} s.",
+            labels=["binding", "queue"],
+        )
         for queue, depth in depths.items():
             family.add_metric([",".join(self.lots[queue]), queue], depth)
         yield family
@@ -85,8 +94,10 @@ class ParkedDepth(Collector):
                 self._conn.release()
                 self._conn = None
             if not self._failing:
-                LOG.warning("metrics: cannot read the parking lots' depth: %s (retried at "
-                            "the next scrape)", oneline(exc))
+                LOG.warning(
+                    "metrics: cannot read the parking lots' depth: %s (retried at the next scrape)",
+                    oneline(exc),
+                )
             self._failing = True
             return
         if self._failing:

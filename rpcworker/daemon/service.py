@@ -36,13 +36,15 @@ def check_budget(conf: cfg.ConfigOpts) -> None:
     """``max_inflight_bytes`` must hold the largest message (or be 0: no budget)."""
     budget, largest = conf.max_inflight_bytes, conf.max_message_size
     if budget and budget < largest:
-        raise ConfigError("DEFAULT", "max_inflight_bytes",
-                          f"{budget} is less than max_message_size ({largest}): the budget "
-                          "must hold the largest message (or be 0: no budget)")
+        raise ConfigError(
+            "DEFAULT",
+            "max_inflight_bytes",
+            f"{budget} is less than max_message_size ({largest}): the budget "
+            "must hold the largest message (or be 0: no budget)",
+        )
 
 
-def validate(conf: cfg.ConfigOpts
-             ) -> tuple[list[Binding], dict[str, Any], broker.BrokerSettings]:
+def validate(conf: cfg.ConfigOpts) -> tuple[list[Binding], dict[str, Any], broker.BrokerSettings]:
     """Everything that can be checked without the broker: the bindings, the handler
     instances and the broker settings. Raises ConfigError/PluginError.
 
@@ -57,9 +59,12 @@ def validate(conf: cfg.ConfigOpts
     return parsed, handlers, broker.settings(conf)
 
 
-def build(conf: cfg.ConfigOpts, notifier: Notifier | None = None,
-          serve_metrics: bool = True,
-          may_recycle: Callable[[], bool] | None = None) -> Worker:
+def build(
+    conf: cfg.ConfigOpts,
+    notifier: Notifier | None = None,
+    serve_metrics: bool = True,
+    may_recycle: Callable[[], bool] | None = None,
+) -> Worker:
     """Everything a worker process needs, from a prepared conf (raises ConfigError/PluginError).
 
     ``notifier``: where the loop's systemd notifications go (default: ``$NOTIFY_SOCKET``).
@@ -73,9 +78,12 @@ def build(conf: cfg.ConfigOpts, notifier: Notifier | None = None,
     warn_consumer_timeout(conf, parsed)
     topologies = [topology.build(b) for b in parsed]
     executor = Executor(conf.executor_thread_pool_size)
-    LOG.info("rpcworker starting: broker %s, bindings %s, %d handler threads",
-             broker.describe(settings), ", ".join(b.name for b in parsed),
-             conf.executor_thread_pool_size)
+    LOG.info(
+        "rpcworker starting: broker %s, bindings %s, %d handler threads",
+        broker.describe(settings),
+        ", ".join(b.name for b in parsed),
+        conf.executor_thread_pool_size,
+    )
     sink = notifier if notifier is not None else systemd.from_environment()
     address = endpoints.listen_address(conf)
     probe = endpoints.LoopProbe(sink) if address is not None and serve_metrics else None
@@ -84,9 +92,16 @@ def build(conf: cfg.ConfigOpts, notifier: Notifier | None = None,
         depth = lotdepth.ParkedDepth.for_bindings(conf, settings, parsed)
         if depth is not None:
             recorder.registry.register(depth)
-    worker = Worker(conf, broker.connection(conf, settings), topologies, handlers, executor,
-                    notifier=probe or sink, recorder=recorder or NULL,
-                    may_recycle=may_recycle)
+    worker = Worker(
+        conf,
+        broker.connection(conf, settings),
+        topologies,
+        handlers,
+        executor,
+        notifier=probe or sink,
+        recorder=recorder or NULL,
+        may_recycle=may_recycle,
+    )
     if address is not None and recorder is not None and probe is not None:
         endpoints.serve_process(address, recorder.registry, probe, worker)
     return worker
@@ -101,11 +116,15 @@ def warn_consumer_timeout(conf: cfg.ConfigOpts, parsed: list[Binding]) -> None:
         if b.ack_before:
             continue
         if not b.handler_timeout or b.handler_timeout >= limit:
-            LOG.warning("binding %s: handler_timeout (%s) is not below the broker's "
-                        "consumer_timeout ([broker] consumer_timeout = %s s): a handler "
-                        "running that long makes the broker close the channel and redeliver "
-                        "every message in flight on it", b.name,
-                        f"{b.handler_timeout:g} s" if b.handler_timeout else "unlimited", limit)
+            LOG.warning(
+                "binding %s: handler_timeout (%s) is not below the broker's "
+                "consumer_timeout ([broker] consumer_timeout = %s s): a handler "
+                "running that long makes the broker close the channel and redeliver "
+                "every message in flight on it",
+                b.name,
+                f"{b.handler_timeout:g} s" if b.handler_timeout else "unlimited",
+                limit,
+            )
 
 
 class _Signals:
@@ -139,13 +158,13 @@ def run(conf: cfg.ConfigOpts, worker: Worker) -> int:
     finally:
         worker.executor.shutdown(wait=False)
     if worker.drain.recycling is not None:
-        LOG.info("rpcworker recycled (%s): a fresh process takes over, same pid",
-                 worker.drain.recycling)
+        LOG.info(
+            "rpcworker recycled (%s): a fresh process takes over, same pid", worker.drain.recycling
+        )
         std_logging.shutdown()
         recycling.reexec()
     LOG.info("rpcworker stopped")
-    if any(t.name.startswith("rpcworker-handler") and t.is_alive()
-           for t in threading.enumerate()):
+    if any(t.name.startswith("rpcworker-handler") and t.is_alive() for t in threading.enumerate()):
         # handler threads still busy after graceful_shutdown_timeout: their
         # deliveries were left unacked (redelivered); do not wait for them
         std_logging.shutdown()

@@ -83,8 +83,13 @@ class ChildNotifier:
     fit (EAGAIN) is dropped.
     """
 
-    def __init__(self, sock: socket.socket, worker_id: int, watchdog_every: float | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        worker_id: int,
+        watchdog_every: float | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sock = sock
         self.worker_id = worker_id
         self.pid = os.getpid()
@@ -134,9 +139,16 @@ class ChildNotifier:
                 consuming, unable = bool(self.consuming()), self.unable()
             except Exception:
                 consuming, unable = False, None
-            data = json.dumps({"w": self.worker_id, "p": self.pid, "e": kind,
-                               "c": consuming, "u": unable, "t": str(text)}
-                              ).encode("utf-8", "replace")
+            data = json.dumps(
+                {
+                    "w": self.worker_id,
+                    "p": self.pid,
+                    "e": kind,
+                    "c": consuming,
+                    "u": unable,
+                    "t": str(text),
+                }
+            ).encode("utf-8", "replace")
             self._sock.send(data[:_MAX_DATAGRAM], socket.MSG_DONTWAIT)
         except BlockingIOError:
             self.dropped += 1  # the supervisor lags: never wait for it
@@ -145,8 +157,12 @@ class ChildNotifier:
             if not self._warned:
                 self._warned = True
                 with contextlib.suppress(Exception):
-                    LOG.warning("worker %d: cannot forward %s to the supervisor: %s",
-                                self.worker_id, kind, exc)
+                    LOG.warning(
+                        "worker %d: cannot forward %s to the supervisor: %s",
+                        self.worker_id,
+                        kind,
+                        exc,
+                    )
 
 
 class WorkerService(cotyledon.Service):
@@ -154,10 +170,16 @@ class WorkerService(cotyledon.Service):
 
     name = "rpcworker"
 
-    def __init__(self, worker_id: int, conf: cfg.ConfigOpts, outbox: socket.socket,
-                 inbox: socket.socket, watchdog_every: float | None,
-                 listener: socket.socket | None = None,
-                 recycle_turn: recycling.RecycleLock | None = None) -> None:
+    def __init__(
+        self,
+        worker_id: int,
+        conf: cfg.ConfigOpts,
+        outbox: socket.socket,
+        inbox: socket.socket,
+        watchdog_every: float | None,
+        listener: socket.socket | None = None,
+        recycle_turn: recycling.RecycleLock | None = None,
+    ) -> None:
         super().__init__(cotyledon_types.WorkerId(worker_id))
         if listener is not None:  # the supervisor's metrics endpoint: not ours to hold
             with contextlib.suppress(OSError):
@@ -175,8 +197,8 @@ class WorkerService(cotyledon.Service):
         self._stopping = False
         try:
             self.worker: Worker = service.build(
-                conf, notifier=self.notifier, serve_metrics=False,
-                may_recycle=recycle_turn)
+                conf, notifier=self.notifier, serve_metrics=False, may_recycle=recycle_turn
+            )
         except (ConfigError, PluginError) as exc:
             LOG.error("worker %d (pid %d) cannot start: %s", worker_id, os.getpid(), exc)
             sys.exit(2)
@@ -190,12 +212,18 @@ class WorkerService(cotyledon.Service):
             self.worker.executor.shutdown(wait=False)
             self._done.set()
         if self.worker.drain.recycling is not None and not self._stopping:
-            LOG.info("worker %d (pid %d) recycled (%s); the supervisor starts a fresh one",
-                     self.worker_id, os.getpid(), self.worker.drain.recycling)
+            LOG.info(
+                "worker %d (pid %d) recycled (%s); the supervisor starts a fresh one",
+                self.worker_id,
+                os.getpid(),
+                self.worker.drain.recycling,
+            )
             raise SystemExit(recycling.RECYCLE_EXIT)
         if not self._stopping:  # cannot happen; restart rather than idle
-            LOG.error("worker %d: the consume loop returned unasked; exiting to be restarted",
-                      self.worker_id)
+            LOG.error(
+                "worker %d: the consume loop returned unasked; exiting to be restarted",
+                self.worker_id,
+            )
             raise SystemExit(1)
 
     def terminate(self) -> None:
@@ -242,10 +270,15 @@ class Hub:
     tells whether a process exists (for tests).
     """
 
-    def __init__(self, workers: int, sink: Notifier, watchdog_usec: int | None = None,
-                 extend_seconds: float = 60 + STOP_MARGIN,
-                 clock: Callable[[], float] = time.monotonic,
-                 alive: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        sink: Notifier,
+        watchdog_usec: int | None = None,
+        extend_seconds: float = 60 + STOP_MARGIN,
+        clock: Callable[[], float] = time.monotonic,
+        alive: Callable[[int], bool] | None = None,
+    ) -> None:
         self.workers = workers
         self._alive = alive or _pid_exists
         self.sink = sink
@@ -274,11 +307,17 @@ class Hub:
             LOG.debug("ignoring a malformed worker notification: %r", data[:200])
             return
         if kind in _KINDS:
-            self.on_event(worker_id, pid, kind, consuming, text,
-                          str(unable) if unable else None)
+            self.on_event(worker_id, pid, kind, consuming, text, str(unable) if unable else None)
 
-    def on_event(self, worker_id: int, pid: int, kind: str, consuming: bool = False,
-                 text: str = "", unable: str | None = None) -> None:
+    def on_event(
+        self,
+        worker_id: int,
+        pid: int,
+        kind: str,
+        consuming: bool = False,
+        text: str = "",
+        unable: str | None = None,
+    ) -> None:
         with self._lock:
             if pid in self._dead:
                 if kind != HELLO or not self._alive(pid):
@@ -313,13 +352,23 @@ class Hub:
             if self._stopping:
                 pass
             elif exit_code == recycling.RECYCLE_EXIT:
-                LOG.info("worker %d%s recycled itself; a fresh one starts", worker_id,
-                         f" (pid {slot.pid})" if slot else "")
+                LOG.info(
+                    "worker %d%s recycled itself; a fresh one starts",
+                    worker_id,
+                    f" (pid {slot.pid})" if slot else "",
+                )
             else:
-                how = (f"killed by signal {-exit_code}" if exit_code is not None
-                       and exit_code < 0 else f"exit status {exit_code}")
-                LOG.warning("worker %d%s died (%s); it is restarted", worker_id,
-                            f" (pid {slot.pid})" if slot else "", how)
+                how = (
+                    f"killed by signal {-exit_code}"
+                    if exit_code is not None and exit_code < 0
+                    else f"exit status {exit_code}"
+                )
+                LOG.warning(
+                    "worker %d%s died (%s); it is restarted",
+                    worker_id,
+                    f" (pid {slot.pid})" if slot else "",
+                    how,
+                )
             self._publish()
 
     def on_reload(self) -> None:
@@ -358,13 +407,16 @@ class Hub:
                     healthy = False
                     if not slot.stale:
                         slot.stale = True
-                        LOG.warning("worker %d (pid %d): no sign of life from its consume loop "
-                                    "for %.1f s; WATCHDOG=1 is withheld", worker_id, slot.pid,
-                                    silent)
+                        LOG.warning(
+                            "worker %d (pid %d): no sign of life from its consume loop "
+                            "for %.1f s; WATCHDOG=1 is withheld",
+                            worker_id,
+                            slot.pid,
+                            silent,
+                        )
                 elif slot.stale:
                     slot.stale = False
-                    LOG.info("worker %d (pid %d): consume loop alive again", worker_id,
-                             slot.pid)
+                    LOG.info("worker %d (pid %d): consume loop alive again", worker_id, slot.pid)
             if healthy:
                 self.sink.watchdog()
 
@@ -384,14 +436,17 @@ class Hub:
         """/healthz: every live worker's consume loop reported within ``stale_after``."""
         with self._lock:
             now = self._clock()
-            silent = [f"worker {w} (pid {s.pid}) silent for {now - s.last_watchdog:.0f} s"
-                      for w, s in sorted(self._slots.items())
-                      if now - s.last_watchdog > stale_after]
+            silent = [
+                f"worker {w} (pid {s.pid}) silent for {now - s.last_watchdog:.0f} s"
+                for w, s in sorted(self._slots.items())
+                if now - s.last_watchdog > stale_after
+            ]
             if silent:
                 return False, "consume loop stuck: " + "; ".join(silent)
             if self._slots and all(s.unable for s in self._slots.values()):
                 return False, "no worker can take work: " + "; ".join(
-                    f"worker {w} {s.unable}" for w, s in sorted(self._slots.items()))
+                    f"worker {w} {s.unable}" for w, s in sorted(self._slots.items())
+                )
             return True, f"{len(self._slots)} worker consume loop(s) alive"
 
     def readiness(self) -> tuple[bool, str]:
@@ -417,7 +472,8 @@ class Hub:
             else:
                 detail = "; ".join(
                     f"worker{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: {text}"
-                    for text, ids in groups.items())
+                    for text, ids in groups.items()
+                )
             return f"{head}: {detail}"
 
     def _all_ready(self) -> bool:
@@ -427,7 +483,8 @@ class Hub:
     def _publish(self) -> None:
         if self.consuming_now is not None:  # the workers' turn to recycle (RecycleLock)
             self.consuming_now.value = sum(
-                1 for s in self._slots.values() if s.consuming and not s.stopping)
+                1 for s in self._slots.values() if s.consuming and not s.stopping
+            )
         line = self.status_line()
         if self._ready_pending and not self._stopping and self._all_ready():
             self._ready_pending = False
@@ -520,8 +577,12 @@ def run(conf: cfg.ConfigOpts) -> int:
     # own to NOTIFY_SOCKET, and the children must not see it.
     for name in SYSTEMD_ENV:
         os.environ.pop(name, None)
-    hub = Hub(conf.workers, sink, watchdog_usec,
-              extend_seconds=conf.graceful_shutdown_timeout + STOP_MARGIN)
+    hub = Hub(
+        conf.workers,
+        sink,
+        watchdog_usec,
+        extend_seconds=conf.graceful_shutdown_timeout + STOP_MARGIN,
+    )
     fork = multiprocessing.get_context("fork")
     lock_dir, turn = _recycle_turns(conf, hub, fork)
     inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -536,14 +597,20 @@ def run(conf: cfg.ConfigOpts) -> int:
         if metrics_dir is not None and pid is not None:
             endpoints.mark_dead(metrics_dir, pid)
 
-    manager = _Manager(lambda: _reload_workers(conf, hub),
-                       graceful_shutdown_timeout=conf.graceful_shutdown_timeout + STOP_MARGIN,
-                       mp_context=fork)
-    manager.add(WorkerService, workers=conf.workers, args=(
-        conf, outbox, inbox, every, endpoint.server.socket if endpoint else None, turn))
+    manager = _Manager(
+        lambda: _reload_workers(conf, hub),
+        graceful_shutdown_timeout=conf.graceful_shutdown_timeout + STOP_MARGIN,
+        mp_context=fork,
+    )
+    manager.add(
+        WorkerService,
+        workers=conf.workers,
+        args=(conf, outbox, inbox, every, endpoint.server.socket if endpoint else None, turn),
+    )
     manager.register_hooks(on_terminate=hub.on_stop, on_dead_worker=on_dead_worker)
-    LOG.info("rpcworker supervisor (pid %d) starting %d worker processes", os.getpid(),
-             conf.workers)
+    LOG.info(
+        "rpcworker supervisor (pid %d) starting %d worker processes", os.getpid(), conf.workers
+    )
     sink.status(f"starting {conf.workers} worker processes")
     _Pump(inbox, hub).start()
     try:
@@ -581,30 +648,34 @@ def _reload_workers(conf: cfg.ConfigOpts, hub: Hub) -> None:
             os.kill(pid, signal.SIGHUP)
 
 
-def _recycle_turns(conf: cfg.ConfigOpts, hub: Hub, fork: Any
-                   ) -> tuple[str, recycling.RecycleLock]:
+def _recycle_turns(conf: cfg.ConfigOpts, hub: Hub, fork: Any) -> tuple[str, recycling.RecycleLock]:
     """The workers' turns to recycle: a lock file in a private directory (removed at the
     end), and how many workers consume, in memory the hub shares with them."""
     lock_dir = tempfile.mkdtemp(prefix="rpcworker-recycle-")
     hub.consuming_now = fork.RawValue("i", 0)
-    return lock_dir, recycling.RecycleLock(os.path.join(lock_dir, "turn.lock"),
-                                           hub.consuming_now, conf.workers)
+    return lock_dir, recycling.RecycleLock(
+        os.path.join(lock_dir, "turn.lock"), hub.consuming_now, conf.workers
+    )
 
 
-def _serve_metrics(address: tuple[str, int] | None, hub: Hub, conf: cfg.ConfigOpts
-                   ) -> tuple[endpoints.Endpoint | None, str | None]:
+def _serve_metrics(
+    address: tuple[str, int] | None, hub: Hub, conf: cfg.ConfigOpts
+) -> tuple[endpoints.Endpoint | None, str | None]:
     """With ``[metrics] listen``: the supervisor's endpoint, over the workers' values
     (prometheus_client's multiprocess mode, on before forking) and the parking lots'
     depth, and its directory."""
     if address is None:
         return None, None
-    depth = lotdepth.ParkedDepth.for_bindings(conf, broker.settings(conf),
-                                              bindingconf.parse(conf))
+    depth = lotdepth.ParkedDepth.for_bindings(conf, broker.settings(conf), bindingconf.parse(conf))
     metrics_dir = endpoints.enable_multiprocess()
     try:
-        return endpoints.serve_supervisor(address, metrics_dir,
-                                        lambda: hub.health(endpoints.STALE_AFTER),
-                                        hub.readiness, [depth] if depth else []), metrics_dir
+        return endpoints.serve_supervisor(
+            address,
+            metrics_dir,
+            lambda: hub.health(endpoints.STALE_AFTER),
+            hub.readiness,
+            [depth] if depth else [],
+        ), metrics_dir
     except ConfigError:
         endpoints.disable_multiprocess(metrics_dir)
         raise
@@ -617,6 +688,9 @@ def _reread(conf: cfg.ConfigOpts) -> None:
         conf.mutate_config_files()
         bindingconf.parse(conf)
     except Exception as exc:
-        LOG.error("SIGHUP: the configuration does not validate (%s); the workers keep "
-                  "what they run, but a worker that restarts before it is fixed will fail "
-                  "to start", exc)
+        LOG.error(
+            "SIGHUP: the configuration does not validate (%s); the workers keep "
+            "what they run, but a worker that restarts before it is fixed will fail "
+            "to start",
+            exc,
+        )

@@ -46,9 +46,13 @@ class SystemdNotifier:
     One non-blocking datagram socket, created on first use and reused. No method raises.
     """
 
-    def __init__(self, address: str, watchdog_usec: int | None = None,
-                 watchdog_pid: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        address: str,
+        watchdog_usec: int | None = None,
+        watchdog_pid: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.address = address
         self._target = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
@@ -118,8 +122,13 @@ class SystemdNotifier:
         first = message.split("\n", 1)[0]
         if not self._warned:
             self._warned = True
-            LOG.warning("sd_notify: cannot send %s to NOTIFY_SOCKET %s: %s (further failures "
-                        "are logged at DEBUG)", first, self.address, exc)
+            LOG.warning(
+                "sd_notify: cannot send %s to NOTIFY_SOCKET %s: %s (further failures "
+                "are logged at DEBUG)",
+                first,
+                self.address,
+                exc,
+            )
         elif not self._failing:
             LOG.debug("sd_notify: cannot send %s to %s: %s", first, self.address, exc)
         self._failing = True
@@ -156,8 +165,11 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Notifier:
         if not address:
             return NullNotifier()
         if not address.startswith(("/", "@")) or len(address) < 2:
-            LOG.warning("sd_notify: unsupported NOTIFY_SOCKET %r (a path or @abstract name "
-                        "expected); not notifying systemd", address)
+            LOG.warning(
+                "sd_notify: unsupported NOTIFY_SOCKET %r (a path or @abstract name "
+                "expected); not notifying systemd",
+                address,
+            )
             return NullNotifier()
         usec = _int_env(env, "WATCHDOG_USEC")
         pid = _int_env(env, "WATCHDOG_PID")
@@ -165,6 +177,5 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Notifier:
             usec = None  # the watchdog is meant for another process
         return SystemdNotifier(address, watchdog_usec=usec, watchdog_pid=pid)
     except Exception:
-        LOG.warning("sd_notify: cannot set up notifications; not notifying systemd",
-                    exc_info=True)
+        LOG.warning("sd_notify: cannot set up notifications; not notifying systemd", exc_info=True)
         return NullNotifier()

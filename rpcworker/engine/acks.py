@@ -53,5 +53,5 @@ class Acks:
             below = tags if oldest_open is None else [t for t in tags if t < oldest_open]
             if below:
                 channel.basic_ack(below[-1], multiple=True)
-            for tag in tags[len(below):]:
+            for tag in tags[len(below) :]:
                 channel.basic_ack(tag)

@@ -135,8 +135,9 @@ class Throttle:
     ``step()`` runs once per loop turn (never inside a delivery's callback: cancelling
     waits for the broker's answer, during which further deliveries come in)."""
 
-    def __init__(self, budget: Budget, consumers: Consumers,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, budget: Budget, consumers: Consumers, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.budget = budget
         self.consumers = consumers
         self._clock = clock
@@ -177,8 +178,10 @@ class Throttle:
                 # whose window is off by a factor of two start again
                 self._estimate = budget.sizes.estimate
                 self.consumers.rewindow()
-        elif budget.held + self.consumers.slots() * budget.sizes.estimate <= budget.limit \
-                or not budget.held:
+        elif (
+            budget.held + self.consumers.slots() * budget.sizes.estimate <= budget.limit
+            or not budget.held
+        ):
             self.consumers.resume()
             self._estimate = budget.sizes.estimate
             self._stopped(f"{_mib(budget.held)} in flight")
@@ -187,8 +190,12 @@ class Throttle:
         """Twice a second: the size estimate ages, held-back log lines are summarised."""
         self.budget.sizes.age(self._clock())
         for s in self._limiter.expired():
-            LOG.info("Throttled %d more time(s) in the last %g s (%.1f s throttled since "
-                     "start)", s.count, s.interval, self.seconds_throttled)
+            LOG.info(
+                "Throttled %d more time(s) in the last %g s (%.1f s throttled since start)",
+                s.count,
+                s.interval,
+                self.seconds_throttled,
+            )
 
     def _pause(self) -> None:
         cancelled = self.consumers.pause()
@@ -196,9 +203,13 @@ class Throttle:
         b = self.budget
         self._logged_start = self._limiter.admit("throttle", "")
         if self._logged_start:
-            LOG.info("Throttling: %s of message bodies in flight, max_inflight_bytes is %s; "
-                     "%d consumer(s) cancelled until enough of it is settled", _mib(b.held),
-                     _mib(b.limit), cancelled)
+            LOG.info(
+                "Throttling: %s of message bodies in flight, max_inflight_bytes is %s; "
+                "%d consumer(s) cancelled until enough of it is settled",
+                _mib(b.held),
+                _mib(b.limit),
+                cancelled,
+            )
 
     def _stopped(self, why: str) -> None:
         since, self.paused_since = self.paused_since, None

@@ -30,7 +30,8 @@ class Executor:
         self.size = size
         # plain threads on a SimpleQueue: cheaper per job than ThreadPoolExecutor's futures
         self._jobs: queue.SimpleQueue[tuple[int, Callable[..., Any], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue())
+            queue.SimpleQueue()
+        )
         self._done: collections.deque[tuple[int, Any]] = collections.deque()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
@@ -48,8 +49,9 @@ class Executor:
 
     def _start_thread(self) -> None:
         self._serial += 1
-        thread = threading.Thread(target=self._work, name=f"rpcworker-handler-{self._serial}",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._work, name=f"rpcworker-handler-{self._serial}", daemon=True
+        )
         self._threads.append(thread)
         thread.start()
 

@@ -55,8 +55,9 @@ class _Job:
     cancellable: bool = False
 
 
-def run(handler: Any, binding: Binding, request: decoding.Request,
-        job: _Job | None = None) -> Outcome:
+def run(
+    handler: Any, binding: Binding, request: decoding.Request, job: _Job | None = None
+) -> Outcome:
     """A handler thread's whole job for one request: the call (an awaitable result is
     awaited on the event loop, with what is left of the deadline), then the policy's
     outcome for what it returned or raised. Never raises an ``Exception``."""
@@ -80,9 +81,15 @@ def _time_left(binding: Binding, job: _Job | None) -> float | None:
 
 
 class Inflight:
-    def __init__(self, executor: Executor, completed: CompletedCache, metrics: Recorder,
-                 threads: int, teller: Teller,
-                 dropped: Callable[[Delivery], None] = lambda d: None) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        completed: CompletedCache,
+        metrics: Recorder,
+        threads: int,
+        teller: Teller,
+        dropped: Callable[[Delivery], None] = lambda d: None,
+    ) -> None:
         self.executor = executor
         self.teller = teller
         #: told of each delivery dropped unsettled with its connection (the byte budget)
@@ -184,7 +191,8 @@ class Inflight:
         request = d.request
         assert request is not None
         return self.metrics.run_handler(
-            d.binding.name, lambda: run(job.handler, d.binding, request, job))
+            d.binding.name, lambda: run(job.handler, d.binding, request, job)
+        )
 
     def finish(self, settle: Settle | None) -> None:
         """Settle every job that came back (``settle`` None: disconnected; the policy
@@ -231,15 +239,17 @@ class Inflight:
             self._release(job)
             self.executor.abandon(token)
             d = job.delivery
-            if job.generation == self.generation and settle is not None \
-                    and d.request is not None:
+            if job.generation == self.generation and settle is not None and d.request is not None:
                 settle.settle(d, decisions.timed_out(d.binding, d.request))
             else:
                 self.dropped(d)
-            LOG.warning("%d handler thread(s) stuck past handler_timeout (abandoned; a "
-                        "fresh thread took each one's place: %d of %d threads free)",
-                        self.executor.stuck, self.threads - self.executor.busy
-                        + self.executor.stuck, self.threads)
+            LOG.warning(
+                "%d handler thread(s) stuck past handler_timeout (abandoned; a "
+                "fresh thread took each one's place: %d of %d threads free)",
+                self.executor.stuck,
+                self.threads - self.executor.busy + self.executor.stuck,
+                self.threads,
+            )
         self._next_scan = next_scan
         return min(MAX_WAIT, max(0.0, next_scan - now))
 

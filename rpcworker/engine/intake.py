@@ -24,8 +24,15 @@ if TYPE_CHECKING:
 
 
 class Intake:
-    def __init__(self, conf: cfg.ConfigOpts, inflight: Inflight, completed: CompletedCache,
-                 events: Listener, budget: Budget, teller: Teller) -> None:
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        inflight: Inflight,
+        completed: CompletedCache,
+        events: Listener,
+        budget: Budget,
+        teller: Teller,
+    ) -> None:
         self.inflight = inflight
         self.budget = budget
         self.completed = completed
@@ -49,14 +56,20 @@ class Intake:
         info = transport.delivery_info(message)
         if self.teller.debug:
             self.teller.received(binding, sub.queue, message, info)
-        decoded = decode(body, message.content_type, message.content_encoding,
-                         message.headers, message.properties, info, self.max_size)
+        decoded = decode(
+            body,
+            message.content_type,
+            message.content_encoding,
+            message.headers,
+            message.properties,
+            info,
+            self.max_size,
+        )
         if binding.type == "notification" and isinstance(decoded, Request):
             decoded = as_notification(decoded)
         request = decoded if isinstance(decoded, Request) else None
         d = Delivery(message, binding, sub.queue, request, sub.retryable, size)
-        decision = on_receipt(binding, decoded, sub.handler, self.completed,
-                              draining=self.draining)
+        decision = on_receipt(binding, decoded, sub.handler, self.completed, draining=self.draining)
         if decision is RUN:
             self.inflight.start(d, sub.handler)
         elif decision is ACK_THEN_RUN:

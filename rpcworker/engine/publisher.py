@@ -18,6 +18,7 @@ from rpcworker.wire.xheaders import SEQ_HEADER
 
 LOG = logging.getLogger(__name__)
 
+
 class ConfirmPublisher:
     def __init__(self, channel: Any, confirms: bool) -> None:
         """``confirms``: the transport has publisher confirms (py-amqp); on virtual
@@ -38,21 +39,36 @@ class ConfirmPublisher:
     def pending(self) -> int:
         return len(self._pending)
 
-    def publish(self, exchange: str, routing_key: str, body: bytes, properties: dict[str, Any],
-                headers: dict[str, Any], on_done: Callable[[bool], None]) -> None:
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: dict[str, Any],
+        headers: dict[str, Any],
+        on_done: Callable[[bool], None],
+    ) -> None:
         """Publish a persistent, mandatory copy; ``on_done(ok)`` once the broker answers."""
         seq = next(self._seq)
         headers = dict(headers)
         headers[SEQ_HEADER] = seq
         message = self.channel.prepare_message(
-            body, properties.get("priority"), properties.get("content_type"),
-            properties.get("content_encoding"), headers,
-            {k: v for k, v in properties.items()
-             if k not in ("priority", "content_type", "content_encoding")})
+            body,
+            properties.get("priority"),
+            properties.get("content_type"),
+            properties.get("content_encoding"),
+            headers,
+            {
+                k: v
+                for k, v in properties.items()
+                if k not in ("priority", "content_type", "content_encoding")
+            },
+        )
         self._pending[seq] = on_done
         try:
-            self.channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
-                                       mandatory=self.async_confirms)
+            self.channel.basic_publish(
+                message, exchange=exchange, routing_key=routing_key, mandatory=self.async_confirms
+            )
         except Exception:
             self._pending.pop(seq, None)
             raise
@@ -75,14 +91,20 @@ class ConfirmPublisher:
         self._settle(delivery_tag, multiple, True)
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        LOG.warning("The broker refused (nack) %s republished message(s)",
-                    "several" if multiple else "a")
+        LOG.warning(
+            "The broker refused (nack) %s republished message(s)", "several" if multiple else "a"
+        )
         self._settle(delivery_tag, multiple, False)
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         headers = (getattr(message, "properties", None) or {}).get("application_headers") or {}
         seq = headers.get(SEQ_HEADER)
-        LOG.error("A republished message to exchange %r with routing key %r could not be "
-                  "routed (%s): no queue is bound for it", exchange, routing_key, exc)
+        LOG.error(
+            "A republished message to exchange %r with routing key %r could not be "
+            "routed (%s): no queue is bound for it",
+            exchange,
+            routing_key,
+            exc,
+        )
         if isinstance(seq, int):
             self._returned.add(seq)

@@ -19,7 +19,8 @@ class Questions:
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
         self._waiting: collections.deque[tuple[Callable[[], Any], Future[Any]]] = (
-            collections.deque())
+            collections.deque()
+        )
 
     def ask(self, question: Callable[[], T], timeout: float) -> T:
         """``question()`` answered on the loop thread (any other thread); TimeoutError

@@ -47,8 +47,12 @@ class LogLimiter:
     ``clock`` returns seconds (``time.monotonic`` by default; a test passes its own).
     """
 
-    def __init__(self, burst: int = DEFAULT_BURST, interval: float = DEFAULT_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        burst: int = DEFAULT_BURST,
+        interval: float = DEFAULT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if burst < 1 or interval <= 0:
             raise ValueError("burst must be >= 1 and interval > 0")
         self.burst = burst
@@ -89,8 +93,9 @@ class LogLimiter:
     def _close(self, key: str) -> None:
         window = self._windows.pop(key, None)
         if window is not None and window.suppressed:
-            self._closed.append(Suppressed(key, window.suppressed, window.last_reason,
-                                           self.interval))
+            self._closed.append(
+                Suppressed(key, window.suppressed, window.last_reason, self.interval)
+            )
 
     def _take_closed(self) -> list[Suppressed]:
         closed, self._closed = self._closed, []

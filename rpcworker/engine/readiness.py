@@ -54,8 +54,9 @@ class NullNotifier:
 
 
 class Readiness:
-    def __init__(self, notifier: Notifier, subscriptions: Subscriptions, stats: Stats,
-                 executor: Executor) -> None:
+    def __init__(
+        self, notifier: Notifier, subscriptions: Subscriptions, stats: Stats, executor: Executor
+    ) -> None:
         self.notifier = notifier
         self.subscriptions = subscriptions
         self.stats = stats

@@ -54,15 +54,20 @@ class Rebinding:
             if bound is not None:
                 self._retiring.append(bound)
         fresh = set(plan.added) | set(plan.changed)
-        subs.topologies = [topology.build(b) if b.name in fresh else old[b.name]
-                           for b in plan.bindings]
+        subs.topologies = [
+            topology.build(b) if b.name in fresh else old[b.name] for b in plan.bindings
+        ]
         for topo in subs.topologies:
             if topo.binding.name in fresh:
                 subs.declare(topo)
                 if topo.binding.name in old:
                     self._unbind_dropped_keys(old[topo.binding.name], topo)
-        LOG.info("SIGHUP: bindings added %s, removed %s, changed %s", plan.added or "none",
-                 plan.removed or "none", plan.changed or "none")
+        LOG.info(
+            "SIGHUP: bindings added %s, removed %s, changed %s",
+            plan.added or "none",
+            plan.removed or "none",
+            plan.changed or "none",
+        )
 
     def close_retired(self, busy: Callable[[Binding], bool]) -> None:
         """Close the retired bindings' channels whose in-flight work is settled."""
@@ -75,15 +80,21 @@ class Rebinding:
                     bound.channel.queue_delete(name)
             with contextlib.suppress(Exception):
                 bound.channel.close()
-            LOG.info("binding %s: previous consumer closed, its in-flight work settled",
-                     bound.topology.binding.name)
+            LOG.info(
+                "binding %s: previous consumer closed, its in-flight work settled",
+                bound.topology.binding.name,
+            )
 
     def _unbind_dropped_keys(self, before: Topology, after: Topology) -> None:
         """Remove queue bindings (exchange, routing key) that the new config no longer has."""
+
         def keys(t: Topology) -> dict[str, set[tuple[str, str]]]:
-            return {q.name: {(b.exchange.name, b.routing_key) for b in q.bindings}
-                    | ({(q.exchange.name, q.routing_key)} if q.exchange and q.exchange.name
-                       else set()) for q in t.queues}
+            return {
+                q.name: {(b.exchange.name, b.routing_key) for b in q.bindings}
+                | ({(q.exchange.name, q.routing_key)} if q.exchange and q.exchange.name else set())
+                for q in t.queues
+            }
+
         conn = self.subscriptions.connection
         now = keys(after)
         for queue, pairs in keys(before).items():
@@ -92,8 +103,19 @@ class Rebinding:
             for exchange, key in sorted(pairs - now[queue]):
                 try:
                     conn.default_channel.queue_unbind(queue, exchange, key or "")
-                    LOG.info("binding %s: queue %s unbound from %s with key %r",
-                             after.binding.name, queue, exchange, key)
+                    LOG.info(
+                        "binding %s: queue %s unbound from %s with key %r",
+                        after.binding.name,
+                        queue,
+                        exchange,
+                        key,
+                    )
                 except tuple(conn.channel_errors) as exc:
-                    LOG.warning("binding %s: could not unbind %s from %s (%r): %s",
-                                after.binding.name, queue, exchange, key, oneline(exc))
+                    LOG.warning(
+                        "binding %s: could not unbind %s from %s (%r): %s",
+                        after.binding.name,
+                        queue,
+                        exchange,
+                        key,
+                        oneline(exc),
+                    )

@@ -33,8 +33,12 @@ RECYCLES_ENV = "RPCWORKER_RECYCLES"
 class Recycler(Listener):
     """Counts what the process handled; ``due()`` says why it should recycle now."""
 
-    def __init__(self, conf: cfg.ConfigOpts, executor: Executor,
-                 may_recycle: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        executor: Executor,
+        may_recycle: Callable[[], bool] | None = None,
+    ) -> None:
         self.executor = executor
         self.max_stuck = conf.max_stuck_threads
         self.max_messages = conf.max_messages_per_worker
@@ -57,13 +61,16 @@ class Recycler(Listener):
         if stuck > self.max_stuck:
             return f"{stuck} handler threads stuck (max_stuck_threads = {self.max_stuck})"
         if self.max_messages and self.handled >= self.max_messages:
-            return (f"{self.handled} messages handled (max_messages_per_worker = "
-                    f"{self.max_messages})")
+            return (
+                f"{self.handled} messages handled (max_messages_per_worker = {self.max_messages})"
+            )
         if self.max_rss and check_memory:
             rss = rss_bytes()
             if rss > self.max_rss:
-                return (f"resident memory {rss / 2**20:.0f} MiB (max_memory_per_worker = "
-                        f"{self.max_rss // 2**20})")
+                return (
+                    f"resident memory {rss / 2**20:.0f} MiB (max_memory_per_worker = "
+                    f"{self.max_rss // 2**20})"
+                )
         return None
 
 
@@ -74,6 +81,7 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         import resource
+
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -47,7 +47,8 @@ class Replies:
         # the rest of a small reply's trip through the worker
         self._basic_publish = channel.basic_publish if caps.amqp else None
         self._producer = kombu.Producer(
-            channel, auto_declare=False, on_return=self._on_return if caps.returns else None)
+            channel, auto_declare=False, on_return=self._on_return if caps.returns else None
+        )
         self._returned: list[_Returned] = []
 
     def publish(self, reply: replyformat.Reply) -> None:
@@ -56,15 +57,24 @@ class Replies:
             properties: dict[str, Any] = dict(_PROPERTIES)
             if reply.correlation_id is not None:
                 properties["correlation_id"] = reply.correlation_id
-            self._basic_publish(amqp.Message(reply.body, **properties), exchange="",
-                                routing_key=reply.routing_key, mandatory=mandatory)
+            self._basic_publish(
+                amqp.Message(reply.body, **properties),
+                exchange="",
+                routing_key=reply.routing_key,
+                mandatory=mandatory,
+            )
             return
-        self._producer.publish(reply.body, exchange="", routing_key=reply.routing_key,
-                               correlation_id=reply.correlation_id, mandatory=mandatory,
-                               retry=False, **_PROPERTIES)
+        self._producer.publish(
+            reply.body,
+            exchange="",
+            routing_key=reply.routing_key,
+            correlation_id=reply.correlation_id,
+            mandatory=mandatory,
+            retry=False,
+            **_PROPERTIES,
+        )
 
-    def _on_return(self, exc: BaseException, exchange: str, routing_key: str,
-                   message: Any) -> None:
+    def _on_return(self, exc: BaseException, exchange: str, routing_key: str, message: Any) -> None:
         props = getattr(message, "properties", None) or {}
         body = getattr(message, "body", b"")
         if isinstance(body, str):  # py-amqp decodes bodies that carry a content encoding
@@ -75,10 +85,17 @@ class Replies:
             if pending.reply.routing_key == routing_key and pending.reply.body == reply.body:
                 pending.due = now + pending.step
                 return
-        LOG.info("Reply to %r could not be routed (the caller's reply queue is gone or not "
-                 "there yet): re-sending it for up to %g s", routing_key, REPLY_RETRY_TIMEOUT)
-        self._returned.append(_Returned(reply, now + _REPLY_RETRY_FIRST, _REPLY_RETRY_FIRST,
-                                        now + REPLY_RETRY_TIMEOUT))
+        LOG.info(
+            "Reply to %r could not be routed (the caller's reply queue is gone or not "
+            "there yet): re-sending it for up to %g s",
+            routing_key,
+            REPLY_RETRY_TIMEOUT,
+        )
+        self._returned.append(
+            _Returned(
+                reply, now + _REPLY_RETRY_FIRST, _REPLY_RETRY_FIRST, now + REPLY_RETRY_TIMEOUT
+            )
+        )
 
     def resend_returned(self, now: float, blocked: bool = False) -> float:
         """Re-send returned replies that are due (not while ``blocked``); return seconds
@@ -89,8 +106,11 @@ class Replies:
         for pending in list(self._returned):
             if now >= pending.give_up:
                 self._returned.remove(pending)
-                LOG.warning("Reply to %r dropped: its queue did not come back within %g s",
-                            pending.reply.routing_key, REPLY_RETRY_TIMEOUT)
+                LOG.warning(
+                    "Reply to %r dropped: its queue did not come back within %g s",
+                    pending.reply.routing_key,
+                    REPLY_RETRY_TIMEOUT,
+                )
                 continue
             if now >= pending.due and not blocked:
                 pending.step = min(pending.step * 2, _REPLY_RETRY_MAX_STEP)

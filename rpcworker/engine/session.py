@@ -40,15 +40,19 @@ def log_connection_error(exc: BaseException, conn: kombu.Connection, interval: f
     args = (transport.attempted(exc, conn), broker.explain(exc), interval)
     # kombu calls this inside its except block, and oslo.log appends the exception
     # being handled to a line logged there: log from a thread that handles none
-    t = threading.Thread(target=LOG.warning, name="rpcworker-log", args=(
-        "Cannot connect to the broker at %s: %s; next attempt in %.1f s", *args))
+    t = threading.Thread(
+        target=LOG.warning,
+        name="rpcworker-log",
+        args=("Cannot connect to the broker at %s: %s; next attempt in %.1f s", *args),
+    )
     t.start()
     t.join()
 
 
 class Session:
-    def __init__(self, conn: kombu.Connection, wake_fd: int, events: Listener,
-                 teller: Teller) -> None:
+    def __init__(
+        self, conn: kombu.Connection, wake_fd: int, events: Listener, teller: Teller
+    ) -> None:
         self.conn = conn
         self.caps = Capabilities.of(conn)
         self.settle = Settle(conn, self.caps, events, teller)
@@ -65,8 +69,9 @@ class Session:
         if self._sock is not None:
             reader = transport.install_readahead(amqp_conn)
             # bytes already read (ReadAhead, or TLS-decrypted) are invisible to select()
-            self._buffered = reader.pending if reader is not None else getattr(
-                self._sock, "pending", None)
+            self._buffered = (
+                reader.pending if reader is not None else getattr(self._sock, "pending", None)
+            )
             self._read_frame = transport.frame_reader(amqp_conn)
 
     def wait(self, timeout: float) -> None:

@@ -31,8 +31,9 @@ LOG = logging.getLogger(__name__)
 
 
 class Settle:
-    def __init__(self, conn: kombu.Connection, caps: Capabilities, events: Listener,
-                 teller: Teller) -> None:
+    def __init__(
+        self, conn: kombu.Connection, caps: Capabilities, events: Listener, teller: Teller
+    ) -> None:
         self.events = events
         self.teller = teller
         self.blocked = False
@@ -104,21 +105,26 @@ class Settle:
             else:
                 self.settle(d, decisions.on_copy_refused(d, outcome, copy.routing_key))
 
-        self._copies.publish(copy.exchange, copy.routing_key, copy.body, copy.properties,
-                             copy.headers, done)
+        self._copies.publish(
+            copy.exchange, copy.routing_key, copy.body, copy.properties, copy.headers, done
+        )
 
     # -- flow control ---------------------------------------------------------------------
 
     def on_blocked(self, reason: str) -> None:
         self.blocked = True
-        LOG.warning("The broker blocked the connection (%s): replies and republishing "
-                    "wait until it unblocks", reason)
+        LOG.warning(
+            "The broker blocked the connection (%s): replies and republishing "
+            "wait until it unblocks",
+            reason,
+        )
 
     def on_unblocked(self) -> None:
         self.blocked = False
         deferred, self._deferred = self._deferred, []
-        LOG.warning("The broker unblocked the connection; sending %d deferred "
-                    "settlement(s)", len(deferred))
+        LOG.warning(
+            "The broker unblocked the connection; sending %d deferred settlement(s)", len(deferred)
+        )
         for delivery, outcome in deferred:
             self._carry_out(delivery, outcome)
 
@@ -131,11 +137,13 @@ def _copy_of(d: Delivery, outcome: Outcome) -> failures.Copy:
     info = m.delivery_info or {}
     exchange, key = str(info.get("exchange", "")), str(info.get("routing_key", ""))
     if outcome.action is Action.RETRY:
-        return failures.retry_copy(d.binding, d.queue, body, props, headers, outcome.reason,
-                                   exchange, key)
+        return failures.retry_copy(
+            d.binding, d.queue, body, props, headers, outcome.reason, exchange, key
+        )
     if outcome.action is Action.COUNT:
         return failures.count_copy(d.queue, body, props, headers, exchange, key)
-    copy = failures.dead_letter_copy(d.binding, d.queue, body, props, headers, outcome.reason,
-                                     exchange, key)
+    copy = failures.dead_letter_copy(
+        d.binding, d.queue, body, props, headers, outcome.reason, exchange, key
+    )
     assert copy is not None, "decisions.resolve rejects dead letters without a parking lot"
     return copy

@@ -21,8 +21,14 @@ LOG = logging.getLogger(__name__)
 
 
 class Drain:
-    def __init__(self, conf: cfg.ConfigOpts, inflight: Inflight, intake: Intake,
-                 subscriptions: Subscriptions, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        inflight: Inflight,
+        intake: Intake,
+        subscriptions: Subscriptions,
+        notifier: Notifier,
+    ) -> None:
         self.timeout = conf.graceful_shutdown_timeout
         self.inflight = inflight
         self.intake = intake
@@ -36,9 +42,13 @@ class Drain:
 
     def recycle(self, reason: str) -> None:
         """The stop to come makes way for a fresh process (``rpcworker.engine.recycling``)."""
-        LOG.warning("Recycling this worker process: %s. It takes no new message, lets "
-                    "those in flight finish (up to %s s), then a fresh process takes its "
-                    "place", reason, self.timeout)
+        LOG.warning(
+            "Recycling this worker process: %s. It takes no new message, lets "
+            "those in flight finish (up to %s s), then a fresh process takes its "
+            "place",
+            reason,
+            self.timeout,
+        )
         self.recycling = reason
 
     def unable(self) -> str | None:
@@ -56,10 +66,14 @@ class Drain:
             return None
         if self.immediate or time.monotonic() >= self._deadline:
             settle.flush()
-            LOG.warning("%s with %d handler(s) still running; their messages stay "
-                        "unacknowledged and the broker will redeliver them",
-                        "Second stop signal" if self.immediate else
-                        f"graceful_shutdown_timeout ({self.timeout} s) reached", busy)
+            LOG.warning(
+                "%s with %d handler(s) still running; their messages stay "
+                "unacknowledged and the broker will redeliver them",
+                "Second stop signal"
+                if self.immediate
+                else f"graceful_shutdown_timeout ({self.timeout} s) reached",
+                busy,
+            )
             return None
         return min(wait, max(0.0, self._deadline - time.monotonic()))
 
@@ -68,12 +82,16 @@ class Drain:
         self._deadline = time.monotonic() + self.timeout
         self.subscriptions.cancel()
         busy = self.inflight.busy
-        LOG.info("%s: consumers cancelled; waiting up to %s s for %d in-flight "
-                 "handler(s)", "Recycling" if self.recycling else "Stopping", self.timeout,
-                 busy)
+        LOG.info(
+            "%s: consumers cancelled; waiting up to %s s for %d in-flight handler(s)",
+            "Recycling" if self.recycling else "Stopping",
+            self.timeout,
+            busy,
+        )
         if self.recycling is not None:  # the service goes on: no STOPPING=1 to systemd
-            self.notifier.status(f"recycling ({self.recycling}): draining {busy} "
-                                 "in-flight message(s)")
+            self.notifier.status(
+                f"recycling ({self.recycling}): draining {busy} in-flight message(s)"
+            )
         else:
             self.notifier.stopping(f"draining {busy} in-flight message(s)")
             self.notifier.extend_timeout(self.timeout + 10)

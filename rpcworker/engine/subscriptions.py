@@ -88,10 +88,15 @@ def _no_budget(prefetch: int, consumers: int) -> int | None:
 
 
 class Subscriptions:
-    def __init__(self, topologies: Sequence[Topology], handlers: dict[str, Any],
-                 on_message: Callable[[Subscription, Any], None], events: Listener,
-                 retry_interval: float,
-                 window: Callable[[int, int], int | None] = _no_budget) -> None:
+    def __init__(
+        self,
+        topologies: Sequence[Topology],
+        handlers: dict[str, Any],
+        on_message: Callable[[Subscription, Any], None],
+        events: Listener,
+        retry_interval: float,
+        window: Callable[[int, int], int | None] = _no_budget,
+    ) -> None:
         self.topologies = list(topologies)
         #: the window for a binding's consumers: (its prefetch_count, consumers in all)
         self._window = window
@@ -116,14 +121,20 @@ class Subscriptions:
 
     def log_consuming(self) -> None:
         if self.consuming:
-            LOG.info("Consuming: %s", "; ".join(
-                f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
-                for t in self.consuming))
+            LOG.info(
+                "Consuming: %s",
+                "; ".join(
+                    f"{t.binding.name} <- {', '.join(q.name for q in t.queues)}"
+                    for t in self.consuming
+                ),
+            )
 
     def status(self, reconnects: int) -> str:
         """The systemd STATUS line: what is consumed, and what could not be declared."""
-        line = (f"consuming {len(self.consuming)} of {len(self.topologies)} binding(s); "
-                f"{reconnects} reconnect(s)")
+        line = (
+            f"consuming {len(self.consuming)} of {len(self.topologies)} binding(s); "
+            f"{reconnects} reconnect(s)"
+        )
         if self._failed:
             line += f"; not declared: {', '.join(self.failed)}"
         return line
@@ -178,9 +189,13 @@ class Subscriptions:
             consumers = self._declare_on(channel, topo, self._caps)
         except tuple(self._conn.channel_errors) as exc:
             self._failed[b.name] = time.monotonic() + self._retry_interval
-            LOG.error("binding %s: the broker refused its declarations: %s; the other "
-                      "bindings go on, this one is tried again in %g s", b.name,
-                      oneline(exc), self._retry_interval)
+            LOG.error(
+                "binding %s: the broker refused its declarations: %s; the other "
+                "bindings go on, this one is tried again in %g s",
+                b.name,
+                oneline(exc),
+                self._retry_interval,
+            )
             with contextlib.suppress(Exception):
                 channel.close()
             return
@@ -189,14 +204,14 @@ class Subscriptions:
         bound.paused = self.paused  # then _declare left its pausable consumers idle
         self._events.consuming(b.name, True)
 
-    def _declare_on(self, channel: Any, topo: Topology, caps: Capabilities
-                 ) -> list[kombu.Consumer]:
+    def _declare_on(self, channel: Any, topo: Topology, caps: Capabilities) -> list[kombu.Consumer]:
         """Delay queues, parking lot, then the queues (each with its own consumer);
         consuming starts once all are declared."""
         b = topo.binding
         handler = self.handlers[b.handler]
-        delays = {q.name: topology.retry_queues(b, q) if caps.delay_queues else []
-                  for q in topo.queues}
+        delays = {
+            q.name: topology.retry_queues(b, q) if caps.delay_queues else [] for q in topo.queues
+        }
         for queue in topo.queues:
             for delay_queue in delays[queue.name]:
                 delay_queue(channel).declare()
@@ -208,11 +223,17 @@ class Subscriptions:
         consumers = []
         for queue in topo.queues:
             sub = Subscription(b, handler, queue.name, bool(delays[queue.name]))
-            consumers.append(kombu.Consumer(
-                channel, queues=[queue], no_ack=False, auto_declare=True,
-                on_message=functools.partial(self._on_message, sub),
-                prefetch_count=self._window_of(b),
-                tag_prefix=f"rpcworker-{b.name}-"))  # kombu numbers tags process-wide
+            consumers.append(
+                kombu.Consumer(
+                    channel,
+                    queues=[queue],
+                    no_ack=False,
+                    auto_declare=True,
+                    on_message=functools.partial(self._on_message, sub),
+                    prefetch_count=self._window_of(b),
+                    tag_prefix=f"rpcworker-{b.name}-",
+                )
+            )  # kombu numbers tags process-wide
         for consumer in consumers:
             if not (self.paused and _pausable(consumer)):  # throttled: resume() starts it
                 consumer.consume()
@@ -250,8 +271,10 @@ class Subscriptions:
 
     def slots(self) -> int:
         """Deliveries the windows ``resume`` gives would take in all."""
-        return sum((self._window_of(bound.topology.binding) or 0) * len(bound.pausable())
-                   for bound in self._bound.values())
+        return sum(
+            (self._window_of(bound.topology.binding) or 0) * len(bound.pausable())
+            for bound in self._bound.values()
+        )
 
     def rewindow(self) -> int:
         """Start again (cancel, qos, consume) the bindings whose window is off from the
@@ -287,5 +310,8 @@ class Subscriptions:
         if self._conn is None:
             return False
         channel = self._conn.default_channel
-        return not any(channel.queue_declare(queue=q.name, passive=True)[1]
-                       for t in self.consuming for q in t.queues)
+        return not any(
+            channel.queue_declare(queue=q.name, passive=True)[1]
+            for t in self.consuming
+            for q in t.queues
+        )

@@ -49,6 +49,7 @@ from rpcworker.policy.dedup import CompletedCache
 
 LOG = logging.getLogger(__name__)
 
+
 def backoff(failures_in_a_row: int, start: float, step: float, top: float) -> float:
     """Seconds before the next session after that many quick losses in a row."""
     return float(min(start + step * (failures_in_a_row - 1), top))
@@ -57,12 +58,18 @@ def backoff(failures_in_a_row: int, start: float, step: float, top: float) -> fl
 class Worker(ConsumerMixin):
     """One consumer loop: every binding of this process on one connection."""
 
-    def __init__(self, conf: cfg.ConfigOpts, connection: kombu.Connection,
-                 topologies: Sequence[Topology], handlers: dict[str, Any],
-                 executor: Executor, notifier: Notifier | None = None,
-                 recorder: Recorder = NULL,
-                 listeners: Sequence[Listener] = (),
-                 may_recycle: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        connection: kombu.Connection,
+        topologies: Sequence[Topology],
+        handlers: dict[str, Any],
+        executor: Executor,
+        notifier: Notifier | None = None,
+        recorder: Recorder = NULL,
+        listeners: Sequence[Listener] = (),
+        may_recycle: Callable[[], bool] | None = None,
+    ) -> None:
         self.conf = conf
         self.connection = connection
         self.executor = executor
@@ -71,24 +78,43 @@ class Worker(ConsumerMixin):
         self.metrics = recorder
         self.recycler = Recycler(conf, executor, may_recycle)
         self.budget = Budget(conf.max_inflight_bytes, conf.max_message_size)
-        self.events = Listeners([self.stats, self.budget, self.recycler, *(
-            [recorder] if recorder is not NULL else []), *listeners])
+        self.events = Listeners(
+            [
+                self.stats,
+                self.budget,
+                self.recycler,
+                *([recorder] if recorder is not NULL else []),
+                *listeners,
+            ]
+        )
         completed = CompletedCache(conf.duplicate_cache_size)
         self.teller = Teller()
-        self.inflight = Inflight(executor, completed, recorder, conf.executor_thread_pool_size,
-                                 self.teller, dropped=lambda d: self.budget.release(d.size))
-        self.intake = Intake(conf, self.inflight, completed, self.events, self.budget,
-                             self.teller)
+        self.inflight = Inflight(
+            executor,
+            completed,
+            recorder,
+            conf.executor_thread_pool_size,
+            self.teller,
+            dropped=lambda d: self.budget.release(d.size),
+        )
+        self.intake = Intake(conf, self.inflight, completed, self.events, self.budget, self.teller)
         b = conf.broker
-        self._reconnect = (b.reconnect_interval_start, b.reconnect_interval_step,
-                           b.reconnect_interval_max)
-        self.subscriptions = Subscriptions(topologies, handlers, self.intake.on_message,
-                                           self.events, retry_interval=self._reconnect[2],
-                                           window=self.budget.window)
+        self._reconnect = (
+            b.reconnect_interval_start,
+            b.reconnect_interval_step,
+            b.reconnect_interval_max,
+        )
+        self.subscriptions = Subscriptions(
+            topologies,
+            handlers,
+            self.intake.on_message,
+            self.events,
+            retry_interval=self._reconnect[2],
+            window=self.budget.window,
+        )
         self.rebinding = Rebinding(self.subscriptions)
         self.throttle = Throttle(self.budget, self.subscriptions)
-        self.drain = Drain(conf, self.inflight, self.intake, self.subscriptions,
-                           self.notifier)
+        self.drain = Drain(conf, self.inflight, self.intake, self.subscriptions, self.notifier)
         self.questions = Questions(executor.wake)
         self.readiness = Readiness(self.notifier, self.subscriptions, self.stats, executor)
         self.should_stop = False
@@ -133,8 +159,12 @@ class Worker(ConsumerMixin):
         """Nothing in flight, nothing to settle, no message waiting in a queue consumed.
         Loop thread only: ask it with ``worker.questions.ask(worker.idle, timeout)``."""
         s = self._session
-        return (s is not None and self.inflight.idle and s.settle.pending == 0
-                and self.subscriptions.queues_empty())
+        return (
+            s is not None
+            and self.inflight.idle
+            and s.settle.pending == 0
+            and self.subscriptions.queues_empty()
+        )
 
     # -- the outer loop: connect, consume, reconnect --------------------------------------
 
@@ -145,8 +175,11 @@ class Worker(ConsumerMixin):
         bucket and logs each loss with a traceback: here a loss is one line, quick
         repeated losses back off by ``reconnect_interval_*``, and a stop ends the wait.
         """
-        errors = tuple(self.connection.connection_errors) + tuple(
-            self.connection.channel_errors) + (OSError,)
+        errors = (
+            tuple(self.connection.connection_errors)
+            + tuple(self.connection.channel_errors)
+            + (OSError,)
+        )
         failures_in_a_row = 0
         try:
             while not self.should_stop:
@@ -161,13 +194,15 @@ class Worker(ConsumerMixin):
                     lost: BaseException = exc
                 # logged outside the except block: oslo.log would append the error again
                 if self.should_stop:
-                    LOG.warning("Connection lost while stopping (%s); unacknowledged "
-                                "messages go back to their queues", oneline(lost))
+                    LOG.warning(
+                        "Connection lost while stopping (%s); unacknowledged "
+                        "messages go back to their queues",
+                        oneline(lost),
+                    )
                     return
                 LOG.warning("Connection to the broker lost: %s; reconnecting", oneline(lost))
                 self.notifier.status(f"reconnecting to the broker ({oneline(lost)})")
-                failures_in_a_row = (0 if time.monotonic() - started > 10
-                                     else failures_in_a_row + 1)
+                failures_in_a_row = 0 if time.monotonic() - started > 10 else failures_in_a_row + 1
                 if failures_in_a_row:
                     self._pause(backoff(failures_in_a_row, *self._reconnect))
         finally:
@@ -199,12 +234,14 @@ class Worker(ConsumerMixin):
         try:
             start, step, top = self._reconnect
             conn.ensure_connection(
-                errback=self.on_connection_error, max_retries=None,
-                interval_start=start, interval_step=step, interval_max=top,
+                errback=self.on_connection_error,
+                max_retries=None,
+                interval_start=start,
+                interval_step=step,
+                interval_max=top,
                 callback=self._check_stop,
             )
-            self._session = Session(conn, self.executor.fileno(), self.events,
-                                    self.teller)
+            self._session = Session(conn, self.executor.fileno(), self.events, self.teller)
             yield conn
             clean = True
         finally:
@@ -247,8 +284,9 @@ class Worker(ConsumerMixin):
         assert self._session is not None
         return self.subscriptions.start(self._session.conn, self._session.caps)
 
-    def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
-                         **kwargs: Any) -> None:
+    def on_consume_ready(
+        self, connection: Any, channel: Any, consumers: Any, **kwargs: Any
+    ) -> None:
         self.readiness.announce()
 
     def on_consume_end(self, connection: Any, channel: Any) -> None:
@@ -259,8 +297,13 @@ class Worker(ConsumerMixin):
         would ack, and an undecodable message would vanish."""
         message.reject(requeue=False)
 
-    def consume(self, limit: int | None = None, timeout: float | None = None,
-                safety_interval: float = 1, **kwargs: Any) -> Iterator[None]:
+    def consume(
+        self,
+        limit: int | None = None,
+        timeout: float | None = None,
+        safety_interval: float = 1,
+        **kwargs: Any,
+    ) -> Iterator[None]:
         """kombu's ``consume()`` blocks in ``drain_events(timeout=safety_interval)``: a
         handler's result would wait for the next broker event or that timeout before its
         reply and ack go out. Here each turn waits on the broker socket and the
@@ -278,8 +321,7 @@ class Worker(ConsumerMixin):
                     self.teller.summarise()
                     self.throttle.tick()
                     self.metrics.threads(self.executor.busy, self.executor.stuck)
-                    self.metrics.inflight_bytes(self.budget.held,
-                                                self.throttle.seconds_throttled)
+                    self.metrics.inflight_bytes(self.budget.held, self.throttle.seconds_throttled)
                     self.readiness.tick()
                 if not self.should_stop:
                     self._recycle_if_due(check_memory=tick)
@@ -296,8 +338,11 @@ class Worker(ConsumerMixin):
         if not self.should_stop:
             self.throttle.step()
         now = time.monotonic()
-        wait = min(self.inflight.expire(now, settle), self.inflight.heartbeats(now, settle),
-                   settle.resend_returned(now))
+        wait = min(
+            self.inflight.expire(now, settle),
+            self.inflight.heartbeats(now, settle),
+            settle.resend_returned(now),
+        )
         if self.subscriptions.failed and self.subscriptions.retry_failed(now):
             self.readiness.announce()
         if self._reload_requested and not self.should_stop:
@@ -305,8 +350,7 @@ class Worker(ConsumerMixin):
             self._reload()
         settle.flush()  # acks owed on a retiring channel go out before it closes
         if self.rebinding.retiring:
-            self.rebinding.close_retired(
-                lambda b: self.inflight.holds(b) or settle.pending > 0)
+            self.rebinding.close_retired(lambda b: self.inflight.holds(b) or settle.pending > 0)
         self.questions.answer()
         if self.should_stop:
             return self.drain.step(settle, wait)
@@ -327,8 +371,7 @@ class Worker(ConsumerMixin):
         the rebinding carries the plan out; READY=1 again after it."""
         self.notifier.reloading()
         subs = self.subscriptions
-        plan = reloadplan.reread(self.conf, [t.binding for t in subs.topologies],
-                                 subs.handlers)
+        plan = reloadplan.reread(self.conf, [t.binding for t in subs.topologies], subs.handlers)
         if plan is not None:
             self.rebinding.apply(plan)
             self.teller.debug_changed()

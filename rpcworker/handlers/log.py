@@ -31,8 +31,12 @@ class LogHandler:
         return log_call
 
     def handle_message(self, message: Message) -> None:
-        LOG.info("event exchange=%r routing_key=%r body=%s", message.exchange,
-                 message.routing_key, _compact(message.body))
+        LOG.info(
+            "event exchange=%r routing_key=%r body=%s",
+            message.exchange,
+            message.routing_key,
+            _compact(message.body),
+        )
 
 
 def _compact(value: Any, limit: int = 2000) -> str:

@@ -32,8 +32,9 @@ class Lot:
 
 def topic_matches(pattern: str, key: str) -> bool:
     """AMQP topic matching: ``*`` one word, ``#`` zero or more."""
-    words = [r"[^.]+" if w == "*" else (r"#" if w == "#" else re.escape(w))
-             for w in pattern.split(".")]
+    words = [
+        r"[^.]+" if w == "*" else (r"#" if w == "#" else re.escape(w)) for w in pattern.split(".")
+    ]
     regex = r"\.".join(words)
     regex = regex.replace(r"\.#", r"(?:\..*)?").replace(r"#\.", r"(?:.*\.)?").replace("#", ".*")
     return re.fullmatch(regex, key) is not None
@@ -54,9 +55,14 @@ def exchange_lots(binding: Binding, mgmt: Any, vhost: str) -> list[str]:
     path = f"/api/exchanges/{quote(vhost, safe='')}/{quote(exchange, safe='')}/bindings/source"
     rows = mgmt.get(path) or []
     key = binding.dead_letter_routing_key
-    return sorted({str(r["destination"]) for r in rows
-                   if r.get("destination_type") == "queue"
-                   and (key is None or topic_matches(str(r.get("routing_key", "")), key))})
+    return sorted(
+        {
+            str(r["destination"])
+            for r in rows
+            if r.get("destination_type") == "queue"
+            and (key is None or topic_matches(str(r.get("routing_key", "")), key))
+        }
+    )
 
 
 def quorum_of(queue: str, owners: list[Binding]) -> bool | None:

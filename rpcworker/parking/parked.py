@@ -44,15 +44,38 @@ REPLAYED_FAILURE_HEADER = "x-rpcworker-replayed-failure"
 
 #: what a replay takes off: the counters that would park it again at once, where it was
 #: parked, and the broker's own dead-letter and delivery counts
-_RESET_HEADERS = (RETRIES_HEADER, REDELIVERIES_HEADER, QUORUM_DELIVERY_COUNT, FAILURE_HEADER,
-                  BINDING_HEADER, ORIGINAL_QUEUE_HEADER, PARKED_AT_HEADER, "x-death",
-                  "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-                  "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
+_RESET_HEADERS = (
+    RETRIES_HEADER,
+    REDELIVERIES_HEADER,
+    QUORUM_DELIVERY_COUNT,
+    FAILURE_HEADER,
+    BINDING_HEADER,
+    ORIGINAL_QUEUE_HEADER,
+    PARKED_AT_HEADER,
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+)
 
 #: the basic properties kept on an export and a replay (application_headers are ``headers``)
-PROPERTIES = ("content_type", "content_encoding", "delivery_mode", "priority",
-              "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-              "user_id", "app_id")
+PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+)
 
 
 def _parse_iso(text: Any) -> float | None:
@@ -133,8 +156,11 @@ class Parked:
 
     def parked_at(self) -> float | None:
         """When it was parked (epoch seconds), else when it was published, if known."""
-        return (_parse_iso(self.headers.get(PARKED_AT_HEADER))
-                or _epoch(self._death.get("time")) or _epoch(self.properties.get("timestamp")))
+        return (
+            _parse_iso(self.headers.get(PARKED_AT_HEADER))
+            or _epoch(self._death.get("time"))
+            or _epoch(self.properties.get("timestamp"))
+        )
 
     def age(self, now: float | None = None) -> float | None:
         at = self.parked_at()
@@ -144,9 +170,13 @@ class Parked:
 
     @functools.cached_property
     def _request(self) -> decoding.Request | decoding.Rejected:
-        return decoding.decode(self.body, self.properties.get("content_type"),
-                               self.properties.get("content_encoding"), self.headers,
-                               self.properties)
+        return decoding.decode(
+            self.body,
+            self.properties.get("content_type"),
+            self.properties.get("content_encoding"),
+            self.headers,
+            self.properties,
+        )
 
     def decoded(self) -> Any:
         """The body as JSON (the oslo envelope unwrapped), or None when it is not JSON."""
@@ -170,12 +200,18 @@ class Parked:
     def ids(self) -> dict[str, str]:
         """message_id and correlation_id (properties), oslo's _unique_id / _msg_id and a
         notification's message_id (body)."""
-        out = {k: str(self.properties[k]) for k in ("message_id", "correlation_id")
-               if self.properties.get(k)}
+        out = {
+            k: str(self.properties[k])
+            for k in ("message_id", "correlation_id")
+            if self.properties.get(k)
+        }
         body = self.decoded()
         if isinstance(body, dict):
-            for key, name in (("_unique_id", "unique_id"), ("_msg_id", "msg_id"),
-                              ("message_id", "notification_id")):
+            for key, name in (
+                ("_unique_id", "unique_id"),
+                ("_msg_id", "msg_id"),
+                ("message_id", "notification_id"),
+            ):
                 if isinstance(body.get(key), str):
                     out[name] = body[key]
         return out
@@ -183,12 +219,22 @@ class Parked:
     def summary(self, now: float | None = None) -> dict[str, Any]:
         """The fields of ``parked list``."""
         kind, name = self.kind()
-        return {"queue": self.queue, "position": self.position, "binding": self.binding,
-                "reason": self.reason, "retries": self.retries, "replays": self.replays,
-                "original_exchange": self.original_exchange,
-                "original_routing_key": self.original_routing_key,
-                "original_queue": self.original_queue, "kind": kind, "name": name,
-                "ids": self.ids(), "size": len(self.body), "age": self.age(now)}
+        return {
+            "queue": self.queue,
+            "position": self.position,
+            "binding": self.binding,
+            "reason": self.reason,
+            "retries": self.retries,
+            "replays": self.replays,
+            "original_exchange": self.original_exchange,
+            "original_routing_key": self.original_routing_key,
+            "original_queue": self.original_queue,
+            "kind": kind,
+            "name": name,
+            "ids": self.ids(),
+            "size": len(self.body),
+            "age": self.age(now),
+        }
 
     # -- export and replay ---------------------------------------------------------------
 
@@ -218,9 +264,13 @@ class Parked:
             body = base64.b64decode(str(obj["body_base64"]))
         else:
             raise ValueError("neither body_text nor body_base64: not an export line")
-        return cls(queue=str(obj.get("queue") or ""), position=int(obj.get("position") or 0),
-                   body=body, properties=_untagged(obj.get("properties") or {}),
-                   headers=_untagged(obj.get("headers") or {}))
+        return cls(
+            queue=str(obj.get("queue") or ""),
+            position=int(obj.get("position") or 0),
+            body=body,
+            properties=_untagged(obj.get("properties") or {}),
+            headers=_untagged(obj.get("headers") or {}),
+        )
 
     def replay_headers(self, now: float | None = None) -> dict[str, Any]:
         """The headers of the replayed copy: counters and parking marks off, the replay

@@ -108,8 +108,12 @@ from rpcworker.wire.xheaders import (
 #: the error type (and module) a caller gets for a request refused before dispatch
 REFUSED_TYPE, REFUSED_MODULE = "InvalidRequest", "rpcworker.errors"
 
-_ACKED, _DONE, _DROPPED, _REQUEUED = (Outcome(Action.ACK), Outcome(Action.NONE),
-                                      Outcome(Action.DROP), Outcome(Action.REQUEUE))
+_ACKED, _DONE, _DROPPED, _REQUEUED = (
+    Outcome(Action.ACK),
+    Outcome(Action.NONE),
+    Outcome(Action.DROP),
+    Outcome(Action.REQUEUE),
+)
 _FILTERED = Outcome(Action.ACK, filtered=True)
 #: what a notification handler returns to ask for a retry (oslo's NotificationResult)
 REQUEUE_RESULT = "requeue"
@@ -118,8 +122,14 @@ REQUEUE_RESULT = "requeue"
 # -- on receipt ---------------------------------------------------------------------------
 
 
-def on_receipt(binding: Binding, decoded: Request | Rejected, handler: Any,
-               completed: CompletedCache, *, draining: bool) -> Outcome | Start:
+def on_receipt(
+    binding: Binding,
+    decoded: Request | Rejected,
+    handler: Any,
+    completed: CompletedCache,
+    *,
+    draining: bool,
+) -> Outcome | Start:
     """Everything decided before a handler runs, in order: stopping, undecodable,
     poison or a redelivery to count, a duplicate, an unknown method; else it runs
     (acked first with ``acknowledge = before``)."""
@@ -149,8 +159,11 @@ def _screened(binding: Binding, request: Request, handler: Any) -> Outcome | Non
     n = request.notification
     assert n is not None
     if not handlerapi.has_method(type(handler), n.priority):
-        return Outcome(Action.ACK, reason=f"no handler method for priority {n.priority!r}",
-                       notes=(Note(Happened.NO_PRIORITY_METHOD, n.priority or "<priority>"),))
+        return Outcome(
+            Action.ACK,
+            reason=f"no handler method for priority {n.priority!r}",
+            notes=(Note(Happened.NO_PRIORITY_METHOD, n.priority or "<priority>"),),
+        )
     if not filters.matches(binding, n):
         return _FILTERED
     return None
@@ -162,8 +175,9 @@ def refused(rejected: Rejected) -> Outcome:
     reply = None
     if rejected.reply is not None:
         reply = encode_error(rejected.reply, REFUSED_TYPE, REFUSED_MODULE, rejected.reason)
-    return Outcome(Action.DEAD_LETTER, reply, f"refused: {rejected.reason}",
-                   refusal=rejected.reason)
+    return Outcome(
+        Action.DEAD_LETTER, reply, f"refused: {rejected.reason}", refusal=rejected.reason
+    )
 
 
 def unknown_method(request: Request, error: DispatchError) -> Outcome:
@@ -210,10 +224,12 @@ def redelivered(binding: Binding, request: Request) -> Outcome | None:
         if bound is None or count <= bound:
             return None
         if limited_by_delivery_limit(binding):
-            reason = (f"x-delivery-count {count} reached the queue's delivery limit "
-                      f"(delivery_limit {binding.delivery_limit}): the broker's last "
-                      f"delivery is dead-lettered instead of run; its handler crashed, hung "
-                      f"or lost the connection {count} times")
+            reason = (
+                f"x-delivery-count {count} reached the queue's delivery limit "
+                f"(delivery_limit {binding.delivery_limit}): the broker's last "
+                f"delivery is dead-lettered instead of run; its handler crashed, hung "
+                f"or lost the connection {count} times"
+            )
             return _poison(request, reason)
     elif not binding.max_redeliveries:
         return None
@@ -221,8 +237,10 @@ def redelivered(binding: Binding, request: Request) -> Outcome | None:
         count = int_header(headers, REDELIVERIES_HEADER) + 1
         if count <= binding.max_redeliveries:
             return Outcome(Action.COUNT, reason=f"redelivery {count}")
-    reason = (f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "
-              f"its handler crashed, hung or lost the connection every time")
+    reason = (
+        f"redelivered {count} times (max_redeliveries {binding.max_redeliveries}): "
+        f"its handler crashed, hung or lost the connection every time"
+    )
     return _poison(request, reason)
 
 
@@ -237,8 +255,9 @@ def _poison(request: Request, reason: str) -> Outcome:
 # -- on completion (a handler thread) ------------------------------------------------------
 
 
-def on_completion(binding: Binding, request: Request, result: Any = None,
-                  error: Exception | None = None) -> Outcome:
+def on_completion(
+    binding: Binding, request: Request, result: Any = None, error: Exception | None = None
+) -> Outcome:
     """The outcome of a handler run that returned ``result`` or raised ``error``."""
     if error is not None:
         return _on_error(binding, request, error)
@@ -250,8 +269,11 @@ def on_completion(binding: Binding, request: Request, result: Any = None,
     try:
         reply = encode_result(request.reply, result)
     except (TypeError, ValueError) as exc:
-        return Outcome(done.action, encode_failure(request.reply, exc),
-                       notes=(Note(Happened.UNSERIALISABLE, error=exc),))
+        return Outcome(
+            done.action,
+            encode_failure(request.reply, exc),
+            notes=(Note(Happened.UNSERIALISABLE, error=exc),),
+        )
     return Outcome(done.action, reply)
 
 
@@ -264,26 +286,41 @@ def _on_error(binding: Binding, request: Request, exc: Exception) -> Outcome:
         return timed_out(binding, request, cancelled=True)
     if isinstance(exc, NoHandleMessage):
         reason = f"handler {binding.handler} {exc}"
-        return Outcome(Action.NONE if binding.ack_before else Action.DEAD_LETTER, None, reason,
-                       notes=(Note(Happened.NO_HANDLE_MESSAGE, reason),))
+        return Outcome(
+            Action.NONE if binding.ack_before else Action.DEAD_LETTER,
+            None,
+            reason,
+            notes=(Note(Happened.NO_HANDLE_MESSAGE, reason),),
+        )
     if isinstance(exc, (NoSuchMethod, UnsupportedVersion)):  # unknown() let it through
-        return _failed(binding, request, exc, Note(Happened.UNKNOWN_METHOD, error=exc),
-                       final=True, quiet=True)
+        return _failed(
+            binding, request, exc, Note(Happened.UNKNOWN_METHOD, error=exc), final=True, quiet=True
+        )
     return _failed(binding, request, exc)
 
 
 def timed_out(binding: Binding, request: Request, cancelled: bool = False) -> Outcome:
     """The handler is still running ``handler_timeout`` seconds after it started (an
     async one: its task was ``cancelled``)."""
-    exc = HandlerTimeout(f"handler {binding.handler} did not finish {what(request)} "
-                         f"within handler_timeout ({binding.handler_timeout:g} s)")
-    fate = ("its task is cancelled" if cancelled else
-            "its thread is stuck: a fresh one takes its place")
+    exc = HandlerTimeout(
+        f"handler {binding.handler} did not finish {what(request)} "
+        f"within handler_timeout ({binding.handler_timeout:g} s)"
+    )
+    fate = (
+        "its task is cancelled" if cancelled else "its thread is stuck: a fresh one takes its place"
+    )
     return _failed(binding, request, exc, Note(Happened.TIMED_OUT, fate, exc))
 
 
-def _failed(binding: Binding, request: Request, exc: Exception, note: Note | None = None,
-            *, final: bool = False, quiet: bool = False) -> Outcome:
+def _failed(
+    binding: Binding,
+    request: Request,
+    exc: Exception,
+    note: Note | None = None,
+    *,
+    final: bool = False,
+    quiet: bool = False,
+) -> Outcome:
     """A failure: calls are answered with the error and acked; casts and events are
     retried while max_retries allows (unless ``final``), then dead-lettered.
 
@@ -300,7 +337,8 @@ def _failed(binding: Binding, request: Request, exc: Exception, note: Note | Non
         action = Action.DEAD_LETTER
     if note is None:
         notes: tuple[Note, ...] = (
-            Note(Happened.FAILED, _consequence(action, request, binding), exc),)
+            Note(Happened.FAILED, _consequence(action, request, binding), exc),
+        )
     else:
         notes = (note,)
         if action is Action.DEAD_LETTER and not request.is_call and not quiet:
@@ -314,8 +352,7 @@ def _consequence(action: Action, request: Request, binding: Binding) -> str:
         return "error returned to the caller"
     if action is Action.RETRY:
         attempt = retries_of(request.headers) + 1
-        return (f"retry {attempt} of {binding.max_retries} in "
-                f"{binding.retry_delay_for(attempt):g} s")
+        return f"retry {attempt} of {binding.max_retries} in {binding.retry_delay_for(attempt):g} s"
     if action is Action.DEAD_LETTER:
         return f"dead-lettered after {retries_of(request.headers)} retries"
     return "already acked on receipt"
@@ -330,8 +367,11 @@ def on_completed(d: Delivery, result: Any, completed: CompletedCache, live: bool
     gone is dropped (the broker redelivers the message: at-least-once)."""
     if result is None:  # skipped: its connection was lost before it could run
         return _DROPPED
-    outcome = result if isinstance(result, Outcome) else Outcome(
-        Action.DEAD_LETTER, reason=f"internal error: {result!r}")  # run() never raises
+    outcome = (
+        result
+        if isinstance(result, Outcome)
+        else Outcome(Action.DEAD_LETTER, reason=f"internal error: {result!r}")
+    )  # run() never raises
     if d.request is not None and outcome.action in (Action.ACK, Action.NONE):
         completed.add(d.request.unique_id, outcome.reply)
     if not live:
@@ -346,8 +386,7 @@ def resolve(d: Delivery, outcome: Outcome) -> Outcome:
     action = outcome.action
     if action is Action.RETRY and not d.retryable:
         action = Action.DEAD_LETTER
-        outcome = dataclasses.replace(outcome, action=action).noting(
-            Note(Happened.NO_DELAY_QUEUE))
+        outcome = dataclasses.replace(outcome, action=action).noting(Note(Happened.NO_DELAY_QUEUE))
     if action is Action.DEAD_LETTER and not d.binding.dead_letters_published:
         outcome = dataclasses.replace(outcome, action=Action.REJECT)
     return outcome
@@ -359,6 +398,9 @@ def on_copy_refused(d: Delivery, outcome: Outcome, target: str) -> Outcome:
     parking lot never makes a loop; a count copy's original goes back to its queue."""
     if outcome.action is Action.COUNT:
         return Outcome(Action.REQUEUE, reason=outcome.reason, copy_refused=True)
-    note = (Note(Happened.RETRY_REFUSED, target) if outcome.action is Action.RETRY
-            else Note(Happened.DEAD_LETTER_REFUSED))
+    note = (
+        Note(Happened.RETRY_REFUSED, target)
+        if outcome.action is Action.RETRY
+        else Note(Happened.DEAD_LETTER_REFUSED)
+    )
     return Outcome(Action.REJECT, reason=outcome.reason, copy_refused=True, notes=(note,))

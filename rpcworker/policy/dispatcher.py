@@ -56,8 +56,7 @@ def call(handler: Any, request: decoding.Request) -> Any:
         method = _public_method(handler, n.priority)
         if method is None:
             raise NoSuchMethod(n.priority)
-        return method(dict(n.context), n.publisher_id, n.event_type, n.payload,
-                      dict(n.metadata))
+        return method(dict(n.context), n.publisher_id, n.event_type, n.payload, dict(n.metadata))
     on_message = getattr(handler, "handle_message", None)
     if on_message is None:
         raise NoHandleMessage("has no handle_message() for events")
@@ -75,8 +74,9 @@ def find_method(handler: Any, request: decoding.Request) -> Any:
     namespace = getattr(target, "namespace", None)
     accepted = [namespace] + list(getattr(target, "legacy_namespaces", None) or [])
     handler_version = getattr(target, "version", None) or "1.0"
-    if request.namespace not in accepted or not version_is_compatible(handler_version,
-                                                                      request.version):
+    if request.namespace not in accepted or not version_is_compatible(
+        handler_version, request.version
+    ):
         raise UnsupportedVersion(request.version, method)
     if not handlerapi.is_rpc_name(method):
         raise NoSuchMethod(method)
@@ -106,8 +106,7 @@ def _public_method(handler: Any, name: str) -> Any:
 
 def _from_getattr_hook(handler: Any, cls: type, name: str) -> Any:
     """What the class's own ``__getattr__`` answers for ``name`` (callables only)."""
-    hook = next((vars(k)["__getattr__"] for k in cls.__mro__ if "__getattr__" in vars(k)),
-                None)
+    hook = next((vars(k)["__getattr__"] for k in cls.__mro__ if "__getattr__" in vars(k)), None)
     if not isinstance(hook, types.FunctionType):
         return None
     try:

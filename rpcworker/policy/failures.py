@@ -27,8 +27,18 @@ from rpcworker.wire.xheaders import (
 
 #: properties copied onto a republished message (expiration is dropped on purpose:
 #: a per-message TTL would fight the delay queue's)
-_KEPT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to",
-                    "message_id", "priority", "timestamp", "type", "app_id", "user_id")
+_KEPT_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "message_id",
+    "priority",
+    "timestamp",
+    "type",
+    "app_id",
+    "user_id",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +65,10 @@ def retry_ttls(binding: Binding) -> list[int]:
     return sorted(max(1, t) for t in ttls)
 
 
-def _base(properties: Mapping[str, Any], headers: Mapping[str, Any] | None,
-          ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _base(
+    properties: Mapping[str, Any],
+    headers: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     props = {k: properties[k] for k in _KEPT_PROPERTIES if properties.get(k) is not None}
     props["delivery_mode"] = 2
     return props, dict(headers or {})
@@ -69,9 +81,16 @@ def _keep_origin(hdrs: dict[str, Any], exchange: str, routing_key: str) -> None:
     hdrs.setdefault(ORIGINAL_KEY_HEADER, routing_key)
 
 
-def retry_copy(binding: Binding, queue: str, body: bytes, properties: Mapping[str, Any],
-               headers: Mapping[str, Any] | None, reason: str | None, exchange: str = "",
-               routing_key: str = "") -> Copy:
+def retry_copy(
+    binding: Binding,
+    queue: str,
+    body: bytes,
+    properties: Mapping[str, Any],
+    headers: Mapping[str, Any] | None,
+    reason: str | None,
+    exchange: str = "",
+    routing_key: str = "",
+) -> Copy:
     """The copy that waits in the delay queue of the next attempt."""
     props, hdrs = _base(properties, headers)
     _keep_origin(hdrs, exchange, routing_key)
@@ -80,39 +99,55 @@ def retry_copy(binding: Binding, queue: str, body: bytes, properties: Mapping[st
     if reason:
         hdrs[FAILURE_HEADER] = reason[:1000]
     ttl = max(1, int(binding.retry_delay_for(attempt) * 1000))
-    return Copy("", retry_queue_name(queue, ttl, binding.is_quorum_queue(queue)), body, props,
-                hdrs)
+    return Copy("", retry_queue_name(queue, ttl, binding.is_quorum_queue(queue)), body, props, hdrs)
 
 
-def count_copy(queue: str, body: bytes, properties: Mapping[str, Any],
-               headers: Mapping[str, Any] | None, exchange: str = "",
-               routing_key: str = "") -> Copy:
+def count_copy(
+    queue: str,
+    body: bytes,
+    properties: Mapping[str, Any],
+    headers: Mapping[str, Any] | None,
+    exchange: str = "",
+    routing_key: str = "",
+) -> Copy:
     """The copy that goes back to the tail of ``queue`` with one more redelivery counted."""
     props, hdrs = _base(properties, headers)
     _keep_origin(hdrs, exchange, routing_key)
-    hdrs[REDELIVERIES_HEADER] = (
-        int_header(hdrs, REDELIVERIES_HEADER) + 1)
+    hdrs[REDELIVERIES_HEADER] = int_header(hdrs, REDELIVERIES_HEADER) + 1
     return Copy("", queue, body, props, hdrs)
 
 
-def dead_letter_copy(binding: Binding, queue: str, body: bytes,
-                     properties: Mapping[str, Any], headers: Mapping[str, Any] | None,
-                     reason: str | None, exchange: str, routing_key: str) -> Copy | None:
+def dead_letter_copy(
+    binding: Binding,
+    queue: str,
+    body: bytes,
+    properties: Mapping[str, Any],
+    headers: Mapping[str, Any] | None,
+    reason: str | None,
+    exchange: str,
+    routing_key: str,
+) -> Copy | None:
     """The copy for the parking lot, or None when the binding has none (reject instead)."""
     if not binding.dead_letters_published:
         return None
     props, hdrs = _base(properties, headers)
     _keep_origin(hdrs, exchange, routing_key)
-    hdrs.update({
-        FAILURE_HEADER: (reason or "failed")[:1000],
-        BINDING_HEADER: binding.name,
-        ORIGINAL_QUEUE_HEADER: queue,
-        PARKED_AT_HEADER: utc_iso(),
-    })
+    hdrs.update(
+        {
+            FAILURE_HEADER: (reason or "failed")[:1000],
+            BINDING_HEADER: binding.name,
+            ORIGINAL_QUEUE_HEADER: queue,
+            PARKED_AT_HEADER: utc_iso(),
+        }
+    )
     hdrs.setdefault(RETRIES_HEADER, 0)
     if binding.dead_letter_exchange:
-        return Copy(binding.dead_letter_exchange,
-                    binding.dead_letter_routing_key or str(hdrs[ORIGINAL_KEY_HEADER]),
-                    body, props, hdrs)
+        return Copy(
+            binding.dead_letter_exchange,
+            binding.dead_letter_routing_key or str(hdrs[ORIGINAL_KEY_HEADER]),
+            body,
+            props,
+            hdrs,
+        )
     assert binding.dead_letter_queue is not None
     return Copy("", binding.dead_letter_queue, body, props, hdrs)

@@ -82,7 +82,8 @@ class Outcome:
     def dead_lettered(self) -> bool:
         """Parked, or rejected for want of a parking lot (not a refused copy)."""
         return self.action is Action.DEAD_LETTER or (
-            self.action is Action.REJECT and not self.copy_refused)
+            self.action is Action.REJECT and not self.copy_refused
+        )
 
     def noting(self, *notes: Note) -> Outcome:
         """This outcome with ``notes`` added."""

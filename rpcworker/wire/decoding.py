@@ -108,8 +108,14 @@ def decode(
     try:
         if max_size is not None and len(body) > max_size:
             raise Refused(f"body of {len(body)} bytes is over max_message_size ({max_size})")
-        return _decode(body, content_type, content_encoding, headers or {},
-                       properties or {}, delivery_info or {})
+        return _decode(
+            body,
+            content_type,
+            content_encoding,
+            headers or {},
+            properties or {},
+            delivery_info or {},
+        )
     except Refused as exc:
         return Rejected(str(exc), _amqp_route(properties or {}))
     except Exception as exc:  # defensive: decode must never take the loop down
@@ -122,22 +128,30 @@ def as_notification(request: Request) -> Request | Rejected:
     ``message_id`` becomes the request's id (duplicate suppression)."""
     body = request.body
     if not isinstance(body, dict) or request.method is not None:
-        return Rejected("not an oslo notification: "
-                        + ("an RPC request" if request.method is not None else
-                           f"the body is a JSON {type(body).__name__}, not an object"))
+        return Rejected(
+            "not an oslo notification: "
+            + (
+                "an RPC request"
+                if request.method is not None
+                else f"the body is a JSON {type(body).__name__}, not an object"
+            )
+        )
     priority = body.get("priority")
-    context = {k[len(CONTEXT_PREFIX):]: v for k, v in body.items()
-               if k.startswith(CONTEXT_PREFIX)}
+    context = {k[len(CONTEXT_PREFIX) :]: v for k, v in body.items() if k.startswith(CONTEXT_PREFIX)}
     message_id = body.get("message_id")
     notification = Notification(
         priority=priority.lower() if isinstance(priority, str) else "",
-        publisher_id=body.get("publisher_id"), event_type=body.get("event_type"),
+        publisher_id=body.get("publisher_id"),
+        event_type=body.get("event_type"),
         payload=body.get("payload"),
         metadata={"message_id": message_id, "timestamp": body.get("timestamp")},
-        context=context)
+        context=context,
+    )
     return dataclasses.replace(
-        request, notification=notification,
-        unique_id=message_id if isinstance(message_id, str) and message_id else None)
+        request,
+        notification=notification,
+        unique_id=message_id if isinstance(message_id, str) and message_id else None,
+    )
 
 
 def _amqp_route(properties: Mapping[str, Any]) -> ReplyRoute | None:
@@ -148,9 +162,14 @@ def _amqp_route(properties: Mapping[str, Any]) -> ReplyRoute | None:
     return None
 
 
-def _decode(body: bytes | str, content_type: str | None, content_encoding: str | None,
-            headers: Mapping[str, Any], properties: Mapping[str, Any],
-            delivery_info: Mapping[str, Any]) -> Request | Rejected:
+def _decode(
+    body: bytes | str,
+    content_type: str | None,
+    content_encoding: str | None,
+    headers: Mapping[str, Any],
+    properties: Mapping[str, Any],
+    delivery_info: Mapping[str, Any],
+) -> Request | Rejected:
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype not in _ACCEPTED_TYPES:
         raise Refused(f"content type {content_type!r} refused: only {JSON} is accepted")
@@ -228,7 +247,7 @@ def _oslo_request(msg: dict[str, Any], common: dict[str, Any]) -> Request | Reje
     if route is not None and isinstance(timeout, int | float) and not isinstance(timeout, bool):
         if timeout > 0:
             monitor = float(timeout)
-    context = {k[len(CONTEXT_PREFIX):]: v for k, v in msg.items() if k.startswith(CONTEXT_PREFIX)}
+    context = {k[len(CONTEXT_PREFIX) :]: v for k, v in msg.items() if k.startswith(CONTEXT_PREFIX)}
     context["client_timeout"] = timeout if route is not None else None
     unique = msg.get("_unique_id")
     return Request(
@@ -245,8 +264,9 @@ def _oslo_request(msg: dict[str, Any], common: dict[str, Any]) -> Request | Reje
     )
 
 
-def _amqp_request(msg: dict[str, Any], properties: Mapping[str, Any],
-                  common: dict[str, Any]) -> Request | Rejected:
+def _amqp_request(
+    msg: dict[str, Any], properties: Mapping[str, Any], common: dict[str, Any]
+) -> Request | Rejected:
     route = _amqp_route(properties)
     context = msg.get("context")
     context = {} if context is None else context

@@ -48,9 +48,9 @@ def dumps(value: Any) -> str:
 
 def envelope(inner: Mapping[str, Any]) -> bytes:
     """oslo.messaging envelope 2.0: ``inner`` as a JSON string in ``oslo.message``."""
-    return json.dumps(
-        {OSLO_VERSION_KEY: OSLO_VERSION, OSLO_MESSAGE_KEY: dumps(inner)}
-    ).encode("utf-8")
+    return json.dumps({OSLO_VERSION_KEY: OSLO_VERSION, OSLO_MESSAGE_KEY: dumps(inner)}).encode(
+        "utf-8"
+    )
 
 
 def unwrap(data: dict[str, Any]) -> Any:
@@ -71,10 +71,18 @@ def unwrap(data: dict[str, Any]) -> Any:
         raise Refused(f"oslo envelope: oslo.message is not JSON: {exc}") from None
 
 
-def oslo_request(method: str, args: Mapping[str, Any], context: Mapping[str, Any] | None = None,
-                 *, namespace: str | None = None, version: str | None = None,
-                 msg_id: str | None = None, reply_q: str | None = None,
-                 timeout: float | None = None, unique_id: str | None = None) -> dict[str, Any]:
+def oslo_request(
+    method: str,
+    args: Mapping[str, Any],
+    context: Mapping[str, Any] | None = None,
+    *,
+    namespace: str | None = None,
+    version: str | None = None,
+    msg_id: str | None = None,
+    reply_q: str | None = None,
+    timeout: float | None = None,
+    unique_id: str | None = None,
+) -> dict[str, Any]:
     """The inner dict of a request, field for field and in the order oslo.messaging 18
     builds it. ``msg_id`` and ``reply_q`` make it a call (with ``_timeout``)."""
     msg: dict[str, Any] = {"method": method, "args": dict(args)}
@@ -92,16 +100,24 @@ def oslo_request(method: str, args: Mapping[str, Any], context: Mapping[str, Any
     return msg
 
 
-def oslo_notification(priority: str, event_type: str, payload: Any,
-                      publisher_id: str, context: Mapping[str, Any] | None = None,
-                      message_id: str | None = None) -> dict[str, Any]:
+def oslo_notification(
+    priority: str,
+    event_type: str,
+    payload: Any,
+    publisher_id: str,
+    context: Mapping[str, Any] | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
     """The inner dict of a notification as oslo.messaging's ``Notifier`` builds it
     (``notify/notifier.py`` ``_notify``; the priority in capitals, the context packed
     as ``_context_*``); send it wrapped by ``envelope`` with routing key
     ``TOPIC.priority``."""
     msg: dict[str, Any] = {
-        "message_id": message_id or str(uuid.uuid4()), "publisher_id": publisher_id,
-        "event_type": event_type, "priority": priority.upper(), "payload": payload,
+        "message_id": message_id or str(uuid.uuid4()),
+        "publisher_id": publisher_id,
+        "event_type": event_type,
+        "priority": priority.upper(),
+        "payload": payload,
         "timestamp": str(datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)),
     }
     for key, value in (context or {}).items():

@@ -23,8 +23,10 @@ def what(request: decoding.Request) -> str:
     if request.method is not None:
         kind = "call" if request.is_call else "cast"
         return f"{kind} {request.method!r} ({ids or 'no id'})"
-    return (f"event (exchange {request.exchange!r}, routing key {request.routing_key!r}"
-            f"{'; ' + ids if ids else ''})")
+    return (
+        f"event (exchange {request.exchange!r}, routing key {request.routing_key!r}"
+        f"{'; ' + ids if ids else ''})"
+    )
 
 
 def what_delivered(request: decoding.Request | None) -> str:
@@ -57,8 +59,13 @@ def log_fields(binding: str, request: decoding.Request | None) -> dict[str, Any]
     event) and the ids of ``log_ids``."""
     if request is None:
         return {"binding": binding}
-    method = (request.method if request.method is not None else
-              "notification" if request.notification is not None else "event")
+    method = (
+        request.method
+        if request.method is not None
+        else "notification"
+        if request.notification is not None
+        else "event"
+    )
     return {"binding": binding, "method": method, **log_ids(request)}
 
 
@@ -79,9 +86,11 @@ def id_text(ids: dict[str, Any]) -> str:
 def describe(message: Any, request: decoding.Request | None = None) -> str:
     """``(exchange 'e', routing key 'k', content type 't', ids...)`` of a delivery."""
     info = getattr(message, "delivery_info", {}) or {}
-    return (f"(exchange {info.get('exchange', '')!r}, routing key "
-            f"{info.get('routing_key', '')!r}, content type {message.content_type!r}"
-            f"{id_text(message_ids(message, request))})")
+    return (
+        f"(exchange {info.get('exchange', '')!r}, routing key "
+        f"{info.get('routing_key', '')!r}, content type {message.content_type!r}"
+        f"{id_text(message_ids(message, request))})"
+    )
 
 
 def printable(text: str) -> str:

@@ -27,6 +27,11 @@ class Message:
 
     @classmethod
     def from_request(cls, request: Request) -> Message:
-        return cls(body=request.body, routing_key=request.routing_key,
-                   exchange=request.exchange, headers=request.headers,
-                   properties=request.properties, redelivered=request.redelivered)
+        return cls(
+            body=request.body,
+            routing_key=request.routing_key,
+            exchange=request.exchange,
+            headers=request.headers,
+            properties=request.properties,
+            redelivered=request.redelivered,
+        )

@@ -57,8 +57,15 @@ def _plain(value: Any) -> Any:
 def encode_result(route: ReplyRoute, result: Any) -> Reply:
     """A success reply. Raises TypeError/ValueError when ``result`` is not JSON."""
     if route.style == "oslo":
-        body = envelope({"result": result, "failure": None, "ending": True,
-                               "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
+        body = envelope(
+            {
+                "result": result,
+                "failure": None,
+                "ending": True,
+                "_msg_id": route.msg_id,
+                "_unique_id": uuid.uuid4().hex,
+            }
+        )
     else:
         body = dumps({"result": result}).encode("utf-8")
     return Reply(route.routing_key, body, route.correlation_id)
@@ -70,24 +77,48 @@ def encode_failure(route: ReplyRoute, exc: BaseException) -> Reply:
 
 def encode_error(route: ReplyRoute, type_name: str, module: str, message: str) -> Reply:
     """An error reply for a request refused before dispatch."""
-    return _failure_reply(route, {"class": type_name, "module": module, "message": message,
-                                  "tb": [], "args": [message], "kwargs": {}})
+    return _failure_reply(
+        route,
+        {
+            "class": type_name,
+            "module": module,
+            "message": message,
+            "tb": [],
+            "args": [message],
+            "kwargs": {},
+        },
+    )
 
 
 def _failure_reply(route: ReplyRoute, info: dict[str, Any]) -> Reply:
     if route.style == "oslo":
-        body = envelope({"result": None, "failure": dumps(info), "ending": True,
-                               "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
+        body = envelope(
+            {
+                "result": None,
+                "failure": dumps(info),
+                "ending": True,
+                "_msg_id": route.msg_id,
+                "_unique_id": uuid.uuid4().hex,
+            }
+        )
     else:
-        body = dumps({"error": {"type": info["class"], "module": info["module"],
-                                 "message": info["message"]}}).encode("utf-8")
+        body = dumps(
+            {"error": {"type": info["class"], "module": info["module"], "message": info["message"]}}
+        ).encode("utf-8")
     return Reply(route.routing_key, body, route.correlation_id)
 
 
 def encode_heartbeat(route: ReplyRoute) -> Reply:
     """oslo call-monitor heartbeat: ``ending: false`` and no result."""
-    body = envelope({"result": None, "failure": None, "ending": False,
-                           "_msg_id": route.msg_id, "_unique_id": uuid.uuid4().hex})
+    body = envelope(
+        {
+            "result": None,
+            "failure": None,
+            "ending": False,
+            "_msg_id": route.msg_id,
+            "_unique_id": uuid.uuid4().hex,
+        }
+    )
     return Reply(route.routing_key, body, None)
 
 
@@ -105,8 +136,11 @@ class RemoteError:
 
     def line(self) -> str:
         """``module.Class: message`` (builtins without the module)."""
-        name = self.cls if self.module in ("", "builtins", "exceptions") else (
-            f"{self.module}.{self.cls}")
+        name = (
+            self.cls
+            if self.module in ("", "builtins", "exceptions")
+            else (f"{self.module}.{self.cls}")
+        )
         return f"{name}: {self.message}"
 
 
@@ -156,16 +190,28 @@ def parse_reply(body: bytes | str) -> ParsedReply | None:
     if not oslo:
         error = data.get("error")
         if isinstance(error, dict):
-            info = {"class": error.get("type"), "module": error.get("module"),
-                    "message": error.get("message")}
-            return ParsedReply(failure=RemoteError(
-                str(info["class"] or "RemoteError"), str(info["module"] or ""),
-                str(info["message"] or ""), info=info))
+            info = {
+                "class": error.get("type"),
+                "module": error.get("module"),
+                "message": error.get("message"),
+            }
+            return ParsedReply(
+                failure=RemoteError(
+                    str(info["class"] or "RemoteError"),
+                    str(info["module"] or ""),
+                    str(info["message"] or ""),
+                    info=info,
+                )
+            )
         return ParsedReply(result=data.get("result"))
     failure = parse_failure(data["failure"]) if data.get("failure") else None
     msg_id = data.get("_msg_id")
-    return ParsedReply(data.get("result"), failure, msg_id if isinstance(msg_id, str) else "",
-                       bool(data.get("ending")))
+    return ParsedReply(
+        data.get("result"),
+        failure,
+        msg_id if isinstance(msg_id, str) else "",
+        bool(data.get("ending")),
+    )
 
 
 class ReplyWaiter:

@@ -41,6 +41,7 @@ def retries_of(headers: Any) -> int:
 
 def utc_iso(now: float | None = None) -> str:
     """UTC, to the millisecond: ``2026-12-02T13:40:00.123Z`` (``now``: epoch seconds)."""
-    moment = datetime.datetime.fromtimestamp(time.time() if now is None else now,
-                                             datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(
+        time.time() if now is None else now, datetime.timezone.utc
+    )
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

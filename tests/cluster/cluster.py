@@ -51,9 +51,10 @@ class Cluster:
 
     def __init__(self, base: Path | None = None) -> None:
         self.base = base or Path(tempfile.mkdtemp(prefix="rpcworker-cluster-"))
-        self.nodes = [RabbitNode(name, port, dist, self.base / name.partition("@")[0],
-                                 _config(port))
-                      for name, port, dist in zip(NODES, PORTS, DIST_PORTS, strict=True)]
+        self.nodes = [
+            RabbitNode(name, port, dist, self.base / name.partition("@")[0], _config(port))
+            for name, port, dist in zip(NODES, PORTS, DIST_PORTS, strict=True)
+        ]
 
     # -- the whole cluster ------------------------------------------------------------
 
@@ -72,13 +73,15 @@ class Cluster:
             self._each(lambda n: n.launch())
             self._each(lambda n: n.await_boot(deadline))
             for i in (1, 2):
-                for args in (["stop_app"], ["reset"], ["join_cluster", NODES[0]],
-                             ["start_app"]):
+                for args in (["stop_app"], ["reset"], ["join_cluster", NODES[0]], ["start_app"]):
                     self._must(i, *args, timeout=max(10, deadline - time.monotonic()))
             try:
-                wait_for(lambda: all(self._status(i) == set(NODES) for i in range(3)),
-                         max(1, deadline - time.monotonic()), interval=0.5,
-                         message="every node to list all three as running")
+                wait_for(
+                    lambda: all(self._status(i) == set(NODES) for i in range(3)),
+                    max(1, deadline - time.monotonic()),
+                    interval=0.5,
+                    message="every node to list all three as running",
+                )
             except AssertionError as exc:
                 raise NodeError(f"{exc}\n{self.diagnostics()}") from None
         except Exception as exc:
@@ -127,9 +130,11 @@ class Cluster:
     def _must(self, i: int, *args: str, timeout: float = 60) -> str:
         result = self.ctl(i, *args, timeout=timeout)
         if result.returncode != 0:
-            raise NodeError(f"`rabbitmqctl -n {NODES[i]} {' '.join(args)}` exited "
-                            f"{result.returncode}: {(result.stderr or result.stdout).strip()}"
-                            f"\n{self.diagnostics()}")
+            raise NodeError(
+                f"`rabbitmqctl -n {NODES[i]} {' '.join(args)}` exited "
+                f"{result.returncode}: {(result.stderr or result.stdout).strip()}"
+                f"\n{self.diagnostics()}"
+            )
         return result.stdout
 
     def stop_node(self, i: int) -> None:
@@ -152,12 +157,19 @@ class Cluster:
         self.nodes[i].start(timeout)
 
         def listed() -> bool:
-            return any(NODES[i] in (self._status(j) or ()) for j in range(3)
-                       if j != i and self.nodes[j].alive)
+            return any(
+                NODES[i] in (self._status(j) or ())
+                for j in range(3)
+                if j != i and self.nodes[j].alive
+            )
 
         try:
-            wait_for(listed, max(1, deadline - time.monotonic()), interval=0.5,
-                     message=f"another node to list {NODES[i]} as running")
+            wait_for(
+                listed,
+                max(1, deadline - time.monotonic()),
+                interval=0.5,
+                message=f"another node to list {NODES[i]} as running",
+            )
         except AssertionError as exc:
             raise NodeError(f"{exc}\n{self.diagnostics()}") from None
 
@@ -207,6 +219,7 @@ class Cluster:
 
     def delete_queue(self, queue: str) -> None:
         """Delete ``queue`` through a running node; an absent queue is fine."""
+
         def delete(i: int) -> bool | None:
             result = self.ctl(i, "delete_queue", queue)
             ok = result.returncode == 0 or "not found" in result.stderr.lower()
@@ -229,8 +242,15 @@ def main(argv: Sequence[str]) -> int:
         except NodeError as exc:
             print(f"cluster did not start: {exc}", file=sys.stderr)
             return 1
-        print("\n".join([*map(cluster.url, range(3)), cluster.transport_url(),
-                         f"stop it with: {sys.executable} -m tests.cluster.cluster stop"]))
+        print(
+            "\n".join(
+                [
+                    *map(cluster.url, range(3)),
+                    cluster.transport_url(),
+                    f"stop it with: {sys.executable} -m tests.cluster.cluster stop",
+                ]
+            )
+        )
     elif command == "status":
         print(f"running nodes: {sorted(Cluster(CLI_DIR).running_nodes()) or 'none'}")
     elif command == "stop":

@@ -33,9 +33,11 @@ def _ci() -> bool:
 
 def _default_node() -> tuple[object, str]:
     """(OS pid, users) of the default node, which the cluster must not touch."""
+
     def ctl(*args: str) -> str:
-        return subprocess.run(["rabbitmqctl", "-n", DEFAULT_NODE, *args], capture_output=True,
-                              text=True, timeout=60).stdout
+        return subprocess.run(
+            ["rabbitmqctl", "-n", DEFAULT_NODE, *args], capture_output=True, text=True, timeout=60
+        ).stdout
 
     try:
         pid = json.loads(ctl("status", "--formatter", "json")).get("pid")
@@ -52,10 +54,14 @@ def _start_cluster() -> Cluster:
         cluster.stop()
         summary = str(exc).splitlines()[0]
         if _ci():
-            pytest.fail(f"the test cluster ({', '.join(NODES)}) did not start: {exc}",
-                        pytrace=False)
-        print(f"\n*** SKIPPING cluster tests: the test cluster did not start: {summary} "
-              "(CI=true makes this a failure) ***", file=sys.stderr)
+            pytest.fail(
+                f"the test cluster ({', '.join(NODES)}) did not start: {exc}", pytrace=False
+            )
+        print(
+            f"\n*** SKIPPING cluster tests: the test cluster did not start: {summary} "
+            "(CI=true makes this a failure) ***",
+            file=sys.stderr,
+        )
         pytest.skip(f"test cluster did not start: {summary}")
 
 
@@ -83,7 +89,11 @@ def cluster_healthy(cluster: Cluster) -> None:
         for i, node in enumerate(cluster.nodes):
             if not node.alive:
                 cluster.start_node(i)
-        wait_for(lambda: cluster.running_nodes() == set(NODES), 60, interval=0.5,
-                 message="all three nodes to run")
+        wait_for(
+            lambda: cluster.running_nodes() == set(NODES),
+            60,
+            interval=0.5,
+            message="all three nodes to run",
+        )
     except (NodeError, AssertionError) as exc:
         pytest.fail(f"the cluster is not whole: {exc}", pytrace=False)

@@ -18,8 +18,7 @@ QUORUM = {"x-queue-type": "quorum"}
 
 
 def _queue(name: str) -> kombu.Queue:
-    return kombu.Queue(name, exchange="", routing_key=name, durable=True,
-                       queue_arguments=QUORUM)
+    return kombu.Queue(name, exchange="", routing_key=name, durable=True, queue_arguments=QUORUM)
 
 
 def _get(url: str, name: str) -> Any:
@@ -47,7 +46,8 @@ def test_three_nodes_one_cluster(cluster: Cluster) -> None:
     defaults = types.SimpleNamespace(hostname="unused", port=1, userid="nobody", password="x")
     hosts, _, ssl = parse_transport_url(cluster.transport_url((2, 0, 1)), defaults)
     assert [(h.hostname, h.port, h.userid, h.password, h.virtual_host) for h in hosts] == [
-        ("127.0.0.1", PORTS[i], "guest", "guest", "/") for i in (2, 0, 1)]
+        ("127.0.0.1", PORTS[i], "guest", "guest", "/") for i in (2, 0, 1)
+    ]
     assert not ssl
 
 
@@ -60,15 +60,26 @@ def test_quorum_queue_survives_losing_its_leader(cluster: Cluster) -> None:
         assert info["type"] == "quorum" and info["leader"] in NODES
         assert sorted(info["members"]) == sorted(info["online"]) == sorted(NODES)
 
-        with kombu.Connection(cluster.url(1), connect_timeout=5,
-                              transport_options={"confirm_publish": True}) as conn:
+        with kombu.Connection(
+            cluster.url(1), connect_timeout=5, transport_options={"confirm_publish": True}
+        ) as conn:
             producer = conn.Producer()
             for body in ("one", "two"):  # returns once the broker confirmed it
-                producer.publish(body, exchange="", routing_key=name, retry=False,
-                                 delivery_mode=2, serializer="json")
+                producer.publish(
+                    body,
+                    exchange="",
+                    routing_key=name,
+                    retry=False,
+                    delivery_mode=2,
+                    serializer="json",
+                )
         assert _get(cluster.url(2), name) == "one"
-        wait_for(lambda: _info(cluster, name)["messages"] == 1, 30, interval=0.5,
-                 message="one message left")
+        wait_for(
+            lambda: _info(cluster, name)["messages"] == 1,
+            30,
+            interval=0.5,
+            message="one message left",
+        )
 
         leader = NODES.index(info["leader"])
         survivors = [i for i in range(3) if i != leader]
@@ -93,8 +104,12 @@ def test_quorum_queue_survives_losing_its_leader(cluster: Cluster) -> None:
         cluster.start_node(leader)
         print(f"{NODES[leader]} rejoined in {time.monotonic() - t0:.1f} s")
         assert cluster.running_nodes() == set(NODES)
-        wait_for(lambda: sorted(_info(cluster, name)["online"]) == sorted(NODES), 60,
-                 interval=0.5, message="all three members online again")
+        wait_for(
+            lambda: sorted(_info(cluster, name)["online"]) == sorted(NODES),
+            60,
+            interval=0.5,
+            message="all three members online again",
+        )
     finally:
         cluster.delete_queue(name)
     assert cluster.queue_info(name) is None
@@ -106,8 +121,12 @@ def test_killed_node_rejoins(cluster: Cluster) -> None:
     assert not cluster.nodes[2].alive
     assert pid is not None
     # its peers notice at once: the killed process's distribution connections are closed
-    wait_for(lambda: cluster.running_nodes() == set(NODES[:2]), 30, interval=0.2,
-             message="the peers to see the crash")
+    wait_for(
+        lambda: cluster.running_nodes() == set(NODES[:2]),
+        30,
+        interval=0.2,
+        message="the peers to see the crash",
+    )
     t0 = time.monotonic()
     cluster.start_node(2)
     print(f"{NODES[2]} restarted after a crash in {time.monotonic() - t0:.1f} s")

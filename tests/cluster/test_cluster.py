@@ -52,8 +52,9 @@ class Rig:
         self.daemons: list[Any] = []
         self.transports: list[Any] = []
 
-    def config(self, name: str, transport_url: str, heartbeat: int = 10,
-               strategy: str = "round-robin") -> str:
+    def config(
+        self, name: str, transport_url: str, heartbeat: int = 10, strategy: str = "round-robin"
+    ) -> str:
         return f"""\
 [DEFAULT]
 bindings = work, rpc
@@ -88,8 +89,14 @@ topic = {self.topic}
 queue_type = quorum
 """
 
-    def start(self, name: str, order: tuple[int, ...], proxy: TCPProxy | None = None,
-              heartbeat: int = 10, strategy: str = "round-robin") -> Any:
+    def start(
+        self,
+        name: str,
+        order: tuple[int, ...],
+        proxy: TCPProxy | None = None,
+        heartbeat: int = 10,
+        strategy: str = "round-robin",
+    ) -> Any:
         """A worker whose transport_url lists the nodes in ``order`` (the first one
         through ``proxy`` when given); waits until it consumes, and (round-robin) checks
         it is connected to the first one."""
@@ -102,8 +109,9 @@ queue_type = quorum
         d.records_path = str(self.tmp / f"records-{name}.jsonl")
         d.name = name
         self.daemons.append(d)
-        wait_for(lambda: "Consuming:" in d.log() or not d.alive(), 60,
-                 message=f"worker {name} consuming")
+        wait_for(
+            lambda: "Consuming:" in d.log() or not d.alive(), 60, message=f"worker {name} consuming"
+        )
         assert d.alive(), d.log_tail()
         if strategy == "round-robin":
             assert f":{first}/" in connected_lines(d)[0], d.log_tail()
@@ -205,8 +213,12 @@ def _outage(d: Any) -> float:
 
 def _watch_reconnect(d: Any, before: int, timeout: float = 60) -> float:
     """Monotonic time at which ``d`` logged one more 'Connected' line than ``before``."""
-    wait_for(lambda: len(connected_lines(d)) > before, timeout, interval=0.02,
-             message=f"worker {d.name} to reconnect (log: {d.log_tail()})")
+    wait_for(
+        lambda: len(connected_lines(d)) > before,
+        timeout,
+        interval=0.02,
+        message=f"worker {d.name} to reconnect (log: {d.log_tail()})",
+    )
     return time.monotonic()
 
 
@@ -230,8 +242,11 @@ def test_worker_fails_over_when_its_node_goes(rig: Rig, fault: str) -> None:
     if proxy is None:
         cluster.start_node(0)
         assert cluster.running_nodes() == set(NODES)
-        wait_for(lambda: len((cluster.queue_info(rig.queue) or {}).get("online", [])) == 3,
-                 60, message="the restarted node back among the quorum queue's members")
+        wait_for(
+            lambda: len((cluster.queue_info(rig.queue) or {}).get("online", [])) == 3,
+            60,
+            message="the restarted node back among the quorum queue's members",
+        )
 
 
 def _failover(rig: Rig, w: Any, fault: str, proxy: TCPProxy | None) -> None:
@@ -243,12 +258,14 @@ def _failover(rig: Rig, w: Any, fault: str, proxy: TCPProxy | None) -> None:
 
     caller = Caller(rig.client(rig.transport(2)))
     caller.start()
-    stream = Stream(rig.exchange, rig.key, count=COUNT, rate=RATE, host="127.0.0.1",
-                    port=PORTS[2])
+    stream = Stream(rig.exchange, rig.key, count=COUNT, rate=RATE, host="127.0.0.1", port=PORTS[2])
     stream.start()
     try:
-        wait_for(lambda: len(handled_ids(w.records_path)[0]) >= COUNT // 3
-                 and len(caller.ok) >= 3, 60, message="a third of the stream handled")
+        wait_for(
+            lambda: len(handled_ids(w.records_path)[0]) >= COUNT // 3 and len(caller.ok) >= 3,
+            60,
+            message="a third of the stream handled",
+        )
         assert stream.is_alive(), "the fault must land mid-stream"
         before = len(connected_lines(w))
         t0 = time.monotonic()
@@ -257,50 +274,75 @@ def _failover(rig: Rig, w: Any, fault: str, proxy: TCPProxy | None) -> None:
             fault_thread = None
         else:
             fault_thread = threading.Thread(
-                target=cluster.stop_node if fault == "stop" else cluster.kill_node, args=(0,))
+                target=cluster.stop_node if fault == "stop" else cluster.kill_node, args=(0,)
+            )
             fault_thread.start()
         reconnected = _watch_reconnect(w, before)
         assert f":{PORTS[1]}/" in connected_lines(w)[-1], w.log_tail()
         # served again: a call answered after the reconnect
-        wait_for(lambda: caller.served_since(reconnected) >= 1, 60, interval=0.02,
-                 message=f"a call answered after the failover (caller: {caller.errors})")
+        wait_for(
+            lambda: caller.served_since(reconnected) >= 1,
+            60,
+            interval=0.02,
+            message=f"a call answered after the failover (caller: {caller.errors})",
+        )
         served = min(x for x in caller.ok if x > reconnected)
         if fault_thread is not None:
             fault_thread.join(120)
-        wait_for(lambda: caller.served_since(reconnected) >= 5, 60,
-                 message="calls keep working")
+        wait_for(lambda: caller.served_since(reconnected) >= 5, 60, message="calls keep working")
         wait_for(lambda: not stream.is_alive(), 120, message="the stream finished")
         assert stream.error is None, repr(stream.error)
-        wait_for(lambda: not tally("", stream.confirmed, w.records_path).missing, 90,
-                 message="every confirmed cast handled")
+        wait_for(
+            lambda: not tally("", stream.confirmed, w.records_path).missing,
+            90,
+            message="every confirmed cast handled",
+        )
     finally:
         stream.halt()
         caller.halt()
     assert w.alive() and caller.wrong == [], caller.wrong
     # the per-process fanout queue was declared again on the new node
     rig.client(rig.transports[0]).prepare(fanout=True).cast(
-        CTXT, "slow", seconds=0, n="fanout-after-failover")
-    wait_for(lambda: any(r["args"].get("n") == "fanout-after-failover"
-                         for r in read_records(w.records_path) if r.get("method") == "slow"),
-             30, message="a fanout cast reaching the worker after the failover")
+        CTXT, "slow", seconds=0, n="fanout-after-failover"
+    )
+    wait_for(
+        lambda: any(
+            r["args"].get("n") == "fanout-after-failover"
+            for r in read_records(w.records_path)
+            if r.get("method") == "slow"
+        ),
+        30,
+        message="a fanout cast reaching the worker after the failover",
+    )
     if proxy is not None:  # the first attempt after the loss went to the next node
         assert proxy.held_accepted == 0, "a reconnect attempt went to the lost host first"
     for q in (rig.queue, rig.topic):
-        wait_for(lambda q=q: (cluster.queue_info(q) or {}).get("messages") == 0, 30,
-                 message=f"{q} drained")
-    t = tally(f"cluster-node-{fault}", stream.confirmed, w.records_path, detail=(
-        f"worker reconnected {_outage(w):.2f} s after it lost its connection and "
-        f"{reconnected - t0:.2f} s after the fault began, first call served "
-        f"{served - t0:.2f} s after; calls: {len(caller.ok)} answered, {caller.timeouts} "
-        f"timed out, 0 wrong; {stream.describe()}"))
+        wait_for(
+            lambda q=q: (cluster.queue_info(q) or {}).get("messages") == 0,
+            30,
+            message=f"{q} drained",
+        )
+    t = tally(
+        f"cluster-node-{fault}",
+        stream.confirmed,
+        w.records_path,
+        detail=(
+            f"worker reconnected {_outage(w):.2f} s after it lost its connection and "
+            f"{reconnected - t0:.2f} s after the fault began, first call served "
+            f"{served - t0:.2f} s after; calls: {len(caller.ok)} answered, {caller.timeouts} "
+            f"timed out, 0 wrong; {stream.describe()}"
+        ),
+    )
     report(t)
     assert t.missing == [] and t.unexpected == []
     assert LOST in w.log()
 
 
 def _share(records: dict[str, list[dict[str, Any]]], ids: set[int]) -> dict[str, int]:
-    return {name: sum(1 for r in rs if r.get("method") == "record"
-                      and r["args"].get("id") in ids) for name, rs in records.items()}
+    return {
+        name: sum(1 for r in rs if r.get("method") == "record" and r["args"].get("id") in ids)
+        for name, rs in records.items()
+    }
 
 
 def test_three_workers_share_one_topic(rig: Rig) -> None:
@@ -310,8 +352,11 @@ def test_three_workers_share_one_topic(rig: Rig) -> None:
     connections and consumers, and the topic keeps being served."""
     cluster = rig.cluster
     workers = [rig.start(f"w{i}", tuple((i + k) % 3 for k in range(3))) for i in range(3)]
-    wait_for(lambda: (cluster.queue_info(rig.topic) or {}).get("consumers") == 3, 30,
-             message="three consumers on the topic queue")
+    wait_for(
+        lambda: (cluster.queue_info(rig.topic) or {}).get("consumers") == 3,
+        30,
+        message="three consumers on the topic queue",
+    )
     leader = NODES.index((cluster.queue_info(rig.topic) or {})["leader"])
     client = rig.client(rig.transport((leader + 1) % 3), timeout=15)
 
@@ -323,8 +368,11 @@ def test_three_workers_share_one_topic(rig: Rig) -> None:
         for i in ids:
             client.cast(CTXT, "record", id=i)
         wanted = set(ids)
-        wait_for(lambda: sum(_share(records(), wanted).values()) >= len(wanted), 60,
-                 message=f"{len(wanted)} casts handled {when}")
+        wait_for(
+            lambda: sum(_share(records(), wanted).values()) >= len(wanted),
+            60,
+            message=f"{len(wanted)} casts handled {when}",
+        )
         share = _share(records(), wanted)
         print(f"\nCLUSTER share of {len(wanted)} casts over 3 workers {when}: {share}")
         assert sum(share.values()) == len(wanted), share  # each once: nothing failed
@@ -333,14 +381,19 @@ def test_three_workers_share_one_topic(rig: Rig) -> None:
     spread(range(300), "with all nodes up")
 
     client.prepare(fanout=True).cast(CTXT, "record", id=10_000)
-    wait_for(lambda: all(v == 1 for v in _share(records(), {10_000}).values()), 30,
-             message="the fanout cast on every worker")
+    wait_for(
+        lambda: all(v == 1 for v in _share(records(), {10_000}).values()),
+        30,
+        message="the fanout cast on every worker",
+    )
     for d in workers:
         assert client.prepare(server=d.name).call(CTXT, "slow", seconds=0, n=d.name) == {
-            "n": d.name}
-    got = {name: [r["args"]["n"] for r in rs
-                  if r.get("method") == "slow" and r["kind"] == "rpc"]
-           for name, rs in records().items()}
+            "n": d.name
+        }
+    got = {
+        name: [r["args"]["n"] for r in rs if r.get("method") == "slow" and r["kind"] == "rpc"]
+        for name, rs in records().items()
+    }
     assert got == {d.name: [d.name] for d in workers}
 
     moved = workers[leader]
@@ -348,8 +401,11 @@ def test_three_workers_share_one_topic(rig: Rig) -> None:
     before = len(connected_lines(moved))
     cluster.stop_node(leader)
     _watch_reconnect(moved, before)
-    wait_for(lambda: (cluster.queue_info(rig.topic) or {}).get("consumers") == 3, 60,
-             message="three consumers again after the leader's node stopped")
+    wait_for(
+        lambda: (cluster.queue_info(rig.topic) or {}).get("consumers") == 3,
+        60,
+        message="three consumers again after the leader's node stopped",
+    )
     spread(range(1000, 1300), f"after stopping {NODES[leader]}")
     for d in others:  # a leader change does not disturb consumers on other nodes
         assert LOST not in d.log() and len(connected_lines(d)) == 1, d.log_tail()
@@ -368,16 +424,21 @@ def test_restarted_node_rejoins_and_serves(rig: Rig) -> None:
     assert client.call(CTXT, "slow", seconds=0, n="down") == {"n": "down"}
     cluster.start_node(1)
     assert cluster.running_nodes() == set(NODES)
-    wait_for(lambda: len((cluster.queue_info(rig.topic) or {}).get("online", [])) == 3, 60,
-             message="the rejoined node among the topic queue's online members")
+    wait_for(
+        lambda: len((cluster.queue_info(rig.topic) or {}).get("online", [])) == 3,
+        60,
+        message="the rejoined node among the topic queue's online members",
+    )
     w.stop()
     for i in range(20):
         client.cast(CTXT, "record", id=i)  # queued with no consumer
     w2 = rig.start("w2", (1,))
-    wait_for(lambda: len(handled_ids(w2.records_path)[0]) == 20, 30,
-             message="the worker on the rejoined node served the queued casts")
-    assert rig.client(rig.transport(1)).call(CTXT, "slow", seconds=0, n="back") == {
-        "n": "back"}
+    wait_for(
+        lambda: len(handled_ids(w2.records_path)[0]) == 20,
+        30,
+        message="the worker on the rejoined node served the queued casts",
+    )
+    assert rig.client(rig.transport(1)).call(CTXT, "slow", seconds=0, n="back") == {"n": "back"}
 
 
 def _node_of(line: str) -> int:

@@ -26,8 +26,10 @@ from tests.helpers import wait_for
 BROKER_HOST = os.environ.get("RPCWORKER_TEST_BROKER_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("RPCWORKER_TEST_BROKER_PORT", "5672"))
 BROKER_URL = f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}//"
-START_HINT = ("RabbitMQ is not answering on %s:%d: start it with `rabbitmq-server -detached` "
-              "(or `rabbitmqctl start_app`), then `rabbitmqctl await_startup`")
+START_HINT = (
+    "RabbitMQ is not answering on %s:%d: start it with `rabbitmq-server -detached` "
+    "(or `rabbitmqctl start_app`), then `rabbitmqctl await_startup`"
+)
 
 
 def broker_up() -> bool:
@@ -64,13 +66,19 @@ def _delete_delay_queues(_require_broker: None) -> Iterator[None]:
     delete the unused ones at the end, so test runs do not pile them up on the broker."""
     yield
     try:
-        out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers",
-                              "name", "consumers"], capture_output=True, text=True,
-                             timeout=120).stdout
+        out = subprocess.run(
+            ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name", "consumers"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return
-    names = [parts[0] for parts in (line.split() for line in out.splitlines())
-             if len(parts) == 2 and parts[1] == "0" and _RETRY_QUEUE.search(parts[0])]
+    names = [
+        parts[0]
+        for parts in (line.split() for line in out.splitlines())
+        if len(parts) == 2 and parts[1] == "0" and _RETRY_QUEUE.search(parts[0])
+    ]
     delete_queues(*names)
 
 
@@ -152,19 +160,27 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rpcworker", "--config-file", str(self.config_path), *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         log.close()
         return self
 
     def wait_consuming(self, *queues: str, timeout: float = 30) -> None:
         for q in queues:
-            wait_for(lambda q=q: self.alive() and consumer_count(q) > 0, timeout,
-                     message=f"a consumer on queue {q!r} (log: {self.log_tail()})")
+            wait_for(
+                lambda q=q: self.alive() and consumer_count(q) > 0,
+                timeout,
+                message=f"a consumer on queue {q!r} (log: {self.log_tail()})",
+            )
 
     def wait_log(self, text: str, timeout: float = 30) -> None:
-        wait_for(lambda: text in self.log(), timeout, message=f"{text!r} in the worker log "
-                 f"(tail: {self.log_tail()})")
+        wait_for(
+            lambda: text in self.log(),
+            timeout,
+            message=f"{text!r} in the worker log (tail: {self.log_tail()})",
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -59,8 +59,10 @@ class Tally:
         return self.handlings - self.handled
 
     def line(self) -> str:
-        text = (f"FAULT {self.fault}: {self.sent} sent, {self.handled} handled, "
-                f"{len(self.missing)} missing, {self.duplicates} duplicates")
+        text = (
+            f"FAULT {self.fault}: {self.sent} sent, {self.handled} handled, "
+            f"{len(self.missing)} missing, {self.duplicates} duplicates"
+        )
         extras = [self.detail] if self.detail else []
         if self.unexpected:
             extras.append(f"{len(self.unexpected)} unexpected ids")
@@ -74,11 +76,14 @@ def tally(fault: str, sent: int, path: str | Path, detail: str = "") -> Tally:
     ids = set(range(sent))
     unexpected = sorted(i for i in counts if i not in ids)
     return Tally(
-        fault=fault, sent=sent,
+        fault=fault,
+        sent=sent,
         handled=sum(1 for i in counts if i in ids),
         handlings=sum(n for i, n in counts.items() if i in ids),
         missing=sorted(ids - set(counts)),
-        unexpected=unexpected, torn=torn, detail=detail,
+        unexpected=unexpected,
+        torn=torn,
+        detail=detail,
     )
 
 

@@ -33,14 +33,20 @@ class Stream(threading.Thread):
 
     RETRY = 0.2  # between two attempts to reconnect and re-send
 
-    def __init__(self, exchange: str, routing_key: str, count: int = COUNT,
-                 rate: float = RATE, timeout: float = STREAM_TIMEOUT,
-                 host: str = BROKER_HOST, port: int = BROKER_PORT,
-                 body: Callable[[int], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        count: int = COUNT,
+        rate: float = RATE,
+        timeout: float = STREAM_TIMEOUT,
+        host: str = BROKER_HOST,
+        port: int = BROKER_PORT,
+        body: Callable[[int], bytes] | None = None,
+    ) -> None:
         super().__init__(name="fault-stream", daemon=True)
         #: the body of id i (default: a cast of `record` with {"id": i})
-        self.body = body or (lambda i: json.dumps({"method": "record",
-                                                   "args": {"id": i}}).encode())
+        self.body = body or (lambda i: json.dumps({"method": "record", "args": {"id": i}}).encode())
         self.host, self.port = host, port
         self.exchange = exchange
         self.routing_key = routing_key
@@ -63,10 +69,16 @@ class Stream(threading.Thread):
         return not self.is_alive()
 
     def _channel(self) -> Any:
-        self._conn = pika.BlockingConnection(pika.ConnectionParameters(
-            host=self.host, port=self.port,
-            credentials=pika.PlainCredentials("guest", "guest"),
-            connection_attempts=1, socket_timeout=5, blocked_connection_timeout=30))
+        self._conn = pika.BlockingConnection(
+            pika.ConnectionParameters(
+                host=self.host,
+                port=self.port,
+                credentials=pika.PlainCredentials("guest", "guest"),
+                connection_attempts=1,
+                socket_timeout=5,
+                blocked_connection_timeout=30,
+            )
+        )
         channel = self._conn.channel()
         channel.confirm_delivery()
         return channel
@@ -86,8 +98,9 @@ class Stream(threading.Thread):
             while i < self.count and not self._halt.is_set():
                 now = time.monotonic()
                 if now - start > self.timeout:
-                    raise TimeoutError(f"{self.confirmed} of {self.count} ids confirmed "
-                                       f"after {self.timeout} s")
+                    raise TimeoutError(
+                        f"{self.confirmed} of {self.count} ids confirmed after {self.timeout} s"
+                    )
                 # pacing, without a catch-up burst after an outage
                 due = max(due, now - 1 / self.rate)
                 if due > now and self._halt.wait(due - now):
@@ -103,8 +116,9 @@ class Stream(threading.Thread):
                         continue
                 body = self.body(i)
                 try:
-                    channel.basic_publish(self.exchange, self.routing_key, body, props,
-                                          mandatory=True)
+                    channel.basic_publish(
+                        self.exchange, self.routing_key, body, props, mandatory=True
+                    )
                 except Exception as exc:  # not confirmed: re-send it
                     self.unconfirmed += 1
                     self.failures[type(exc).__name__] += 1

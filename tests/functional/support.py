@@ -39,14 +39,18 @@ JSON = "application/json"
 RPCWORKER = Path(sys.executable).parent / "rpcworker"
 _CLIENT_SCRIPT = Path(sys.executable).with_name("rpcworker-client")
 #: the `rpcworker-client` command: the console script, or ``python -m`` without it
-CLIENT = ([str(_CLIENT_SCRIPT)] if _CLIENT_SCRIPT.exists()
-          else [sys.executable, "-m", "rpcworker.cmd.client"])
+CLIENT = (
+    [str(_CLIENT_SCRIPT)]
+    if _CLIENT_SCRIPT.exists()
+    else [sys.executable, "-m", "rpcworker.cmd.client"]
+)
 WATCHDOG_USEC = 2_000_000  # the daemon sends WATCHDOG=1 about every second
 
 
 def rabbitmqctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def start_broker() -> None:
@@ -68,10 +72,25 @@ def broker_stopped() -> Iterator[None]:
 def queue_info(name: str) -> dict[str, Any] | None:
     """The queue as `rabbitmqctl list_queues` sees it (None when it does not exist)."""
     out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "-q", "--formatter", "json", "name", "durable",
-         "auto_delete", "exclusive", "arguments", "messages_ready",
-         "messages_unacknowledged"],
-        capture_output=True, text=True, check=True, timeout=30).stdout
+        [
+            "rabbitmqctl",
+            "list_queues",
+            "-q",
+            "--formatter",
+            "json",
+            "name",
+            "durable",
+            "auto_delete",
+            "exclusive",
+            "arguments",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     for q in json.loads(out or "[]"):
         if q["name"] == name:
             return q
@@ -100,12 +119,22 @@ class Workers:
         self.queues: set[str] = set()
         self.exchanges: set[str] = set()
 
-    def start(self, bindings: dict[str, dict[str, Any]], name: str = "w1",
-              default: dict[str, Any] | None = None, recorder_delay: float = 0.0,
-              recorder: dict[str, Any] | None = None, extra: str = "") -> Any:
+    def start(
+        self,
+        bindings: dict[str, dict[str, Any]],
+        name: str = "w1",
+        default: dict[str, Any] | None = None,
+        recorder_delay: float = 0.0,
+        recorder: dict[str, Any] | None = None,
+        extra: str = "",
+    ) -> Any:
         rec = self.tmp / f"records-{name}.jsonl"
-        lines = ["[DEFAULT]", f"bindings = {', '.join(bindings)}", f"host = {name}-{self.uid}",
-                 "graceful_shutdown_timeout = 10"]
+        lines = [
+            "[DEFAULT]",
+            f"bindings = {', '.join(bindings)}",
+            f"host = {name}-{self.uid}",
+            "graceful_shutdown_timeout = 10",
+        ]
         lines += [f"{k} = {v}" for k, v in (default or {}).items()]
         lines += ["", broker_section()]
         for bname, options in bindings.items():
@@ -121,8 +150,9 @@ class Workers:
         d = self.factory("\n".join(lines) + "\n", name=name)
         d.records_path = str(rec)
         self.daemons.append(d)
-        wait_for(lambda: "Consuming:" in d.log() or not d.alive(), 30,
-                 message=f"daemon {name} consuming")
+        wait_for(
+            lambda: "Consuming:" in d.log() or not d.alive(), 30, message=f"daemon {name} consuming"
+        )
         assert d.alive() and "Consuming:" in d.log(), d.log_tail()
         return d
 
@@ -134,24 +164,34 @@ class Workers:
 
 def records(d: Any, **match: Any) -> list[dict[str, Any]]:
     """The recorder lines of daemon ``d`` whose fields equal ``match``."""
-    return [r for r in read_records(d.records_path)
-            if all(r.get(k) == v for k, v in match.items())]
+    return [r for r in read_records(d.records_path) if all(r.get(k) == v for k, v in match.items())]
 
 
 class PikaClient:
     """One pika BlockingConnection with a publisher-confirmed channel."""
 
     def __init__(self) -> None:
-        self.conn = pika.BlockingConnection(pika.ConnectionParameters(
-            host=BROKER_HOST, port=BROKER_PORT,
-            credentials=pika.PlainCredentials("guest", "guest")))
+        self.conn = pika.BlockingConnection(
+            pika.ConnectionParameters(
+                host=BROKER_HOST,
+                port=BROKER_PORT,
+                credentials=pika.PlainCredentials("guest", "guest"),
+            )
+        )
         self.channel = self.conn.channel()
         self.channel.confirm_delivery()
         self.received: list[tuple[Any, bytes]] = []
 
-    def publish(self, exchange: str, routing_key: str, body: Any, *,
-                content_type: str | None = JSON, mandatory: bool = True,
-                **properties: Any) -> None:
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Any,
+        *,
+        content_type: str | None = JSON,
+        mandatory: bool = True,
+        **properties: Any,
+    ) -> None:
         """Publish (confirmed); raises pika.exceptions.UnroutableError if no queue got it."""
         if not isinstance(body, bytes):
             body = json.dumps(body).encode("utf-8")
@@ -166,8 +206,10 @@ class PikaClient:
 
     def consume(self, queue: str) -> None:
         self.channel.basic_consume(
-            queue, lambda ch, method, props, body: self.received.append((props, body)),
-            auto_ack=True)
+            queue,
+            lambda ch, method, props, body: self.received.append((props, body)),
+            auto_ack=True,
+        )
 
     def wait_replies(self, n: int = 1, timeout: float = 10) -> list[tuple[Any, bytes]]:
         def enough() -> bool:
@@ -191,8 +233,15 @@ def publish(exchange: str, routing_key: str, body: Any, **properties: Any) -> No
     """Publish one persistent JSON message (kombu, its own connection)."""
     with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
         producer = kombu.Producer(conn.channel(), auto_declare=False)
-        producer.publish(body, exchange=exchange, routing_key=routing_key, serializer="json",
-                         delivery_mode=2, retry=False, **properties)
+        producer.publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            serializer="json",
+            delivery_mode=2,
+            retry=False,
+            **properties,
+        )
 
 
 def cast(exchange: str, routing_key: str, method: str, **args: Any) -> None:
@@ -218,18 +267,24 @@ class PlainRPC:
         self.conn = kombu.Connection(BROKER_URL, connect_timeout=5)
         self.conn.ensure_connection(max_retries=3)
         channel = self.conn.channel()
-        self.reply_queue = kombu.Queue(f"reply-{uuid.uuid4().hex}", exclusive=True,
-                                       auto_delete=True, durable=False)(channel)
+        self.reply_queue = kombu.Queue(
+            f"reply-{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False
+        )(channel)
         self.reply_queue.declare()
         self.producer = kombu.Producer(channel, auto_declare=False)
         self.replies: dict[str, Any] = {}
 
     def send(self, exchange: str, routing_key: str, method: str, **args: Any) -> str:
         corr = uuid.uuid4().hex
-        self.producer.publish({"method": method, "args": args, "context": {"user": "t"}},
-                              exchange=exchange, routing_key=routing_key, serializer="json",
-                              reply_to=self.reply_queue.name, correlation_id=corr,
-                              retry=False)
+        self.producer.publish(
+            {"method": method, "args": args, "context": {"user": "t"}},
+            exchange=exchange,
+            routing_key=routing_key,
+            serializer="json",
+            reply_to=self.reply_queue.name,
+            correlation_id=corr,
+            retry=False,
+        )
         return corr
 
     def _poll(self, corr: str) -> bool:
@@ -242,8 +297,9 @@ class PlainRPC:
         wait_for(lambda: self._poll(corr), timeout, message=f"the reply to {corr}")
         return self.replies.pop(corr)
 
-    def call(self, exchange: str, routing_key: str, method: str, timeout: float = 20,
-             **args: Any) -> Any:
+    def call(
+        self, exchange: str, routing_key: str, method: str, timeout: float = 20, **args: Any
+    ) -> Any:
         return self.wait(self.send(exchange, routing_key, method, **args), timeout)
 
     def close(self) -> None:
@@ -267,8 +323,14 @@ def tags(path: Path, kind: str = "rpc") -> list[Any]:
 
 def direct(uid: str, **options: Any) -> dict[str, Any]:
     """A direct binding on the recorder (exchange ex-UID, queue q-UID, key rk-UID)."""
-    return {"type": "direct", "handler": "recorder", "exchange": f"ex-{uid}",
-            "queue": f"q-{uid}", "routing_key": f"rk-{uid}", **options}
+    return {
+        "type": "direct",
+        "handler": "recorder",
+        "exchange": f"ex-{uid}",
+        "queue": f"q-{uid}",
+        "routing_key": f"rk-{uid}",
+        **options,
+    }
 
 
 def parked(queue: str) -> list[tuple[dict[str, Any], Any]]:
@@ -288,12 +350,14 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `rpcworker ARGS` (the console script, or ``python -m rpcworker``) to its end."""
     exe = [str(RPCWORKER)] if RPCWORKER.exists() else [sys.executable, "-m", "rpcworker"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, check=False)
+    return subprocess.run(
+        [*exe, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str],
-                          expected: tuple[str, ...]) -> None:
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], expected: tuple[str, ...]
+) -> None:
     """Exit 2, no traceback, and one line on stderr that contains each of ``expected``."""
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
@@ -319,14 +383,19 @@ def connections_to(sock: socket.socket) -> int:
 
 def daemon_config(uid: str, tmp_path: Path, broker: str, default: str = "") -> str:
     """One direct binding on the recorder; ``default``: extra [DEFAULT] lines."""
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         [DEFAULT]
         bindings = work
         host = h-{uid}
         graceful_shutdown_timeout = 10
-        """) + default + "\n" + broker + textwrap.dedent(f"""
+        """)
+        + default
+        + "\n"
+        + broker
+        + textwrap.dedent(f"""
         [recorder]
-        path = {tmp_path / 'records.jsonl'}
+        path = {tmp_path / "records.jsonl"}
 
         [binding:work]
         type = direct
@@ -335,13 +404,20 @@ def daemon_config(uid: str, tmp_path: Path, broker: str, default: str = "") -> s
         queue = q-{uid}
         routing_key = k-{uid}
         """)
+    )
 
 
-def run_client(conf: Path | str, *args: str, timeout: float = 60,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_client(
+    conf: Path | str, *args: str, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `rpcworker-client --config-file CONF ARGS` to its end."""
-    return subprocess.run([*CLIENT, "--config-file", str(conf), *args], capture_output=True,
-                          text=True, timeout=timeout, input=stdin)
+    return subprocess.run(
+        [*CLIENT, "--config-file", str(conf), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+    )
 
 
 # -- the metrics endpoint and /proc -------------------------------------------------------
@@ -358,8 +434,11 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
     """{(sample name, binding label): value} from /metrics."""
     code, text = http_get(port, "/metrics")
     assert code == 200, text
-    return {(s.name, s.labels.get("binding", "")): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, s.labels.get("binding", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def children(pid: int) -> list[int]:
@@ -400,8 +479,12 @@ class Listener:
         self.received.append((time.monotonic(), text))
         return text
 
-    def expect(self, match: Callable[[str], bool] | str, timeout: float,
-               on_match: Callable[[str], None] | None = None) -> str:
+    def expect(
+        self,
+        match: Callable[[str], bool] | str,
+        timeout: float,
+        on_match: Callable[[str], None] | None = None,
+    ) -> str:
         """The next datagram that ``match``es (a predicate, or a line it must contain)."""
         pred = match if callable(match) else (lambda m: match in m.split("\n"))
         deadline = time.monotonic() + timeout
@@ -411,8 +494,10 @@ class Listener:
                 if on_match is not None:
                     on_match(text)
                 return text
-        raise AssertionError(f"timed out after {timeout}s waiting for {match!r}; "
-                             f"received: {[m for _, m in self.received][-10:]}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {match!r}; "
+            f"received: {[m for _, m in self.received][-10:]}"
+        )
 
     def watchdogs_since(self, start: float) -> list[float]:
         return [t for t, m in self.received if t >= start and m == "WATCHDOG=1"]
@@ -424,8 +509,12 @@ class Listener:
 L = TypeVar("L", bound=Listener)
 
 
-def notify_listener(cls: type[L], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                    watchdog_usec: int = WATCHDOG_USEC) -> L:
+def notify_listener(
+    cls: type[L],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    watchdog_usec: int = WATCHDOG_USEC,
+) -> L:
     """A ``cls`` bound in tmp_path, and NOTIFY_SOCKET/WATCHDOG_USEC set for daemons started
     from now on (conftest's Daemon.start passes os.environ)."""
     path = str(tmp_path / "notify")

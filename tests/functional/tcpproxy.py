@@ -53,10 +53,12 @@ class _Pair:
         self._running = 2
         self.closed = threading.Event()
         self.threads = [
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True,
-                             name="tcpproxy-up"),
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True,
-                             name="tcpproxy-down"),
+            threading.Thread(
+                target=self._pump, args=(client, upstream), daemon=True, name="tcpproxy-up"
+            ),
+            threading.Thread(
+                target=self._pump, args=(upstream, client), daemon=True, name="tcpproxy-down"
+            ),
         ]
 
     def start(self) -> None:
@@ -131,8 +133,9 @@ class TCPProxy:
         """Start listening and forwarding (before this, connections are refused)."""
         if self._accept_thread is None:
             self._listener.listen(self.max_connections)
-            self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
-                                                   name="tcpproxy-accept")
+            self._accept_thread = threading.Thread(
+                target=self._accept_loop, daemon=True, name="tcpproxy-accept"
+            )
             self._accept_thread.start()
         return self
 
@@ -200,8 +203,12 @@ class TCPProxy:
     def __enter__(self) -> TCPProxy:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- threads -----------------------------------------------------------------

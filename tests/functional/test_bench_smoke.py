@@ -19,18 +19,49 @@ import pytest
 from tests.functional.conftest import BROKER_HOST, BROKER_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["--n", "300", "--rounds", "1", "--calls", "50", "--concurrent-calls", "160",
-         "--scale-n", "100", "--rss-messages", "1000", "--profile-n", "2000",
-         "--no-broker-restart",
-         "--host", BROKER_HOST, "--port", str(BROKER_PORT)]
+SMALL = [
+    "--n",
+    "300",
+    "--rounds",
+    "1",
+    "--calls",
+    "50",
+    "--concurrent-calls",
+    "160",
+    "--scale-n",
+    "100",
+    "--rss-messages",
+    "1000",
+    "--profile-n",
+    "2000",
+    "--no-broker-restart",
+    "--host",
+    BROKER_HOST,
+    "--port",
+    str(BROKER_PORT),
+]
 
 
 def bench(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[dict[str, Any], str]:
     results, raw = tmp_path / "RESULTS.md", tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", *SMALL, "--results", str(results),
-         "--json", str(raw), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            *SMALL,
+            "--results",
+            str(results),
+            "--json",
+            str(raw),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return json.loads(raw.read_text())["results"], results.read_text()
 
@@ -50,9 +81,16 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert res["startup"][w]["median"] > 0
     assert res["memory"]["end"] > 0 and "growth" in res["memory"]
     assert "broker_restart" not in res["startup"]
-    for heading in ("## Targets", "## 1. Cast drain rate", "## 2. RPC call latency",
-                    "## 3. Concurrent calls", "## 4. Scaling", "## 5. Memory",
-                    "## 6. Start-up", "## Method"):
+    for heading in (
+        "## Targets",
+        "## 1. Cast drain rate",
+        "## 2. RPC call latency",
+        "## 3. Concurrent calls",
+        "## 4. Scaling",
+        "## 5. Memory",
+        "## 6. Start-up",
+        "## Method",
+    ):
         assert heading in report
 
 
@@ -67,11 +105,13 @@ def _installed(dist: str) -> bool:
 PEERS = [dist for dist in ("celery", "dramatiq", "nameko") if _installed(dist)]
 
 
-@pytest.mark.skipif(not PEERS, reason="none of celery, dramatiq, nameko is installed "
-                                      "(pip install '.[bench]')")
+@pytest.mark.skipif(
+    not PEERS, reason="none of celery, dramatiq, nameko is installed (pip install '.[bench]')"
+)
 def test_bench_smoke_peers(tmp_path: Path) -> None:
-    res, report = bench(tmp_path, "--phases", "drain", "--contenders",
-                        ",".join(["rpcworker", *PEERS]))
+    res, report = bench(
+        tmp_path, "--phases", "drain", "--contenders", ",".join(["rpcworker", *PEERS])
+    )
     for key in ["rpcworker", *PEERS]:
         (run,) = res["drain"][key]["rounds"]
         assert run["rate"] > 0 and run["handled"] >= 300, (key, run)

@@ -26,8 +26,14 @@ def event_keys(d: Any) -> list[str]:
 
 def direct(uid: str, **options: Any) -> dict[str, Any]:
     """A direct binding on exchange ex-UID, queue q-UID, key rk-UID (override with options)."""
-    return {"type": "direct", "handler": "recorder", "exchange": f"ex-{uid}",
-            "queue": f"q-{uid}", "routing_key": f"rk-{uid}", **options}
+    return {
+        "type": "direct",
+        "handler": "recorder",
+        "exchange": f"ex-{uid}",
+        "queue": f"q-{uid}",
+        "routing_key": f"rk-{uid}",
+        **options,
+    }
 
 
 # -- routing ---------------------------------------------------------------------------
@@ -51,8 +57,17 @@ def test_direct_binding_with_several_keys(workers: Workers, amqp: PikaClient, ui
 
 def test_topic_binding_patterns(workers: Workers, amqp: PikaClient, uid: str) -> None:
     ex = f"ex-{uid}"
-    d = workers.start({"t": {"type": "topic", "handler": "recorder", "exchange": ex,
-                             "queue": f"q-{uid}", "routing_key": "a.*.c, logs.#"}})
+    d = workers.start(
+        {
+            "t": {
+                "type": "topic",
+                "handler": "recorder",
+                "exchange": ex,
+                "queue": f"q-{uid}",
+                "routing_key": "a.*.c, logs.#",
+            }
+        }
+    )
     matching = ["a.b.c", "a.xyz.c", "logs", "logs.x", "logs.x.y.z"]
     not_matching = ["a.c", "a.b.b.c", "a.b.c.d", "x.a.b.c", "logs2", "x.logs", "b.b.c"]
     for key in matching:
@@ -60,25 +75,25 @@ def test_topic_binding_patterns(workers: Workers, amqp: PikaClient, uid: str) ->
     for key in not_matching:
         with pytest.raises(pika.exceptions.UnroutableError):
             amqp.publish(ex, key, {"key": key})
-    wait_for(lambda: len(records(d, kind="event")) >= len(matching), 10,
-             message="matching events")
+    wait_for(lambda: len(records(d, kind="event")) >= len(matching), 10, message="matching events")
     assert event_keys(d) == sorted(matching)
     assert [r["exchange"] for r in records(d, kind="event")] == [ex] * len(matching)
 
 
-def test_topic_binding_default_key_is_hash(workers: Workers, amqp: PikaClient,
-                                           uid: str) -> None:
+def test_topic_binding_default_key_is_hash(workers: Workers, amqp: PikaClient, uid: str) -> None:
     ex = f"ex-{uid}"
-    d = workers.start({"t": {"type": "topic", "handler": "recorder", "exchange": ex,
-                             "queue": f"q-{uid}"}})
+    d = workers.start(
+        {"t": {"type": "topic", "handler": "recorder", "exchange": ex, "queue": f"q-{uid}"}}
+    )
     for key in ("", "one", "a.b.c.d"):
         amqp.publish(ex, key, {"key": key})
     wait_for(lambda: len(records(d, kind="event")) >= 3, 10, message="3 events")
     assert event_keys(d) == ["", "a.b.c.d", "one"]
 
 
-def test_fanout_default_queue_gives_every_process_a_copy(workers: Workers, amqp: PikaClient,
-                                                         uid: str) -> None:
+def test_fanout_default_queue_gives_every_process_a_copy(
+    workers: Workers, amqp: PikaClient, uid: str
+) -> None:
     ex = f"fx-{uid}"
     binding = {"f": {"type": "fanout", "handler": "recorder", "exchange": ex}}
     d1 = workers.start(binding, name="w1")
@@ -95,8 +110,11 @@ def test_fanout_default_queue_gives_every_process_a_copy(workers: Workers, amqp:
     for q in mine:
         assert (q["durable"], q["auto_delete"], q["exclusive"]) == (False, True, True), q
     d1.stop()
-    wait_for(lambda: len([q for q in _all_queues() if q["name"].startswith(f"{ex}_f_")]) == 1,
-             10, message="the stopped process's fanout queue gone")
+    wait_for(
+        lambda: len([q for q in _all_queues() if q["name"].startswith(f"{ex}_f_")]) == 1,
+        10,
+        message="the stopped process's fanout queue gone",
+    )
 
 
 def test_fanout_named_queue_is_shared(workers: Workers, amqp: PikaClient, uid: str) -> None:
@@ -111,16 +129,33 @@ def test_fanout_named_queue_is_shared(workers: Workers, amqp: PikaClient, uid: s
     assert (q["durable"], q["auto_delete"], q["exclusive"]) == (True, False, False)
     for i in range(6):
         amqp.publish(ex, "ignored", {"i": i})
-    wait_for(lambda: len(records(d1, kind="event")) + len(records(d2, kind="event")) >= 6, 10,
-             message="6 events in all")
+    wait_for(
+        lambda: len(records(d1, kind="event")) + len(records(d2, kind="event")) >= 6,
+        10,
+        message="6 events in all",
+    )
     got = [r["body"]["i"] for d in (d1, d2) for r in records(d, kind="event")]
     assert sorted(got) == list(range(6))  # each once: a shared queue, competing consumers
 
 
 def _all_queues() -> list[dict[str, Any]]:
-    out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--formatter", "json", "name",
-                          "durable", "auto_delete", "exclusive"],
-                         capture_output=True, text=True, check=True, timeout=30).stdout
+    out = subprocess.run(
+        [
+            "rabbitmqctl",
+            "list_queues",
+            "-q",
+            "--formatter",
+            "json",
+            "name",
+            "durable",
+            "auto_delete",
+            "exclusive",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     return json.loads(out or "[]")
 
 
@@ -134,20 +169,31 @@ def _args(q: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_queue_properties_applied(workers: Workers, amqp: PikaClient, uid: str) -> None:
-    workers.start({
-        "props": direct(uid, queue=f"qp-{uid}", durable="false", auto_delete="true",
-                        queue_arguments="x-max-length:100,x-message-ttl:60000,"
-                                        "x-overflow:reject-publish"),
-        "excl": direct(uid, queue=f"qx-{uid}", exchange=f"ex-{uid}", durable="false",
-                       exclusive="true", routing_key=f"x-{uid}"),
-        # the exchange is declared with the binding's durable flag: its own exchange
-        "dflt": direct(uid, queue=f"qd-{uid}", exchange=f"exd-{uid}"),
-    })
+    workers.start(
+        {
+            "props": direct(
+                uid,
+                queue=f"qp-{uid}",
+                durable="false",
+                auto_delete="true",
+                queue_arguments="x-max-length:100,x-message-ttl:60000,x-overflow:reject-publish",
+            ),
+            "excl": direct(
+                uid,
+                queue=f"qx-{uid}",
+                exchange=f"ex-{uid}",
+                durable="false",
+                exclusive="true",
+                routing_key=f"x-{uid}",
+            ),
+            # the exchange is declared with the binding's durable flag: its own exchange
+            "dflt": direct(uid, queue=f"qd-{uid}", exchange=f"exd-{uid}"),
+        }
+    )
     p, x, d = (queue_info(f"{n}-{uid}") for n in ("qp", "qx", "qd"))
     assert p is not None and x is not None and d is not None
     assert (p["durable"], p["auto_delete"], p["exclusive"]) == (False, True, False)
-    assert _args(p) == {"x-max-length": 100, "x-message-ttl": 60000,
-                        "x-overflow": "reject-publish"}
+    assert _args(p) == {"x-max-length": 100, "x-message-ttl": 60000, "x-overflow": "reject-publish"}
     # (kombu makes every exclusive queue auto-delete too, whatever auto_delete says)
     assert (x["durable"], x["exclusive"]) == (False, True)
     assert (d["durable"], d["auto_delete"], d["exclusive"]) == (True, False, False)
@@ -155,8 +201,9 @@ def test_queue_properties_applied(workers: Workers, amqp: PikaClient, uid: str) 
     # the broker itself refuses an inequivalent redeclaration (throwaway channel)
     ch = amqp.conn.channel()
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as exc:
-        ch.queue_declare(f"qp-{uid}", durable=False, auto_delete=True,
-                         arguments={"x-max-length": 5})
+        ch.queue_declare(
+            f"qp-{uid}", durable=False, auto_delete=True, arguments={"x-max-length": 5}
+        )
     assert exc.value.reply_code == 406
     # exclusive: owned by the daemon's connection, locked for everybody else
     ch = amqp.conn.channel()
@@ -169,13 +216,13 @@ def test_queue_properties_applied(workers: Workers, amqp: PikaClient, uid: str) 
 
 
 @pytest.mark.parametrize("acknowledge", ["after", "before"])
-def test_acknowledge_after_vs_before(workers: Workers, amqp: PikaClient, uid: str,
-                                     acknowledge: str) -> None:
+def test_acknowledge_after_vs_before(
+    workers: Workers, amqp: PikaClient, uid: str, acknowledge: str
+) -> None:
     queue = f"q-{uid}"
     d = workers.start({"ack": direct(uid, prefetch_count=1, acknowledge=acknowledge)})
     for i in range(2):
-        amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "slow", "args": {"seconds": 1.5,
-                                                                           "i": i}})
+        amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "slow", "args": {"seconds": 1.5, "i": i}})
     wait_for(lambda: records(d, kind="start"), 10, message="the first slow cast started")
     if acknowledge == "after":
         # prefetch 1 and no ack yet: the second message waits in the queue
@@ -184,11 +231,15 @@ def test_acknowledge_after_vs_before(workers: Workers, amqp: PikaClient, uid: st
         assert q is not None and q["messages_unacknowledged"] == 1
     else:
         # acked on receipt: the broker hands over the second one at once
-        wait_for(lambda: len(records(d, kind="start")) == 2, 1.2,
-                 message="the second slow cast started while the first runs")
+        wait_for(
+            lambda: len(records(d, kind="start")) == 2,
+            1.2,
+            message="the second slow cast started while the first runs",
+        )
         assert message_count(queue) == 0
-    wait_for(lambda: len(records(d, kind="rpc", method="slow")) == 2, 10,
-             message="both slow casts done")
+    wait_for(
+        lambda: len(records(d, kind="rpc", method="slow")) == 2, 10, message="both slow casts done"
+    )
     starts = records(d, kind="start")
     first_done = records(d, kind="rpc", method="slow")[0]
     if acknowledge == "after":
@@ -200,7 +251,8 @@ def test_acknowledge_after_vs_before(workers: Workers, amqp: PikaClient, uid: st
 
 @pytest.mark.parametrize("method", ["fail", "reject", "requeue"])
 def test_failed_cast_without_retries_is_dead_lettered_not_redelivered(
-        workers: Workers, amqp: PikaClient, uid: str, method: str) -> None:
+    workers: Workers, amqp: PikaClient, uid: str, method: str
+) -> None:
     queue = f"q-{uid}"
     d = workers.start({"c": direct(uid, max_retries=0)})
     amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": method, "args": {"tag": uid}})

@@ -30,7 +30,8 @@ def config(uid: str, port: int = BROKER_PORT, quorum: bool = False, extra: str =
     """A direct binding (queue bq-UID on exchange bx-UID, no retries; ``extra`` options)
     and a default fanout binding (a per-process queue: skipped)."""
     args = ("queue_arguments = x-queue-type:quorum\n" if quorum else "") + extra
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         [DEFAULT]
         bindings = work, fan
         host = h-{uid}
@@ -47,7 +48,9 @@ def config(uid: str, port: int = BROKER_PORT, quorum: bool = False, extra: str =
         queue = bq-{uid}
         routing_key = k-{uid}
         max_retries = 0
-        """) + args + textwrap.dedent(f"""
+        """)
+        + args
+        + textwrap.dedent(f"""
         [binding:fan]
         type = fanout
         handler = recorder
@@ -56,6 +59,7 @@ def config(uid: str, port: int = BROKER_PORT, quorum: bool = False, extra: str =
         [recorder]
         path = /dev/null
         """)
+    )
 
 
 @pytest.fixture
@@ -83,8 +87,9 @@ def check(tmp_path: Path, text: str) -> tuple[int, str, str]:
     return result.returncode, result.stdout, result.stderr
 
 
-def test_nothing_declared_lists_what_would_be_created(tmp_path: Path, uid: str,
-                                                      names: dict[str, str]) -> None:
+def test_nothing_declared_lists_what_would_be_created(
+    tmp_path: Path, uid: str, names: dict[str, str]
+) -> None:
     rc, out, err = check(tmp_path, config(uid))
     assert rc == 0, out + err
     assert f"create    queue {names['queue']!r} (binding work)" in out
@@ -98,9 +103,9 @@ def test_nothing_declared_lists_what_would_be_created(tmp_path: Path, uid: str,
     assert not exchange_exists(names["fanout"])
 
 
-def test_after_the_worker_declared_it_is_consistent(tmp_path: Path, uid: str,
-                                                    names: dict[str, str],
-                                                    daemon_factory: Any) -> None:
+def test_after_the_worker_declared_it_is_consistent(
+    tmp_path: Path, uid: str, names: dict[str, str], daemon_factory: Any
+) -> None:
     # the worker runs once and declares everything
     d = daemon_factory(config(uid), "once")
     d.wait_consuming(names["queue"])
@@ -114,15 +119,15 @@ def test_after_the_worker_declared_it_is_consistent(tmp_path: Path, uid: str,
     assert "CONFLICT" not in out
 
 
-def test_conflicts_name_binding_argument_and_migration(tmp_path: Path, uid: str,
-                                                       names: dict[str, str]) -> None:
+def test_conflicts_name_binding_argument_and_migration(
+    tmp_path: Path, uid: str, names: dict[str, str]
+) -> None:
     # a classic durable queue holding a message, and the exchange as type topic
     with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
         ch = conn.channel()
         ch.exchange_declare(names["exchange"], "topic", durable=True)
         ch.queue_declare(names["queue"], durable=True, auto_delete=False)
-        ch.basic_publish(ch.prepare_message(b"keep me"), exchange="",
-                         routing_key=names["queue"])
+        ch.basic_publish(ch.prepare_message(b"keep me"), exchange="", routing_key=names["queue"])
     before = queue_info(names["queue"])
     assert before is not None
     rc, out, err = check(tmp_path, config(uid, quorum=True))
@@ -175,8 +180,9 @@ def test_broker_unreachable_one_line(tmp_path: Path, uid: str) -> None:
     assert "guest:guest" not in lines[0]
 
 
-def test_management_api_names_every_difference(tmp_path: Path, uid: str,
-                                               names: dict[str, str]) -> None:
+def test_management_api_names_every_difference(
+    tmp_path: Path, uid: str, names: dict[str, str]
+) -> None:
     """Real broker, and a management API stub answering with what is on it: the plan
     lists all differences (the 406 names only the first) and the message count."""
     from rpcworker.amqp import broker, brokercheck
@@ -185,10 +191,14 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
     from tests.fakes import CLASSIC_QUEUE, RECORDED, ManagementStub
 
     with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
-        conn.channel().queue_declare(names["queue"], durable=True, auto_delete=False,
-                                     arguments={"x-max-length": 50})
-    recorded = {f"/api/queues/%2F/{names['queue']}": dict(
-        CLASSIC_QUEUE, name=names["queue"], arguments={"x-max-length": 50}, messages=3)}
+        conn.channel().queue_declare(
+            names["queue"], durable=True, auto_delete=False, arguments={"x-max-length": 50}
+        )
+    recorded = {
+        f"/api/queues/%2F/{names['queue']}": dict(
+            CLASSIC_QUEUE, name=names["queue"], arguments={"x-max-length": 50}, messages=3
+        )
+    }
     RECORDED.update(recorded)
     server = ThreadingHTTPServer(("127.0.0.1", 0), ManagementStub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -200,8 +210,9 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
         parsed = bindingconf.parse(conf)
         settings = broker.settings(conf)
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = brokercheck.check(parsed, settings, broker.connection(conf, settings),
-                                   management_url=url)
+        result = brokercheck.check(
+            parsed, settings, broker.connection(conf, settings), management_url=url
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -213,7 +224,8 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
     assert conflict.entity.name == names["queue"]
     assert {str(d) for d in conflict.differences} == {
         "x-queue-type: configured quorum, broker has classic",
-        "x-max-length: configured (unset), broker has 50"}
+        "x-max-length: configured (unset), broker has 50",
+    }
     assert "the queue holds 3 message(s)" in text
     info = queue_info(names["queue"])
     assert info is not None and "x-max-length" in str(info["arguments"])
@@ -221,10 +233,12 @@ def test_management_api_names_every_difference(tmp_path: Path, uid: str,
 
 
 def test_quorum_binding_matches_a_quorum_queue_and_conflicts_with_a_classic_one(
-        tmp_path: Path, uid: str, names: dict[str, str], daemon_factory: Any) -> None:
+    tmp_path: Path, uid: str, names: dict[str, str], daemon_factory: Any
+) -> None:
     parking = f"bd-{uid}"
-    text = config(uid, extra=f"queue_type = quorum\ndelivery_limit = 2\n"
-                  f"dead_letter_queue = {parking}\n")
+    text = config(
+        uid, extra=f"queue_type = quorum\ndelivery_limit = 2\ndead_letter_queue = {parking}\n"
+    )
     try:
         d = daemon_factory(text, "once")
         d.wait_consuming(names["queue"])

@@ -29,61 +29,107 @@ from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONF = ROOT / "etc" / "rpcworker" / "rpcworker.conf"
-def base_config(port: int, broker_extra: str = "", default_extra: str = "",
-                binding: str = "type = direct\nhandler = recorder\nrouting_key = k",
-                bindings: str = "b1") -> str:
-    return (f"[DEFAULT]\nbindings = {bindings}\n{default_extra}\n"
-            f"[broker]\nhostname = 127.0.0.1\nport = {port}\nconnect_timeout = 2\n"
-            f"{broker_extra}\n[binding:b1]\n{binding}\n")
+
+
+def base_config(
+    port: int,
+    broker_extra: str = "",
+    default_extra: str = "",
+    binding: str = "type = direct\nhandler = recorder\nrouting_key = k",
+    bindings: str = "b1",
+) -> str:
+    return (
+        f"[DEFAULT]\nbindings = {bindings}\n{default_extra}\n"
+        f"[broker]\nhostname = 127.0.0.1\nport = {port}\nconnect_timeout = 2\n"
+        f"{broker_extra}\n[binding:b1]\n{binding}\n"
+    )
 
 
 # (id, config builder(port) -> text, substrings the one error line must contain)
 BAD_CONFIGS: list[tuple[str, Any, tuple[str, ...]]] = [
-    ("unknown-type", lambda p: base_config(p, binding="type = queue\nhandler = recorder"),
-     ("[binding:b1]", "type")),
-    ("missing-handler", lambda p: base_config(p, binding="type = direct\nrouting_key = k"),
-     ("[binding:b1]", "handler")),
-    ("missing-type", lambda p: base_config(p, binding="handler = recorder\nrouting_key = k"),
-     ("[binding:b1]", "type")),
-    ("direct-without-routing-key",
-     lambda p: base_config(p, binding="type = direct\nhandler = recorder"),
-     ("[binding:b1]", "routing_key")),
+    (
+        "unknown-type",
+        lambda p: base_config(p, binding="type = queue\nhandler = recorder"),
+        ("[binding:b1]", "type"),
+    ),
+    (
+        "missing-handler",
+        lambda p: base_config(p, binding="type = direct\nrouting_key = k"),
+        ("[binding:b1]", "handler"),
+    ),
+    (
+        "missing-type",
+        lambda p: base_config(p, binding="handler = recorder\nrouting_key = k"),
+        ("[binding:b1]", "type"),
+    ),
+    (
+        "direct-without-routing-key",
+        lambda p: base_config(p, binding="type = direct\nhandler = recorder"),
+        ("[binding:b1]", "routing_key"),
+    ),
     ("port-70000", lambda p: base_config(70000), ("[broker]", "port")),
-    ("port-abc", lambda p: base_config(p).replace(f"port = {p}", "port = abc"),
-     ("[broker]", "port")),
-    ("heartbeat-negative", lambda p: base_config(p, broker_extra="heartbeat = -1"),
-     ("[broker]", "heartbeat")),
-    ("quorum-not-durable",
-     lambda p: base_config(p, binding="type = direct\nhandler = recorder\nrouting_key = k\n"
-                           "queue_arguments = x-queue-type:quorum\ndurable = false"),
-     ("[binding:b1]", "durable")),
-    ("plugin-not-installed",
-     lambda p: base_config(p, binding="type = direct\nhandler = no_such_plugin\n"
-                           "routing_key = k"),
-     ("[binding:b1]", "handler", "no_such_plugin")),
-    ("broken-import",
-     lambda p: base_config(p, binding="type = direct\nhandler = broken_import\nrouting_key = k"),
-     ("[binding:b1]", "handler", "broken_import")),
-    ("broken-init",
-     lambda p: base_config(p, binding="type = direct\nhandler = broken_init\nrouting_key = k"),
-     ("[binding:b1]", "handler", "broken_init")),
+    (
+        "port-abc",
+        lambda p: base_config(p).replace(f"port = {p}", "port = abc"),
+        ("[broker]", "port"),
+    ),
+    (
+        "heartbeat-negative",
+        lambda p: base_config(p, broker_extra="heartbeat = -1"),
+        ("[broker]", "heartbeat"),
+    ),
+    (
+        "quorum-not-durable",
+        lambda p: base_config(
+            p,
+            binding="type = direct\nhandler = recorder\nrouting_key = k\n"
+            "queue_arguments = x-queue-type:quorum\ndurable = false",
+        ),
+        ("[binding:b1]", "durable"),
+    ),
+    (
+        "plugin-not-installed",
+        lambda p: base_config(
+            p, binding="type = direct\nhandler = no_such_plugin\nrouting_key = k"
+        ),
+        ("[binding:b1]", "handler", "no_such_plugin"),
+    ),
+    (
+        "broken-import",
+        lambda p: base_config(p, binding="type = direct\nhandler = broken_import\nrouting_key = k"),
+        ("[binding:b1]", "handler", "broken_import"),
+    ),
+    (
+        "broken-init",
+        lambda p: base_config(p, binding="type = direct\nhandler = broken_init\nrouting_key = k"),
+        ("[binding:b1]", "handler", "broken_init"),
+    ),
     ("bindings-empty", lambda p: base_config(p, bindings=""), ("[DEFAULT]", "bindings")),
-    ("topic-on-direct",
-     lambda p: base_config(p, binding="type = direct\nhandler = recorder\nrouting_key = k\n"
-                           "topic = t1"),
-     ("[binding:b1]", "topic")),
-    ("transport-url-bad-scheme",
-     lambda p: base_config(p, default_extra=f"transport_url = http://guest:guest@127.0.0.1:{p}/"),
-     ("[DEFAULT]", "transport_url", "scheme")),
+    (
+        "topic-on-direct",
+        lambda p: base_config(
+            p, binding="type = direct\nhandler = recorder\nrouting_key = k\ntopic = t1"
+        ),
+        ("[binding:b1]", "topic"),
+    ),
+    (
+        "transport-url-bad-scheme",
+        lambda p: base_config(
+            p, default_extra=f"transport_url = http://guest:guest@127.0.0.1:{p}/"
+        ),
+        ("[DEFAULT]", "transport_url", "scheme"),
+    ),
     ("workers-0", lambda p: base_config(p, default_extra="workers = 0"), ("[DEFAULT]", "workers")),
 ]
 
 
 @pytest.mark.parametrize("mode", ["run", "check-config"])
-@pytest.mark.parametrize("build,expected", [(b, e) for _, b, e in BAD_CONFIGS],
-                         ids=[i for i, _, _ in BAD_CONFIGS])
-def test_bad_config_exits_2_with_one_line(tmp_path: Path, trap: socket.socket, build: Any,
-                                          expected: tuple[str, ...], mode: str) -> None:
+@pytest.mark.parametrize(
+    "build,expected", [(b, e) for _, b, e in BAD_CONFIGS], ids=[i for i, _, _ in BAD_CONFIGS]
+)
+def test_bad_config_exits_2_with_one_line(
+    tmp_path: Path, trap: socket.socket, build: Any, expected: tuple[str, ...], mode: str
+) -> None:
     port = trap.getsockname()[1]
     path = tmp_path / "bad.conf"
     path.write_text(build(port))
@@ -98,8 +144,9 @@ def test_version_of_the_daemon_and_the_client() -> None:
 
     expected = f"rpcworker {importlib.metadata.version('rpcworker')}\n"
     daemon = run("--version")
-    client = subprocess.run([*CLIENT, "--version"], capture_output=True, text=True,
-                            timeout=60, check=False)
+    client = subprocess.run(
+        [*CLIENT, "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
     for result in (daemon, client):
         assert (result.returncode, result.stdout, result.stderr) == (0, expected, "")
 
@@ -115,14 +162,16 @@ def test_check_config_prints_the_plan() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "Traceback" not in out + result.stderr
-    for text in ("exchange 'openstack' type=topic",
-                 "queue 'rpcworker' ",
-                 "exchange 'rpcworker_fanout' type=fanout",
-                 "exchange 'events' type=topic",
-                 "queue 'rpcworker-events' durable=True",
-                 "instance.*.create",
-                 "exchange 'broadcast' type=fanout",
-                 "configuration OK"):
+    for text in (
+        "exchange 'openstack' type=topic",
+        "queue 'rpcworker' ",
+        "exchange 'rpcworker_fanout' type=fanout",
+        "exchange 'events' type=topic",
+        "queue 'rpcworker-events' durable=True",
+        "instance.*.create",
+        "exchange 'broadcast' type=fanout",
+        "configuration OK",
+    ):
         assert text in out, f"{text!r} not in --check-config output:\n{out}"
     assert "amqp://guest:***@127.0.0.1:5672" in out
 
@@ -144,14 +193,14 @@ def test_list_handlers() -> None:
     for name in ("echo", "log", "recorder"):
         assert len(rows[name][0].split(None, 2)) == 3, rows[name]
     # then its RPC target and public methods (dispatcher.find_method's rule)
-    assert rows["versioned"][1:] == ["target: namespace testns, version 1.3",
-                                     "methods: which"]
+    assert rows["versioned"][1:] == ["target: namespace testns, version 1.3", "methods: which"]
     assert rows["echo"][1] == "target: namespace None, version 1.0"
     echo_methods = rows["echo"][2].removeprefix("methods: ").split(", ")
     assert {"echo", "fail", "context", "sleep"} <= set(echo_methods)
     assert not [m for m in echo_methods if m.startswith("_") or m == "handle_message"]
-    assert rows["recorder"][2] == ("methods: crash, fail, flaky, hang, record, reject, "
-                                   "requeue, slow, weigh")
+    assert rows["recorder"][2] == (
+        "methods: crash, fail, flaky, hang, record, reject, requeue, slow, weigh"
+    )
     assert rows["log"][2] == "methods: (any public name: decided by the handler at run time)"
     # a plugin that cannot be imported is listed on one line, without a target
     assert len(rows["broken_import"]) == 1 and "cannot be imported" in rows["broken_import"][0]
@@ -167,9 +216,15 @@ def test_password_not_in_check_config_output(tmp_path: Path, uid: str) -> None:
     assert secret not in result.stdout + result.stderr
     assert "***" in result.stdout
 
-    path.write_text(base_config(5672, default_extra=(
-        f"transport_url = rabbit://someone:{url_secret}@127.0.0.1:5672,"
-        f"other:{url_secret}@127.0.0.2:5672/")))
+    path.write_text(
+        base_config(
+            5672,
+            default_extra=(
+                f"transport_url = rabbit://someone:{url_secret}@127.0.0.1:5672,"
+                f"other:{url_secret}@127.0.0.2:5672/"
+            ),
+        )
+    )
     result = run("--config-file", str(path), "--check-config")
     assert result.returncode == 0, result.stderr
     assert url_secret not in result.stdout + result.stderr
@@ -178,15 +233,25 @@ def test_password_not_in_check_config_output(tmp_path: Path, uid: str) -> None:
 
 def test_debug_and_log_file(daemon_factory: Any, uid: str, tmp_path: Path) -> None:
     log_file = tmp_path / "debug.log"
-    d = daemon_factory(daemon_config(uid, tmp_path, broker_section()), "debug", True,
-                       "--debug", "--log-file", str(log_file))
+    d = daemon_factory(
+        daemon_config(uid, tmp_path, broker_section()),
+        "debug",
+        True,
+        "--debug",
+        "--log-file",
+        str(log_file),
+    )
     try:
         d.wait_consuming(f"q-{uid}")
         with plain_rpc() as rpc:
             assert rpc.call(f"ex-{uid}", f"k-{uid}", "record", tag="dbg") == {
-                "result": {"tag": "dbg"}}
-        wait_for(lambda: log_file.exists() and "Consuming:" in log_file.read_text(), 15,
-                 message="the daemon's log lines in --log-file")
+                "result": {"tag": "dbg"}
+            }
+        wait_for(
+            lambda: log_file.exists() and "Consuming:" in log_file.read_text(),
+            15,
+            message="the daemon's log lines in --log-file",
+        )
         d.signal(signal.SIGTERM)
         assert d.wait_exit(timeout=30) == 0
         text = log_file.read_text()
@@ -200,14 +265,26 @@ def test_debug_and_log_file(daemon_factory: Any, uid: str, tmp_path: Path) -> No
 
 def test_password_not_in_debug_log(daemon_factory: Any, uid: str, tmp_path: Path) -> None:
     secret = f"Sekrit-{uid}"
-    broker = broker_section().replace("userid = guest", f"userid = nobody-{uid}").replace(
-        "password = guest", f"password = {secret}")
+    broker = (
+        broker_section()
+        .replace("userid = guest", f"userid = nobody-{uid}")
+        .replace("password = guest", f"password = {secret}")
+    )
     log_file = tmp_path / "refused.log"
-    d = daemon_factory(daemon_config(uid, tmp_path, broker), "refused", True,
-                       "--debug", "--log-file", str(log_file))
+    d = daemon_factory(
+        daemon_config(uid, tmp_path, broker),
+        "refused",
+        True,
+        "--debug",
+        "--log-file",
+        str(log_file),
+    )
     # the broker refuses the login: the daemon keeps retrying and logging
-    wait_for(lambda: log_file.exists() and log_file.read_text().count("ACCESS_REFUSED") >= 2,
-             30, message=f"refused login attempts in {log_file}")
+    wait_for(
+        lambda: log_file.exists() and log_file.read_text().count("ACCESS_REFUSED") >= 2,
+        30,
+        message=f"refused login attempts in {log_file}",
+    )
     assert d.alive()
     d.signal(signal.SIGTERM)
     assert d.wait_exit(timeout=30) == 0

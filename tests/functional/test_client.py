@@ -67,6 +67,7 @@ def records_of(worker: Any, kind: str, count: int = 1) -> list[dict[str, Any]]:
     def found() -> list[dict[str, Any]]:
         got = [r for r in read_records(worker.records) if r["kind"] == kind]
         return got if len(got) >= count else []
+
     return wait_for(found, 15, message=f"{count} {kind} record(s) (log: {worker.log_tail()})")
 
 
@@ -74,31 +75,59 @@ def records_of(worker: Any, kind: str, count: int = 1) -> list[dict[str, Any]]:
 
 
 def test_call_prints_json_result(worker: Any) -> None:
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "echo", "--arg", "x=1",
-                   "--arg", "s=abc", "--args", '{"y": [1, 2], "x": 0}')
+    p = run_client(
+        worker.config_path,
+        "call",
+        f"t-{worker.uid}",
+        "echo",
+        "--arg",
+        "x=1",
+        "--arg",
+        "s=abc",
+        "--args",
+        '{"y": [1, 2], "x": 0}',
+    )
     assert (p.returncode, p.stderr) == (0, "")
     assert json.loads(p.stdout) == {"y": [1, 2], "x": 1, "s": "abc"}
 
 
 def test_call_to_server_with_context(worker: Any) -> None:
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "context",
-                   "--server", f"s-{worker.uid}", "--context", "user_id=u1",
-                   "--context", "request_id=req-1")
+    p = run_client(
+        worker.config_path,
+        "call",
+        f"t-{worker.uid}",
+        "context",
+        "--server",
+        f"s-{worker.uid}",
+        "--context",
+        "user_id=u1",
+        "--context",
+        "request_id=req-1",
+    )
     assert p.returncode == 0, p.stderr
     ctxt = json.loads(p.stdout)
     assert (ctxt["user_id"], ctxt["request_id"]) == ("u1", "req-1")
 
 
 def test_call_ignores_call_monitor_heartbeats(worker: Any) -> None:
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "sleep", "--arg",
-                   "seconds=2", "--arg", "tag=hb", "--call-monitor-timeout", "1")
+    p = run_client(
+        worker.config_path,
+        "call",
+        f"t-{worker.uid}",
+        "sleep",
+        "--arg",
+        "seconds=2",
+        "--arg",
+        "tag=hb",
+        "--call-monitor-timeout",
+        "1",
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == {"slept": 2.0, "tag": "hb"}
 
 
 def test_remote_failure_exits_1(worker: Any) -> None:
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "fail",
-                   "--arg", "message=boom")
+    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "fail", "--arg", "message=boom")
     assert (p.returncode, p.stdout) == (1, "")
     assert p.stderr.strip() == "ValueError: boom"
 
@@ -122,8 +151,16 @@ def test_call_nobody_serves_times_out_with_3(worker: Any) -> None:
 
 
 def test_cast_is_handled(worker: Any) -> None:
-    p = run_client(worker.config_path, "cast", f"r-{worker.uid}", "record", "--arg", "n=1",
-                   "--context", "user_id=u2")
+    p = run_client(
+        worker.config_path,
+        "cast",
+        f"r-{worker.uid}",
+        "record",
+        "--arg",
+        "n=1",
+        "--context",
+        "user_id=u2",
+    )
     assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
     [rec] = records_of(worker, "rpc")
     assert (rec["method"], rec["args"], rec["ctxt"]["user_id"]) == ("record", {"n": 1}, "u2")
@@ -137,8 +174,17 @@ def test_fanout_is_handled(worker: Any) -> None:
 
 
 def test_publish_reaches_handle_message(worker: Any) -> None:
-    p = run_client(worker.config_path, "publish", "--exchange", f"ev-{worker.uid}",
-                   "--type", "topic", "--routing-key", "a.b", '{"event": "created", "n": 3}')
+    p = run_client(
+        worker.config_path,
+        "publish",
+        "--exchange",
+        f"ev-{worker.uid}",
+        "--type",
+        "topic",
+        "--routing-key",
+        "a.b",
+        '{"event": "created", "n": 3}',
+    )
     assert (p.returncode, p.stderr) == (0, "")
     [rec] = records_of(worker, "event")
     assert rec["body"] == {"event": "created", "n": 3}
@@ -148,8 +194,7 @@ def test_publish_reaches_handle_message(worker: Any) -> None:
 def test_publish_declares_a_missing_exchange(worker: Any) -> None:
     name = f"new-{worker.uid}"
     try:
-        p = run_client(worker.config_path, "publish", "--exchange", name, "--type", "fanout",
-                       "{}")
+        p = run_client(worker.config_path, "publish", "--exchange", name, "--type", "fanout", "{}")
         assert p.returncode == 0, p.stderr
         assert f"exchange '{name}' did not exist: declared it (type fanout, durable)" in p.stderr
         assert "no queue is bound" in p.stderr
@@ -163,8 +208,15 @@ def test_bad_json_exits_2(worker: Any) -> None:
     p = run_client(worker.config_path, "call", f"t-{worker.uid}", "echo", "--args", "{x")
     assert (p.returncode, p.stdout) == (2, "")
     assert "--args: not valid JSON" in p.stderr
-    p = run_client(worker.config_path, "publish", "--exchange", f"ev-{worker.uid}",
-                   "--routing-key", "a.b", "not json")
+    p = run_client(
+        worker.config_path,
+        "publish",
+        "--exchange",
+        f"ev-{worker.uid}",
+        "--routing-key",
+        "a.b",
+        "not json",
+    )
     assert p.returncode == 2 and "BODY_JSON: not valid JSON" in p.stderr
 
 
@@ -172,12 +224,22 @@ def test_bad_json_exits_2(worker: Any) -> None:
 
 
 def test_call_args_from_stdin(worker: Any) -> None:
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "echo", "--args", "-",
-                   "--arg", "x=2", stdin='{"x": 1, "nested": {"l": [1, "two", null]}}')
+    p = run_client(
+        worker.config_path,
+        "call",
+        f"t-{worker.uid}",
+        "echo",
+        "--args",
+        "-",
+        "--arg",
+        "x=2",
+        stdin='{"x": 1, "nested": {"l": [1, "two", null]}}',
+    )
     assert (p.returncode, p.stderr) == (0, "")
     assert json.loads(p.stdout) == {"x": 2, "nested": {"l": [1, "two", None]}}
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "echo", "--args", "-",
-                   stdin="[1]")
+    p = run_client(
+        worker.config_path, "call", f"t-{worker.uid}", "echo", "--args", "-", stdin="[1]"
+    )
     assert (p.returncode, p.stdout) == (2, "")
     assert "--args: stdin: must be a JSON object, not list" in p.stderr
 
@@ -190,22 +252,23 @@ def only_json_error(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def test_json_remote_error(worker: Any) -> None:
-    p = run_client(worker.config_path, "--json", "call", f"t-{worker.uid}", "fail",
-                   "--arg", "message=boom")
+    p = run_client(
+        worker.config_path, "--json", "call", f"t-{worker.uid}", "fail", "--arg", "message=boom"
+    )
     assert (p.returncode, p.stdout) == (1, "")
-    assert only_json_error(p) == {"type": "ValueError", "module": "builtins",
-                                  "message": "boom"}
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "no_such_method", "--json",
-                   "--traceback")
+    assert only_json_error(p) == {"type": "ValueError", "module": "builtins", "message": "boom"}
+    p = run_client(
+        worker.config_path, "call", f"t-{worker.uid}", "no_such_method", "--json", "--traceback"
+    )
     error = only_json_error(p)
-    assert (error["type"], error["module"]) == ("NoSuchMethod",
-                                                "oslo_messaging.rpc.dispatcher")
+    assert (error["type"], error["module"]) == ("NoSuchMethod", "oslo_messaging.rpc.dispatcher")
     assert "no_such_method" in error["message"]
 
 
 def test_json_timeout(worker: Any) -> None:
-    p = run_client(worker.config_path, "--json", "call", f"nobody-{worker.uid}", "echo",
-                   "--timeout", "1")
+    p = run_client(
+        worker.config_path, "--json", "call", f"nobody-{worker.uid}", "echo", "--timeout", "1"
+    )
     assert (p.returncode, p.stdout) == (3, "")
     error = only_json_error(p)
     assert (error["type"], error["module"]) == ("Timeout", "rpcworker.cmd.client")
@@ -218,8 +281,18 @@ def summary_of(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def test_count_calls_over_several_connections(worker: Any) -> None:
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "echo", "--arg", "x=1",
-                   "--count", "40", "--concurrency", "4")
+    p = run_client(
+        worker.config_path,
+        "call",
+        f"t-{worker.uid}",
+        "echo",
+        "--arg",
+        "x=1",
+        "--count",
+        "40",
+        "--concurrency",
+        "4",
+    )
     assert (p.returncode, p.stderr) == (0, ""), p.stderr
     s = summary_of(p)
     assert (s["command"], s["count"], s["concurrency"]) == ("call", 40, 4)
@@ -229,8 +302,19 @@ def test_count_calls_over_several_connections(worker: Any) -> None:
 
 
 def test_count_casts_are_all_handled(worker: Any) -> None:
-    p = run_client(worker.config_path, "cast", f"r-{worker.uid}", "record", "--args", "-",
-                   "--count", "12", "--concurrency", "3", stdin='{"n": 7}')
+    p = run_client(
+        worker.config_path,
+        "cast",
+        f"r-{worker.uid}",
+        "record",
+        "--args",
+        "-",
+        "--count",
+        "12",
+        "--concurrency",
+        "3",
+        stdin='{"n": 7}',
+    )
     assert (p.returncode, p.stderr) == (0, ""), p.stderr
     s = summary_of(p)
     assert (s["sent"], s["ok"], s["errors"], s["concurrency"]) == (12, 12, 0, 3)
@@ -240,32 +324,61 @@ def test_count_casts_are_all_handled(worker: Any) -> None:
 
 
 def test_count_with_remote_errors_exits_1(worker: Any) -> None:
-    p = run_client(worker.config_path, "--json", "call", f"t-{worker.uid}", "fail",
-                   "--arg", "message=boom", "--count", "5", "--concurrency", "2")
+    p = run_client(
+        worker.config_path,
+        "--json",
+        "call",
+        f"t-{worker.uid}",
+        "fail",
+        "--arg",
+        "message=boom",
+        "--count",
+        "5",
+        "--concurrency",
+        "2",
+    )
     assert p.returncode == 1
     s = summary_of(p)
     assert (s["sent"], s["ok"], s["errors"]) == (5, 0, 5)
     assert (s["p50"], s["p95"]) == (None, None)
     data = json.loads(p.stderr)
-    assert data == {"error": {"type": "ValueError", "module": "builtins", "message": "boom"},
-                    "exit": 1, "errors": 5}
-    p = run_client(worker.config_path, "call", f"t-{worker.uid}", "fail", "--arg",
-                   "message=boom", "--count", "2")
+    assert data == {
+        "error": {"type": "ValueError", "module": "builtins", "message": "boom"},
+        "exit": 1,
+        "errors": 5,
+    }
+    p = run_client(
+        worker.config_path,
+        "call",
+        f"t-{worker.uid}",
+        "fail",
+        "--arg",
+        "message=boom",
+        "--count",
+        "2",
+    )
     assert p.returncode == 1
-    assert p.stderr.strip() == ("rpcworker-client: 2 of 2 requests failed; the first: "
-                                "ValueError: boom")
+    assert p.stderr.strip() == (
+        "rpcworker-client: 2 of 2 requests failed; the first: ValueError: boom"
+    )
 
 
 # -- the wire, without a daemon -------------------------------------------------------
 
 
-def test_request_properties_are_oslo_s(connection: kombu.Connection, uid: str,
-                                       tmp_path: Path) -> None:
+def test_request_properties_are_oslo_s(
+    connection: kombu.Connection, uid: str, tmp_path: Path
+) -> None:
     conf = tmp_path / "client.conf"
     conf.write_text(broker_section())
     topic = f"probe-{uid}"
-    queue = kombu.Queue(topic, kombu.Exchange("openstack", type="topic", durable=False),
-                        routing_key=topic, durable=False, auto_delete=False)
+    queue = kombu.Queue(
+        topic,
+        kombu.Exchange("openstack", type="topic", durable=False),
+        routing_key=topic,
+        durable=False,
+        auto_delete=False,
+    )
     queue(connection.default_channel).declare()
 
     def get() -> Any:
@@ -273,9 +386,22 @@ def test_request_properties_are_oslo_s(connection: kombu.Connection, uid: str,
 
     try:
         # the call's expiration is its timeout: take the request while the client waits
-        waiting = subprocess.Popen([*CLIENT, "--config-file", str(conf), "call", topic, "echo",
-                                    "--arg", "x=1", "--timeout", "5"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        waiting = subprocess.Popen(
+            [
+                *CLIENT,
+                "--config-file",
+                str(conf),
+                "call",
+                topic,
+                "echo",
+                "--arg",
+                "x=1",
+                "--timeout",
+                "5",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         call = wait_for(get, 5, 0.02, message="the call request")
         assert waiting.wait(timeout=15) == 3
         assert run_client(conf, "cast", topic, "echo", "--version", "1.1").returncode == 0
@@ -285,8 +411,7 @@ def test_request_properties_are_oslo_s(connection: kombu.Connection, uid: str,
     for m in (call, cast):
         assert (m.content_type, m.content_encoding) == ("application/json", "utf-8")
         assert m.properties["delivery_mode"] == 2
-        assert (m.delivery_info["exchange"], m.delivery_info["routing_key"]) == ("openstack",
-                                                                                 topic)
+        assert (m.delivery_info["exchange"], m.delivery_info["routing_key"]) == ("openstack", topic)
     assert call.properties["expiration"] == "5000"
     assert "expiration" not in cast.properties
     inner = json.loads(json.loads(call.body)["oslo.message"])

@@ -86,7 +86,6 @@ class Where:
         return f"{self.handled} handled, {self.confirmed} sent, {self.unacked} unacked"
 
 
-
 class Rig:
     """One durable direct binding on the recorder, the stream, and the final tally."""
 
@@ -147,14 +146,18 @@ durable = true
         """
         stream = self.stream
         assert stream is not None
-        wait_for(lambda: self.handled() >= handled and stream.confirmed >= confirmed,
-                 timeout, interval=0.02,
-                 message=f"{handled} ids handled and {confirmed} sent (worker log: "
-                 f"{self.daemons[-1].log_tail() if self.daemons else ''})")
+        wait_for(
+            lambda: self.handled() >= handled and stream.confirmed >= confirmed,
+            timeout,
+            interval=0.02,
+            message=f"{handled} ids handled and {confirmed} sent (worker log: "
+            f"{self.daemons[-1].log_tail() if self.daemons else ''})",
+        )
         info = queue_info(self.queue) or {}
         where = Where(self.handled(), stream.confirmed, info.get("messages_unacknowledged", 0))
         assert where.handled < stream.count and where.confirmed < stream.count, (
-            f"the stream was over before the fault: {where}")
+            f"the stream was over before the fault: {where}"
+        )
         assert where.unacked > 0, f"the worker held no delivery at the fault: {where}"
         return where
 
@@ -167,21 +170,31 @@ durable = true
         assert stream.confirmed == stream.count
         problems = []
         try:
-            wait_for(lambda: self.handled() >= stream.count, HANDLED_TIMEOUT, interval=0.1,
-                     message=f"all {stream.count} ids handled")
+            wait_for(
+                lambda: self.handled() >= stream.count,
+                HANDLED_TIMEOUT,
+                interval=0.1,
+                message=f"all {stream.count} ids handled",
+            )
         except AssertionError as exc:
             problems.append(str(exc))
         try:
-            wait_for(lambda: queue_drained(self.queue), DRAINED_TIMEOUT, interval=0.2,
-                     message=f"queue {self.queue} with 0 ready and 0 unacked")
+            wait_for(
+                lambda: queue_drained(self.queue),
+                DRAINED_TIMEOUT,
+                interval=0.2,
+                message=f"queue {self.queue} with 0 ready and 0 unacked",
+            )
         except AssertionError as exc:
             problems.append(str(exc))
         extras = "; ".join(x for x in (detail, stream.describe()) if x)
         t = tally(fault, stream.confirmed, self.records, extras)
         report(t)
-        assert t.missing == [], (f"{len(t.missing)} ids never handled, e.g. "
-                                 f"{t.missing[:20]}; {problems}; worker log tail:\n"
-                                 f"{self.daemons[-1].log_tail(30) if self.daemons else ''}")
+        assert t.missing == [], (
+            f"{len(t.missing)} ids never handled, e.g. "
+            f"{t.missing[:20]}; {problems}; worker log tail:\n"
+            f"{self.daemons[-1].log_tail(30) if self.daemons else ''}"
+        )
         assert t.unexpected == [] and t.torn == 0, t.line()
         assert not problems, problems
         return t
@@ -238,15 +251,23 @@ def test_broker_restarted_three_times(rig: Rig) -> None:
         handled = where.handled
         points.append(f"{where.handled}/{where.confirmed}/{where.unacked}")
         with broker_stopped():
-            wait_for(lambda k=k: d.log().count(LOST) >= k, 30,
-                     message=f"the worker noticing restart {k} (tail: {d.log_tail()})")
+            wait_for(
+                lambda k=k: d.log().count(LOST) >= k,
+                30,
+                message=f"the worker noticing restart {k} (tail: {d.log_tail()})",
+            )
         # up again: the worker reconnects and the stream goes on
-        wait_for(lambda k=k: reconnections(d) >= k, 60,
-                 message=f"reconnection {k} (tail: {d.log_tail()})")
+        wait_for(
+            lambda k=k: reconnections(d) >= k,
+            60,
+            message=f"reconnection {k} (tail: {d.log_tail()})",
+        )
     assert d.alive()
-    t = rig.finish(f"broker-restart x{restarts}",
-                   f"restarts at handled/sent/unacked {', '.join(points)}; "
-                   f"worker reconnected {reconnections(d)} times")
+    t = rig.finish(
+        f"broker-restart x{restarts}",
+        f"restarts at handled/sent/unacked {', '.join(points)}; "
+        f"worker reconnected {reconnections(d)} times",
+    )
     assert t.handled == count
     assert d.alive()
     assert d.stop(timeout=30) == 0
@@ -288,10 +309,12 @@ def test_tcp_link_black_holed(rig: Rig) -> None:
     heartbeat = 2
     bound = 4 * heartbeat + 5  # a behaviour bound ("about two intervals"), not a benchmark
     proxy = rig.proxy = TCPProxy(BROKER_HOST, BROKER_PORT).start()
-    broker = (broker_section()
-              .replace(f"port = {BROKER_PORT}", f"port = {proxy.port}")
-              .replace("heartbeat = 10", f"heartbeat = {heartbeat}")
-              + "connect_timeout = 3\n")
+    broker = (
+        broker_section()
+        .replace(f"port = {BROKER_PORT}", f"port = {proxy.port}")
+        .replace("heartbeat = 10", f"heartbeat = {heartbeat}")
+        + "connect_timeout = 3\n"
+    )
     d = rig.start_worker(broker=broker)
     assert proxy.accepted == 1
     rig.start_stream()
@@ -308,17 +331,25 @@ def test_tcp_link_black_holed(rig: Rig) -> None:
 
     # while the link is down, a new connection is accepted but never answered: the
     # worker's handshake must time out (connect_timeout) rather than hang
-    wait_for(lambda: proxy.held_accepted >= 1, 30,
-             message=f"a reconnection attempt during the outage (tail: {d.log_tail()})")
+    wait_for(
+        lambda: proxy.held_accepted >= 1,
+        30,
+        message=f"a reconnection attempt during the outage (tail: {d.log_tail()})",
+    )
     proxy.restore()
-    wait_for(lambda: proxy.accepted >= 2 and reconnections(d) >= 1, 60,
-             message=f"a reconnection through the proxy (tail: {d.log_tail()})")
+    wait_for(
+        lambda: proxy.accepted >= 2 and reconnections(d) >= 1,
+        60,
+        message=f"a reconnection through the proxy (tail: {d.log_tail()})",
+    )
     back = time.monotonic() - holed
     d.wait_consuming(rig.queue)
 
-    t = rig.finish(f"tcp-blackhole heartbeat={heartbeat}s",
-                   f"black-holed at {where}; loss noticed after {noticed:.1f} s, "
-                   f"consuming again after {back:.1f} s")
+    t = rig.finish(
+        f"tcp-blackhole heartbeat={heartbeat}s",
+        f"black-holed at {where}; loss noticed after {noticed:.1f} s, "
+        f"consuming again after {back:.1f} s",
+    )
     assert t.handled == COUNT
     assert noticed <= bound
     assert d.alive()

@@ -27,9 +27,11 @@ from tests.helpers import wait_for
 
 
 def records(path: Path, kind: str | None = None, method: str | None = None) -> list[dict]:
-    return [r for r in read_records(str(path))
-            if (kind is None or r["kind"] == kind)
-            and (method is None or r.get("method") == method)]
+    return [
+        r
+        for r in read_records(str(path))
+        if (kind is None or r["kind"] == kind) and (method is None or r.get("method") == method)
+    ]
 
 
 def fetch_all(queue: str) -> list[Any]:
@@ -79,8 +81,7 @@ durable = true
         cast(self.exchange, self.key, method, **args)
 
     def started(self, tag: str) -> bool:
-        return any(r.get("args", {}).get("tag") == tag
-                   for r in records(self.records, "start"))
+        return any(r.get("args", {}).get("tag") == tag for r in records(self.records, "start"))
 
     def done(self, tag: str) -> bool:
         return tag in tags(self.records)
@@ -103,8 +104,7 @@ def start_work(daemon_factory: Any, work: Work, grace: int = 10) -> Any:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_stop_signal_drains_in_flight_handler(daemon_factory: Any, work: Work,
-                                              signum: int) -> None:
+def test_stop_signal_drains_in_flight_handler(daemon_factory: Any, work: Work, signum: int) -> None:
     d = start_work(daemon_factory, work, grace=30)
     work.cast("slow", seconds=3, tag="slow")
     wait_for(lambda: work.started("slow"), 15, message="the slow handler to start")
@@ -124,13 +124,13 @@ def test_stop_signal_drains_in_flight_handler(daemon_factory: Any, work: Work,
     assert "late" not in tags(work.records)
     # the slow message was acked (gone); only the late one is still queued
     assert message_count(work.queue) == 1
-    assert fetch_all(work.queue) == [{"method": "record", "args": {"tag": "late"},
-                                      "context": {}}]
+    assert fetch_all(work.queue) == [{"method": "record", "args": {"tag": "late"}, "context": {}}]
     assert "Traceback" not in d.log()
 
 
-def test_graceful_shutdown_timeout_leaves_message_for_redelivery(daemon_factory: Any,
-                                                                 work: Work) -> None:
+def test_graceful_shutdown_timeout_leaves_message_for_redelivery(
+    daemon_factory: Any, work: Work
+) -> None:
     d = start_work(daemon_factory, work, grace=1)
     work.cast("slow", seconds=30, tag="stuck")
     wait_for(lambda: work.started("stuck"), 15, message="the slow handler to start")
@@ -199,12 +199,14 @@ def test_entry_points_start_the_daemon(daemon_factory: Any, work: Work, launcher
         assert script.exists(), f"console script {script} not installed"
         argv = [str(script)]
     with open(d.log_path, "ab") as log:
-        d.proc = subprocess.Popen([*argv, "--config-file", str(d.config_path)],
-                                  stdout=log, stderr=subprocess.STDOUT)
+        d.proc = subprocess.Popen(
+            [*argv, "--config-file", str(d.config_path)], stdout=log, stderr=subprocess.STDOUT
+        )
     d.wait_consuming(work.queue)
     with plain_rpc() as rpc:
         assert rpc.call(work.exchange, work.key, "record", tag=launcher) == {
-            "result": {"tag": launcher}}
+            "result": {"tag": launcher}
+        }
     d.signal(signal.SIGTERM)
     assert d.wait_exit(timeout=30) == 0
     assert "rpcworker stopped" in d.log()
@@ -222,8 +224,11 @@ def test_heartbeats_flow_while_a_handler_runs_long(daemon_factory: Any, work: Wo
     work.cast("slow", seconds=seconds, tag="long")
     wait_for(lambda: work.started("long"), 15, message="the long handler to start")
     wait_for(lambda: work.done("long"), seconds + 15, message="the long handler to finish")
-    wait_for(lambda: message_count(work.queue) == 0 and consumer_count(work.queue) == 1, 10,
-             message="the queue drained with the consumer still there")
+    wait_for(
+        lambda: message_count(work.queue) == 0 and consumer_count(work.queue) == 1,
+        10,
+        message="the queue drained with the consumer still there",
+    )
     work.cast("record", tag="after")
     wait_for(lambda: work.done("after"), 15, message="a message after the long one")
     log = d.log()

@@ -58,17 +58,21 @@ def test_use_syslog_sends_to_dev_log(daemon_factory: Any, uid: str) -> None:
     assert any(b"rpcworker" in r for r in received)
 
 
-def test_use_journal_without_bindings_is_a_clear_config_error(tmp_path: Path,
-                                                              uid: str) -> None:
+def test_use_journal_without_bindings_is_a_clear_config_error(tmp_path: Path, uid: str) -> None:
     try:
         import systemd.journal  # noqa: F401
+
         pytest.skip("systemd-python is installed: journal logging is available")
     except ImportError:
         pass
     path = tmp_path / "w.conf"
     path.write_text(config(uid))
-    result = subprocess.run([sys.executable, "-m", "rpcworker", "--config-file", str(path),
-                             "--use-journal"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "rpcworker", "--config-file", str(path), "--use-journal"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "[DEFAULT] use_journal" in lines[0], result.stderr
@@ -108,31 +112,47 @@ def json_lines(d: Any) -> list[dict[str, Any]]:
     return out
 
 
-def test_use_json_every_line_is_json_with_the_message_s_fields(daemon_factory: Any,
-                                                               uid: str) -> None:
+def test_use_json_every_line_is_json_with_the_message_s_fields(
+    daemon_factory: Any, uid: str
+) -> None:
     d = daemon_factory(json_config(uid), "json")
     try:
         d.wait_consuming(f"log-{uid}", f"logq-{uid}")
         d.wait_log("Consuming:")
         conf = str(d.config_path)
         run = [*CLIENT, "--config-file", conf]
-        p = subprocess.run([*run, "call", f"log-{uid}", "fail", "--arg", "message=boom"],
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [*run, "call", f"log-{uid}", "fail", "--arg", "message=boom"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 1, p.stderr
-        p = subprocess.run([*run, "cast", f"log-{uid}", "no_such_method"],
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [*run, "cast", f"log-{uid}", "no_such_method"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
         with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
             kombu.Producer(conn.channel()).publish(
-                {"event": 1}, exchange=f"logev-{uid}", routing_key="a.b",
-                message_id=f"ev-{uid}", serializer="json")
+                {"event": 1},
+                exchange=f"logev-{uid}",
+                routing_key="a.b",
+                message_id=f"ev-{uid}",
+                serializer="json",
+            )
 
         def found() -> list[dict[str, Any]]:
             lines = json_lines(d)
             failed = [x for x in lines if "handler echo failed on call 'fail'" in x["message"]]
             refused = [x for x in lines if "no_such_method" in x["message"]]
-            event = [x for x in lines if "dead-lettered" in x["message"]
-                     and x["extra"].get("method") == "event"]
+            event = [
+                x
+                for x in lines
+                if "dead-lettered" in x["message"] and x["extra"].get("method") == "event"
+            ]
             return [failed[0], refused[0], event[0]] if failed and refused and event else []
 
         failed, refused, event = wait_for(found, 20, message=f"the 3 lines ({d.log_tail()})")
@@ -146,8 +166,7 @@ def test_use_json_every_line_is_json_with_the_message_s_fields(daemon_factory: A
     extra = failed["extra"]
     assert (failed["levelname"], extra["binding"], extra["method"]) == ("ERROR", "logt", "fail")
     assert len(extra["msg_id"]) == 32 and len(extra["unique_id"]) == 32
-    assert f"(msg_id={extra['msg_id']!r}, unique_id={extra['unique_id']!r})" in (
-        failed["message"])
+    assert f"(msg_id={extra['msg_id']!r}, unique_id={extra['unique_id']!r})" in (failed["message"])
     assert "ValueError: boom" in failed["traceback"]
     # a cast refused on receipt (no such method)
     extra = refused["extra"]
@@ -157,5 +176,7 @@ def test_use_json_every_line_is_json_with_the_message_s_fields(daemon_factory: A
     # an event: method "event", and its AMQP message_id
     extra = event["extra"]
     assert (extra["binding"], extra["message_id"]) == ("ev", f"ev-{uid}")
-    assert f"event (exchange 'logev-{uid}', routing key 'a.b'; message_id='ev-{uid}')" in (
-        event["message"])
+    assert (
+        f"event (exchange 'logev-{uid}', routing key 'a.b'; message_id='ev-{uid}')"
+        in (event["message"])
+    )

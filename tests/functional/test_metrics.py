@@ -16,15 +16,26 @@ from tests.helpers import http_get as get
 from tests.helpers import wait_for
 
 
-def config(uid: str, tmp: Path, port: int, workers: int = 1, broker: str = "",
-           binding: str = "", recorder: str = "") -> str:
-    text = textwrap.dedent(f"""\
+def config(
+    uid: str,
+    tmp: Path,
+    port: int,
+    workers: int = 1,
+    broker: str = "",
+    binding: str = "",
+    recorder: str = "",
+) -> str:
+    text = (
+        textwrap.dedent(f"""\
         [DEFAULT]
         bindings = m
         workers = {workers}
         graceful_shutdown_timeout = 10
 
-        """) + (broker or broker_section()) + "connect_timeout = 2\n\n" + textwrap.dedent(f"""\
+        """)
+        + (broker or broker_section())
+        + "connect_timeout = 2\n\n"
+        + textwrap.dedent(f"""\
         [binding:m]
         type = direct
         handler = recorder
@@ -39,21 +50,33 @@ def config(uid: str, tmp: Path, port: int, workers: int = 1, broker: str = "",
         [metrics]
         listen = 127.0.0.1:{port}
         """)
-    return (text.replace("max_retries = 0\n", f"max_retries = 0\n{binding}")
-            .replace("records.jsonl\n", f"records.jsonl\n{recorder}"))
+    )
+    return text.replace("max_retries = 0\n", f"max_retries = 0\n{binding}").replace(
+        "records.jsonl\n", f"records.jsonl\n{recorder}"
+    )
 
 
 def publish_malformed(exchange: str) -> None:
     with kombu.Connection(BROKER_URL, connect_timeout=5) as conn:
         kombu.Producer(conn.channel(), auto_declare=False).publish(
-            b"{not json", exchange=exchange, routing_key="k", content_type="application/json",
-            content_encoding="utf-8", retry=False)
+            b"{not json",
+            exchange=exchange,
+            routing_key="k",
+            content_type="application/json",
+            content_encoding="utf-8",
+            retry=False,
+        )
 
 
 def wait_ready(port: int, d: Any) -> str:
-    return wait_for(lambda: (get(port, "/readyz")[0] == 200 and get(port, "/readyz")[1])
-                    or (not d.alive() and "exited"), 30,
-                    message=f"/readyz 200 (log: {d.log_tail()})")
+    return wait_for(
+        lambda: (
+            (get(port, "/readyz")[0] == 200 and get(port, "/readyz")[1])
+            or (not d.alive() and "exited")
+        ),
+        30,
+        message=f"/readyz 200 (log: {d.log_tail()})",
+    )
 
 
 def settled(port: int) -> float:
@@ -94,8 +117,9 @@ def test_counters_follow_the_messages(daemon_factory: Any, tmp_path: Path, uid: 
         delete_entities((f"q-{uid}",), (f"ex-{uid}",))
 
 
-def test_readyz_is_503_while_the_broker_link_is_down(daemon_factory: Any, tmp_path: Path,
-                                                      uid: str) -> None:
+def test_readyz_is_503_while_the_broker_link_is_down(
+    daemon_factory: Any, tmp_path: Path, uid: str
+) -> None:
     port = free_port()
     with TCPProxy(BROKER_HOST, BROKER_PORT).start() as proxy:
         broker = broker_section().replace(f"port = {BROKER_PORT}", f"port = {proxy.port}")
@@ -105,9 +129,14 @@ def test_readyz_is_503_while_the_broker_link_is_down(daemon_factory: Any, tmp_pa
             proxy.blackhole(new_connections=True)  # reconnection attempts hang
             assert proxy.kill_all() >= 1  # the worker's connection is reset
             code, reason = wait_for(
-                lambda: (r := get(port, "/readyz"))[0] == 503
-                and r[1].startswith("reconnecting to the broker") and r, 30,
-                message=f"/readyz 503 (log: {d.log_tail()})")
+                lambda: (
+                    (r := get(port, "/readyz"))[0] == 503
+                    and r[1].startswith("reconnecting to the broker")
+                    and r
+                ),
+                30,
+                message=f"/readyz 503 (log: {d.log_tail()})",
+            )
             assert reason.count("\n") == 1 and reason.endswith("\n"), reason
             assert get(port, "/healthz")[0] == 200  # the loop is alive, only disconnected
             assert scrape(port)[("rpcworker_connected", "")] == 0
@@ -143,12 +172,14 @@ def holds_socket(pid: int, inode: str) -> bool:
     return False
 
 
-def test_two_workers_one_endpoint_summed(daemon_factory: Any, tmp_path: Path,
-                                         uid: str) -> None:
+def test_two_workers_one_endpoint_summed(daemon_factory: Any, tmp_path: Path, uid: str) -> None:
     port = free_port()
     # prefetch 1 and a slow handler: the broker hands the casts to both workers
-    d = daemon_factory(config(uid, tmp_path, port, workers=2, binding="prefetch_count = 1\n",
-                              recorder="delay = 0.3\n"))
+    d = daemon_factory(
+        config(
+            uid, tmp_path, port, workers=2, binding="prefetch_count = 1\n", recorder="delay = 0.3\n"
+        )
+    )
     d.records_path = str(tmp_path / "records.jsonl")
     try:
         reason = wait_ready(port, d)

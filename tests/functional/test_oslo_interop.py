@@ -30,8 +30,7 @@ def transport() -> Iterator[Any]:
     om.set_transport_defaults(control_exchange="openstack")
     if not cfg.CONF._args:  # the GLOBAL CONF, as oslo.messaging 18 requires (see reference)
         cfg.CONF([], project="rpcworker-interop")
-    t = om.get_rpc_transport(
-        cfg.CONF, url=f"rabbit://guest:guest@{BROKER_HOST}:{BROKER_PORT}/")
+    t = om.get_rpc_transport(cfg.CONF, url=f"rabbit://guest:guest@{BROKER_HOST}:{BROKER_PORT}/")
     yield t
     t.cleanup()
 
@@ -71,7 +70,9 @@ def client(transport: Any, topic: str, **kw: Any) -> Any:
 
 def test_call_returns_result(transport: Any, rpc_worker: Any) -> None:
     assert client(transport, rpc_worker.topic).call(CTXT, "echo", x=1, y=[1, 2]) == {
-        "x": 1, "y": [1, 2]}
+        "x": 1,
+        "y": [1, 2],
+    }
 
 
 def test_context_reaches_handler(transport: Any, rpc_worker: Any) -> None:
@@ -97,13 +98,19 @@ class RecorderWorkers:
         self.daemons: list[Any] = []
         self.queues: set[str] = set()
 
-    def start(self, name: str = "w1", handler: str = "recorder", exchange: str = "openstack",
-              topic: str | None = None) -> Any:
+    def start(
+        self,
+        name: str = "w1",
+        handler: str = "recorder",
+        exchange: str = "openstack",
+        topic: str | None = None,
+    ) -> Any:
         topic = topic or self.topic
         server = f"{name}-{self.uid}"
         rec = self.tmp / f"records-{name}.jsonl"
         config = rpc_config(topic, server, exchange).replace(
-            "handler = echo", f"handler = {handler}")
+            "handler = echo", f"handler = {handler}"
+        )
         d = self.factory(config + f"\n[recorder]\npath = {rec}\n", name=name)
         self.daemons.append(d)
         self.queues |= {topic, f"{topic}.{server}"}
@@ -125,14 +132,13 @@ def workers(daemon_factory: Any, tmp_path: Path, uid: str) -> Iterator[RecorderW
 
 
 def records(d: Any, **match: Any) -> list[dict[str, Any]]:
-    return [r for r in read_records(d.records_path)
-            if all(r.get(k) == v for k, v in match.items())]
+    return [r for r in read_records(d.records_path) if all(r.get(k) == v for k, v in match.items())]
 
 
 def test_cast_is_handled_with_context(transport: Any, workers: RecorderWorkers) -> None:
     d = workers.start()
     client(transport, d.topic).cast(CTXT, "record", x=1, tag="cast")
-    rec, = wait_for(lambda: records(d, method="record"), 10, message="the cast recorded")
+    (rec,) = wait_for(lambda: records(d, method="record"), 10, message="the cast recorded")
     assert rec["args"] == {"x": 1, "tag": "cast"}
     assert {k: rec["ctxt"][k] for k in CTXT} == CTXT
     assert rec["ctxt"]["client_timeout"] is None  # a cast has no caller waiting
@@ -142,19 +148,26 @@ def test_fanout_cast_reaches_every_server(transport: Any, workers: RecorderWorke
     d1, d2 = workers.start("w1"), workers.start("w2")
     client(transport, workers.topic).prepare(fanout=True).cast(CTXT, "record", tag="fan")
     for d in (d1, d2):
-        rec, = wait_for(lambda d=d: records(d, method="record"), 10,
-                        message=f"the fanout cast recorded by {d.server}")
+        (rec,) = wait_for(
+            lambda d=d: records(d, method="record"),
+            10,
+            message=f"the fanout cast recorded by {d.server}",
+        )
         assert rec["args"] == {"tag": "fan"}
     # a plain cast goes to one of them only
     client(transport, workers.topic).cast(CTXT, "record", tag="one")
-    wait_for(lambda: len(records(d1, method="record")) + len(records(d2, method="record")) == 3,
-             10, message="the plain cast recorded")
+    wait_for(
+        lambda: len(records(d1, method="record")) + len(records(d2, method="record")) == 3,
+        10,
+        message="the plain cast recorded",
+    )
     tags = [r["args"]["tag"] for d in (d1, d2) for r in records(d, method="record")]
     assert sorted(tags) == ["fan", "fan", "one"]
 
 
-def test_server_targeted_call_reaches_only_that_server(transport: Any,
-                                                       workers: RecorderWorkers) -> None:
+def test_server_targeted_call_reaches_only_that_server(
+    transport: Any, workers: RecorderWorkers
+) -> None:
     d1, d2 = workers.start("w1"), workers.start("w2")
     c = client(transport, workers.topic)
     for i in range(5):
@@ -176,8 +189,9 @@ def test_remote_builtin_exception_is_rebuilt(transport: Any, workers: RecorderWo
     assert len(records(d, method="fail")) == 1
 
 
-@pytest.mark.parametrize("method", ["no_such_method", "_write", "__init__", "handle_message",
-                                    "target"])
+@pytest.mark.parametrize(
+    "method", ["no_such_method", "_write", "__init__", "handle_message", "target"]
+)
 def test_no_such_method(transport: Any, workers: RecorderWorkers, method: str) -> None:
     d = workers.start()
     with pytest.raises(om.RemoteError) as exc:
@@ -207,15 +221,21 @@ def test_namespace_and_version_rules(transport: Any, workers: RecorderWorkers) -
 
     for version in ("1.0", "1.2", "1.3"):
         assert call("testns", version) == "versioned"
-    for namespace, version in (("testns", "1.4"), ("testns", "2.0"), ("testns", "0.9"),
-                               ("otherns", "1.0"), (None, "1.0")):
+    for namespace, version in (
+        ("testns", "1.4"),
+        ("testns", "2.0"),
+        ("testns", "0.9"),
+        ("otherns", "1.0"),
+        (None, "1.0"),
+    ):
         with pytest.raises(om.RemoteError) as exc:
             call(namespace, version)
         assert exc.value.exc_type == "UnsupportedVersion", (namespace, version)
 
 
-def test_call_monitor_heartbeats_keep_a_long_call_alive(transport: Any,
-                                                        workers: RecorderWorkers) -> None:
+def test_call_monitor_heartbeats_keep_a_long_call_alive(
+    transport: Any, workers: RecorderWorkers
+) -> None:
     d = workers.start()
     c = client(transport, d.topic).prepare(call_monitor_timeout=1, timeout=30)
     # 3 s of work with a 1 s call monitor: only the heartbeats keep the call alive
@@ -230,8 +250,7 @@ def test_plain_call_times_out(transport: Any, workers: RecorderWorkers) -> None:
         c.prepare(timeout=1).call(CTXT, "slow", seconds=2, tag="late")
     # the late reply is dropped by the client; the next call gets its own answer
     assert c.call(CTXT, "record", tag="next") == {"tag": "next"}
-    wait_for(lambda: records(d, kind="rpc", method="slow"), 10,
-             message="the slow call finished")
+    wait_for(lambda: records(d, kind="rpc", method="slow"), 10, message="the slow call finished")
 
 
 class OsloEndpoint:
@@ -246,23 +265,31 @@ class OsloEndpoint:
 
 
 @pytest.mark.parametrize("first", ["oslo", "rpcworker"])
-def test_topology_parity_with_a_real_oslo_server(transport: Any, workers: RecorderWorkers,
-                                                 first: str) -> None:
+def test_topology_parity_with_a_real_oslo_server(
+    transport: Any, workers: RecorderWorkers, first: str
+) -> None:
     topic, oslo_server = workers.topic, f"oslo-{workers.uid}"
     workers.queues |= {topic, f"{topic}.{oslo_server}"}
     endpoint = OsloEndpoint()
-    server = om.get_rpc_server(transport, om.Target(topic=topic, server=oslo_server),
-                               [endpoint])  # the threading executor (18.x default)
+    server = om.get_rpc_server(
+        transport, om.Target(topic=topic, server=oslo_server), [endpoint]
+    )  # the threading executor (18.x default)
     try:
         if first == "rpcworker":
             d = workers.start()
         server.start()
-        wait_for(lambda: consumer_count(f"{topic}.{oslo_server}") > 0, 15,
-                 message="the oslo server consuming")
+        wait_for(
+            lambda: consumer_count(f"{topic}.{oslo_server}") > 0,
+            15,
+            message="the oslo server consuming",
+        )
         if first == "oslo":
             d = workers.start()
-        wait_for(lambda: consumer_count(topic) == 2, 15,
-                 message="the oslo server and rpcworker both consuming the topic queue")
+        wait_for(
+            lambda: consumer_count(topic) == 2,
+            15,
+            message="the oslo server and rpcworker both consuming the topic queue",
+        )
         assert "PRECONDITION" not in d.log() and "406" not in d.log()
         assert d.alive()
 
@@ -274,7 +301,9 @@ def test_topology_parity_with_a_real_oslo_server(transport: Any, workers: Record
                 break
         assert served == {"oslo", "rpcworker"}
         assert c.prepare(server=oslo_server).call(CTXT, "record", to="o") == {
-            "to": "o", "by": "oslo"}
+            "to": "o",
+            "by": "oslo",
+        }
         assert c.prepare(server=d.server).call(CTXT, "record", to="r") == {"to": "r"}
         c.prepare(fanout=True).cast(CTXT, "record", fan=1)
         wait_for(lambda: {"fan": 1} in endpoint.seen, 10, message="fanout at the oslo server")
@@ -288,8 +317,9 @@ def test_topology_parity_with_a_real_oslo_server(transport: Any, workers: Record
 
 def test_nova_style_exchange(transport: Any, workers: RecorderWorkers) -> None:
     d = workers.start(exchange="nova")
-    c = om.get_rpc_client(transport, om.Target(topic=d.topic, exchange="nova", version="1.0"),
-                          timeout=15)
+    c = om.get_rpc_client(
+        transport, om.Target(topic=d.topic, exchange="nova", version="1.0"), timeout=15
+    )
     assert c.call(CTXT, "record", x="nova") == {"x": "nova"}
     assert c.prepare(server=d.server).call(CTXT, "record", x="nova-s") == {"x": "nova-s"}
     c.cast(CTXT, "record", x="nova-cast")

@@ -27,9 +27,16 @@ from tests.helpers import http_get, wait_for
 
 
 def topic(uid: str, **options: Any) -> dict[str, Any]:
-    return {"type": "topic", "handler": "recorder", "exchange": f"ex-{uid}",
-            "queue": f"q-{uid}", "routing_key": "flaky.#", "max_retries": 0,
-            "dead_letter_queue": f"dlq-{uid}", **options}
+    return {
+        "type": "topic",
+        "handler": "recorder",
+        "exchange": f"ex-{uid}",
+        "queue": f"q-{uid}",
+        "routing_key": "flaky.#",
+        "max_retries": 0,
+        "dead_letter_queue": f"dlq-{uid}",
+        **options,
+    }
 
 
 def depth(queue: str) -> int:
@@ -39,8 +46,9 @@ def depth(queue: str) -> int:
         return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
 
 
-def park(workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path, n: int,
-         **options: Any) -> tuple[Any, Path]:
+def park(
+    workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path, n: int, **options: Any
+) -> tuple[Any, Path]:
     """A daemon whose handler fails while ``broken`` exists; ``n`` events parked."""
     broken = tmp_path / "broken"
     broken.write_text("the cause\n")
@@ -48,8 +56,11 @@ def park(workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path, n: int,
     d = workers.start({"c": topic(uid, **options)}, recorder={"fail_while": broken})
     for i in range(n):
         amqp.publish(f"ex-{uid}", f"flaky.{i}", {"flaky": i}, message_id=f"m-{uid}-{i}")
-    wait_for(lambda: (queue_info(f"dlq-{uid}") or {}).get("messages_ready") == n, 30,
-             message=f"{n} messages parked")
+    wait_for(
+        lambda: (queue_info(f"dlq-{uid}") or {}).get("messages_ready") == n,
+        30,
+        message=f"{n} messages parked",
+    )
     return d, broken
 
 
@@ -65,7 +76,8 @@ def handled(d: Any) -> list[int]:
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_list_leaves_the_lot_in_place_and_replay_runs_each_once_more(
-        workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path, queue_type: str) -> None:
+    workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path, queue_type: str
+) -> None:
     n = 5
     d, broken = park(workers, amqp, uid, tmp_path, n, queue_type=queue_type)
     conf, lot = d.config_path, f"dlq-{uid}"
@@ -115,7 +127,8 @@ def test_list_leaves_the_lot_in_place_and_replay_runs_each_once_more(
 
 
 def test_replay_that_the_broker_cannot_route_keeps_the_message_parked(
-        workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path) -> None:
+    workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path
+) -> None:
     d, broken = park(workers, amqp, uid, tmp_path, 2)
     conf, lot = d.config_path, f"dlq-{uid}"
     broken.unlink()
@@ -138,7 +151,8 @@ def test_replay_that_the_broker_cannot_route_keeps_the_message_parked(
 
 
 def test_purge_refuses_without_yes_and_deletes_only_what_is_selected(
-        workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path) -> None:
+    workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path
+) -> None:
     d, _ = park(workers, amqp, uid, tmp_path, 3)
     conf, lot = d.config_path, f"dlq-{uid}"
     # one parked for another reason: a body that is not JSON
@@ -161,7 +175,8 @@ def test_purge_refuses_without_yes_and_deletes_only_what_is_selected(
 
 
 def test_export_leaves_the_lot_and_the_fixture_reproduces_the_failure(
-        workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path) -> None:
+    workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path
+) -> None:
     from rpcworker_testplugin import Recorder
 
     from rpcworker.parking import parked
@@ -173,17 +188,16 @@ def test_export_leaves_the_lot_and_the_fixture_reproduces_the_failure(
     p = run_client(conf, "parked", "export", "--output", str(out))
     assert p.returncode == 0, p.stderr
     exported = list(parked.read_export(str(out)))
-    assert sorted(m.body for m in exported) == [json.dumps({"flaky": i}).encode()
-                                                for i in range(3)]
-    assert exported[0].properties["message_id"] == \
-        f"m-{uid}-{json.loads(exported[0].body)['flaky']}"
+    assert sorted(m.body for m in exported) == [json.dumps({"flaky": i}).encode() for i in range(3)]
+    assert (
+        exported[0].properties["message_id"] == f"m-{uid}-{json.loads(exported[0].body)['flaky']}"
+    )
     assert depth(lot) == 3
     bad = run_client(conf, "parked", "export", "--output", str(tmp_path / "no" / "x.jsonl"))
     assert bad.returncode == 2 and "--output: cannot write" in bad.stderr
 
     config = f"[recorder]\nfail_while = {broken}\n"
-    with HandlerFixture(Recorder, config_text=config,
-                        binding_options={"max_retries": 0}) as fx:
+    with HandlerFixture(Recorder, config_text=config, binding_options={"max_retries": 0}) as fx:
         assert fx.replay(str(out)) == 3
         outcomes = fx.wait_for_outcomes(3)
     assert all(o.dead_lettered for o in outcomes), outcomes
@@ -192,12 +206,16 @@ def test_export_leaves_the_lot_and_the_fixture_reproduces_the_failure(
 
 
 @pytest.mark.parametrize("workers_n", [1, 2])
-def test_parked_depth_on_the_metrics_endpoint(workers: Workers, amqp: PikaClient, uid: str,
-                                              tmp_path: Path, workers_n: int) -> None:
+def test_parked_depth_on_the_metrics_endpoint(
+    workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path, workers_n: int
+) -> None:
     port = free_port()
     workers.queues |= {f"dlq-{uid}"}
-    workers.start({"c": topic(uid)}, default={"workers": workers_n},
-                  extra=f"[metrics]\nlisten = 127.0.0.1:{port}\n")
+    workers.start(
+        {"c": topic(uid)},
+        default={"workers": workers_n},
+        extra=f"[metrics]\nlisten = 127.0.0.1:{port}\n",
+    )
     sample = f'rpcworker_parked_messages{{binding="c",queue="dlq-{uid}"}}'
 
     def gauge() -> float | None:
@@ -214,16 +232,25 @@ def test_parked_depth_on_the_metrics_endpoint(workers: Workers, amqp: PikaClient
 
 
 def test_broker_restart_during_replay_loses_nothing(
-        workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path) -> None:
+    workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path
+) -> None:
     n = 3000
     d, broken = park(workers, amqp, uid, tmp_path, n)
     conf, lot = d.config_path, f"dlq-{uid}"
     broken.unlink()
-    replay = subprocess.Popen([*CLIENT, "--config-file", str(conf), "parked", "replay"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    replay = subprocess.Popen(
+        [*CLIENT, "--config-file", str(conf), "parked", "replay"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_for(lambda: depth(lot) < n - 300 or replay.poll() is not None, 60,
-                 interval=0.02, message="the replay under way")
+        wait_for(
+            lambda: depth(lot) < n - 300 or replay.poll() is not None,
+            60,
+            interval=0.02,
+            message="the replay under way",
+        )
         with broker_stopped():
             first = replay.wait(timeout=60)
     finally:
@@ -238,13 +265,16 @@ def test_broker_restart_during_replay_loses_nothing(
         rounds += 1
     wait_for(lambda: len(set(handled(d))) == n, 120, message="every parked message handled")
     assert set(handled(d)) == set(range(n))  # nothing lost
-    print(f"replay with a broker restart: {n} messages, {rounds} runs, "
-          f"{len(handled(d)) - n} handled twice")
+    print(
+        f"replay with a broker restart: {n} messages, {rounds} runs, "
+        f"{len(handled(d)) - n} handled twice"
+    )
     delete_queues(lot)
 
 
 def test_a_lot_behind_an_exchange_or_the_queues_own_dead_letter_exchange(
-        workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path) -> None:
+    workers: Workers, amqp: PikaClient, uid: str, tmp_path: Path
+) -> None:
     """dead_letter_exchange only: its queues are found through the management API, or
     named with --queue; a queue's own x-dead-letter-exchange: read through x-death."""
     dlx, manual, own = f"dlx-{uid}", f"manual-{uid}", f"own-{uid}"
@@ -258,17 +288,25 @@ def test_a_lot_behind_an_exchange_or_the_queues_own_dead_letter_exchange(
     broken.write_text("x\n")
     c = topic(uid, dead_letter_exchange=dlx, dead_letter_routing_key="parked.c")
     del c["dead_letter_queue"]
-    d = workers.start({
-        "c": c,
-        "r": {"type": "topic", "handler": "recorder", "exchange": f"ex-{uid}",
-              "queue": f"r-{uid}", "routing_key": "own.#", "max_retries": 0,
-              "queue_arguments": f"x-dead-letter-exchange:{dlx}"},
-    }, recorder={"fail_while": broken})
+    d = workers.start(
+        {
+            "c": c,
+            "r": {
+                "type": "topic",
+                "handler": "recorder",
+                "exchange": f"ex-{uid}",
+                "queue": f"r-{uid}",
+                "routing_key": "own.#",
+                "max_retries": 0,
+                "queue_arguments": f"x-dead-letter-exchange:{dlx}",
+            },
+        },
+        recorder={"fail_while": broken},
+    )
     conf = d.config_path
     amqp.publish(f"ex-{uid}", "flaky.1", {"flaky": 1})
     amqp.publish(f"ex-{uid}", "own.2", {"flaky": 2})
-    wait_for(lambda: depth(manual) == 1 and depth(own) == 1, 20,
-             message="one message in each lot")
+    wait_for(lambda: depth(manual) == 1 and depth(own) == 1, 20, message="one message in each lot")
 
     p = run_client(conf, "parked", "list", "--binding", "c")
     if "management API" in p.stderr:  # the machine's broker has no management plugin
@@ -293,22 +331,36 @@ def test_a_lot_behind_an_exchange_or_the_queues_own_dead_letter_exchange(
     assert "x-death" not in own_headers[0] and own_headers[0]["x-rpcworker-replayed"] == 1
 
 
-def test_a_parked_oslo_cast_is_replayed_to_its_topic(workers: Workers, uid: str,
-                                                     tmp_path: Path) -> None:
+def test_a_parked_oslo_cast_is_replayed_to_its_topic(
+    workers: Workers, uid: str, tmp_path: Path
+) -> None:
     broken = tmp_path / "broken"
     broken.write_text("x\n")
     lot = f"dlq-{uid}"
     workers.queues |= {lot, f"t-{uid}"}
-    d = workers.start({"r": {"type": "rpc", "handler": "recorder", "topic": f"t-{uid}",
-                             "max_retries": 0, "dead_letter_queue": lot}},
-                      recorder={"fail_while": broken})
+    d = workers.start(
+        {
+            "r": {
+                "type": "rpc",
+                "handler": "recorder",
+                "topic": f"t-{uid}",
+                "max_retries": 0,
+                "dead_letter_queue": lot,
+            }
+        },
+        recorder={"fail_while": broken},
+    )
     conf = d.config_path
     p = run_client(conf, "cast", f"t-{uid}", "flaky", "--arg", "tag=1")
     assert p.returncode == 0, p.stderr
     wait_for(lambda: depth(lot) == 1, 20, message="the cast parked")
     [m] = listed(conf, "--binding", "r")
     assert (m["kind"], m["name"], m["original_exchange"], m["original_routing_key"]) == (
-        "cast", "flaky", "openstack", f"t-{uid}")
+        "cast",
+        "flaky",
+        "openstack",
+        f"t-{uid}",
+    )
     assert len(m["ids"]["unique_id"]) == 32 and m["body"]["args"] == {"tag": 1}
     broken.unlink()
     p = run_client(conf, "parked", "replay", "--binding", "r")

@@ -35,10 +35,16 @@ CTXT = {"request_id": "req-q", "user_id": "u1", "project_id": "p1"}
 def queue_types() -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (type, arguments) of every queue, as `rabbitmqctl list_queues` shows them."""
     out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "-q", "--formatter", "json", "name", "type",
-         "arguments"], capture_output=True, text=True, check=True, timeout=30).stdout
-    return {q["name"]: (q["type"], {k: v for k, _, v in q["arguments"]})
-            for q in json.loads(out or "[]")}
+        ["rabbitmqctl", "list_queues", "-q", "--formatter", "json", "name", "type", "arguments"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return {
+        q["name"]: (q["type"], {k: v for k, _, v in q["arguments"]})
+        for q in json.loads(out or "[]")
+    }
 
 
 def parked_count(queue: str) -> int:
@@ -46,15 +52,22 @@ def parked_count(queue: str) -> int:
 
 
 def test_failing_cast_is_retried_through_quorum_delay_queues_then_parked(
-        workers: Workers, amqp: PikaClient, uid: str) -> None:
+    workers: Workers, amqp: PikaClient, uid: str
+) -> None:
     dlq = f"dlq-{uid}"
     delays = [f"q-{uid}.retry.200.quorum", f"q-{uid}.retry.400.quorum"]
     workers.queues |= {dlq, *delays}
-    d = workers.start({"c": direct(uid, queue_type="quorum", max_retries=2, retry_delay=0.2,
-                                   dead_letter_queue=dlq)})
+    d = workers.start(
+        {
+            "c": direct(
+                uid, queue_type="quorum", max_retries=2, retry_delay=0.2, dead_letter_queue=dlq
+            )
+        }
+    )
     types = queue_types()
     assert {name: types[name][0] for name in (f"q-{uid}", dlq, *delays)} == dict.fromkeys(
-        (f"q-{uid}", dlq, *delays), "quorum")
+        (f"q-{uid}", dlq, *delays), "quorum"
+    )
     assert types[delays[0]][1]["x-dead-letter-strategy"] == "at-least-once"
     assert f"q-{uid}.retry.200" not in types  # never the classic delay queue's name
 
@@ -72,23 +85,38 @@ def test_failing_cast_is_retried_through_quorum_delay_queues_then_parked(
 
 
 def test_delivery_limit_parks_the_broker_s_last_delivery(
-        workers: Workers, amqp: PikaClient, uid: str) -> None:
+    workers: Workers, amqp: PikaClient, uid: str
+) -> None:
     """delivery_limit = 2: the broker delivers x-delivery-count 0, 1, 2 and then drops the
     message. The handler kills its worker on counts 0 and 1; the worker parks count 2
     without running it (max_redeliveries = 10 would have let it run)."""
     dlq = f"dlq-{uid}"
     workers.queues |= {dlq}
-    d = workers.start({"c": direct(uid, queue_type="quorum", delivery_limit=2,
-                                   max_redeliveries=10, dead_letter_queue=dlq,
-                                   prefetch_count=1)})
-    assert queue_types()[f"q-{uid}"] == ("quorum", {"x-queue-type": "quorum",
-                                                    "x-delivery-limit": 2})
+    d = workers.start(
+        {
+            "c": direct(
+                uid,
+                queue_type="quorum",
+                delivery_limit=2,
+                max_redeliveries=10,
+                dead_letter_queue=dlq,
+                prefetch_count=1,
+            )
+        }
+    )
+    assert queue_types()[f"q-{uid}"] == (
+        "quorum",
+        {"x-queue-type": "quorum", "x-delivery-limit": 2},
+    )
     amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "crash", "args": {"tag": uid}})
     amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "record", "args": {"after": uid}})
     crashes = 0
     for _ in range(6):  # restart the worker after each crash, as a supervisor would
-        wait_for(lambda: not d.alive() or parked_count(dlq) == 1, 30,
-                 message="a crash or the parked message")
+        wait_for(
+            lambda: not d.alive() or parked_count(dlq) == 1,
+            30,
+            message="a crash or the parked message",
+        )
         if d.alive():
             break
         assert d.wait_exit(10) == 70
@@ -97,8 +125,9 @@ def test_delivery_limit_parks_the_broker_s_last_delivery(
         d.wait_log("Consuming:", timeout=30)
     assert crashes == 2  # x-delivery-count 0 and 1 ran; 2 was the broker's last
     assert len(records(d, kind="start", method="crash")) == 2
-    wait_for(lambda: records(d, method="record"), 15,
-             message="the message behind the poison one handled")
+    wait_for(
+        lambda: records(d, method="record"), 15, message="the message behind the poison one handled"
+    )
     [(headers, body)] = parked(dlq)
     assert body == {"method": "crash", "args": {"tag": uid}}
     assert "delivery limit" in headers["x-rpcworker-failure"]
@@ -122,8 +151,10 @@ def quorum_transport() -> Iterator[Any]:
     om.set_transport_defaults(control_exchange="openstack")
     if not cfg.CONF._args:  # the GLOBAL CONF, as oslo.messaging 18 requires
         cfg.CONF([], project="rpcworker-interop")
-    url = (f"rabbit://guest:guest@{BROKER_HOST}:{BROKER_PORT}/"
-           "?rabbit_quorum_queue=true&rabbit_quorum_delivery_limit=3")
+    url = (
+        f"rabbit://guest:guest@{BROKER_HOST}:{BROKER_PORT}/"
+        "?rabbit_quorum_queue=true&rabbit_quorum_delivery_limit=3"
+    )
     t = om.get_rpc_transport(cfg.CONF, url=url)
     yield t
     t.cleanup()
@@ -135,7 +166,8 @@ class Endpoint:
 
 
 def test_quorum_rpc_binding_shares_a_topic_with_an_oslo_quorum_server(
-        quorum_transport: Any, daemon_factory: Any, tmp_path: Any, uid: str) -> None:
+    quorum_transport: Any, daemon_factory: Any, tmp_path: Any, uid: str
+) -> None:
     topic, exchange = f"tq-{uid}", f"qex-{uid}"  # a durable exchange of our own
     oslo_server, server = f"oslo-{uid}", f"w-{uid}"
     queues = [topic, f"{topic}.{oslo_server}", f"{topic}.{server}"]
@@ -144,8 +176,11 @@ def test_quorum_rpc_binding_shares_a_topic_with_an_oslo_quorum_server(
     d = None
     try:
         oslo.start()
-        wait_for(lambda: consumer_count(f"{topic}.{oslo_server}") > 0, 15,
-                 message="the oslo server consuming")
+        wait_for(
+            lambda: consumer_count(f"{topic}.{oslo_server}") > 0,
+            15,
+            message="the oslo server consuming",
+        )
         d = daemon_factory(f"""\
 [DEFAULT]
 bindings = c
@@ -166,15 +201,20 @@ path = {tmp_path / "records.jsonl"}
 """)
         d.wait_consuming(topic, f"{topic}.{server}")
         d.wait_log("Consuming:")
-        wait_for(lambda: consumer_count(topic) == 2, 15,
-                 message="the oslo server and rpcworker both consuming the topic queue")
+        wait_for(
+            lambda: consumer_count(topic) == 2,
+            15,
+            message="the oslo server and rpcworker both consuming the topic queue",
+        )
         assert "PRECONDITION_FAILED" not in d.log() and d.alive()
         types = queue_types()
         for name in queues:
-            assert types[name] == ("quorum", {"x-queue-type": "quorum",
-                                              "x-delivery-limit": 3}), name
-        client = om.get_rpc_client(quorum_transport, om.Target(
-            topic=topic, exchange=exchange, version="1.0"), timeout=15)
+            assert types[name] == ("quorum", {"x-queue-type": "quorum", "x-delivery-limit": 3}), (
+                name
+            )
+        client = om.get_rpc_client(
+            quorum_transport, om.Target(topic=topic, exchange=exchange, version="1.0"), timeout=15
+        )
         assert client.call(CTXT, "record", n=1) in ({"n": 1}, {"n": 1, "by": "oslo"})
         assert client.prepare(server=server).call(CTXT, "record", n=2) == {"n": 2}
         assert consumer_count(topic) == 2 and "PRECONDITION_FAILED" not in d.log()

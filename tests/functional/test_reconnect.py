@@ -37,8 +37,9 @@ def oslo_client(topic: str) -> Iterator[Any]:
     om.set_transport_defaults(control_exchange="openstack")
     if not cfg.CONF._args:  # the GLOBAL CONF can be initialised once per process
         cfg.CONF([], project="rpcworker-interop")
-    transport = om.get_rpc_transport(cfg.CONF,
-                                     url=f"rabbit://guest:guest@{BROKER_HOST}:{BROKER_PORT}/")
+    transport = om.get_rpc_transport(
+        cfg.CONF, url=f"rabbit://guest:guest@{BROKER_HOST}:{BROKER_PORT}/"
+    )
     try:
         yield om.get_rpc_client(transport, om.Target(topic=topic, version="1.0"), timeout=20)
     finally:
@@ -47,13 +48,13 @@ def oslo_client(topic: str) -> Iterator[Any]:
 
 def connection_pids(name: str) -> list[str]:
     """Erlang pids of the broker connections whose client connection_name is ``name``."""
-    out = rabbitmqctl("list_connections", "pid", "client_properties", "-q",
-                      "--no-table-headers", timeout=60)
+    out = rabbitmqctl(
+        "list_connections", "pid", "client_properties", "-q", "--no-table-headers", timeout=60
+    )
     assert out.returncode == 0, out.stderr
     wanted = f'{{"connection_name","{name}"}}'
     # one line per connection: "<rabbit@node.1.2.0>\t[{"product","py-amqp"},...]"
-    return [line.split("\t", 1)[0].strip() for line in out.stdout.splitlines()
-            if wanted in line]
+    return [line.split("\t", 1)[0].strip() for line in out.stdout.splitlines() if wanted in line]
 
 
 class Setup:
@@ -67,8 +68,9 @@ class Setup:
         self.queue = f"q-{uid}"
         self.key = f"k-{uid}"
 
-    def config(self, broker: str | None = None, extra: str = "", more_bindings: str = "",
-               more: str = "") -> str:
+    def config(
+        self, broker: str | None = None, extra: str = "", more_bindings: str = "", more: str = ""
+    ) -> str:
         bindings = "dur" + (f", {more_bindings}" if more_bindings else "")
         return f"""\
 [DEFAULT]
@@ -100,8 +102,9 @@ durable = true
 def setup(uid: str, tmp_path: Path) -> Iterator[Setup]:
     s = Setup(uid, tmp_path)
     yield s
-    delete_entities((s.queue, f"vol-{uid}", f"t-{uid}", f"t-{uid}.{s.host}"),
-                    (s.exchange, f"volex-{uid}"))
+    delete_entities(
+        (s.queue, f"vol-{uid}", f"t-{uid}", f"t-{uid}.{s.host}"), (s.exchange, f"volex-{uid}")
+    )
 
 
 def proxy_broker_section(port: int) -> str:
@@ -132,8 +135,11 @@ topic = {topic}
 
     with broker_stopped():
         d.wait_log(LOST, timeout=30)
-        wait_for(lambda: d.log().count(CANNOT) >= 2, 30,
-                 message=f"reconnect attempts in the log (tail: {d.log_tail()})")
+        wait_for(
+            lambda: d.log().count(CANNOT) >= 2,
+            30,
+            message=f"reconnect attempts in the log (tail: {d.log_tail()})",
+        )
         assert d.alive()
     assert d.alive()
 
@@ -142,13 +148,17 @@ topic = {topic}
     assert d.log().count("Consuming:") >= 2
     setup.served("after-durable")
     cast(f"volex-{uid}", vol, "record", tag="after-transient")
-    wait_for(lambda: "after-transient" in tags(setup.records), 30,
-             message="the cast on the re-declared non-durable binding")
+    wait_for(
+        lambda: "after-transient" in tags(setup.records),
+        30,
+        message="the cast on the re-declared non-durable binding",
+    )
     with oslo_client(topic) as client:
         assert client.call({"user": "t"}, "record", tag="oslo-after") == {"tag": "oslo-after"}
     with plain_rpc() as rpc:
         assert rpc.call(setup.exchange, setup.key, "record", tag="plain-after") == {
-            "result": {"tag": "plain-after"}}
+            "result": {"tag": "plain-after"}
+        }
     assert "before" in tags(setup.records)
     assert d.alive()
     d.stop(timeout=30)
@@ -165,8 +175,11 @@ def test_forced_close_of_the_connection(daemon_factory: Any, setup: Setup) -> No
     assert result.returncode == 0, result.stderr
 
     d.wait_log(LOST, timeout=30)
-    wait_for(lambda: d.log().count("Consuming:") >= 2, 30,
-             message=f"a second session (tail: {d.log_tail()})")
+    wait_for(
+        lambda: d.log().count("Consuming:") >= 2,
+        30,
+        message=f"a second session (tail: {d.log_tail()})",
+    )
     new = wait_for(lambda: connection_pids(name), 15, message=f"a new connection {name}")
     assert new != pids
     d.wait_consuming(setup.queue)
@@ -183,13 +196,17 @@ def test_dropped_tcp_link(daemon_factory: Any, setup: Setup) -> None:
 
         assert proxy.kill_all() == 1
         d.wait_log(LOST, timeout=30)
-        wait_for(lambda: proxy.accepted >= 2 and d.log().count("Consuming:") >= 2, 30,
-                 message=f"a reconnection through the proxy (tail: {d.log_tail()})")
+        wait_for(
+            lambda: proxy.accepted >= 2 and d.log().count("Consuming:") >= 2,
+            30,
+            message=f"a reconnection through the proxy (tail: {d.log_tail()})",
+        )
         d.wait_consuming(setup.queue)
         setup.served("after-drop")
         with plain_rpc() as rpc:
             assert rpc.call(setup.exchange, setup.key, "record", tag="call-after-drop") == {
-                "result": {"tag": "call-after-drop"}}
+                "result": {"tag": "call-after-drop"}
+            }
         assert d.alive()
         d.stop(timeout=30)
         assert d.proc.returncode == 0
@@ -202,15 +219,19 @@ def test_failover_to_second_host(daemon_factory: Any, setup: Setup) -> None:
     setup.served("failover")
     with plain_rpc() as rpc:
         assert rpc.call(setup.exchange, setup.key, "record", tag="failover-call") == {
-            "result": {"tag": "failover-call"}}
+            "result": {"tag": "failover-call"}
+        }
     assert "guest:guest@" not in d.log()
 
 
 def test_broker_down_at_start(daemon_factory: Any, setup: Setup) -> None:
     with TCPProxy(BROKER_HOST, BROKER_PORT) as proxy:  # bound, not yet listening
         d = daemon_factory(setup.config(broker=proxy_broker_section(proxy.port)))
-        wait_for(lambda: d.log().count(CANNOT) >= 3, 30,
-                 message=f"failed attempts logged (tail: {d.log_tail()})")
+        wait_for(
+            lambda: d.log().count(CANNOT) >= 3,
+            30,
+            message=f"failed attempts logged (tail: {d.log_tail()})",
+        )
         assert d.alive()
         assert proxy.accepted == 0
         assert consumer_count(setup.queue) == 0

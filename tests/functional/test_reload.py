@@ -14,11 +14,21 @@ from tests.functional.support import PikaClient, queue_drained, records
 from tests.helpers import wait_for
 
 
-def config(uid: str, records_path: Path, bindings: dict[str, dict[str, Any]],
-           debug: bool = False) -> str:
-    lines = ["[DEFAULT]", f"bindings = {', '.join(bindings)}", f"host = r-{uid}",
-             f"debug = {str(debug).lower()}", "graceful_shutdown_timeout = 20", "",
-             broker_section(), "[recorder]", f"path = {records_path}", ""]
+def config(
+    uid: str, records_path: Path, bindings: dict[str, dict[str, Any]], debug: bool = False
+) -> str:
+    lines = [
+        "[DEFAULT]",
+        f"bindings = {', '.join(bindings)}",
+        f"host = r-{uid}",
+        f"debug = {str(debug).lower()}",
+        "graceful_shutdown_timeout = 20",
+        "",
+        broker_section(),
+        "[recorder]",
+        f"path = {records_path}",
+        "",
+    ]
     for name, options in bindings.items():
         lines.append(f"[binding:{name}]")
         lines += [f"{k} = {v}" for k, v in options.items()]
@@ -27,8 +37,13 @@ def config(uid: str, records_path: Path, bindings: dict[str, dict[str, Any]],
 
 
 def direct(uid: str, name: str, *keys: str) -> dict[str, Any]:
-    return {"type": "direct", "handler": "recorder", "exchange": f"ex-{uid}",
-            "queue": f"{name}-{uid}", "routing_key": ", ".join(keys)}
+    return {
+        "type": "direct",
+        "handler": "recorder",
+        "exchange": f"ex-{uid}",
+        "queue": f"{name}-{uid}",
+        "routing_key": ", ".join(keys),
+    }
 
 
 @pytest.fixture
@@ -47,16 +62,14 @@ def setup(daemon_factory: Any, tmp_path: Path, uid: str, workers: Any) -> Any:
     return d
 
 
-def test_reload_adds_changes_and_removes_bindings(setup: Any, amqp: PikaClient,
-                                                  uid: str) -> None:
+def test_reload_adds_changes_and_removes_bindings(setup: Any, amqp: PikaClient, uid: str) -> None:
     d = setup
     d.rewrite({"a": direct(uid, "a", "k2"), "b": direct(uid, "b", "k3")})
     d.signal(signal.SIGHUP)
     d.wait_consuming(f"b-{uid}")
     d.wait_log("SIGHUP: bindings added ['b'], removed none, changed ['a']")
     for key in ("k1", "k2", "k3"):
-        amqp.publish(f"ex-{uid}", key, {"method": "record", "args": {"key": key}},
-                     mandatory=False)
+        amqp.publish(f"ex-{uid}", key, {"method": "record", "args": {"key": key}}, mandatory=False)
     wait_for(lambda: len(records(d, method="record")) == 2, 10, message="k2 and k3 handled")
     assert sorted(r["args"]["key"] for r in records(d, method="record")) == ["k2", "k3"]
     assert message_count(f"a-{uid}") == 0  # k1 is no longer bound to queue a
@@ -67,7 +80,8 @@ def test_reload_adds_changes_and_removes_bindings(setup: Any, amqp: PikaClient,
 
 
 def test_reload_during_a_slow_handler_neither_loses_nor_duplicates(
-        setup: Any, amqp: PikaClient, uid: str) -> None:
+    setup: Any, amqp: PikaClient, uid: str
+) -> None:
     d = setup
     amqp.publish(f"ex-{uid}", "k1", {"method": "slow", "args": {"seconds": 2, "tag": "s"}})
     wait_for(lambda: records(d, kind="start"), 10, message="the slow handler started")
@@ -94,10 +108,19 @@ def test_reload_turns_debug_logging_on(setup: Any, amqp: PikaClient, uid: str) -
 
 
 def test_bad_configuration_on_reload_is_refused_and_the_worker_goes_on(
-        setup: Any, amqp: PikaClient, uid: str) -> None:
+    setup: Any, amqp: PikaClient, uid: str
+) -> None:
     d = setup
-    d.rewrite({"a": {"type": "direct", "handler": "recorder", "exchange": f"ex-{uid}",
-                     "queue": f"a-{uid}"}})  # a direct binding without routing_key
+    d.rewrite(
+        {
+            "a": {
+                "type": "direct",
+                "handler": "recorder",
+                "exchange": f"ex-{uid}",
+                "queue": f"a-{uid}",
+            }
+        }
+    )  # a direct binding without routing_key
     d.signal(signal.SIGHUP)
     d.wait_log("the new configuration is refused")
     assert "[binding:a] routing_key" in d.log()

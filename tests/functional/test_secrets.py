@@ -47,22 +47,29 @@ def close_connections_of(user: str) -> int:
 def forms(secret: str) -> list[str]:
     """Every spelling of ``secret`` that could leak: raw, URL-quoted, and the SASL
     PLAIN/AMQPLAIN responses (raw and base64)."""
-    return [secret, quote(secret, safe=""), quote(secret),
-            base64.b64encode(secret.encode()).decode()[:-4] or secret]
+    return [
+        secret,
+        quote(secret, safe=""),
+        quote(secret),
+        base64.b64encode(secret.encode()).decode()[:-4] or secret,
+    ]
 
 
 @pytest.mark.parametrize("where", ["broker-section", "transport-url"])
-def test_password_of_a_real_user_is_never_logged(daemon_factory: Any, uid: str,
-                                                 tmp_path: Path, broker_user: tuple[str, str],
-                                                 where: str) -> None:
+def test_password_of_a_real_user_is_never_logged(
+    daemon_factory: Any, uid: str, tmp_path: Path, broker_user: tuple[str, str], where: str
+) -> None:
     user, password = broker_user
     broker = broker_section().replace("userid = guest", f"userid = {user}")
     if where == "broker-section":
-        text = daemon_config(uid, tmp_path, broker.replace("password = guest",
-                                                    f"password = {password}"))
+        text = daemon_config(
+            uid, tmp_path, broker.replace("password = guest", f"password = {password}")
+        )
     else:
-        url = (f"rabbit://{quote(user, safe='')}:{quote(password, safe='')}"
-               f"@{BROKER_HOST}:{BROKER_PORT}/")
+        url = (
+            f"rabbit://{quote(user, safe='')}:{quote(password, safe='')}"
+            f"@{BROKER_HOST}:{BROKER_PORT}/"
+        )
         text = daemon_config(uid, tmp_path, broker, default=f"transport_url = {url}")
     log_file = tmp_path / "debug.log"
     d = daemon_factory(text, "secret", False)
@@ -72,21 +79,29 @@ def test_password_of_a_real_user_is_never_logged(daemon_factory: Any, uid: str,
         d.wait_consuming(f"q-{uid}")
         with plain_rpc() as rpc:
             assert rpc.call(f"ex-{uid}", f"k-{uid}", "record", tag="one") == {
-                "result": {"tag": "one"}}
+                "result": {"tag": "one"}
+            }
 
         # the broker drops the connection: the worker reconnects with the same password
         assert close_connections_of(user) >= 1
-        wait_for(lambda: log_file.read_text().count("Consuming:") >= 2, 30,
-                 message="a reconnect after the broker closed the connection")
+        wait_for(
+            lambda: log_file.read_text().count("Consuming:") >= 2,
+            30,
+            message="a reconnect after the broker closed the connection",
+        )
         with plain_rpc() as rpc:
             assert rpc.call(f"ex-{uid}", f"k-{uid}", "record", tag="two") == {
-                "result": {"tag": "two"}}
+                "result": {"tag": "two"}
+            }
 
         # the password is changed behind its back: re-logins are refused, with errors
         rabbitmqctl("change_password", user, f"other-{uid}").check_returncode()
         close_connections_of(user)
-        wait_for(lambda: log_file.read_text().count("ACCESS_REFUSED") >= 2, 30,
-                 message="refused re-login attempts in the log")
+        wait_for(
+            lambda: log_file.read_text().count("ACCESS_REFUSED") >= 2,
+            30,
+            message="refused re-login attempts in the log",
+        )
         d.signal(signal.SIGTERM)
         assert d.wait_exit(timeout=30) == 0
     finally:
@@ -103,8 +118,13 @@ def test_password_of_a_real_user_is_never_logged(daemon_factory: Any, uid: str,
 
 def test_private_config_file_gives_no_warning(tmp_path: Path) -> None:
     path = tmp_path / "private.conf"
-    path.write_text(daemon_config("x", tmp_path, broker_section().replace(
-        "password = guest", "password = not-the-default")))
+    path.write_text(
+        daemon_config(
+            "x",
+            tmp_path,
+            broker_section().replace("password = guest", "password = not-the-default"),
+        )
+    )
     path.chmod(0o640)
     result = run("--config-file", str(path), "--check-config")
     assert result.returncode == 0, result.stderr
@@ -112,6 +132,8 @@ def test_private_config_file_gives_no_warning(tmp_path: Path) -> None:
     path.chmod(0o604)
     result = run("--config-file", str(path), "--check-config")
     assert result.returncode == 0, result.stderr
-    assert f"warning: config file {path} holds the broker password ([broker] password)" \
+    assert (
+        f"warning: config file {path} holds the broker password ([broker] password)"
         in result.stdout
+    )
     assert "not-the-default" not in result.stdout + result.stderr

@@ -37,8 +37,12 @@ def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listen
 
 @pytest.fixture
 def names(uid: str) -> Iterator[dict[str, str]]:
-    n = {"topic": f"sd-{uid}", "host": f"sdh-{uid}", "queue": f"sdq-{uid}",
-         "exchange": f"sdx-{uid}"}
+    n = {
+        "topic": f"sd-{uid}",
+        "host": f"sdh-{uid}",
+        "queue": f"sdq-{uid}",
+        "exchange": f"sdx-{uid}",
+    }
     yield n
     delete_queues(n["topic"], f"{n['topic']}.{n['host']}", n["queue"])
     delete_exchanges(n["exchange"])
@@ -48,19 +52,19 @@ def config(n: dict[str, str]) -> str:
     return f"""\
 [DEFAULT]
 bindings = rpc, jobs
-host = {n['host']}
+host = {n["host"]}
 graceful_shutdown_timeout = {GRACE}
 {broker_section()}
 [binding:rpc]
 type = rpc
 handler = echo
-topic = {n['topic']}
+topic = {n["topic"]}
 
 [binding:jobs]
 type = direct
 handler = echo
-exchange = {n['exchange']}
-queue = {n['queue']}
+exchange = {n["exchange"]}
+queue = {n["queue"]}
 routing_key = k
 """
 
@@ -79,8 +83,9 @@ def assert_watchdog_keeps_coming(listener: Listener, count: int, timeout: float)
     assert all(0.8 <= g <= 3.0 for g in gaps), gaps
 
 
-def test_ready_status_watchdog_reload_and_stop(daemon_factory: Any, listener: Listener,
-                                               names: dict[str, str]) -> None:
+def test_ready_status_watchdog_reload_and_stop(
+    daemon_factory: Any, listener: Listener, names: dict[str, str]
+) -> None:
     d = daemon_factory(config(names))
     assert d.proc is not None
     pid = d.proc.pid
@@ -121,7 +126,8 @@ def test_ready_status_watchdog_reload_and_stop(daemon_factory: Any, listener: Li
 
 
 def test_watchdog_keeps_coming_while_a_handler_runs_and_while_draining(
-        daemon_factory: Any, listener: Listener, names: dict[str, str]) -> None:
+    daemon_factory: Any, listener: Listener, names: dict[str, str]
+) -> None:
     d = daemon_factory(config(names))
     listener.expect("READY=1", 60)
     cast(names["exchange"], "k", "sleep", seconds=5)

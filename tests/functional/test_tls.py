@@ -38,8 +38,12 @@ def _ci() -> bool:
 
 def _default_node_users() -> str:
     """The users of the default node (rabbit@localhost), which must not change."""
-    return subprocess.run(["rabbitmqctl", "-n", "rabbit@localhost", "list_users", "-q"],
-                          capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(
+        ["rabbitmqctl", "-n", "rabbit@localhost", "list_users", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
 
 
 def _start_node() -> TLSNode:
@@ -52,8 +56,11 @@ def _start_node() -> TLSNode:
         summary = str(exc).splitlines()[0]
         if _ci():
             pytest.fail(f"the TLS test node {NODE} did not start: {exc}", pytrace=False)
-        print(f"\n*** SKIPPING TLS tests: the TLS test node {NODE} did not start: {summary} "
-              "(CI=true makes this a failure) ***", file=sys.stderr)
+        print(
+            f"\n*** SKIPPING TLS tests: the TLS test node {NODE} did not start: {summary} "
+            "(CI=true makes this a failure) ***",
+            file=sys.stderr,
+        )
         pytest.skip(f"TLS test node did not start: {summary}")
     return node
 
@@ -82,9 +89,16 @@ def config(uid: str, certs: Certs, transport_url: str | None = None, **broker: A
     """A daemon (and client) config: one rpc binding on the echo handler, topic tls-UID.
     ``broker`` overrides [broker] options; a value of None leaves the option out."""
     options: dict[str, Any] = {
-        "hostname": "localhost", "port": TLS_PORT, "userid": "guest", "password": "guest",
-        "ssl": "true", "ssl_ca_file": certs.ca, "heartbeat": 10, "connect_timeout": 5,
-        "reconnect_interval_start": 0.5, "reconnect_interval_step": 0.5,
+        "hostname": "localhost",
+        "port": TLS_PORT,
+        "userid": "guest",
+        "password": "guest",
+        "ssl": "true",
+        "ssl_ca_file": certs.ca,
+        "heartbeat": 10,
+        "connect_timeout": 5,
+        "reconnect_interval_start": 0.5,
+        "reconnect_interval_step": 0.5,
         "reconnect_interval_max": 1,
     }
     options.update(broker)
@@ -99,9 +113,23 @@ def config(uid: str, certs: Certs, transport_url: str | None = None, **broker: A
 
 def call(daemon: Any, uid: str, **args: Any) -> subprocess.CompletedProcess[str]:
     """``rpcworker-client call tls-UID echo`` with the daemon's own config file."""
-    return subprocess.run([*CLIENT, "--config-file", str(daemon.config_path), "call",
-                           f"tls-{uid}", "echo", "--timeout", "20", "--args", json.dumps(args)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            *CLIENT,
+            "--config-file",
+            str(daemon.config_path),
+            "call",
+            f"tls-{uid}",
+            "echo",
+            "--timeout",
+            "20",
+            "--args",
+            json.dumps(args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def until(condition: Callable[[], object], daemon: Any, what: str, timeout: float = 20) -> None:
@@ -123,11 +151,15 @@ def serves(daemon: Any, uid: str) -> None:
 
 def refused_lines(daemon: Any, count: int = 2) -> list[str]:
     """Wait for ``count`` failed connection attempts; the daemon is still running."""
+
     def lines() -> list[str]:
         return [ln for ln in daemon.log().splitlines() if CONNECT_FAILED in ln]
 
-    until(lambda: len(lines()) >= count or not daemon.alive(), daemon,
-          f"{count} failed connection attempts")
+    until(
+        lambda: len(lines()) >= count or not daemon.alive(),
+        daemon,
+        f"{count} failed connection attempts",
+    )
     assert daemon.alive(), daemon.log_tail()
     return lines()
 
@@ -141,15 +173,19 @@ def stops_cleanly(daemon: Any) -> None:
 
 
 def tls_connections(node: TLSNode, user: str, mechanism: str | None = None) -> int:
-    return sum(1 for u, m, tls in node.connections()
-               if u == user and tls and (mechanism is None or m == mechanism))
+    return sum(
+        1
+        for u, m, tls in node.connections()
+        if u == user and tls and (mechanism is None or m == mechanism)
+    )
 
 
 # -- the tests ------------------------------------------------------------------------
 
 
-def test_worker_serves_calls_over_tls(tls_node: TLSNode, certs: Certs, daemon_factory: Any,
-                                      uid: str) -> None:
+def test_worker_serves_calls_over_tls(
+    tls_node: TLSNode, certs: Certs, daemon_factory: Any, uid: str
+) -> None:
     """hostname = localhost, ssl_ca_file = CA-1: the daemon connects over TLS (the name
     checked is "localhost", not the 127.0.0.1 py-amqp dials) and serves a call."""
     d = daemon_factory(config(uid, certs))
@@ -158,17 +194,20 @@ def test_worker_serves_calls_over_tls(tls_node: TLSNode, certs: Certs, daemon_fa
     assert "(TLS)" in d.log()  # "rpcworker starting: broker amqp://guest:***@... (TLS)"
 
 
-def test_amqps_transport_url(tls_node: TLSNode, certs: Certs, daemon_factory: Any,
-                             uid: str) -> None:
+def test_amqps_transport_url(
+    tls_node: TLSNode, certs: Certs, daemon_factory: Any, uid: str
+) -> None:
     """amqps:// turns TLS on by itself; [broker] gives only the CA."""
     url = f"amqps://guest:guest@localhost:{TLS_PORT}/"
-    d = daemon_factory(config(uid, certs, url, ssl=None, hostname=None, port=None,
-                              userid=None, password=None))
+    d = daemon_factory(
+        config(uid, certs, url, ssl=None, hostname=None, port=None, userid=None, password=None)
+    )
     serves(d, uid)
 
 
-def test_untrusted_ca_is_refused(tls_node: TLSNode, certs: Certs, daemon_factory: Any,
-                                 uid: str) -> None:
+def test_untrusted_ca_is_refused(
+    tls_node: TLSNode, certs: Certs, daemon_factory: Any, uid: str
+) -> None:
     """ssl_ca_file = CA-2: every attempt fails with a clear line, the daemon keeps
     retrying, never becomes ready and stops cleanly on SIGTERM; the client exits 4."""
     d = daemon_factory(config(uid, certs, ssl_ca_file=certs.other_ca))
@@ -181,14 +220,14 @@ def test_untrusted_ca_is_refused(tls_node: TLSNode, certs: Certs, daemon_factory
     stops_cleanly(d)
 
 
-def test_hostname_mismatch(tls_node: TLSNode, certs: Certs, daemon_factory: Any,
-                           uid: str) -> None:
+def test_hostname_mismatch(tls_node: TLSNode, certs: Certs, daemon_factory: Any, uid: str) -> None:
     """hostname = 127.0.0.1 is not in the certificate (DNS:localhost only): refused with a
     line naming the mismatch. ssl_verify_hostname = false accepts the same connection
     (the chain is still verified against CA-1)."""
     strict = daemon_factory(config(uid, certs, hostname="127.0.0.1"), name="strict")
-    relaxed = daemon_factory(config(uid, certs, hostname="127.0.0.1",
-                                    ssl_verify_hostname="false"), name="relaxed")
+    relaxed = daemon_factory(
+        config(uid, certs, hostname="127.0.0.1", ssl_verify_hostname="false"), name="relaxed"
+    )
     line = refused_lines(strict)[0]
     assert f"{CONNECT_FAILED} amqp://guest:**@127.0.0.1:{TLS_PORT}//" in line
     assert "IP address mismatch, certificate is not valid for '127.0.0.1'" in line
@@ -197,12 +236,22 @@ def test_hostname_mismatch(tls_node: TLSNode, certs: Certs, daemon_factory: Any,
     stops_cleanly(strict)
 
 
-def test_external_login_with_client_certificate(tls_node: TLSNode, certs: Certs,
-                                                daemon_factory: Any, uid: str) -> None:
+def test_external_login_with_client_certificate(
+    tls_node: TLSNode, certs: Certs, daemon_factory: Any, uid: str
+) -> None:
     """login_method = EXTERNAL with the client certificate and no password: the broker
     logs the daemon (and the client) in as the certificate's CN."""
-    d = daemon_factory(config(uid, certs, login_method="EXTERNAL", userid=None, password="",
-                              ssl_cert_file=certs.client_cert, ssl_key_file=certs.client_key))
+    d = daemon_factory(
+        config(
+            uid,
+            certs,
+            login_method="EXTERNAL",
+            userid=None,
+            password="",
+            ssl_cert_file=certs.client_cert,
+            ssl_key_file=certs.client_key,
+        )
+    )
     serves(d, uid)
     assert tls_connections(tls_node, CLIENT_CN, "EXTERNAL") >= 1
     assert "ACCESS_REFUSED" not in d.log()
@@ -215,7 +264,8 @@ def _closed_port() -> int:
 
 
 def test_tls_failover_verifies_each_host_by_its_own_name(
-        tls_node: TLSNode, certs: Certs, daemon_factory: Any, uid: str) -> None:
+    tls_node: TLSNode, certs: Certs, daemon_factory: Any, uid: str
+) -> None:
     """The first host (127.0.0.1, nothing listening) is down; the second, localhost, is the
     TLS node. Stock kombu would check localhost's certificate against "127.0.0.1"."""
     down = _closed_port()
@@ -225,5 +275,6 @@ def test_tls_failover_verifies_each_host_by_its_own_name(
     log = d.log()
     assert f"{CONNECT_FAILED} amqp://guest:**@127.0.0.1:{down}//: ConnectionRefusedError" in log
     assert "mismatch" not in log
-    assert any(f":{TLS_PORT}/" in ln for ln in log.splitlines()
-               if "Connected to the broker at" in ln), d.log_tail()
+    assert any(
+        f":{TLS_PORT}/" in ln for ln in log.splitlines() if "Connected to the broker at" in ln
+    ), d.log_tail()

@@ -28,8 +28,14 @@ GRACE = 10  # graceful_shutdown_timeout of tests.functional.support.Workers
 
 
 def direct(uid: str, **options: Any) -> dict[str, Any]:
-    return {"type": "direct", "handler": "recorder", "exchange": f"ex-{uid}",
-            "queue": f"q-{uid}", "routing_key": "k", **options}
+    return {
+        "type": "direct",
+        "handler": "recorder",
+        "exchange": f"ex-{uid}",
+        "queue": f"q-{uid}",
+        "routing_key": "k",
+        **options,
+    }
 
 
 def alive(pid: int) -> bool:
@@ -50,8 +56,10 @@ class Procs:
         """Wait until the supervisor of daemon ``d`` has ``n`` children; their pids."""
         assert d.proc is not None
         pids: list[int] = wait_for(
-            lambda: (lambda c: c if len(c) == n else [])(children(d.proc.pid)), timeout,
-            message=f"{n} worker processes (log: {d.log_tail()})")
+            lambda: (lambda c: c if len(c) == n else [])(children(d.proc.pid)),
+            timeout,
+            message=f"{n} worker processes (log: {d.log_tail()})",
+        )
         self.seen |= set(pids)
         return pids
 
@@ -75,10 +83,14 @@ def procs() -> Iterator[Procs]:
 
 
 def start(workers: Workers, uid: str, recorder_delay: float = 0.0, **binding: Any) -> Any:
-    d = workers.start({"jobs": direct(uid, **binding)}, default={"workers": 2},
-                      recorder_delay=recorder_delay)
-    wait_for(lambda: consumer_count(f"q-{uid}") == 2, 30,
-             message=f"2 consumers on q-{uid} (log: {d.log_tail()})")
+    d = workers.start(
+        {"jobs": direct(uid, **binding)}, default={"workers": 2}, recorder_delay=recorder_delay
+    )
+    wait_for(
+        lambda: consumer_count(f"q-{uid}") == 2,
+        30,
+        message=f"2 consumers on q-{uid} (log: {d.log_tail()})",
+    )
     return d
 
 
@@ -106,15 +118,19 @@ def test_a_plugin_error_exits_2_before_forking(daemon_factory: Any, uid: str) ->
     assert "starting 2 worker processes" not in d.log()
 
 
-def test_two_worker_processes_consume_and_share_the_work(procs: Procs, workers: Workers,
-                                                         uid: str) -> None:
+def test_two_worker_processes_consume_and_share_the_work(
+    procs: Procs, workers: Workers, uid: str
+) -> None:
     d = start(workers, uid, recorder_delay=0.05)
     pids = procs.of(d)
     assert d.proc is not None and d.proc.pid not in pids
     for i in range(20):
         cast(f"ex-{uid}", "k", "record", n=i)
-    wait_for(lambda: len(records(d, method="record")) == 20, 30,
-             message=f"20 casts handled (log: {d.log_tail()})")
+    wait_for(
+        lambda: len(records(d, method="record")) == 20,
+        30,
+        message=f"20 casts handled (log: {d.log_tail()})",
+    )
     assert handled_pids(d) == set(pids)
     assert sorted(r["args"]["n"] for r in records(d, method="record")) == list(range(20))
 
@@ -123,12 +139,18 @@ def test_a_killed_worker_is_restarted(procs: Procs, workers: Workers, uid: str) 
     d = start(workers, uid)
     before = procs.of(d)
     os.kill(before[0], signal.SIGKILL)
-    after = wait_for(lambda: (lambda c: c if len(c) == 2 and before[0] not in c else [])(
-        procs.of(d)), 30, message="a new worker process")
+    after = wait_for(
+        lambda: (lambda c: c if len(c) == 2 and before[0] not in c else [])(procs.of(d)),
+        30,
+        message="a new worker process",
+    )
     assert before[1] in after
     new = (set(after) - set(before)).pop()
-    wait_for(lambda: consumer_count(f"q-{uid}") == 2, 30,
-             message=f"2 consumers again (log: {d.log_tail()})")
+    wait_for(
+        lambda: consumer_count(f"q-{uid}") == 2,
+        30,
+        message=f"2 consumers again (log: {d.log_tail()})",
+    )
     n = 0
 
     def handled_by_new() -> bool:
@@ -139,8 +161,9 @@ def test_a_killed_worker_is_restarted(procs: Procs, workers: Workers, uid: str) 
 
     wait_for(handled_by_new, 30, interval=0.2, message="a cast handled by the new worker")
     assert d.alive()
-    assert re.search(r"worker \d.* died \(killed by signal 9\); it is restarted", d.log()), \
+    assert re.search(r"worker \d.* died \(killed by signal 9\); it is restarted", d.log()), (
         d.log_tail()
+    )
 
 
 def test_a_worker_that_exits_is_restarted(procs: Procs, workers: Workers, uid: str) -> None:
@@ -150,17 +173,20 @@ def test_a_worker_that_exits_is_restarted(procs: Procs, workers: Workers, uid: s
     cast(f"ex-{uid}", "k", "crash")
     wait_for(lambda: records(d, method="crash"), 30, message="the crash handler ran")
     crashed = records(d, method="crash")[0]["pid"]
-    wait_for(lambda: (lambda c: len(c) == 2 and crashed not in c)(procs.of(d)), 30,
-             message=f"the worker that exited replaced (log: {d.log_tail()})")
+    wait_for(
+        lambda: (lambda c: len(c) == 2 and crashed not in c)(procs.of(d)),
+        30,
+        message=f"the worker that exited replaced (log: {d.log_tail()})",
+    )
     wait_for(lambda: consumer_count(f"q-{uid}") == 2, 30, message="2 consumers again")
-    assert re.search(r"worker \d.* died \(exit status 70\); it is restarted", d.log()), \
-        d.log_tail()
+    assert re.search(r"worker \d.* died \(exit status 70\); it is restarted", d.log()), d.log_tail()
     assert set(procs.of(d)) & set(before) == set(before) - {crashed}
     assert d.alive()
 
 
 def test_a_worker_restarted_after_a_reload_runs_the_new_configuration(
-        procs: Procs, workers: Workers, uid: str) -> None:
+    procs: Procs, workers: Workers, uid: str
+) -> None:
     d = start(workers, uid)
     q2 = f"q2-{uid}"
     workers.queues.add(q2)
@@ -168,32 +194,50 @@ def test_a_worker_restarted_after_a_reload_runs_the_new_configuration(
     d.config_path.write_text(
         d.config_path.read_text().replace("bindings = jobs", "bindings = jobs, more")
         + f"\n[binding:more]\ntype = direct\nhandler = recorder\nexchange = ex2-{uid}\n"
-          f"queue = {q2}\nrouting_key = k\n")
+        f"queue = {q2}\nrouting_key = k\n"
+    )
     d.signal(signal.SIGHUP)
-    wait_for(lambda: consumer_count(q2) == 2, 30, message=f"both workers on {q2} after SIGHUP "
-             f"(log: {d.log_tail()})")
+    wait_for(
+        lambda: consumer_count(q2) == 2,
+        30,
+        message=f"both workers on {q2} after SIGHUP (log: {d.log_tail()})",
+    )
     before = procs.of(d)
     os.kill(before[0], signal.SIGKILL)
-    after = wait_for(lambda: (lambda c: c if len(c) == 2 and before[0] not in c else [])(
-        procs.of(d)), 30, message="a new worker process")
+    after = wait_for(
+        lambda: (lambda c: c if len(c) == 2 and before[0] not in c else [])(procs.of(d)),
+        30,
+        message="a new worker process",
+    )
     new = (set(after) - set(before)).pop()
 
     def new_worker_consumes_both() -> bool:
-        return any(f" {new} INFO rpcworker.engine" in line and f"more <- {q2}" in line
-                   and f"jobs <- q-{uid}" in line for line in d.log().splitlines())
+        return any(
+            f" {new} INFO rpcworker.engine" in line
+            and f"more <- {q2}" in line
+            and f"jobs <- q-{uid}" in line
+            for line in d.log().splitlines()
+        )
 
-    wait_for(new_worker_consumes_both, 30,
-             message=f"the new worker consuming both bindings (log: {d.log_tail()})")
-    wait_for(lambda: consumer_count(q2) == 2 and consumer_count(f"q-{uid}") == 2, 30,
-             message="2 consumers on each queue")
+    wait_for(
+        new_worker_consumes_both,
+        30,
+        message=f"the new worker consuming both bindings (log: {d.log_tail()})",
+    )
+    wait_for(
+        lambda: consumer_count(q2) == 2 and consumer_count(f"q-{uid}") == 2,
+        30,
+        message="2 consumers on each queue",
+    )
 
 
 # -- stopping -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_stop_signal_drains_a_slow_handler_in_a_worker(procs: Procs, workers: Workers,
-                                                       uid: str, signum: int) -> None:
+def test_stop_signal_drains_a_slow_handler_in_a_worker(
+    procs: Procs, workers: Workers, uid: str, signum: int
+) -> None:
     d = start(workers, uid)
     pids = procs.of(d)
     cast(f"ex-{uid}", "k", "slow", seconds=3, tag="slow")
@@ -207,11 +251,11 @@ def test_stop_signal_drains_a_slow_handler_in_a_worker(procs: Procs, workers: Wo
     assert "Caught SIGINT signal, instantaneous" not in d.log()
 
 
-def test_graceful_shutdown_timeout_leaves_running_work_unacked(procs: Procs, workers: Workers,
-                                                               uid: str) -> None:
+def test_graceful_shutdown_timeout_leaves_running_work_unacked(
+    procs: Procs, workers: Workers, uid: str
+) -> None:
     # (a later line wins: this overrides the 10 s that Workers writes)
-    d = workers.start({"jobs": direct(uid)}, default={"workers": 2,
-                                                      "graceful_shutdown_timeout": 1})
+    d = workers.start({"jobs": direct(uid)}, default={"workers": 2, "graceful_shutdown_timeout": 1})
     wait_for(lambda: consumer_count(f"q-{uid}") == 2, 30, message="2 consumers")
     pids = procs.of(d)
     cast(f"ex-{uid}", "k", "hang", seconds=120)
@@ -221,8 +265,11 @@ def test_graceful_shutdown_timeout_leaves_running_work_unacked(procs: Procs, wor
     assert d.wait_exit(30) == 0, d.log_tail()
     assert time.monotonic() - started < 8
     assert "graceful_shutdown_timeout (1 s) reached" in d.log(), d.log_tail()
-    wait_for(lambda: message_count(f"q-{uid}") == 1, 10,
-             message="the hung message back in its queue, for redelivery")
+    wait_for(
+        lambda: message_count(f"q-{uid}") == 1,
+        10,
+        message="the hung message back in its queue, for redelivery",
+    )
     assert not any(alive(p) for p in pids)
 
 
@@ -241,12 +288,13 @@ class CredListener(Listener):
         self.sock.settimeout(max(0.01, min(0.5, deadline - time.monotonic())))
         try:
             data, ancillary, _, _ = self.sock.recvmsg(
-                65536, socket.CMSG_SPACE(struct.calcsize("3i")))
+                65536, socket.CMSG_SPACE(struct.calcsize("3i"))
+            )
         except TimeoutError:
             return None
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                self.senders.add(struct.unpack("3i", payload[:struct.calcsize("3i")])[0])
+                self.senders.add(struct.unpack("3i", payload[: struct.calcsize("3i")])[0])
         text = data.decode()
         self.received.append((time.monotonic(), text))
         return text
@@ -273,17 +321,20 @@ def listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CredLi
     lst.close()
 
 
-def test_systemd_notify_through_the_supervisor(procs: Procs, listener: CredListener,
-                                               workers: Workers, uid: str) -> None:
+def test_systemd_notify_through_the_supervisor(
+    procs: Procs, listener: CredListener, workers: Workers, uid: str
+) -> None:
     counted: dict[str, int] = {}
     q = f"q-{uid}"
     d = workers.start({"jobs": direct(uid)}, default={"workers": 2})
-    ready = listener.expect("READY=1", 60,
-                            on_match=lambda _: counted.update(consumers=consumer_count(q)))
+    ready = listener.expect(
+        "READY=1", 60, on_match=lambda _: counted.update(consumers=consumer_count(q))
+    )
     assert counted["consumers"] == 2, (counted, d.log_tail())
     status = re.search(r"^STATUS=(.*)$", ready, re.M)
-    assert status and status.group(1).startswith("2/2 workers consuming: consuming 1 of 1 "
-                                                  "binding(s); 0 reconnect(s)"), ready
+    assert status and status.group(1).startswith(
+        "2/2 workers consuming: consuming 1 of 1 binding(s); 0 reconnect(s)"
+    ), ready
     pids = procs.of(d)
 
     # WATCHDOG=1 keeps coming while both consume loops report

@@ -55,12 +55,22 @@ class _Issued:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rpcworker tests"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rpcworker tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
-def _issue(cn: str, issuer: _Issued | None, *, ca: bool = False,
-           dns: tuple[str, ...] = (), usage: x509.ObjectIdentifier | None = None) -> _Issued:
+def _issue(
+    cn: str,
+    issuer: _Issued | None,
+    *,
+    ca: bool = False,
+    dns: tuple[str, ...] = (),
+    usage: x509.ObjectIdentifier | None = None,
+) -> _Issued:
     """A P-256 key and its certificate, signed by ``issuer`` (self-signed when None)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -74,18 +84,29 @@ def _issue(cn: str, issuer: _Issued | None, *, ca: bool = False,
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            signer.public_key()), critical=False)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=not ca, key_cert_sign=ca, crl_sign=ca,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+        )
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=not ca,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     )
     if dns:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
+            x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False
+        )
     if usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return _Issued(builder.sign(signer, hashes.SHA256()), key)
@@ -95,9 +116,13 @@ def _write(directory: Path, stem: str, issued: _Issued) -> tuple[Path, Path]:
     cert = directory / f"{stem}.pem"
     key = directory / f"{stem}.key"
     cert.write_bytes(issued.cert.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(issued.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key.write_bytes(
+        issued.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert, key
 
 
@@ -105,8 +130,9 @@ def make_certs(directory: Path) -> Certs:
     directory.mkdir(parents=True, exist_ok=True)
     ca1 = _issue("rpcworker test CA-1", None, ca=True)
     ca2 = _issue("rpcworker test CA-2", None, ca=True)
-    server = _issue("rpcworker test broker", ca1, dns=("localhost",),
-                    usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    server = _issue(
+        "rpcworker test broker", ca1, dns=("localhost",), usage=ExtendedKeyUsageOID.SERVER_AUTH
+    )
     client = _issue(CLIENT_CN, ca1, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     ca_path, _ = _write(directory, "ca1", ca1)
     other_ca_path, _ = _write(directory, "ca2", ca2)
@@ -131,26 +157,36 @@ class TLSNode(RabbitNode):
             shutil.rmtree(base, ignore_errors=True)
             raise
         c = self.certs
-        super().__init__(NODE, PLAIN_PORT, DIST_PORT, base, [
-            f"listeners.tcp.default = 127.0.0.1:{PLAIN_PORT}",
-            f"listeners.ssl.default = 127.0.0.1:{TLS_PORT}",
-            f"ssl_options.cacertfile = {c.ca}",
-            f"ssl_options.certfile = {c.server_cert}",
-            f"ssl_options.keyfile = {c.server_key}",
-            "ssl_options.verify = verify_peer",
-            "ssl_options.fail_if_no_peer_cert = false",
-            "auth_mechanisms.1 = PLAIN",
-            "auth_mechanisms.2 = AMQPLAIN",
-            "auth_mechanisms.3 = EXTERNAL",
-            "ssl_cert_login_from = common_name",
-            "loopback_users = none",
-            "log.file.level = info",
-        ], ["rabbitmq_auth_mechanism_ssl"], extra_ports=[TLS_PORT])
+        super().__init__(
+            NODE,
+            PLAIN_PORT,
+            DIST_PORT,
+            base,
+            [
+                f"listeners.tcp.default = 127.0.0.1:{PLAIN_PORT}",
+                f"listeners.ssl.default = 127.0.0.1:{TLS_PORT}",
+                f"ssl_options.cacertfile = {c.ca}",
+                f"ssl_options.certfile = {c.server_cert}",
+                f"ssl_options.keyfile = {c.server_key}",
+                "ssl_options.verify = verify_peer",
+                "ssl_options.fail_if_no_peer_cert = false",
+                "auth_mechanisms.1 = PLAIN",
+                "auth_mechanisms.2 = AMQPLAIN",
+                "auth_mechanisms.3 = EXTERNAL",
+                "ssl_cert_login_from = common_name",
+                "loopback_users = none",
+                "log.file.level = info",
+            ],
+            ["rabbitmq_auth_mechanism_ssl"],
+            extra_ports=[TLS_PORT],
+        )
 
     def add_user(self, name: str, password: str | None = None) -> None:
         """A user with all permissions on ``/`` (no usable password when None: EXTERNAL)."""
-        for args in (["add_user", name, password or secrets.token_hex(16)],
-                     ["set_permissions", "-p", "/", name, ".*", ".*", ".*"]):
+        for args in (
+            ["add_user", name, password or secrets.token_hex(16)],
+            ["set_permissions", "-p", "/", name, ".*", ".*", ".*"],
+        ):
             result = self.ctl(*args)
             if result.returncode != 0:
                 raise NodeError(f"rabbitmqctl {args[0]} {name}: {result.stderr.strip()}")
@@ -159,8 +195,9 @@ class TLSNode(RabbitNode):
 
     def connections(self) -> list[tuple[str, str, bool]]:
         """(user, auth mechanism, TLS?) of every client connection."""
-        out = self.ctl("list_connections", "-q", "--no-table-headers",
-                       "user", "auth_mechanism", "ssl").stdout
+        out = self.ctl(
+            "list_connections", "-q", "--no-table-headers", "user", "auth_mechanism", "ssl"
+        ).stdout
         rows = [line.split("\t") for line in out.splitlines() if line.strip()]
         return [(r[0], r[1], r[2] == "true") for r in rows if len(r) == 3]
 

@@ -28,9 +28,10 @@ def install_commands() -> list[str]:
         if not line or "journalctl" in line or ("@" in line and "systemctl" in line):
             continue
         line = re.sub(r"^sudo ", "", line).replace("&& sudo ", "&& ")
-        line = line.replace("pip install rpcworker",
-                            "pip install --no-index --find-links /wheels rpcworker "
-                            "rpcworker-testplugin")
+        line = line.replace(
+            "pip install rpcworker",
+            "pip install --no-index --find-links /wheels rpcworker rpcworker-testplugin",
+        )
         commands.append(line)
     return commands
 

@@ -29,7 +29,12 @@ def test_broker_section(make_conf: MakeConf) -> None:
     s = broker.settings(conf)
     [h] = s.hosts
     assert (h.hostname, h.port, h.userid, h.password, h.virtual_host) == (
-        "rabbit1", 5673, "nova", "s3cr:t/@x", "/nova")
+        "rabbit1",
+        5673,
+        "nova",
+        "s3cr:t/@x",
+        "/nova",
+    )
     conn = broker.connection(conf, s)
     assert conn.hostname == "rabbit1" and conn.port == 5673
     assert conn.userid == "nova" and conn.password == "s3cr:t/@x"
@@ -46,7 +51,9 @@ def test_transport_url_failover_and_overrides(make_conf: MakeConf) -> None:
         """)
     s = broker.settings(conf)
     assert [(h.hostname, h.port, h.userid, h.password, h.virtual_host) for h in s.hosts] == [
-        ("h1", 5672, "u1", "p@ss", "vh"), ("::1", 5673, "u2", "pw2", "vh")]
+        ("h1", 5672, "u1", "p@ss", "vh"),
+        ("::1", 5673, "u2", "pw2", "vh"),
+    ]
     assert s.options["heartbeat"] == 15 and s.ssl is False
     conn = broker.connection(conf, s)
     assert conn.password == "p@ss" and conn.virtual_host == "vh"
@@ -54,10 +61,16 @@ def test_transport_url_failover_and_overrides(make_conf: MakeConf) -> None:
     assert "p%40ss" not in broker.describe(s) and "p@ss" not in broker.describe(s)
 
 
-@pytest.mark.parametrize("url, vhost", [
-    ("rabbit://h1", "/"), ("rabbit://h1/", "/"), ("rabbit://h1//", "/"),
-    ("rabbit://h1/%2F", "/"), ("rabbit://h1/nova", "nova"),
-])
+@pytest.mark.parametrize(
+    "url, vhost",
+    [
+        ("rabbit://h1", "/"),
+        ("rabbit://h1/", "/"),
+        ("rabbit://h1//", "/"),
+        ("rabbit://h1/%2F", "/"),
+        ("rabbit://h1/nova", "nova"),
+    ],
+)
 def test_transport_url_vhost(make_conf: MakeConf, url: str, vhost: str) -> None:
     conf = make_conf(f"[DEFAULT]\ntransport_url = {url}\n")
     assert broker.settings(conf).hosts[0].virtual_host == vhost
@@ -72,17 +85,22 @@ def test_transport_url_defaults_credentials_from_broker(make_conf: MakeConf) -> 
         password = pw
         """)
     hosts = broker.settings(conf).hosts
-    assert [(h.userid, h.password, h.port) for h in hosts] == [("svc", "pw", 5672),
-                                                              ("svc", "pw", 5700)]
+    assert [(h.userid, h.password, h.port) for h in hosts] == [
+        ("svc", "pw", 5672),
+        ("svc", "pw", 5700),
+    ]
 
 
-@pytest.mark.parametrize("url, words", [
-    ("http://h1/", "scheme"),
-    ("rabbit://h1:99999/", "range"),
-    ("rabbit://h1:x/", "port"),
-    ("rabbit://h1/?nosuch=1", "nosuch"),
-    ("rabbit://h1/?heartbeat=abc", "heartbeat"),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("http://h1/", "scheme"),
+        ("rabbit://h1:99999/", "range"),
+        ("rabbit://h1:x/", "port"),
+        ("rabbit://h1/?nosuch=1", "nosuch"),
+        ("rabbit://h1/?heartbeat=abc", "heartbeat"),
+    ],
+)
 def test_bad_transport_url(make_conf: MakeConf, url: str, words: str) -> None:
     conf = make_conf(f"[DEFAULT]\ntransport_url = {url}\n")
     with pytest.raises(ConfigError) as info:
@@ -93,10 +111,12 @@ def test_bad_transport_url(make_conf: MakeConf, url: str, words: str) -> None:
 @pytest.fixture
 def pem(tmp_path: Path) -> Callable[[str], str]:
     """pem(name) -> the path of an (empty) file: settings() only checks TLS files exist."""
+
     def make(name: str) -> str:
         path = tmp_path / name
         path.write_text("")
         return str(path)
+
     return make
 
 
@@ -110,33 +130,45 @@ def test_tls_options(make_conf: MakeConf, pem: Callable[[str], str]) -> None:
         ssl_key_file = {key}
         """)
     opts = broker.ssl_options(broker.settings(conf))
-    assert opts == {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": ca,
-                    "certfile": cert, "keyfile": key, "server_hostname": None}
+    assert opts == {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "ca_certs": ca,
+        "certfile": cert,
+        "keyfile": key,
+        "server_hostname": None,
+    }
     amqps = make_conf("[DEFAULT]\ntransport_url = amqps://h1:5671/\n")
     assert broker.settings(amqps).ssl is True
     no_verify = make_conf("[broker]\nssl = true\nssl_verify_hostname = false\n")
     assert "server_hostname" not in broker.ssl_options(broker.settings(no_verify))  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("url, ports", [
-    ("amqps://h1,h2:5700/", [5671, 5700]),
-    ("rabbits://h1/", [5671]),
-    ("rabbit://h1/?ssl=true", [5672]),
-])
+@pytest.mark.parametrize(
+    "url, ports",
+    [
+        ("amqps://h1,h2:5700/", [5671, 5700]),
+        ("rabbits://h1/", [5671]),
+        ("rabbit://h1/?ssl=true", [5672]),
+    ],
+)
 def test_tls_url_default_port(make_conf: MakeConf, url: str, ports: list[int]) -> None:
     s = broker.settings(make_conf(f"[DEFAULT]\ntransport_url = {url}\n"))
     assert s.ssl is True and [h.port for h in s.hosts] == ports
 
 
-@pytest.mark.parametrize("broker_lines, option, words", [
-    ("ssl = true\nssl_ca_file = /nonexistent/ca.pem", "ssl_ca_file", "no such file"),
-    ("ssl = true\nssl_cert_file = /nonexistent/c.pem", "ssl_cert_file", "no such file"),
-    ("ssl = true\nssl_key_file = {key}", "ssl_key_file", "without ssl_cert_file"),
-    ("login_method = EXTERNAL\nssl_cert_file = {cert}", "login_method", "ssl = true"),
-    ("login_method = EXTERNAL\nssl = true", "login_method", "ssl_cert_file"),
-])
-def test_tls_config_errors(make_conf: MakeConf, pem: Callable[[str], str], broker_lines: str,
-                           option: str, words: str) -> None:
+@pytest.mark.parametrize(
+    "broker_lines, option, words",
+    [
+        ("ssl = true\nssl_ca_file = /nonexistent/ca.pem", "ssl_ca_file", "no such file"),
+        ("ssl = true\nssl_cert_file = /nonexistent/c.pem", "ssl_cert_file", "no such file"),
+        ("ssl = true\nssl_key_file = {key}", "ssl_key_file", "without ssl_cert_file"),
+        ("login_method = EXTERNAL\nssl_cert_file = {cert}", "login_method", "ssl = true"),
+        ("login_method = EXTERNAL\nssl = true", "login_method", "ssl_cert_file"),
+    ],
+)
+def test_tls_config_errors(
+    make_conf: MakeConf, pem: Callable[[str], str], broker_lines: str, option: str, words: str
+) -> None:
     lines = broker_lines.format(key=pem("key.pem"), cert=pem("cert.pem"))
     conf = make_conf("[broker]\n" + lines + "\n")
     with pytest.raises(ConfigError) as info:
@@ -200,7 +232,8 @@ def _tls_conf(make_conf: MakeConf, url: str, *extra: str) -> cfg.ConfigOpts:
 
 
 def test_each_failover_host_is_verified_against_its_own_name(
-        make_conf: MakeConf, fake_amqp: list[tuple[str, str | None]]) -> None:
+    make_conf: MakeConf, fake_amqp: list[tuple[str, str | None]]
+) -> None:
     """Stock kombu fills server_hostname in place from the first host (after turning
     localhost into 127.0.0.1) and keeps it for the next hosts."""
     conf = _tls_conf(make_conf, "amqps://u:p@127.0.0.1:5699,u:p@localhost:5681,u:p@b.test:5699/")
@@ -209,9 +242,12 @@ def test_each_failover_host_is_verified_against_its_own_name(
     template = dict(conn.ssl)
     work = conn.clone()  # as the consumer does for every session
     errors: list[str] = []
-    work.ensure_connection(max_retries=3, interval_start=0, interval_step=0,
-                           errback=lambda exc, interval: errors.append(
-                               transport.attempted(exc, conn)))
+    work.ensure_connection(
+        max_retries=3,
+        interval_start=0,
+        interval_step=0,
+        errback=lambda exc, interval: errors.append(transport.attempted(exc, conn)),
+    )
     assert fake_amqp == [("127.0.0.1:5699", "127.0.0.1"), ("127.0.0.1:5681", "localhost")]
     assert errors == ["amqp://u:**@127.0.0.1:5699//"]
     assert conn.ssl == template  # the template is never filled in
@@ -222,19 +258,22 @@ def test_each_failover_host_is_verified_against_its_own_name(
     assert fake_amqp == [("127.0.0.1:5699", "127.0.0.1"), ("127.0.0.1:5681", "localhost")]
     # all hosts down: each is tried with its own name, and every error names its host
     fake_amqp.clear()
-    down = broker.connection(_tls_conf(
-        make_conf, "amqps://u:p@localhost:5699,u:p@b.test:5699/"))
+    down = broker.connection(_tls_conf(make_conf, "amqps://u:p@localhost:5699,u:p@b.test:5699/"))
     errors.clear()
     with pytest.raises(kombu.exceptions.OperationalError):
         down.clone().ensure_connection(
-            max_retries=3, interval_start=0, interval_step=0,
-            errback=lambda exc, interval: errors.append(transport.attempted(exc, down)))
+            max_retries=3,
+            interval_start=0,
+            interval_step=0,
+            errback=lambda exc, interval: errors.append(transport.attempted(exc, down)),
+        )
     assert [name for _, name in fake_amqp] == ["localhost", "b.test"] * 2
     assert errors[:2] == ["amqp://u:**@localhost:5699//", "amqp://u:**@b.test:5699//"]
 
 
 def test_single_localhost_is_verified_as_localhost(
-        make_conf: MakeConf, fake_amqp: list[tuple[str, str | None]]) -> None:
+    make_conf: MakeConf, fake_amqp: list[tuple[str, str | None]]
+) -> None:
     """py-amqp connects to 127.0.0.1, but the certificate must match "localhost"."""
     conf = make_conf("[broker]\nhostname = localhost\nport = 5699\nssl = true\n")
     conn = broker.connection(conf).clone()
@@ -243,8 +282,9 @@ def test_single_localhost_is_verified_as_localhost(
     assert fake_amqp == [("127.0.0.1:5699", "localhost")] * 3
 
 
-def test_no_hostname_verification(make_conf: MakeConf,
-                                  fake_amqp: list[tuple[str, str | None]]) -> None:
+def test_no_hostname_verification(
+    make_conf: MakeConf, fake_amqp: list[tuple[str, str | None]]
+) -> None:
     conf = make_conf("[broker]\nhostname = b.test\nssl = true\nssl_verify_hostname = false\n")
     conn = broker.connection(conf)
     conn.clone().ensure_connection(max_retries=1)
@@ -252,16 +292,18 @@ def test_no_hostname_verification(make_conf: MakeConf,
     assert isinstance(conn.ssl, dict) and "server_hostname" not in conn.ssl
 
 
-def test_plain_connection_unchanged(make_conf: MakeConf,
-                                    fake_amqp: list[tuple[str, str | None]]) -> None:
+def test_plain_connection_unchanged(
+    make_conf: MakeConf, fake_amqp: list[tuple[str, str | None]]
+) -> None:
     conn = broker.connection(make_conf("[broker]\nhostname = b.test\n"))
     conn.clone().ensure_connection(max_retries=1)
     assert conn.ssl is False and fake_amqp == [("b.test:5672", None)]
 
 
 def _verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
-    exc = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
-                                          f"verify failed: {message} (_ssl.c:1006)")
+    exc = ssl.SSLCertVerificationError(
+        1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message} (_ssl.c:1006)"
+    )
     exc.verify_code = code
     return exc
 
@@ -272,22 +314,37 @@ def _ssl_error(cls: type[ssl.SSLError], reason: str, text: str) -> ssl.SSLError:
     return exc
 
 
-@pytest.mark.parametrize("exc, words", [
-    (_verify_error(19, "self-signed certificate in certificate chain"),
-     ["certificate verify failed", "not signed by a trusted CA", "ssl_ca_file"]),
-    (_verify_error(20, "unable to get local issuer certificate"), ["ssl_ca_file"]),
-    (_verify_error(64, "IP address mismatch, certificate is not valid for '127.0.0.1'."),
-     ["IP address mismatch", "not valid for the host name", "ssl_verify_hostname = false"]),
-    (_verify_error(62, "Hostname mismatch, certificate is not valid for 'b.test'."),
-     ["Hostname mismatch", "ssl_verify_hostname"]),
-    (_verify_error(10, "certificate has expired"), ["certificate has expired", "refused"]),
-    (_ssl_error(ssl.SSLError, "WRONG_VERSION_NUMBER", "wrong version number"),
-     ["does not speak TLS", "5671"]),
-    (_ssl_error(ssl.SSLError, "TLSV1_ALERT_UNKNOWN_CA", "tlsv1 alert unknown ca"),
-     ["refused the client certificate", "ssl_cert_file"]),
-    (ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"),
-     ["during the handshake"]),
-])
+@pytest.mark.parametrize(
+    "exc, words",
+    [
+        (
+            _verify_error(19, "self-signed certificate in certificate chain"),
+            ["certificate verify failed", "not signed by a trusted CA", "ssl_ca_file"],
+        ),
+        (_verify_error(20, "unable to get local issuer certificate"), ["ssl_ca_file"]),
+        (
+            _verify_error(64, "IP address mismatch, certificate is not valid for '127.0.0.1'."),
+            ["IP address mismatch", "not valid for the host name", "ssl_verify_hostname = false"],
+        ),
+        (
+            _verify_error(62, "Hostname mismatch, certificate is not valid for 'b.test'."),
+            ["Hostname mismatch", "ssl_verify_hostname"],
+        ),
+        (_verify_error(10, "certificate has expired"), ["certificate has expired", "refused"]),
+        (
+            _ssl_error(ssl.SSLError, "WRONG_VERSION_NUMBER", "wrong version number"),
+            ["does not speak TLS", "5671"],
+        ),
+        (
+            _ssl_error(ssl.SSLError, "TLSV1_ALERT_UNKNOWN_CA", "tlsv1 alert unknown ca"),
+            ["refused the client certificate", "ssl_cert_file"],
+        ),
+        (
+            ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"),
+            ["during the handshake"],
+        ),
+    ],
+)
 def test_explain_tls_errors(exc: BaseException, words: list[str]) -> None:
     line = broker.explain(exc)
     assert line.startswith(type(exc).__name__ + ": ") and "\n" not in line
@@ -307,10 +364,12 @@ def test_explain_looks_through_kombu_wrapping() -> None:
 
 def test_explain_other_errors_unchanged() -> None:
     assert broker.explain(ConnectionRefusedError(111, "Connection refused")) == (
-        "ConnectionRefusedError: [Errno 111] Connection refused")
+        "ConnectionRefusedError: [Errno 111] Connection refused"
+    )
     assert broker.explain(TimeoutError()) == "TimeoutError"
     assert transport.attempted(TimeoutError(), kombu.Connection("amqp://u:p@h9//")) == (
-        "amqp://u:**@h9:5672//")
+        "amqp://u:**@h9:5672//"
+    )
 
 
 def _failover_conn(make_conf: MakeConf, strategy: str) -> transport.Connection:
@@ -340,7 +399,12 @@ def test_round_robin_reconnects_start_after_the_lost_host(make_conf: MakeConf) -
     assert conn.current == h1
     # the first session: the configured order
     assert _next_hosts(conn.failover_clone(None), 4) == [
-        "h1:5672", "h2:5673", "h3:5674", "h1:5672", "h2:5673"]
+        "h1:5672",
+        "h2:5673",
+        "h3:5674",
+        "h1:5672",
+        "h2:5673",
+    ]
     # the session on h2 was lost: h3 first, h2 last, each once per round
     again = conn.failover_clone(h2)
     assert again.current == h3 and again.userid == "u2" and again.password == "p2"
@@ -352,7 +416,8 @@ def test_round_robin_reconnects_start_after_the_lost_host(make_conf: MakeConf) -
 
 
 def test_shuffle_never_starts_on_the_lost_host_and_spreads_first_starts(
-        make_conf: MakeConf) -> None:
+    make_conf: MakeConf,
+) -> None:
     conn = _failover_conn(make_conf, "shuffle")
     h1, _, _ = conn.alt
     firsts = {conn.failover_clone(h1).hostname for _ in range(60)}

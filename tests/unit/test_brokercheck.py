@@ -66,7 +66,8 @@ def test_compare_classic_queue_configured_quorum(stub: str) -> None:
     ]
     assert brokercheck.compare(queue("orders"), actual) == []
     assert brokercheck.compare(queue("orders", durable=False), actual) == [
-        Difference("durable", False, True)]
+        Difference("durable", False, True)
+    ]
 
 
 def test_compare_quorum_queue_and_exchange(stub: str) -> None:
@@ -74,31 +75,55 @@ def test_compare_quorum_queue_and_exchange(stub: str) -> None:
     jobs = api.queue("/", "jobs")
     assert jobs is not None
     assert brokercheck.compare(queue("jobs", arguments={"x-queue-type": "quorum"}), jobs) == [
-        Difference("x-max-length", None, 1000)]
+        Difference("x-max-length", None, 1000)
+    ]
     assert brokercheck.compare(queue("jobs"), jobs) == [
-        Difference("x-queue-type", "classic", "quorum"), Difference("x-max-length", None, 1000)]
+        Difference("x-queue-type", "classic", "quorum"),
+        Difference("x-max-length", None, 1000),
+    ]
     ex = api.exchange("/", "orders")
     assert ex is not None
-    e = Expected(kind="exchange", name="orders", bindings=("b1",), type="direct",
-                 durable=False, auto_delete=False)
-    assert brokercheck.compare(e, ex) == [Difference("type", "direct", "topic"),
-                                          Difference("durable", False, True)]
+    e = Expected(
+        kind="exchange",
+        name="orders",
+        bindings=("b1",),
+        type="direct",
+        durable=False,
+        auto_delete=False,
+    )
+    assert brokercheck.compare(e, ex) == [
+        Difference("type", "direct", "topic"),
+        Difference("durable", False, True),
+    ]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': "
-     "received the value 'quorum' of type 'longstr' but current is none",
-     Difference("x-queue-type", "quorum", None)),
-    ("PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': "
-     "received 'false' but current is 'true'", Difference("durable", "false", "true")),
-    ("PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': "
-     "received 'topic' but current is 'direct'", Difference("type", "topic", "direct")),
-    ("PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'q' in vhost '/': "
-     "received the value '5' of type 'signedint' but current is the value '7' of type "
-     "'signedint'", Difference("x-max-length", "5", "7")),
-    ("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'q' in vhost '/'",
-     None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': "
+            "received the value 'quorum' of type 'longstr' but current is none",
+            Difference("x-queue-type", "quorum", None),
+        ),
+        (
+            "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': "
+            "received 'false' but current is 'true'",
+            Difference("durable", "false", "true"),
+        ),
+        (
+            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': "
+            "received 'topic' but current is 'direct'",
+            Difference("type", "topic", "direct"),
+        ),
+        (
+            "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'q' in vhost '/': "
+            "received the value '5' of type 'signedint' but current is the value '7' of type "
+            "'signedint'",
+            Difference("x-max-length", "5", "7"),
+        ),
+        ("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'q' in vhost '/'", None),
+    ],
+)
 def test_parse_refusal(text: str, expected: Difference | None) -> None:
     assert brokercheck.parse_refusal(text) == expected
 
@@ -110,25 +135,42 @@ def test_migration_advice() -> None:
     assert any("rabbitmqctl delete_queue orders" in s for s in steps)
     assert steps[-1] == "or keep what the broker has: configure queue_type = classic"
     # an rpc queue is named by its topic: no new queue name to offer
-    assert not any("new queue name" in s
-                   for s in brokercheck.migration(queue("orders"), diffs, rpc=True))
-    ex = Expected(kind="exchange", name="x", bindings=("b1",), type="direct",
-                  durable=True, auto_delete=False)
+    assert not any(
+        "new queue name" in s for s in brokercheck.migration(queue("orders"), diffs, rpc=True)
+    )
+    ex = Expected(
+        kind="exchange", name="x", bindings=("b1",), type="direct", durable=True, auto_delete=False
+    )
     steps = brokercheck.migration(ex, [Difference("type", "direct", "topic")], rpc=False)
     assert "new exchange name" in steps[0]
     assert steps[-1] == "or keep what the broker has: configure an exchange of type topic"
 
 
 def test_expected_entities() -> None:
-    common: dict[str, Any] = dict(handler="echo", durable=True, prefetch_count=1,
-                                  acknowledge="after", max_retries=0)
+    common: dict[str, Any] = dict(
+        handler="echo", durable=True, prefetch_count=1, acknowledge="after", max_retries=0
+    )
     parsed = [
-        Binding(name="a", type="direct", exchange="shared", queue="qa", routing_keys=("k",),
-                **common),
-        Binding(name="b", type="direct", exchange="shared", queue="qb", routing_keys=("k",),
-                dead_letter_queue="parked", **common),
-        Binding(name="f", type="fanout", exchange="fan", exclusive=True, auto_delete=True,
-                **dict(common, durable=False)),
+        Binding(
+            name="a", type="direct", exchange="shared", queue="qa", routing_keys=("k",), **common
+        ),
+        Binding(
+            name="b",
+            type="direct",
+            exchange="shared",
+            queue="qb",
+            routing_keys=("k",),
+            dead_letter_queue="parked",
+            **common,
+        ),
+        Binding(
+            name="f",
+            type="fanout",
+            exchange="fan",
+            exclusive=True,
+            auto_delete=True,
+            **dict(common, durable=False),
+        ),
     ]
     found = {(e.kind, e.name): e for e in brokercheck.expected_entities(parsed)}
     assert found[("exchange", "shared")].bindings == ("a", "b")
@@ -142,11 +184,16 @@ def test_expected_entities() -> None:
 def test_report_lines() -> None:
     e = queue("orders", arguments={"x-queue-type": "quorum"})
     finding = brokercheck.Finding(
-        e, brokercheck.CONFLICT, reason="406 PRECONDITION_FAILED - ...",
-        differences=(Difference("x-queue-type", "quorum", "classic"),), messages=7,
-        migration=("drain it",))
-    result = brokercheck.BrokerCheck(broker="amqp://guest:***@h:5672/%2F",
-                                     findings=(finding,), management="management API x")
+        e,
+        brokercheck.CONFLICT,
+        reason="406 PRECONDITION_FAILED - ...",
+        differences=(Difference("x-queue-type", "quorum", "classic"),),
+        messages=7,
+        migration=("drain it",),
+    )
+    result = brokercheck.BrokerCheck(
+        broker="amqp://guest:***@h:5672/%2F", findings=(finding,), management="management API x"
+    )
     text = "\n".join(result.lines())
     assert "CONFLICT  queue 'orders' (binding b1)" in text
     assert "differs: x-queue-type: configured quorum, broker has classic" in text
@@ -156,10 +203,21 @@ def test_report_lines() -> None:
 
 
 def test_quorum_binding_expects_quorum_delay_queues_and_parking_lot() -> None:
-    b = Binding(name="q", type="direct", handler="echo", exchange="ex", durable=True,
-                prefetch_count=1, acknowledge="after", queue="jobs", routing_keys=("k",),
-                queue_arguments={"x-queue-type": "quorum", "x-max-length": 1000},
-                max_retries=1, retry_delay=0.5, dead_letter_queue="parked")
+    b = Binding(
+        name="q",
+        type="direct",
+        handler="echo",
+        exchange="ex",
+        durable=True,
+        prefetch_count=1,
+        acknowledge="after",
+        queue="jobs",
+        routing_keys=("k",),
+        queue_arguments={"x-queue-type": "quorum", "x-max-length": 1000},
+        max_retries=1,
+        retry_delay=0.5,
+        dead_letter_queue="parked",
+    )
     found = {(e.kind, e.name): e for e in brokercheck.expected_entities([b])}
     delay = found[("queue", "jobs.retry.500.quorum")]
     assert delay.queue_type == "quorum" and delay.durable
@@ -167,4 +225,6 @@ def test_quorum_binding_expects_quorum_delay_queues_and_parking_lot() -> None:
     jobs = found[("queue", "jobs")]
     assert brokercheck.compare(jobs, QUORUM_QUEUE) == []  # the same type and arguments
     assert brokercheck.compare(jobs, dict(CLASSIC_QUEUE, name="jobs")) == [
-        Difference("x-queue-type", "quorum", "classic"), Difference("x-max-length", 1000, None)]
+        Difference("x-queue-type", "quorum", "classic"),
+        Difference("x-max-length", 1000, None),
+    ]

@@ -132,8 +132,9 @@ class Clock:
         return self.now
 
 
-def make_throttle(limit: int = 100 * KiB, largest: int = 10 * KiB
-                  ) -> tuple[Budget, FakeConsumers, Throttle, Clock]:
+def make_throttle(
+    limit: int = 100 * KiB, largest: int = 10 * KiB
+) -> tuple[Budget, FakeConsumers, Throttle, Clock]:
     budget = Budget(limit, largest)
     consumers = FakeConsumers(budget)
     clock = Clock()
@@ -143,7 +144,8 @@ def make_throttle(limit: int = 100 * KiB, largest: int = 10 * KiB
 
 
 def test_over_the_budget_pauses_and_resumes_only_when_the_windows_fit(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, "rpcworker.engine.budget")
     budget, consumers, throttle, clock = make_throttle()
     for _ in range(11):
@@ -162,8 +164,7 @@ def test_over_the_budget_pauses_and_resumes_only_when_the_windows_fit(
     assert "Throttling over after 2.0 s" in caplog.text
 
 
-def test_throttling_lines_are_rate_limited_with_a_summary(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_throttling_lines_are_rate_limited_with_a_summary(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "rpcworker.engine.budget")
     budget, consumers, throttle, clock = make_throttle()
     for _ in range(6):  # six pauses within a few seconds
@@ -177,8 +178,7 @@ def test_throttling_lines_are_rate_limited_with_a_summary(
     assert caplog.text.count("Throttling over after") == 2
     clock.now += 30
     throttle.tick()
-    assert "Throttled 4 more time(s) in the last 30 s (3.0 s throttled since start)" \
-        in caplog.text
+    assert "Throttled 4 more time(s) in the last 30 s (3.0 s throttled since start)" in caplog.text
 
 
 def test_a_message_larger_than_the_budget_is_taken_then_handled_alone() -> None:
@@ -276,9 +276,14 @@ def test_the_worker_pauses_over_the_budget_and_loses_nothing() -> None:
     casts while the handler is held: the worker takes more than the budget, pauses, and
     once the handler goes on every cast is handled once and the pause ends."""
     gate = Gate()
-    fx = HandlerFixture(gate, threads=4, configure=lambda conf: (
-        conf.set_override("max_message_size", 4 * KiB),
-        conf.set_override("max_inflight_bytes", 8 * KiB)))
+    fx = HandlerFixture(
+        gate,
+        threads=4,
+        configure=lambda conf: (
+            conf.set_override("max_message_size", 4 * KiB),
+            conf.set_override("max_inflight_bytes", 8 * KiB),
+        ),
+    )
     with fx:
         gate.open.set()
         for i in range(5):
@@ -288,8 +293,9 @@ def test_the_worker_pauses_over_the_budget_and_loses_nothing() -> None:
         for i in range(5, 45):
             fx.cast("hold", i=i, blob="x" * 2000)
         worker = fx.worker
-        wait_for(lambda: worker.throttle.paused_since is not None, 10,
-                 message="the worker throttled")
+        wait_for(
+            lambda: worker.throttle.paused_since is not None, 10, message="the worker throttled"
+        )
         held = worker.budget.held
         assert held >= 8 * KiB
         gate.open.set()
@@ -312,15 +318,29 @@ def test_subscriptions_pause_resume_and_a_binding_started_while_paused() -> None
     from rpcworker.engine.subscriptions import Subscriptions
 
     def binding(name: str, auto_delete: bool = False) -> Binding:
-        return Binding(name=name, type="topic", handler="h", exchange=f"ex-{name}",
-                       durable=False, prefetch_count=64, acknowledge="after", queue=name,
-                       routing_keys=("#",), auto_delete=auto_delete)
+        return Binding(
+            name=name,
+            type="topic",
+            handler="h",
+            exchange=f"ex-{name}",
+            durable=False,
+            prefetch_count=64,
+            acknowledge="after",
+            queue=name,
+            routing_keys=("#",),
+            auto_delete=auto_delete,
+        )
 
     budget = Budget(limit=1 * MiB, max_message_size=64 * KiB)
     topologies = [topology.build(binding("kept")), topology.build(binding("gone", True))]
-    subs = Subscriptions(topologies, {"h": object()},
-                         lambda sub, message: None, Listener(), retry_interval=1,
-                         window=budget.window)
+    subs = Subscriptions(
+        topologies,
+        {"h": object()},
+        lambda sub, message: None,
+        Listener(),
+        retry_interval=1,
+        window=budget.window,
+    )
     with kombu.Connection("memory://") as conn:
         conn.connect()
         consumers = subs.start(conn, Capabilities.of(conn))

@@ -17,10 +17,26 @@ from rpcworker.cmd import client
 from rpcworker.wire import decoding, envelope, replyformat
 
 # the inner dicts oslo.messaging 18.3.1 sends (../shared/reference/oslo-rabbit-wire.md §2)
-OSLO_CALL_KEYS = ["method", "args", "version", "_msg_id", "_reply_q", "_timeout", "_unique_id",
-                  "_context_user_id", "_context_project_id", "_context_request_id"]
-OSLO_CAST_KEYS = ["method", "args", "_unique_id", "_context_user_id", "_context_project_id",
-                  "_context_request_id"]
+OSLO_CALL_KEYS = [
+    "method",
+    "args",
+    "version",
+    "_msg_id",
+    "_reply_q",
+    "_timeout",
+    "_unique_id",
+    "_context_user_id",
+    "_context_project_id",
+    "_context_request_id",
+]
+OSLO_CAST_KEYS = [
+    "method",
+    "args",
+    "_unique_id",
+    "_context_user_id",
+    "_context_project_id",
+    "_context_request_id",
+]
 CTX = ["--context", "user_id=u1", "--context", "project_id=p1", "--context", "request_id=req-abc"]
 
 
@@ -31,10 +47,22 @@ def request(*argv: str) -> crequest.RpcRequest:
 # -- parsing ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("1", 1), ("1.5", 1.5), ("abc", "abc"), ('"1"', "1"), ("true", True), ("null", None),
-    ("[1, 2]", [1, 2]), ('{"a": 1}', {"a": 1}), ("", ""), ("a=b", "a=b"), ("NaN", "NaN"),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1", 1),
+        ("1.5", 1.5),
+        ("abc", "abc"),
+        ('"1"', "1"),
+        ("true", True),
+        ("null", None),
+        ("[1, 2]", [1, 2]),
+        ('{"a": 1}', {"a": 1}),
+        ("", ""),
+        ("a=b", "a=b"),
+        ("NaN", "NaN"),
+    ],
+)
 def test_json_value(text: str, value: Any) -> None:
     assert cargs.json_value(text) == value
 
@@ -50,58 +78,104 @@ def test_call_defaults() -> None:
 
 
 def test_call_options() -> None:
-    req = request("call", "compute", "echo", "--server", "host1", "--exchange", "nova",
-                  "--version", "1.2", "--namespace", "baseapi", *CTX)
+    req = request(
+        "call",
+        "compute",
+        "echo",
+        "--server",
+        "host1",
+        "--exchange",
+        "nova",
+        "--version",
+        "1.2",
+        "--namespace",
+        "baseapi",
+        *CTX,
+    )
     assert (req.exchange, req.routing_key) == ("nova", "compute.host1")
     assert (req.version, req.namespace) == ("1.2", "baseapi")
     assert req.context == {"user_id": "u1", "project_id": "p1", "request_id": "req-abc"}
 
 
 def test_arg_values_are_json_when_they_parse() -> None:
-    req = request("call", "t", "m", "--arg", "x=1", "--arg", "s=abc", "--arg", "l=[1,2]",
-                  "--arg", "e=", "--arg", "eq=a=b")
+    req = request(
+        "call",
+        "t",
+        "m",
+        "--arg",
+        "x=1",
+        "--arg",
+        "s=abc",
+        "--arg",
+        "l=[1,2]",
+        "--arg",
+        "e=",
+        "--arg",
+        "eq=a=b",
+    )
     assert req.args == {"x": 1, "s": "abc", "l": [1, 2], "e": "", "eq": "a=b"}
 
 
 def test_arg_merges_over_args_json() -> None:
-    req = request("call", "t", "m", "--args", '{"x": 0, "y": {"z": 1}}', "--arg", "x=1",
-                  "--arg", "x=2")
+    req = request(
+        "call", "t", "m", "--args", '{"x": 0, "y": {"z": 1}}', "--arg", "x=1", "--arg", "x=2"
+    )
     assert req.args == {"x": 2, "y": {"z": 1}}
     assert cargs.merge_args(None, None) == {}
 
 
 def test_config_args_anywhere_in_order() -> None:
-    ns = cargs.parse_args(["--config-file", "a.conf", "--config-dir", "d", "cast", "t", "m",
-                            "--config-file", "b.conf"])
-    assert cargs.oslo_args(ns) == ["--config-file", "a.conf", "--config-file", "b.conf",
-                                    "--config-dir", "d"]
+    ns = cargs.parse_args(
+        [
+            "--config-file",
+            "a.conf",
+            "--config-dir",
+            "d",
+            "cast",
+            "t",
+            "m",
+            "--config-file",
+            "b.conf",
+        ]
+    )
+    assert cargs.oslo_args(ns) == [
+        "--config-file",
+        "a.conf",
+        "--config-file",
+        "b.conf",
+        "--config-dir",
+        "d",
+    ]
     assert cargs.oslo_args(cargs.parse_args(["fanout", "t", "m"])) == []
 
 
 def test_publish_args() -> None:
-    ns = cargs.parse_args(["publish", "--exchange", "events", "--type", "topic",
-                            "--routing-key", "a.b", '{"x": 1}'])
-    assert (ns.exchange, ns.type, ns.routing_key, ns.body) == ("events", "topic", "a.b",
-                                                               '{"x": 1}')
+    ns = cargs.parse_args(
+        ["publish", "--exchange", "events", "--type", "topic", "--routing-key", "a.b", '{"x": 1}']
+    )
+    assert (ns.exchange, ns.type, ns.routing_key, ns.body) == ("events", "topic", "a.b", '{"x": 1}')
     ns = cargs.parse_args(["publish", "--exchange", "", "[1]"])
     assert (ns.type, ns.routing_key) == (None, "")
 
 
-@pytest.mark.parametrize("argv", [
-    ["call", "t", "m", "--args", "{bad"],
-    ["call", "t", "m", "--args", "[1, 2]"],
-    ["call", "t", "m", "--arg", "novalue"],
-    ["call", "t", "m", "--arg", "=1"],
-    ["call", "t", "m", "--timeout", "0"],
-    ["call", "t", "m", "--timeout", "soon"],
-    ["cast", "t", "m", "--timeout", "5"],  # casts do not wait
-    ["fanout", "t", "m", "--server", "s"],  # fanout reaches every server
-    ["publish", "--exchange", "e", "not json"],
-    ["publish", "--exchange", "e", "--type", "headers", "{}"],
-    ["publish", "{}"],
-    ["call", "t"],
-    [],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["call", "t", "m", "--args", "{bad"],
+        ["call", "t", "m", "--args", "[1, 2]"],
+        ["call", "t", "m", "--arg", "novalue"],
+        ["call", "t", "m", "--arg", "=1"],
+        ["call", "t", "m", "--timeout", "0"],
+        ["call", "t", "m", "--timeout", "soon"],
+        ["cast", "t", "m", "--timeout", "5"],  # casts do not wait
+        ["fanout", "t", "m", "--server", "s"],  # fanout reaches every server
+        ["publish", "--exchange", "e", "not json"],
+        ["publish", "--exchange", "e", "--type", "headers", "{}"],
+        ["publish", "{}"],
+        ["call", "t"],
+        [],
+    ],
+)
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(argv) == cerrors.EXIT_USAGE
     out, err = capsys.readouterr()
@@ -138,10 +212,17 @@ def test_cast_inner_fields_are_oslo_s() -> None:
 
 
 def test_minimal_and_namespaced_bodies() -> None:
-    assert list(crequest.inner_message(request("fanout", "t", "m"))) == ["method", "args",
-                                                                      "_unique_id"]
-    inner = crequest.inner_message(request("call", "t", "m", "--namespace", "ns", "--version",
-                                         "1.1"), msg_id="a", reply_q="b", monitor_timeout=4)
+    assert list(crequest.inner_message(request("fanout", "t", "m"))) == [
+        "method",
+        "args",
+        "_unique_id",
+    ]
+    inner = crequest.inner_message(
+        request("call", "t", "m", "--namespace", "ns", "--version", "1.1"),
+        msg_id="a",
+        reply_q="b",
+        monitor_timeout=4,
+    )
     assert list(inner)[:4] == ["method", "args", "namespace", "version"]
     assert inner["_timeout"] == 4
     a, b = (crequest.inner_message(request("cast", "t", "m")) for _ in range(2))
@@ -166,8 +247,7 @@ def test_envelope_is_decoded_by_the_worker_as_the_same_request() -> None:
 
 
 def reply(msg_id: str, **fields: Any) -> bytes:
-    inner = {"result": None, "failure": None, "ending": True, "_msg_id": msg_id,
-             "_unique_id": "u"}
+    inner = {"result": None, "failure": None, "ending": True, "_msg_id": msg_id, "_unique_id": "u"}
     inner.update(fields)
     return envelope.envelope(inner)
 
@@ -211,13 +291,21 @@ def test_reply_failure() -> None:
 
 
 def test_failure_lines() -> None:
-    info = {"class": "NoSuchMethod", "module": "oslo_messaging.rpc.dispatcher",
-            "message": "Endpoint does not support RPC method x"}
+    info = {
+        "class": "NoSuchMethod",
+        "module": "oslo_messaging.rpc.dispatcher",
+        "message": "Endpoint does not support RPC method x",
+    }
     assert replyformat.parse_failure(json.dumps(info)).line() == (
-        "oslo_messaging.rpc.dispatcher.NoSuchMethod: Endpoint does not support RPC method x")
+        "oslo_messaging.rpc.dispatcher.NoSuchMethod: Endpoint does not support RPC method x"
+    )
     assert replyformat.parse_failure("not json").line() == "RemoteError: not json"
-    assert replyformat.parse_failure({"class": "KeyError", "module": "builtins",
-                                 "message": "'k'"}).line() == "KeyError: 'k'"
+    assert (
+        replyformat.parse_failure(
+            {"class": "KeyError", "module": "builtins", "message": "'k'"}
+        ).line()
+        == "KeyError: 'k'"
+    )
 
 
 # -- configuration and broker errors (no broker needed) ------------------------------
@@ -245,9 +333,12 @@ def test_bad_config_value_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_unreachable_broker_exits_4_without_password(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    conf = write_conf(tmp_path, "[broker]\nhostname = 127.0.0.1\nport = 1\n"
-                      "password = Sup3rS3cret\nconnect_timeout = 1\n")
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write_conf(
+        tmp_path,
+        "[broker]\nhostname = 127.0.0.1\nport = 1\npassword = Sup3rS3cret\nconnect_timeout = 1\n",
+    )
     assert client.main(["--config-file", conf, "cast", "t", "m"]) == cerrors.EXIT_BROKER
     out, err = capsys.readouterr()
     assert out == ""
@@ -265,13 +356,17 @@ def test_args_dash_reads_the_json_object_from_stdin(monkeypatch: pytest.MonkeyPa
     assert req.args == {"x": 1, "big": [1, 2, 3]}
 
 
-@pytest.mark.parametrize(("stdin", "error"), [
-    ("{x", "argument --args: stdin: not valid JSON"),
-    ("[1]", "argument --args: stdin: must be a JSON object, not list"),
-    ("", "argument --args: stdin: not valid JSON"),
-])
-def test_args_dash_bad_stdin_exits_2(stdin: str, error: str, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("stdin", "error"),
+    [
+        ("{x", "argument --args: stdin: not valid JSON"),
+        ("[1]", "argument --args: stdin: must be a JSON object, not list"),
+        ("", "argument --args: stdin: not valid JSON"),
+    ],
+)
+def test_args_dash_bad_stdin_exits_2(
+    stdin: str, error: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
     assert client.main(["cast", "t", "m", "--args", "-"]) == 2
     out, err = capsys.readouterr()
@@ -282,17 +377,19 @@ def json_error(err: str) -> dict[str, Any]:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     data = json.loads(lines[0])
-    assert set(data) >= {"error", "exit"} and set(data["error"]) >= {"type", "module",
-                                                                      "message"}
+    assert set(data) >= {"error", "exit"} and set(data["error"]) >= {"type", "module", "message"}
     return data  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("argv", [
-    ["--json", "call", "t", "m", "--args", "{bad"],
-    ["call", "t", "m", "--json", "--timeout", "0"],
-    ["--json", "cast", "t", "m", "--concurrency", "2"],  # --concurrency needs --count
-    ["--json"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "call", "t", "m", "--args", "{bad"],
+        ["call", "t", "m", "--json", "--timeout", "0"],
+        ["--json", "cast", "t", "m", "--concurrency", "2"],  # --concurrency needs --count
+        ["--json"],
+    ],
+)
 def test_json_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(argv) == cerrors.EXIT_USAGE
     out, err = capsys.readouterr()
@@ -316,10 +413,13 @@ def test_json_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert missing in data["error"]["message"]
 
 
-def test_json_broker_error_has_no_password(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    conf = write_conf(tmp_path, "[broker]\nhostname = 127.0.0.1\nport = 1\n"
-                      "password = Sup3rS3cret\nconnect_timeout = 1\n")
+def test_json_broker_error_has_no_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write_conf(
+        tmp_path,
+        "[broker]\nhostname = 127.0.0.1\nport = 1\npassword = Sup3rS3cret\nconnect_timeout = 1\n",
+    )
     assert client.main(["--config-file", conf, "cast", "t", "m", "--json"]) == 4
     out, err = capsys.readouterr()
     data = json_error(err)
@@ -328,23 +428,33 @@ def test_json_broker_error_has_no_password(tmp_path: Path,
     assert data["error"]["message"].startswith("cannot connect to the broker at")
 
 
-def test_count_on_an_unreachable_broker_exits_4(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    conf = write_conf(tmp_path, "[broker]\nhostname = 127.0.0.1\nport = 1\n"
-                      "connect_timeout = 1\n")
-    assert client.main(["--config-file", conf, "call", "t", "m", "--count", "5",
-                        "--concurrency", "2"]) == 4
+def test_count_on_an_unreachable_broker_exits_4(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write_conf(tmp_path, "[broker]\nhostname = 127.0.0.1\nport = 1\nconnect_timeout = 1\n")
+    assert (
+        client.main(["--config-file", conf, "call", "t", "m", "--count", "5", "--concurrency", "2"])
+        == 4
+    )
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("rpcworker-client: cannot connect to the broker")
 
 
 def test_remote_failure_as_json() -> None:
-    failure = replyformat.RemoteError("NoSuchMethod", "oslo_messaging.rpc.dispatcher",
-                                   "Endpoint does not support RPC method x",
-                                   ("Traceback (most recent call last):\n", "  ...\n"))
+    failure = replyformat.RemoteError(
+        "NoSuchMethod",
+        "oslo_messaging.rpc.dispatcher",
+        "Endpoint does not support RPC method x",
+        ("Traceback (most recent call last):\n", "  ...\n"),
+    )
     assert cerrors.RemoteCallError(failure).as_json() == {
-        "error": {"type": "NoSuchMethod", "module": "oslo_messaging.rpc.dispatcher",
-                  "message": "Endpoint does not support RPC method x"}, "exit": 1}
+        "error": {
+            "type": "NoSuchMethod",
+            "module": "oslo_messaging.rpc.dispatcher",
+            "message": "Endpoint does not support RPC method x",
+        },
+        "exit": 1,
+    }
     with_tb = cerrors.RemoteCallError(failure, traceback=True).as_json()
     assert with_tb["error"]["traceback"] == "Traceback (most recent call last):\n  ..."
     load = cload.LoadError(cerrors.RemoteCallError(failure), 3, 10)
@@ -360,13 +470,16 @@ def test_count_and_concurrency_options() -> None:
     assert cargs.parse_args(["fanout", "t", "m", "--count", "1"]).count == 1
 
 
-@pytest.mark.parametrize("argv", [
-    ["call", "t", "m", "--count", "0"],
-    ["call", "t", "m", "--count", "x"],
-    ["call", "t", "m", "--count", "2", "--concurrency", "0"],
-    ["cast", "t", "m", "--concurrency", "2"],
-    ["publish", "--exchange", "e", "--count", "2", "{}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["call", "t", "m", "--count", "0"],
+        ["call", "t", "m", "--count", "x"],
+        ["call", "t", "m", "--count", "2", "--concurrency", "0"],
+        ["cast", "t", "m", "--concurrency", "2"],
+        ["publish", "--exchange", "e", "--count", "2", "{}"],
+    ],
+)
 def test_count_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(argv) == 2
     assert "usage:" in capsys.readouterr().err
@@ -383,6 +496,11 @@ def test_percentile_nearest_rank() -> None:
 def test_help_documents_exit_statuses_and_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert client.main(["call", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("0 ok, 1 remote error, 2 usage or configuration error, 3 timeout, 4 broker",
-                 "--json", "--count N", "--concurrency C", "or - to read it from stdin"):
+    for text in (
+        "0 ok, 1 remote error, 2 usage or configuration error, 3 timeout, 4 broker",
+        "--json",
+        "--count N",
+        "--concurrency C",
+        "or - to read it from stdin",
+    ):
         assert text in out

@@ -33,11 +33,11 @@ BASE: dict[str, dict[str, str]] = {
 def _oslo_log_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     """oslo.log's options that rpcworker registers, through oslo.log's public
     oslo.config.opts entry point."""
-    (ep,) = [e for e in importlib.metadata.entry_points(group="oslo.config.opts")
-             if e.name == "oslo.log"]
+    (ep,) = [
+        e for e in importlib.metadata.entry_points(group="oslo.config.opts") if e.name == "oslo.log"
+    ]
     registered = set(conffile.new_conf())
-    return [(group, [o for o in options if o.dest in registered])
-            for group, options in ep.load()()]
+    return [(group, [o for o in options if o.dest in registered]) for group, options in ep.load()()]
 
 
 def _all_opts() -> Iterator[tuple[str, cfg.Opt]]:
@@ -88,14 +88,18 @@ def test_cases_cover_the_typed_options() -> None:
 
 
 def _write(path: Path, sections: dict[str, dict[str, str]]) -> None:
-    path.write_text("".join(
-        f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
-        for name, values in sections.items()))
+    path.write_text(
+        "".join(
+            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
+            for name, values in sections.items()
+        )
+    )
 
 
 @pytest.mark.parametrize("group,option,value", CASES)
-def test_bad_value_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                         group: str, option: str, value: str) -> None:
+def test_bad_value_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], group: str, option: str, value: str
+) -> None:
     sections = {name: dict(values) for name, values in BASE.items()}
     sections[group][option] = value
     path = tmp_path / "fuzz.conf"

@@ -19,15 +19,17 @@ from rpcworker.wire import decoding
 from tests.fakes import AFTER, RETRYING, Handler, Versioned, error_type, req
 
 
-def unknown_method(handler: Any, binding: Binding, request: decoding.Request
-                   ) -> outcomes.Outcome | None:
+def unknown_method(
+    handler: Any, binding: Binding, request: decoding.Request
+) -> outcomes.Outcome | None:
     """What the policy decides on receipt for a method the handler may not have."""
     error = dispatcher.unknown(handler, request)
     return None if error is None else decisions.unknown_method(request, error)
 
 
-@pytest.mark.parametrize("method", ["nope", "_secret", "__init__", "attribute",
-                                    "handle_message", "__class__"])
+@pytest.mark.parametrize(
+    "method", ["nope", "_secret", "__init__", "attribute", "handle_message", "__class__"]
+)
 def test_no_such_method(method: str) -> None:
     out = run(Handler(), AFTER, req(method))
     assert out.action is Action.ACK and error_type(out) == "NoSuchMethod"
@@ -37,8 +39,7 @@ def test_no_such_method(method: str) -> None:
 
 def test_oslo_failure_module_for_dispatch_errors() -> None:
     route = decoding.ReplyRoute("oslo", "rq", msg_id="m")
-    out = run(Handler(), AFTER, decoding.Request(body={},
-                                                                 method="nope", reply=route))
+    out = run(Handler(), AFTER, decoding.Request(body={}, method="nope", reply=route))
     assert out.reply is not None
     inner = json.loads(json.loads(out.reply.body)["oslo.message"])
     failure = json.loads(inner["failure"])
@@ -47,14 +48,26 @@ def test_oslo_failure_module_for_dispatch_errors() -> None:
     assert failure["message"] == "Endpoint does not support RPC method nope"
 
 
-@pytest.mark.parametrize("namespace, version, ok", [
-    ("ns", "1.0", True), ("ns", "1.3", True), ("ns", "1.2.5", True), ("old", "1.1", True),
-    ("ns", "1.4", False), ("ns", "2.0", False), ("ns", "0.9", False), (None, "1.0", False),
-    ("other", "1.0", False), ("ns", "bad", False), ("ns", "1", False),
-])
+@pytest.mark.parametrize(
+    "namespace, version, ok",
+    [
+        ("ns", "1.0", True),
+        ("ns", "1.3", True),
+        ("ns", "1.2.5", True),
+        ("old", "1.1", True),
+        ("ns", "1.4", False),
+        ("ns", "2.0", False),
+        ("ns", "0.9", False),
+        (None, "1.0", False),
+        ("other", "1.0", False),
+        ("ns", "bad", False),
+        ("ns", "1", False),
+    ],
+)
 def test_version_and_namespace_rules(namespace: str | None, version: str, ok: bool) -> None:
-    out = run(Versioned(), AFTER, req("add", namespace=namespace,
-                                                      version=version, args={"a": 1, "b": 1}))
+    out = run(
+        Versioned(), AFTER, req("add", namespace=namespace, version=version, args={"a": 1, "b": 1})
+    )
     assert out.reply is not None
     body = json.loads(out.reply.body)
     if ok:
@@ -65,8 +78,9 @@ def test_version_and_namespace_rules(namespace: str | None, version: str, ok: bo
 
 
 def test_handler_without_target_is_namespace_none_version_1_0() -> None:
-    assert json.loads(run(Handler(), AFTER, req(
-        "add", version="1.0", args={"a": 0, "b": 0})).reply.body) == {"result": 0}  # type: ignore[union-attr]
+    assert json.loads(
+        run(Handler(), AFTER, req("add", version="1.0", args={"a": 0, "b": 0})).reply.body
+    ) == {"result": 0}  # type: ignore[union-attr]
     out = run(Handler(), AFTER, req("add", version="1.1"))
     assert error_type(out) == "UnsupportedVersion"
 
@@ -78,8 +92,7 @@ def test_wrong_arguments_are_a_remote_type_error() -> None:
 
 def test_events_go_to_handle_message() -> None:
     h = Handler()
-    out = run(h, AFTER, decoding.Request(body={"e": 1},
-                                                         routing_key="a.b", exchange="ex"))
+    out = run(h, AFTER, decoding.Request(body={"e": 1}, routing_key="a.b", exchange="ex"))
     assert out == outcomes.Outcome(Action.ACK, None)
     assert h.events[0].body == {"e": 1} and h.events[0].routing_key == "a.b"
 
@@ -124,9 +137,23 @@ class DictHandler(dict):  # type: ignore[type-arg]
         return "pong"
 
 
-@pytest.mark.parametrize("method", ["conf", "nested", "helper", "prop", "cached", "attribute",
-                                    "events", "mro", "ok\n2024-01-01 CRITICAL forged", "a b",
-                                    "add.x", ""])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "conf",
+        "nested",
+        "helper",
+        "prop",
+        "cached",
+        "attribute",
+        "events",
+        "mro",
+        "ok\n2024-01-01 CRITICAL forged",
+        "a b",
+        "add.x",
+        "",
+    ],
+)
 def test_only_methods_defined_in_the_class_body_are_callable(method: str) -> None:
     with pytest.raises(NoSuchMethod):
         dispatcher.find_method(Attributes(), req(method))
@@ -135,10 +162,8 @@ def test_only_methods_defined_in_the_class_body_are_callable(method: str) -> Non
 
 
 def test_static_and_class_methods_are_methods() -> None:
-    assert json.loads(run(Attributes(), AFTER, req("static")).reply.body) \
-        == {"result": "static"}  # type: ignore[union-attr]
-    assert json.loads(run(Attributes(), AFTER, req("klass")).reply.body) \
-        == {"result": "Attributes"}  # type: ignore[union-attr]
+    assert json.loads(run(Attributes(), AFTER, req("static")).reply.body) == {"result": "static"}  # type: ignore[union-attr]
+    assert json.loads(run(Attributes(), AFTER, req("klass")).reply.body) == {"result": "Attributes"}  # type: ignore[union-attr]
     assert dispatcher.find_method(Attributes(), req("add"))(None, a=1, b=2) == 3  # inherited
 
 

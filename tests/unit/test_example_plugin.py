@@ -19,10 +19,15 @@ def test_inventory_calls_events_and_errors() -> None:
 
 
 def test_inventory_with_namespace() -> None:
-    with HandlerFixture(inventory.InventoryHandler, config_text="""
+    with HandlerFixture(
+        inventory.InventoryHandler,
+        config_text="""
             [inventory]
             max_quantity = 5
-            """, namespace="inventory", version="1.1") as fx:
+            """,
+        namespace="inventory",
+        version="1.1",
+    ) as fx:
         assert fx.call("add", item="bolt", quantity=3) == 3
         assert fx.call("remove", item="bolt") == 2
         with pytest.raises(RemoteFailure) as info:

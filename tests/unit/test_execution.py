@@ -58,8 +58,11 @@ def test_a_stuck_thread_is_replaced_and_the_pool_keeps_its_size() -> None:
         while ex.stuck and time.monotonic() < time_limit:
             time.sleep(0.01)
         assert ex.stuck == 0
-        alive = [t for t in threading.enumerate() if t.name.startswith("rpcworker-handler")
-                 and t in ex._threads]
+        alive = [
+            t
+            for t in threading.enumerate()
+            if t.name.startswith("rpcworker-handler") and t in ex._threads
+        ]
         assert len(alive) == 2
     finally:
         gate.set()
@@ -233,6 +236,7 @@ def conf_of(**values: Any) -> Any:
         max_stuck_threads = 2
         max_messages_per_worker = 0
         max_memory_per_worker = 0
+
     for k, v in values.items():
         setattr(Conf, k, v)
     return Conf()
@@ -261,11 +265,11 @@ def test_recycle_lock_is_one_process_at_a_time(tmp_path: Any) -> None:
         value = 2
 
     path = str(tmp_path / "turn.lock")
-    first, second = recycling.RecycleLock(path, Count(), 2), recycling.RecycleLock(
-        path, Count(), 2)
+    first, second = recycling.RecycleLock(path, Count(), 2), recycling.RecycleLock(path, Count(), 2)
     assert first() and first()  # held until the process exits
     import fcntl
     import os
+
     fd = os.open(path, os.O_RDWR)
     with pytest.raises(OSError):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -276,15 +280,23 @@ def test_recycle_lock_is_one_process_at_a_time(tmp_path: Any) -> None:
     del second
 
 
-@pytest.mark.parametrize("binding, message", [
-    ("max_concurrency = 5", "[binding:b] max_concurrency: 5 is more than the handler threads"),
-    ("max_concurrency = 3\nprefetch_count = 2",
-     "[binding:b] max_concurrency: 3 is more than prefetch_count (2)"),
-])
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("max_concurrency = 5", "[binding:b] max_concurrency: 5 is more than the handler threads"),
+        (
+            "max_concurrency = 3\nprefetch_count = 2",
+            "[binding:b] max_concurrency: 3 is more than prefetch_count (2)",
+        ),
+    ],
+)
 def test_max_concurrency_is_checked_against_the_pool_and_the_prefetch(
-        make_conf: Any, binding: str, message: str) -> None:
-    text = ("[DEFAULT]\nbindings = b\nexecutor_thread_pool_size = 4\n[binding:b]\n"
-            "type = direct\nhandler = echo\nrouting_key = k\n")
+    make_conf: Any, binding: str, message: str
+) -> None:
+    text = (
+        "[DEFAULT]\nbindings = b\nexecutor_thread_pool_size = 4\n[binding:b]\n"
+        "type = direct\nhandler = echo\nrouting_key = k\n"
+    )
     with pytest.raises(ConfigError) as info:
         bindingconf.parse(make_conf(text + binding + "\n"))
     assert str(info.value).startswith(message)
@@ -310,8 +322,18 @@ def test_supervisor_health_and_turns_follow_the_workers_that_can_take_work() -> 
     hub.on_event(0, 100, "ready", consuming=True, text="ok")
     hub.on_event(1, 101, "ready", consuming=True, text="ok")
     assert hub.consuming_now.value == 2 and hub.health(30)[0]
-    hub.handle(json_mod.dumps({"w": 0, "p": 100, "e": "status", "c": False,
-                               "u": "recycling: 9 messages handled", "t": "x"}).encode())
+    hub.handle(
+        json_mod.dumps(
+            {
+                "w": 0,
+                "p": 100,
+                "e": "status",
+                "c": False,
+                "u": "recycling: 9 messages handled",
+                "t": "x",
+            }
+        ).encode()
+    )
     assert hub.consuming_now.value == 1
     assert hub.health(30) == (True, "2 worker consume loop(s) alive")  # worker 1 can
     hub.on_event(1, 101, "status", consuming=False, text="x", unable="recycling: stuck")
@@ -345,12 +367,15 @@ def test_healthz_is_503_while_the_process_recycles() -> None:
             return self.reason
 
     worker = FakeWorker()
-    endpoint = endpoints.serve_process(("127.0.0.1", 0), CollectorRegistry(),
-                                     endpoints.LoopProbe(NullNotifier()), worker)
+    endpoint = endpoints.serve_process(
+        ("127.0.0.1", 0), CollectorRegistry(), endpoints.LoopProbe(NullNotifier()), worker
+    )
     try:
         assert http_get(endpoint.port, "/healthz") == (200, "consume loop alive\n")
         worker.reason = "recycling: 9 handler threads stuck (max_stuck_threads = 8)"
         assert http_get(endpoint.port, "/healthz") == (
-            503, "recycling: 9 handler threads stuck (max_stuck_threads = 8)\n")
+            503,
+            "recycling: 9 handler threads stuck (max_stuck_threads = 8)\n",
+        )
     finally:
         endpoint.close()

@@ -30,8 +30,10 @@ def test_completion_wakes_the_pipe_and_comes_back_in_order_of_finish() -> None:
 def test_exceptions_are_returned_not_raised() -> None:
     ex = Executor(1)
     try:
+
         def boom() -> None:
             raise RuntimeError("x")
+
         ex.submit(7, boom)
         select.select([ex.fileno()], [], [], 5)
         [(token, result)] = ex.completed()
@@ -75,6 +77,7 @@ def test_a_thread_does_not_keep_its_last_job_alive() -> None:
     """Once a job's result is back, no handler thread holds its arguments (a delivery,
     with its body and decoded value): each thread waiting for its next job held the last
     one before, 15 MB a thread after a flood of large messages."""
+
     class Job:
         pass
 

@@ -39,13 +39,27 @@ from rpcworker.policy.outcomes import Action, Outcome
 from rpcworker.wire import decoding, envelope, replyformat, xheaders
 
 #: deterministic in CI (derandomize, no example database); about 10 s for the whole file
-FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=300,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=300,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 MAX_SIZE = 4096
 
-BASE = Binding(name="b", type="direct", handler="fuzz", exchange="ex", durable=True,
-               prefetch_count=1, acknowledge="after", queue="q", routing_keys=("rk",))
+BASE = Binding(
+    name="b",
+    type="direct",
+    handler="fuzz",
+    exchange="ex",
+    durable=True,
+    prefetch_count=1,
+    acknowledge="after",
+    queue="q",
+    routing_keys=("rk",),
+)
 BINDINGS = [
     BASE,
     dataclasses.replace(BASE, acknowledge="before"),
@@ -103,8 +117,13 @@ class FuzzHandler:
     """Every kind of attribute a handler has; only the RPC methods may be called."""
 
     #: the RPC methods and what they do
-    RPC = {"ok": "result", "fails": "HandlerFailed", "reject": "Reject",
-           "requeue": "Requeue", "unjson": "TypeError"}
+    RPC = {
+        "ok": "result",
+        "fails": "HandlerFailed",
+        "reject": "Reject",
+        "requeue": "Requeue",
+        "unjson": "TypeError",
+    }
 
     attribute = "not callable"
     Nested = Trap  # a class: callable, public, on the class, not a method
@@ -159,72 +178,161 @@ HANDLER_CLASSES = [FuzzHandler, VersionedFuzzHandler]
 # -- strategies ------------------------------------------------------------------------
 
 SPECIAL_NAMES = [
-    *FuzzHandler.RPC, "attribute", "Nested", "helper", "conf", "prop", "calls", "events",
-    "target", "handle_message", "_private", "_FuzzHandler__secret", "__init__", "__class__",
-    "__dict__", "__getattribute__", "__reduce__", "__subclasshook__", "__init_subclass__",
-    "RPC", "mro", "", " ", "ok ", "OK", "ok\x00", "ok.ok", "__builtins__", "eval",
-    "system", "open", "__import__",
+    *FuzzHandler.RPC,
+    "attribute",
+    "Nested",
+    "helper",
+    "conf",
+    "prop",
+    "calls",
+    "events",
+    "target",
+    "handle_message",
+    "_private",
+    "_FuzzHandler__secret",
+    "__init__",
+    "__class__",
+    "__dict__",
+    "__getattribute__",
+    "__reduce__",
+    "__subclasshook__",
+    "__init_subclass__",
+    "RPC",
+    "mro",
+    "",
+    " ",
+    "ok ",
+    "OK",
+    "ok\x00",
+    "ok.ok",
+    "__builtins__",
+    "eval",
+    "system",
+    "open",
+    "__import__",
 ]
-METHOD_NAMES = st.one_of(st.sampled_from(SPECIAL_NAMES), st.sampled_from(dir(object)),
-                         st.text(max_size=12))
+METHOD_NAMES = st.one_of(
+    st.sampled_from(SPECIAL_NAMES), st.sampled_from(dir(object)), st.text(max_size=12)
+)
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 #: what a number-like header can be made to hold
-HOSTILE_NUMBERS = [math.inf, -math.inf, math.nan, 2**63 - 1, -2**63, 10**400,
-                   decimal.Decimal("1E+30"), decimal.Decimal("-Infinity"), "9" * 5000, "-3",
-                   " 7 ", "0x10", "", b"12", b"\xff", True]
+HOSTILE_NUMBERS = [
+    math.inf,
+    -math.inf,
+    math.nan,
+    2**63 - 1,
+    -(2**63),
+    10**400,
+    decimal.Decimal("1E+30"),
+    decimal.Decimal("-Infinity"),
+    "9" * 5000,
+    "-3",
+    " 7 ",
+    "0x10",
+    "",
+    b"12",
+    b"\xff",
+    True,
+]
 # what py-amqp can hand over in headers: AMQP field-table values
-amqp_scalars = st.one_of(json_scalars, st.floats(), st.binary(max_size=12),
-                         st.decimals(allow_nan=False, allow_infinity=False, places=2),
-                         st.datetimes(min_value=datetime.datetime(1970, 1, 1)),
-                         st.sampled_from(HOSTILE_NUMBERS))
+amqp_scalars = st.one_of(
+    json_scalars,
+    st.floats(),
+    st.binary(max_size=12),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2),
+    st.datetimes(min_value=datetime.datetime(1970, 1, 1)),
+    st.sampled_from(HOSTILE_NUMBERS),
+)
 amqp_values = st.recursive(
     amqp_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=3),
-    max_leaves=8)
-COUNTERS = [xheaders.RETRIES_HEADER, xheaders.REDELIVERIES_HEADER,
-            xheaders.QUORUM_DELIVERY_COUNT]
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+COUNTERS = [xheaders.RETRIES_HEADER, xheaders.REDELIVERIES_HEADER, xheaders.QUORUM_DELIVERY_COUNT]
 HEADER_KEYS = [*COUNTERS, "compression", "x-death"]
-headers_st = st.dictionaries(st.sampled_from(HEADER_KEYS) | st.text(max_size=8), amqp_values,
-                             max_size=5)
-properties_st = st.fixed_dictionaries({}, optional={
-    "reply_to": st.one_of(st.text(max_size=12), amqp_values),
-    "correlation_id": st.one_of(st.text(max_size=12), amqp_values),
-    "message_id": st.one_of(st.text(max_size=12), amqp_values),
-    "content_type": st.text(max_size=12),
-    "priority": amqp_values,
-})
+headers_st = st.dictionaries(
+    st.sampled_from(HEADER_KEYS) | st.text(max_size=8), amqp_values, max_size=5
+)
+properties_st = st.fixed_dictionaries(
+    {},
+    optional={
+        "reply_to": st.one_of(st.text(max_size=12), amqp_values),
+        "correlation_id": st.one_of(st.text(max_size=12), amqp_values),
+        "message_id": st.one_of(st.text(max_size=12), amqp_values),
+        "content_type": st.text(max_size=12),
+        "priority": amqp_values,
+    },
+)
 call_properties = st.fixed_dictionaries(
     {"reply_to": st.text(min_size=1, max_size=12)},
-    optional={"correlation_id": st.one_of(st.text(max_size=12), amqp_values),
-              "message_id": st.one_of(st.text(max_size=12), amqp_values)})
-delivery_info_st = st.fixed_dictionaries({}, optional={
-    "routing_key": amqp_values, "exchange": amqp_values, "redelivered": amqp_values,
-    "delivery_tag": amqp_values, "consumer_tag": amqp_values,
-})
+    optional={
+        "correlation_id": st.one_of(st.text(max_size=12), amqp_values),
+        "message_id": st.one_of(st.text(max_size=12), amqp_values),
+    },
+)
+delivery_info_st = st.fixed_dictionaries(
+    {},
+    optional={
+        "routing_key": amqp_values,
+        "exchange": amqp_values,
+        "redelivered": amqp_values,
+        "delivery_tag": amqp_values,
+        "consumer_tag": amqp_values,
+    },
+)
 content_types = st.one_of(
-    st.none(), st.text(max_size=20),
-    st.sampled_from(["application/json", "application/json; charset=utf-8", "",
-                     "APPLICATION/JSON", " application/json ;x", "application/x-python-serialize",
-                     "application/x-yaml", "application/data", "text/plain", ";"]))
+    st.none(),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "",
+            "APPLICATION/JSON",
+            " application/json ;x",
+            "application/x-python-serialize",
+            "application/x-yaml",
+            "application/data",
+            "text/plain",
+            ";",
+        ]
+    ),
+)
 content_encodings = st.one_of(
-    st.none(), st.text(max_size=12),
-    st.sampled_from(["utf-8", "UTF8", " utf-8 ", "", "binary", "latin-1", "gzip", "zlib",
-                     "utf-16"]))
+    st.none(),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["utf-8", "UTF8", " utf-8 ", "", "binary", "latin-1", "gzip", "zlib", "utf-16"]
+    ),
+)
 
 # structurally plausible requests, so that the deep paths run, not only early refusals
 context_st = st.dictionaries(st.text(max_size=8), json_values, max_size=3)
-args_st = st.one_of(st.dictionaries(st.sampled_from(["ctxt", "self", "kwargs", "a"])
-                                    | st.text(max_size=8), json_values, max_size=4),
-                    json_values)
+args_st = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["ctxt", "self", "kwargs", "a"]) | st.text(max_size=8),
+        json_values,
+        max_size=4,
+    ),
+    json_values,
+)
 VERSIONS = st.sampled_from(["1.0", "1.3", "1.2.5", "1.4", "2.0", "1", "bad", "", "1.x"])
 NAMESPACES = st.sampled_from(["ns", "old", "other"])
 versions = st.one_of(VERSIONS, json_values)
@@ -232,32 +340,54 @@ namespaces = st.one_of(NAMESPACES, json_values)
 rpc_methods = st.one_of(st.sampled_from(list(FuzzHandler.RPC)), METHOD_NAMES, json_values)
 amqp_requests = st.fixed_dictionaries(
     {"method": rpc_methods},
-    optional={"args": args_st, "context": st.one_of(context_st, json_values),
-              "namespace": namespaces, "version": versions})
+    optional={
+        "args": args_st,
+        "context": st.one_of(context_st, json_values),
+        "namespace": namespaces,
+        "version": versions,
+    },
+)
 oslo_requests = st.fixed_dictionaries(
     {"method": rpc_methods},
-    optional={"args": args_st, "namespace": namespaces, "version": versions,
-              "_msg_id": st.one_of(st.text(max_size=8), json_values),
-              "_reply_q": st.one_of(st.text(max_size=8), json_values),
-              "_timeout": st.one_of(st.floats(allow_nan=False, allow_infinity=False), json_values),
-              "_unique_id": st.one_of(st.text(max_size=8), json_values),
-              "_context_user_id": json_values, "_context_": json_values,
-              "_context_client_timeout": json_values, "_context_roles": json_values})
-oslo_calls = st.builds(lambda msg, msg_id, reply_q: {**msg, "_msg_id": msg_id, "_reply_q": reply_q},
-                       oslo_requests, st.text(max_size=8), st.text(min_size=1, max_size=8))
+    optional={
+        "args": args_st,
+        "namespace": namespaces,
+        "version": versions,
+        "_msg_id": st.one_of(st.text(max_size=8), json_values),
+        "_reply_q": st.one_of(st.text(max_size=8), json_values),
+        "_timeout": st.one_of(st.floats(allow_nan=False, allow_infinity=False), json_values),
+        "_unique_id": st.one_of(st.text(max_size=8), json_values),
+        "_context_user_id": json_values,
+        "_context_": json_values,
+        "_context_client_timeout": json_values,
+        "_context_roles": json_values,
+    },
+)
+oslo_calls = st.builds(
+    lambda msg, msg_id, reply_q: {**msg, "_msg_id": msg_id, "_reply_q": reply_q},
+    oslo_requests,
+    st.text(max_size=8),
+    st.text(min_size=1, max_size=8),
+)
 
 
 def _inner_text(inner: Any) -> st.SearchStrategy[Any]:
     text = json.dumps(inner)
-    return st.one_of(st.just(text), st.integers(0, len(text)).map(lambda i: text[:i]),
-                     st.just(text.replace("}", ', "x": NaN}', 1)), json_values)
+    return st.one_of(
+        st.just(text),
+        st.integers(0, len(text)).map(lambda i: text[:i]),
+        st.just(text.replace("}", ', "x": NaN}', 1)),
+        json_values,
+    )
 
 
 oslo_envelopes = st.builds(
     lambda version, inner: {envelope.OSLO_VERSION_KEY: version, envelope.OSLO_MESSAGE_KEY: inner},
-    st.one_of(st.just("2.0"), st.sampled_from(["2.1", "1.0", "2", "2.00", "3.0", "2.x"]),
-              json_values),
-    st.one_of(oslo_requests, json_values).flatmap(_inner_text))
+    st.one_of(
+        st.just("2.0"), st.sampled_from(["2.1", "1.0", "2", "2.00", "3.0", "2.x"]), json_values
+    ),
+    st.one_of(oslo_requests, json_values).flatmap(_inner_text),
+)
 documents = st.one_of(amqp_requests, oslo_requests, oslo_envelopes, json_values)
 
 
@@ -274,8 +404,9 @@ def _texts(doc: Any) -> st.SearchStrategy[str]:
 
 
 json_texts = documents.flatmap(_texts)
-deep = st.integers(1, 20000).map(lambda n: "[" * n + "]" * n) | \
-    st.integers(1, 20000).map(lambda n: '{"a":' * n + "1" + "}" * n)
+deep = st.integers(1, 20000).map(lambda n: "[" * n + "]" * n) | st.integers(1, 20000).map(
+    lambda n: '{"a":' * n + "1" + "}" * n
+)
 bodies = st.one_of(
     json_texts.map(lambda t: t.encode("utf-8")),
     json_texts,  # py-amqp hands over str when the message names a content encoding
@@ -286,7 +417,8 @@ bodies = st.one_of(
     st.text(max_size=64),
     st.just(b"\x80\x04\x95\x15\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x06method\x94\x8c\x02ok\x94s."),
     st.integers(MAX_SIZE - 2, MAX_SIZE + 2).map(
-        lambda n: json.dumps({"method": "ok", "args": {"pad": "x" * n}}).encode()[:n]),
+        lambda n: json.dumps({"method": "ok", "args": {"pad": "x" * n}}).encode()[:n]
+    ),
 )
 
 
@@ -297,10 +429,12 @@ def deliveries(draw: st.DrawFn) -> dict[str, Any]:
     plausible = draw(st.booleans())
     return {
         "body": body,
-        "content_type": draw(st.sampled_from([None, "application/json"]) if plausible
-                             else content_types),
-        "content_encoding": draw(st.sampled_from([None, "utf-8"]) if plausible
-                                 else content_encodings),
+        "content_type": draw(
+            st.sampled_from([None, "application/json"]) if plausible else content_types
+        ),
+        "content_encoding": draw(
+            st.sampled_from([None, "utf-8"]) if plausible else content_encodings
+        ),
         "headers": draw(headers_st),
         "properties": draw(properties_st),
         "delivery_info": draw(delivery_info_st),
@@ -315,6 +449,7 @@ def note(text: str) -> None:
     """Count what the examples exercised (pytest --hypothesis-show-statistics)."""
     if currently_in_test_context():
         event(text)
+
 
 DOCUMENTED_REFUSALS = ("NoSuchMethod", "UnsupportedVersion")
 
@@ -395,8 +530,7 @@ def expected_error(handler: Any, req: decoding.Request) -> str | None:
     target = getattr(type(handler), "target", None)
     accepted = [getattr(target, "namespace", None), *getattr(target, "legacy_namespaces", [])]
     version = getattr(target, "version", "1.0")
-    if req.namespace not in accepted or not dispatcher.version_is_compatible(version,
-                                                                             req.version):
+    if req.namespace not in accepted or not dispatcher.version_is_compatible(version, req.version):
         return "UnsupportedVersion"
     if req.method not in FuzzHandler.RPC:
         return "NoSuchMethod"
@@ -458,39 +592,68 @@ def run_delivery(delivery: dict[str, Any], binding: Binding, handler_cls: type) 
 
 
 @FUZZ
-@given(delivery=deliveries(), binding=st.sampled_from(BINDINGS),
-       handler_cls=st.sampled_from(HANDLER_CLASSES))
+@given(
+    delivery=deliveries(),
+    binding=st.sampled_from(BINDINGS),
+    handler_cls=st.sampled_from(HANDLER_CLASSES),
+)
 def test_any_delivery_decodes_and_dispatches_to_a_documented_outcome(
-        delivery: dict[str, Any], binding: Binding, handler_cls: type) -> None:
+    delivery: dict[str, Any], binding: Binding, handler_cls: type
+) -> None:
     run_delivery(delivery, binding, handler_cls)
 
 
 @FUZZ
-@given(doc=st.one_of(amqp_requests, st.one_of(oslo_requests, oslo_calls).map(envelope.envelope)),
-       properties=st.one_of(properties_st, call_properties), binding=st.sampled_from(BINDINGS),
-       handler_cls=st.sampled_from(HANDLER_CLASSES), redelivered=st.booleans(),
-       headers=headers_st)
+@given(
+    doc=st.one_of(amqp_requests, st.one_of(oslo_requests, oslo_calls).map(envelope.envelope)),
+    properties=st.one_of(properties_st, call_properties),
+    binding=st.sampled_from(BINDINGS),
+    handler_cls=st.sampled_from(HANDLER_CLASSES),
+    redelivered=st.booleans(),
+    headers=headers_st,
+)
 def test_well_formed_requests_reach_the_dispatcher(
-        doc: Any, properties: dict[str, Any], binding: Binding, handler_cls: type,
-        redelivered: bool, headers: dict[str, Any]) -> None:
+    doc: Any,
+    properties: dict[str, Any],
+    binding: Binding,
+    handler_cls: type,
+    redelivered: bool,
+    headers: dict[str, Any],
+) -> None:
     """Valid JSON in the right content type: the deep paths (not only early refusals)."""
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    run_delivery({"body": body, "content_type": "application/json", "headers": headers,
-                  "properties": properties, "delivery_info": {"redelivered": redelivered}},
-                 binding, handler_cls)
+    run_delivery(
+        {
+            "body": body,
+            "content_type": "application/json",
+            "headers": headers,
+            "properties": properties,
+            "delivery_info": {"redelivered": redelivered},
+        },
+        binding,
+        handler_cls,
+    )
 
 
 @FUZZ
-@given(name=st.sampled_from(COUNTERS), value=st.one_of(st.sampled_from(HOSTILE_NUMBERS),
-                                                       amqp_values),
-       binding=st.sampled_from(BINDINGS), method=st.sampled_from(["fails", "requeue", "ok"]),
-       call=st.booleans())
-def test_counter_headers_hold_anything(name: str, value: Any, binding: Binding, method: str,
-                                       call: bool) -> None:
+@given(
+    name=st.sampled_from(COUNTERS),
+    value=st.one_of(st.sampled_from(HOSTILE_NUMBERS), amqp_values),
+    binding=st.sampled_from(BINDINGS),
+    method=st.sampled_from(["fails", "requeue", "ok"]),
+    call=st.booleans(),
+)
+def test_counter_headers_hold_anything(
+    name: str, value: Any, binding: Binding, method: str, call: bool
+) -> None:
     """The retry/redelivery counters come from the message: any value is a count (or 0)."""
-    req = decoding.Request(body={}, method=method, headers={name: value},
-                           redelivered=True,
-                           reply=decoding.ReplyRoute("amqp", "rq") if call else None)
+    req = decoding.Request(
+        body={},
+        method=method,
+        headers={name: value},
+        redelivered=True,
+        reply=decoding.ReplyRoute("amqp", "rq") if call else None,
+    )
     count = xheaders.int_header(req.headers, name)
     assert isinstance(count, int) and count >= 0
     check_dispatch(FuzzHandler(), binding, req)
@@ -499,12 +662,12 @@ def test_counter_headers_hold_anything(name: str, value: Any, binding: Binding, 
 @FUZZ
 @given(method=METHOD_NAMES, handler_cls=st.sampled_from(HANDLER_CLASSES))
 def test_find_method_only_returns_public_methods_of_the_handler_class(
-        method: str, handler_cls: type) -> None:
+    method: str, handler_cls: type
+) -> None:
     handler = handler_cls()
     version = "1.3" if handler_cls is VersionedFuzzHandler else "1.0"
     namespace = "ns" if handler_cls is VersionedFuzzHandler else None
-    req = decoding.Request(body={}, method=method, version=version,
-                           namespace=namespace)
+    req = decoding.Request(body={}, method=method, version=version, namespace=namespace)
     try:
         func = dispatcher.find_method(handler, req)
     except NoSuchMethod:
@@ -525,13 +688,16 @@ def assert_method_of(handler: Any, name: str, func: Any) -> None:
 
 
 @FUZZ
-@given(method=METHOD_NAMES, version=st.one_of(VERSIONS, st.text(max_size=8)),
-       namespace=st.one_of(st.none(), NAMESPACES, st.text(max_size=8)))
-def test_find_method_refuses_with_documented_errors_only(method: str, version: str,
-                                                         namespace: str | None) -> None:
+@given(
+    method=METHOD_NAMES,
+    version=st.one_of(VERSIONS, st.text(max_size=8)),
+    namespace=st.one_of(st.none(), NAMESPACES, st.text(max_size=8)),
+)
+def test_find_method_refuses_with_documented_errors_only(
+    method: str, version: str, namespace: str | None
+) -> None:
     """Any name, version and namespace a decoded Request can hold."""
-    req = decoding.Request(body={}, method=method, version=version,
-                           namespace=namespace)
+    req = decoding.Request(body={}, method=method, version=version, namespace=namespace)
     for handler in (FuzzHandler(), VersionedFuzzHandler()):
         try:
             func = dispatcher.find_method(handler, req)
@@ -563,9 +729,12 @@ def test_a_class_getattr_answers_only_names_the_handler_does_not_have(method: st
     try:
         func = dispatcher.find_method(handler, req)
     except NoSuchMethod:
-        assert not method.isidentifier() or method.startswith("_") \
-            or method in ("conf", "target", "handle_message") \
+        assert (
+            not method.isidentifier()
+            or method.startswith("_")
+            or method in ("conf", "target", "handle_message")
             or any(method in vars(k) for k in type(handler).__mro__)
+        )
         return
     assert method.isidentifier() and not method.startswith("_")
     if method == "known":
@@ -576,13 +745,28 @@ def test_a_class_getattr_answers_only_names_the_handler_does_not_have(method: st
         assert method not in vars(handler)
 
 
-@pytest.mark.parametrize("name", ["conf", "helper", "Nested", "prop", "attribute", "calls",
-                                  "RPC", "_private", "__init__", "__class__", "mro"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "conf",
+        "helper",
+        "Nested",
+        "prop",
+        "attribute",
+        "calls",
+        "RPC",
+        "_private",
+        "__init__",
+        "__class__",
+        "mro",
+    ],
+)
 def test_no_trap_is_ever_reached(name: str) -> None:
     """The names the properties must refuse, each at least once whatever hypothesis draws."""
     handler = VersionedFuzzHandler()
-    req = decoding.Request(body={}, method=name, version="1.0", namespace="ns",
-                           reply=decoding.ReplyRoute("amqp", "rq"))
+    req = decoding.Request(
+        body={}, method=name, version="1.0", namespace="ns", reply=decoding.ReplyRoute("amqp", "rq")
+    )
     with pytest.raises(NoSuchMethod):
         dispatcher.find_method(handler, req)
     outcome = run(handler, BASE, req)
@@ -600,23 +784,28 @@ def test_the_checks_accept_every_documented_outcome() -> None:
     run_delivery({"body": b'{"event": 1}'}, BASE, FuzzHandler)
 
 
-
-@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000,
-                                  b'{"a":' * 5000 + b"1" + b"}" * 5000,
-                                  b'{"method": "ok", "args": {"x": ' + b"[" * 5000 + b"]" * 5000
-                                  + b"}}"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 5000 + b"1" + b"}" * 5000,
+        b'{"method": "ok", "args": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    ],
+)
 def test_nesting_deeper_than_the_recursion_limit_is_refused_with_a_reason(body: bytes) -> None:
     """It used to reach decode's last-resort handler ("cannot decode: RecursionError"),
     which drops the reply route: a caller waited for its timeout instead of an error."""
     props = {"reply_to": "rq", "correlation_id": "c"}
     result = decoding.decode(body, "application/json", None, {}, props, {})
-    assert result == decoding.Rejected("body is not JSON: nested too deeply",
-                                       decoding.ReplyRoute("amqp", "rq", correlation_id="c"))
+    assert result == decoding.Rejected(
+        "body is not JSON: nested too deeply", decoding.ReplyRoute("amqp", "rq", correlation_id="c")
+    )
 
 
 def test_nesting_too_deep_in_an_oslo_envelope_is_refused_with_a_reason() -> None:
     inner = '{"method": "ok", "args": {"x": ' + "[" * 5000 + "]" * 5000 + "}}"
     body = json.dumps({"oslo.version": "2.0", "oslo.message": inner}).encode()
     result = decoding.decode(body, "application/json")
-    assert result == decoding.Rejected("oslo envelope: oslo.message is not JSON: nested too "
-                                       "deeply", None)
+    assert result == decoding.Rejected(
+        "oslo envelope: oslo.message is not JSON: nested too deeply", None
+    )

@@ -20,19 +20,34 @@ from tests.helpers import http_get as get
 # -- [metrics] listen ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("", None),
-    ("127.0.0.1:9464", ("127.0.0.1", 9464)),
-    ("localhost:1", ("localhost", 1)),
-    ("[::1]:9464", ("::1", 9464)),
-    ("0.0.0.0:65535", ("0.0.0.0", 65535)),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("", None),
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("localhost:1", ("localhost", 1)),
+        ("[::1]:9464", ("::1", 9464)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+    ],
+)
 def test_listen_values_accepted(value: str, expected: tuple[str, int] | None) -> None:
     assert endpoints.parse_listen(value) == expected
 
 
-@pytest.mark.parametrize("value", ["9464", ":9464", "host:", "host:0", "host:65536",
-                                   "host:http", "::1:9464", "[nothost]:9464", "a b:80"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9464",
+        ":9464",
+        "host:",
+        "host:0",
+        "host:65536",
+        "host:http",
+        "::1:9464",
+        "[nothost]:9464",
+        "a b:80",
+    ],
+)
 def test_bad_listen_values_are_a_config_error_naming_the_option(value: str) -> None:
     with pytest.raises(ConfigError) as info:
         endpoints.parse_listen(value)
@@ -101,11 +116,9 @@ def test_settle_counts_where_each_delivery_is_settled(conn: kombu.Connection) ->
     box = Box(conn, listener=m)
     box.settle(Delivery(FakeMessage(), BINDING, "q", None), Outcome(Action.ACK))
     box.settle(Delivery(FakeMessage(), BINDING, "q", None), Outcome(Action.RETRY, reason="x"))
-    box.settle(Delivery(FakeMessage(), BINDING, "q", None),
-               Outcome(Action.DEAD_LETTER, reason="x"))
+    box.settle(Delivery(FakeMessage(), BINDING, "q", None), Outcome(Action.DEAD_LETTER, reason="x"))
     no_lot = dataclasses.replace(BINDING, dead_letter_queue=None)
-    box.settle(Delivery(FakeMessage(), no_lot, "q", None),
-               Outcome(Action.DEAD_LETTER, reason="x"))
+    box.settle(Delivery(FakeMessage(), no_lot, "q", None), Outcome(Action.DEAD_LETTER, reason="x"))
     # ack, retry (copy confirmed, then ack), dead letter (copy, then ack), and a dead
     # letter without a parking lot (reject)
     assert sample(m, "rpcworker_acked_total") == 3
@@ -139,8 +152,10 @@ def test_loop_probe_readiness_gives_the_last_status_line() -> None:
     assert probe.readiness(False) == (False, "not connected to the broker")
     probe.status("reconnecting to the broker (ConnectionResetError)")
     assert probe.readiness(False) == (False, "reconnecting to the broker (ConnectionResetError)")
-    assert sink.take() == ["READY=1 STATUS=consuming 1 of 1 binding(s); 0 reconnect(s)",
-                           "STATUS=reconnecting to the broker (ConnectionResetError)"]
+    assert sink.take() == [
+        "READY=1 STATUS=consuming 1 of 1 binding(s); 0 reconnect(s)",
+        "STATUS=reconnecting to the broker (ConnectionResetError)",
+    ]
 
 
 def test_hub_health_and_readiness() -> None:
@@ -170,9 +185,12 @@ def test_endpoint_routes() -> None:
     m = instruments.Metrics(["b"])
     m.received("b")
     state = {"ready": (False, "reconnecting to the broker")}
-    endpoint = endpoints.Endpoint(("127.0.0.1", 0), lambda: b"rpcworker_x 1\n",
-                                lambda: (True, "consume loop alive"),
-                                lambda: state["ready"]).start()
+    endpoint = endpoints.Endpoint(
+        ("127.0.0.1", 0),
+        lambda: b"rpcworker_x 1\n",
+        lambda: (True, "consume loop alive"),
+        lambda: state["ready"],
+    ).start()
     try:
         assert get(endpoint.port, "/metrics") == (200, "rpcworker_x 1\n")
         assert get(endpoint.port, "/healthz") == (200, "consume loop alive\n")
@@ -190,6 +208,7 @@ def test_a_port_in_use_is_a_config_error() -> None:
         taken.listen(1)
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError) as info:
-            endpoints.Endpoint(("127.0.0.1", port), lambda: b"", lambda: (True, ""),
-                             lambda: (True, ""))
+            endpoints.Endpoint(
+                ("127.0.0.1", port), lambda: b"", lambda: (True, ""), lambda: (True, "")
+            )
     assert str(info.value).startswith(f"[metrics] listen: cannot listen on 127.0.0.1:{port}")

@@ -25,13 +25,25 @@ class Handler:
     def __init__(self, conf: Any = None) -> None:
         self.got: list[tuple[Any, ...]] = []
 
-    def info(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
-             metadata: dict[str, Any]) -> Any:
+    def info(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> Any:
         self.got.append((ctxt, publisher_id, event_type, payload, metadata))
         return payload.get("answer") if isinstance(payload, dict) else None
 
-    def error(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
-              metadata: dict[str, Any]) -> None:
+    def error(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> None:
         raise ValueError("boom")
 
     def _audit(self, *args: Any) -> None:  # private: never a priority method
@@ -46,34 +58,43 @@ def parse(make_conf: Any, extra: str = "") -> bindingconf.Binding:
 def test_defaults_and_lists(make_conf: Any) -> None:
     b = parse(make_conf)
     assert (b.exchanges, b.topics, b.priorities, b.pool, b.durable) == (
-        ("openstack",), ("notifications",), (), None, False)
-    b = parse(make_conf, "exchange = nova, glance\ntopic = notifications, versioned\n"
-              "priorities = INFO, error, info\npool = billing\n")
+        ("openstack",),
+        ("notifications",),
+        (),
+        None,
+        False,
+    )
+    b = parse(
+        make_conf,
+        "exchange = nova, glance\ntopic = notifications, versioned\n"
+        "priorities = INFO, error, info\npool = billing\n",
+    )
     assert b.exchanges == ("nova", "glance") and b.topics == ("notifications", "versioned")
     assert b.priorities == ("info", "error") and b.pool == "billing"
     assert b.work_queues == ("billing",)
 
 
-@pytest.mark.parametrize("extra, option", [
-    ("priorities = loud\n", "priorities"),
-    ("queue = q\n", "queue"),
-    ("routing_key = k\n", "routing_key"),
-    ("server = s\n", "server"),
-    ("filter_event_type = (\n", "filter_event_type"),
-    ("exchange = ,\n", "exchange"),
-    ("pool = amq.x\n", "pool"),
-    ("queue_type = quorum\ndurable = false\n", "durable"),
-])
-def test_bad_notification_options_name_the_option(make_conf: Any, extra: str,
-                                                  option: str) -> None:
+@pytest.mark.parametrize(
+    "extra, option",
+    [
+        ("priorities = loud\n", "priorities"),
+        ("queue = q\n", "queue"),
+        ("routing_key = k\n", "routing_key"),
+        ("server = s\n", "server"),
+        ("filter_event_type = (\n", "filter_event_type"),
+        ("exchange = ,\n", "exchange"),
+        ("pool = amq.x\n", "pool"),
+        ("queue_type = quorum\ndurable = false\n", "durable"),
+    ],
+)
+def test_bad_notification_options_name_the_option(make_conf: Any, extra: str, option: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(make_conf, extra)
     assert (info.value.group, info.value.option) == ("binding:n", option)
 
 
 def test_notification_options_are_refused_elsewhere(make_conf: Any) -> None:
-    text = ("[DEFAULT]\nbindings = t\n[binding:t]\ntype = topic\nhandler = h\n"
-            "pool = p\n")
+    text = "[DEFAULT]\nbindings = t\n[binding:t]\ntype = topic\nhandler = h\npool = p\n"
     with pytest.raises(ConfigError, match=r"^\[binding:t\] pool: only used by notification"):
         bindingconf.parse(make_conf(text))
 
@@ -83,39 +104,56 @@ def test_priorities_are_resolved_against_the_handler(make_conf: Any) -> None:
     assert b.priorities == ("info", "error")
     assert handlerapi.priorities_of(Handler) == ("info", "error")
     with pytest.raises(ConfigError) as info:
-        plugins.resolve_priorities([parse(make_conf, "priorities = info, sample\n")],
-                              {"h": Handler()})
-    assert str(info.value) == ("[binding:n] priorities: handler 'h' has no sample() method "
-                               "(it has: info, error)")
-    with pytest.raises(ConfigError, match=r"^\[binding:n\] handler: handler 'h' has no "
-                       "method for any notification priority"):
+        plugins.resolve_priorities(
+            [parse(make_conf, "priorities = info, sample\n")], {"h": Handler()}
+        )
+    assert str(info.value) == (
+        "[binding:n] priorities: handler 'h' has no sample() method (it has: info, error)"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^\[binding:n\] handler: handler 'h' has no "
+        "method for any notification priority",
+    ):
         plugins.resolve_priorities([parse(make_conf)], {"h": object()})
 
 
 def test_topology_is_oslos(make_conf: Any) -> None:
-    b = plugins.resolve_priorities([parse(make_conf, "exchange = nova, glance\n")],
-                              {"h": Handler()})[0]
+    b = plugins.resolve_priorities(
+        [parse(make_conf, "exchange = nova, glance\n")], {"h": Handler()}
+    )[0]
     t = topology.build(b)
     assert [q.name for q in t.queues] == ["notifications.info", "notifications.error"]
     for q in t.queues:
         assert (q.durable, q.auto_delete, q.exclusive) == (False, False, False)
         assert sorted((bd.exchange.name, bd.routing_key) for bd in q.bindings) == [
-            ("glance", q.name), ("nova", q.name)]
-        assert all(bd.exchange.type == "topic" and not bd.exchange.durable
-                   for bd in q.bindings)
-    pooled = topology.build(plugins.resolve_priorities(
-        [parse(make_conf, "pool = billing\nqueue_type = quorum\n")], {"h": Handler()})[0])
+            ("glance", q.name),
+            ("nova", q.name),
+        ]
+        assert all(bd.exchange.type == "topic" and not bd.exchange.durable for bd in q.bindings)
+    pooled = topology.build(
+        plugins.resolve_priorities(
+            [parse(make_conf, "pool = billing\nqueue_type = quorum\n")], {"h": Handler()}
+        )[0]
+    )
     [q] = pooled.queues
     assert q.name == "billing" and q.durable
     assert q.queue_arguments == {"x-queue-type": "quorum"}
-    assert sorted(bd.routing_key for bd in q.bindings) == ["notifications.error",
-                                                            "notifications.info"]
+    assert sorted(bd.routing_key for bd in q.bindings) == [
+        "notifications.error",
+        "notifications.info",
+    ]
 
 
 def oslo_body(priority: str = "INFO", **extra: Any) -> bytes:
-    inner = envelope.oslo_notification(priority, "compute.instance.create.end",
-                                       {"instance_id": "i-1"}, "compute.h1",
-                                       {"user": "u1", "request_id": "r-1"}, "m-1")
+    inner = envelope.oslo_notification(
+        priority,
+        "compute.instance.create.end",
+        {"instance_id": "i-1"},
+        "compute.h1",
+        {"user": "u1", "request_id": "r-1"},
+        "m-1",
+    )
     inner.update(extra)
     return envelope.envelope(inner)
 
@@ -132,7 +170,11 @@ def test_decoding_envelope_2_and_bare_1_0() -> None:
     assert isinstance(req, decoding.Request) and req.notification is not None
     n = req.notification
     assert (n.priority, n.publisher_id, n.event_type, n.payload) == (
-        "info", "compute.h1", "compute.instance.create.end", {"instance_id": "i-1"})
+        "info",
+        "compute.h1",
+        "compute.instance.create.end",
+        {"instance_id": "i-1"},
+    )
     assert n.context == {"user": "u1", "request_id": "r-1"}
     assert n.metadata["message_id"] == "m-1" and n.metadata["timestamp"]
     assert req.unique_id == "m-1"  # the duplicate cache's id
@@ -145,16 +187,17 @@ def test_decoding_envelope_2_and_bare_1_0() -> None:
 
 
 def test_policy_screens_runs_and_retries(make_conf: Any) -> None:
-    b = plugins.resolve_priorities([parse(make_conf, "max_retries = 2\n"
-                                     "filter_event_type = compute\\.\n")],
-                              {"h": Handler()})[0]
+    b = plugins.resolve_priorities(
+        [parse(make_conf, "max_retries = 2\nfilter_event_type = compute\\.\n")], {"h": Handler()}
+    )[0]
     h = Handler()
     req = decoded(oslo_body())
     assert isinstance(req, decoding.Request)
     assert decisions.on_receipt(b, req, h, CompletedCache(10), draining=False) is outcomes.RUN
     other = decoded(oslo_body(event_type="image.update"))
     assert decisions.on_receipt(b, other, h, CompletedCache(10), draining=False) == (
-        outcomes.Outcome(Action.ACK, filtered=True))
+        outcomes.Outcome(Action.ACK, filtered=True)
+    )
     warn = decoded(oslo_body("WARN"))  # the handler has no warn(): acked, not run
     out = decisions.on_receipt(b, warn, h, CompletedCache(10), draining=False)
     assert isinstance(out, outcomes.Outcome) and out.action is Action.ACK and not out.filtered
@@ -180,12 +223,15 @@ def test_the_test_kit_delivers_notifications() -> None:
 
 
 def test_two_bindings_on_the_same_default_queues_are_refused(make_conf: Any) -> None:
-    text = ("[DEFAULT]\nbindings = a, b\n[binding:a]\ntype = notification\nhandler = h\n"
-            "[binding:b]\ntype = notification\nhandler = h\n")
+    text = (
+        "[DEFAULT]\nbindings = a, b\n[binding:a]\ntype = notification\nhandler = h\n"
+        "[binding:b]\ntype = notification\nhandler = h\n"
+    )
     with pytest.raises(ConfigError) as info:
         plugins.resolve_priorities(bindingconf.parse(make_conf(text)), {"h": Handler()})
-    assert str(info.value) == ("[binding:b] topic: queue 'notifications.info' is already "
-                               "consumed by binding 'a'")
+    assert str(info.value) == (
+        "[binding:b] topic: queue 'notifications.info' is already consumed by binding 'a'"
+    )
 
 
 def test_list_handlers_shows_the_priorities() -> None:

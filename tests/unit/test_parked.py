@@ -27,13 +27,28 @@ CAST = envelope.envelope(envelope.oslo_request("resize", {"size": 2}, {"user": "
 
 
 def parked_cast(**headers: Any) -> Parked:
-    hdrs = {xheaders.FAILURE_HEADER: "ValueError: no room", xheaders.BINDING_HEADER: "c",
-            xheaders.RETRIES_HEADER: 3, xheaders.ORIGINAL_EXCHANGE_HEADER: "nova",
-            xheaders.ORIGINAL_KEY_HEADER: "compute", xheaders.ORIGINAL_QUEUE_HEADER: "compute",
-            xheaders.PARKED_AT_HEADER: "2026-12-02T10:00:00.000Z", **headers}
-    return Parked("dlq", 0, CAST, {"content_type": "application/json",
-                                   "content_encoding": "utf-8", "message_id": "m1",
-                                   "delivery_mode": 2}, hdrs)
+    hdrs = {
+        xheaders.FAILURE_HEADER: "ValueError: no room",
+        xheaders.BINDING_HEADER: "c",
+        xheaders.RETRIES_HEADER: 3,
+        xheaders.ORIGINAL_EXCHANGE_HEADER: "nova",
+        xheaders.ORIGINAL_KEY_HEADER: "compute",
+        xheaders.ORIGINAL_QUEUE_HEADER: "compute",
+        xheaders.PARKED_AT_HEADER: "2026-12-02T10:00:00.000Z",
+        **headers,
+    }
+    return Parked(
+        "dlq",
+        0,
+        CAST,
+        {
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+            "message_id": "m1",
+            "delivery_mode": 2,
+        },
+        hdrs,
+    )
 
 
 def test_a_parked_cast_says_why_where_from_and_what() -> None:
@@ -41,35 +56,70 @@ def test_a_parked_cast_says_why_where_from_and_what() -> None:
     now = datetime.datetime(2026, 12, 2, 10, 5, tzinfo=datetime.timezone.utc).timestamp()
     s = p.summary(now)
     assert (s["binding"], s["reason"], s["retries"], s["kind"], s["name"]) == (
-        "c", "ValueError: no room", 3, "cast", "resize")
+        "c",
+        "ValueError: no room",
+        3,
+        "cast",
+        "resize",
+    )
     assert (s["original_exchange"], s["original_routing_key"], s["original_queue"]) == (
-        "nova", "compute", "compute")
+        "nova",
+        "compute",
+        "compute",
+    )
     assert s["ids"]["message_id"] == "m1" and len(s["ids"]["unique_id"]) == 32
     assert s["age"] == 300.0 and s["size"] == len(CAST) and s["replays"] == 0
     text = line(p, now)
-    assert text.startswith("dlq#0  binding=c  cast resize  retries=3  from=nova/compute  "
-                           "queue=compute  size=")
+    assert text.startswith(
+        "dlq#0  binding=c  cast resize  retries=3  from=nova/compute  queue=compute  size="
+    )
     assert "age=5.0m" in text and text.endswith("reason: ValueError: no room")
 
 
 def test_what_the_broker_parked_is_read_from_x_death() -> None:
     at = datetime.datetime(2026, 12, 2, 9, 0)
-    p = Parked("own", 2, b'{"event_type": "x.y"}', {}, {"x-death": [
-        {"reason": "expired", "queue": "q2", "exchange": "", "routing-keys": ["q2"],
-         "time": at},
-        {"reason": "rejected", "queue": "q1", "exchange": "ex", "routing-keys": ["k.1"],
-         "time": at, "count": 1}]})
+    p = Parked(
+        "own",
+        2,
+        b'{"event_type": "x.y"}',
+        {},
+        {
+            "x-death": [
+                {
+                    "reason": "expired",
+                    "queue": "q2",
+                    "exchange": "",
+                    "routing-keys": ["q2"],
+                    "time": at,
+                },
+                {
+                    "reason": "rejected",
+                    "queue": "q1",
+                    "exchange": "ex",
+                    "routing-keys": ["k.1"],
+                    "time": at,
+                    "count": 1,
+                },
+            ]
+        },
+    )
     assert (p.reason, p.original_exchange, p.original_routing_key, p.original_queue) == (
-        "rejected", "ex", "k.1", "q1")
+        "rejected",
+        "ex",
+        "k.1",
+        "q1",
+    )
     assert p.binding is None and p.kind() == ("event", "x.y")
     assert p.parked_at() == at.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def test_kinds() -> None:
-    note = envelope.envelope(envelope.oslo_notification("INFO", "compute.instance.create.end",
-                                                        {"id": 1}, "compute.h1", {}))
-    assert Parked("q", 0, note, {}, {}).kind() == ("notification",
-                                                   "compute.instance.create.end")
+    note = envelope.envelope(
+        envelope.oslo_notification(
+            "INFO", "compute.instance.create.end", {"id": 1}, "compute.h1", {}
+        )
+    )
+    assert Parked("q", 0, note, {}, {}).kind() == ("notification", "compute.instance.create.end")
     call = envelope.envelope(envelope.oslo_request("get", {}, {}, msg_id="m", reply_q="r"))
     assert Parked("q", 0, call, {}, {}).kind() == ("call", "get")
     assert Parked("q", 0, b"\xff\xfe", {}, {}).kind() == ("undecodable", None)
@@ -77,17 +127,26 @@ def test_kinds() -> None:
 
 
 def test_export_round_trips_byte_for_byte(tmp_path: Path) -> None:
-    headers = {"when": datetime.datetime(2026, 1, 2, 3, 4, 5), "raw": b"\x00\x01",
-               "price": decimal.Decimal("1.50"), "nested": {"list": [1, b"x"]},
-               xheaders.FAILURE_HEADER: "boom"}
-    props = {"content_type": "application/octet-stream", "message_id": "m9",
-             "timestamp": datetime.datetime(2026, 1, 2, 3, 4, 5), "priority": 3}
+    headers = {
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5),
+        "raw": b"\x00\x01",
+        "price": decimal.Decimal("1.50"),
+        "nested": {"list": [1, b"x"]},
+        xheaders.FAILURE_HEADER: "boom",
+    }
+    props = {
+        "content_type": "application/octet-stream",
+        "message_id": "m9",
+        "timestamp": datetime.datetime(2026, 1, 2, 3, 4, 5),
+        "priority": 3,
+    }
     originals = [Parked("dlq", 0, b"\xff not utf-8", props, headers), parked_cast()]
     path = tmp_path / "export.jsonl"
     path.write_text("".join(json.dumps(p.to_json(exact=True)) + "\n\n" for p in originals))
     back = list(read_export(str(path)))
     assert [(b.body, dict(b.properties), dict(b.headers)) for b in back] == [
-        (o.body, dict(o.properties), dict(o.headers)) for o in originals]
+        (o.body, dict(o.properties), dict(o.headers)) for o in originals
+    ]
     assert "body_base64" in originals[0].to_json(exact=True)
     assert originals[1].to_json(exact=True)["body_text"] == CAST.decode()
     readable = originals[1].to_json(exact=False)
@@ -98,12 +157,26 @@ def test_export_round_trips_byte_for_byte(tmp_path: Path) -> None:
 
 
 def test_the_replay_copy_resets_the_counters_and_counts_the_replay() -> None:
-    p = parked_cast(**{"x-delivery-count": 4, "x-death": [], "x-first-death-queue": "q",
-                       xheaders.REDELIVERIES_HEADER: 2, "trace": "keep me"})
+    p = parked_cast(
+        **{
+            "x-delivery-count": 4,
+            "x-death": [],
+            "x-first-death-queue": "q",
+            xheaders.REDELIVERIES_HEADER: 2,
+            "trace": "keep me",
+        }
+    )
     hdrs = p.replay_headers(now=0.0)
-    for gone in (xheaders.RETRIES_HEADER, xheaders.REDELIVERIES_HEADER, xheaders.FAILURE_HEADER,
-                 xheaders.BINDING_HEADER, xheaders.PARKED_AT_HEADER, "x-delivery-count",
-                 "x-death", "x-first-death-queue"):
+    for gone in (
+        xheaders.RETRIES_HEADER,
+        xheaders.REDELIVERIES_HEADER,
+        xheaders.FAILURE_HEADER,
+        xheaders.BINDING_HEADER,
+        xheaders.PARKED_AT_HEADER,
+        "x-delivery-count",
+        "x-death",
+        "x-first-death-queue",
+    ):
         assert gone not in hdrs
     assert hdrs["trace"] == "keep me"
     assert hdrs["x-rpcworker-replayed"] == 1
@@ -112,27 +185,46 @@ def test_the_replay_copy_resets_the_counters_and_counts_the_replay() -> None:
     assert hdrs[xheaders.ORIGINAL_EXCHANGE_HEADER] == "nova"
     again = Parked("dlq", 0, CAST, {}, {**hdrs, xheaders.FAILURE_HEADER: "again"})
     assert again.replay_headers()["x-rpcworker-replayed"] == 2
-    assert p.kept_properties() == {"content_type": "application/json",
-                                   "content_encoding": "utf-8", "message_id": "m1",
-                                   "delivery_mode": 2}
+    assert p.kept_properties() == {
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "message_id": "m1",
+        "delivery_mode": 2,
+    }
 
 
 def test_a_dead_letter_copy_says_when_it_was_parked(make_conf: Any) -> None:
-    [b] = bindingconf.parse(make_conf("[DEFAULT]\nbindings = c\n[binding:c]\ntype = direct\n"
-                                   "handler = h\nexchange = e\nqueue = q\nrouting_key = k\n"
-                                   "dead_letter_queue = dlq\n"))
+    [b] = bindingconf.parse(
+        make_conf(
+            "[DEFAULT]\nbindings = c\n[binding:c]\ntype = direct\n"
+            "handler = h\nexchange = e\nqueue = q\nrouting_key = k\n"
+            "dead_letter_queue = dlq\n"
+        )
+    )
     copy = failures.dead_letter_copy(b, "q", b"{}", {}, {}, "boom", "e", "k")
     assert copy is not None
     stamp = Parked("dlq", 0, b"{}", {}, copy.headers).parked_at()
     assert stamp is not None and abs(stamp - datetime.datetime.now().timestamp()) < 60
 
 
-@pytest.mark.parametrize(("pattern", "key", "match"), [
-    ("#", "a.b", True), ("#", "", True), ("a.*", "a.b", True), ("a.*", "a.b.c", False),
-    ("a.#", "a", True), ("a.#", "a.b.c", True), ("#.c", "a.b.c", True), ("*.b.#", "a.b", True),
-    ("parked", "parked", True), ("parked", "parked.x", False), ("a.#.z", "a.z", True),
-    ("a.#.z", "a.b.c.z", True), ("a.#.z", "a.b", False),
-])
+@pytest.mark.parametrize(
+    ("pattern", "key", "match"),
+    [
+        ("#", "a.b", True),
+        ("#", "", True),
+        ("a.*", "a.b", True),
+        ("a.*", "a.b.c", False),
+        ("a.#", "a", True),
+        ("a.#", "a.b.c", True),
+        ("#.c", "a.b.c", True),
+        ("*.b.#", "a.b", True),
+        ("parked", "parked", True),
+        ("parked", "parked.x", False),
+        ("a.#.z", "a.z", True),
+        ("a.#.z", "a.b.c.z", True),
+        ("a.#.z", "a.b", False),
+    ],
+)
 def test_topic_matching(pattern: str, key: str, match: bool) -> None:
     assert topic_matches(pattern, key) is match
 
@@ -177,9 +269,11 @@ class FakeManagement:
 
     def get(self, path: str) -> Any:
         self.asked.append(path)
-        return [{"destination": "by-key", "destination_type": "queue", "routing_key": "parked.*"},
-                {"destination": "other", "destination_type": "queue", "routing_key": "nope"},
-                {"destination": "ex2", "destination_type": "exchange", "routing_key": "#"}]
+        return [
+            {"destination": "by-key", "destination_type": "queue", "routing_key": "parked.*"},
+            {"destination": "other", "destination_type": "queue", "routing_key": "nope"},
+            {"destination": "ex2", "destination_type": "exchange", "routing_key": "#"},
+        ]
 
 
 def test_which_queues_are_whose_parking_lot(make_conf: Any) -> None:
@@ -189,9 +283,11 @@ def test_which_queues_are_whose_parking_lot(make_conf: Any) -> None:
     assert lots == [Lot("shared", ("a", "b"), False), Lot("by-key", ("x",), None)]
     assert mgmt.asked == ["/api/exchanges/%2F/dlx/bindings/source"]
     assert find(parsed, binding="a", queue=None, management=lambda: None, vhost="/") == [
-        Lot("shared", ("a",), False)]
-    assert find(parsed, binding="a", queue="elsewhere", management=lambda: None,
-                vhost="/") == [Lot("elsewhere", ("a",))]
+        Lot("shared", ("a",), False)
+    ]
+    assert find(parsed, binding="a", queue="elsewhere", management=lambda: None, vhost="/") == [
+        Lot("elsewhere", ("a",))
+    ]
     with pytest.raises(ClientError) as caught:
         find(parsed, binding="x", queue=None, management=lambda: None, vhost="/")
     assert caught.value.status == EXIT_BROKER and "--queue" in str(caught.value)
@@ -207,7 +303,8 @@ def test_a_quorum_lot_is_known_from_the_configuration(make_conf: Any) -> None:
     text = CONF.format(qtype="quorum").replace("queue = qa\n", "queue = qa\nqueue_type = quorum\n")
     parsed = bindingconf.parse(make_conf(text))
     assert find(parsed, binding="b", queue=None, management=lambda: None, vhost="/") == [
-        Lot("shared", ("b",), True)]
+        Lot("shared", ("b",), True)
+    ]
 
 
 def test_selection_by_binding_reason_and_count() -> None:
@@ -226,10 +323,29 @@ def test_selection_by_binding_reason_and_count() -> None:
 
 
 def test_the_command_line() -> None:
-    ns = client_args.parse_args(["--config-file", "f", "parked", "replay", "--count", "3",
-                                 "--dry-run", "--reason", "x", "--to-queue", "q"])
-    assert (ns.command, ns.parked_command, ns.replay_count, ns.dry_run, ns.reason,
-            ns.to_queue) == ("parked", "replay", 3, True, "x", "q")
+    ns = client_args.parse_args(
+        [
+            "--config-file",
+            "f",
+            "parked",
+            "replay",
+            "--count",
+            "3",
+            "--dry-run",
+            "--reason",
+            "x",
+            "--to-queue",
+            "q",
+        ]
+    )
+    assert (ns.command, ns.parked_command, ns.replay_count, ns.dry_run, ns.reason, ns.to_queue) == (
+        "parked",
+        "replay",
+        3,
+        True,
+        "x",
+        "q",
+    )
     assert client_args.oslo_args(ns) == ["--config-file", "f"]
     ns = client_args.parse_args(["parked", "purge", "--config-file", "g", "--yes"])
     assert ns.yes and client_args.oslo_args(ns) == ["--config-file", "g"]
@@ -272,7 +388,8 @@ class FakeConnection:
 
 
 def test_the_depth_collector_reads_at_most_every_few_seconds(
-        make_conf: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_conf: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conf = make_conf(CONF.format(qtype="classic"))
     parsed = bindingconf.parse(conf)
     assert lotdepth.lots_of(parsed) == {"shared": ("a", "b")}
@@ -300,8 +417,14 @@ def test_the_depth_collector_reads_at_most_every_few_seconds(
     del depths["down"]
     clock[0] += lotdepth.PROBE_EVERY
     assert samples()[0][1] == 9 and conn.connects == 2  # connected again
-    assert lotdepth.ParkedDepth.for_bindings(conf, type("S", (), {"folder": "/x"})(),  # type: ignore[arg-type]
-                                             parsed) is None
+    assert (
+        lotdepth.ParkedDepth.for_bindings(
+            conf,
+            type("S", (), {"folder": "/x"})(),  # type: ignore[arg-type]
+            parsed,
+        )
+        is None
+    )
 
 
 class Fails:
@@ -314,18 +437,30 @@ class Fails:
     def handle_message(self, message: Any) -> None:
         self.seen.append((message.routing_key, dict(message.headers)))
 
-    def info(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
-             metadata: dict[str, Any]) -> None:
+    def info(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> None:
         self.seen.append((event_type, metadata["message_id"]))
 
 
 def test_the_fixture_replays_an_export(tmp_path: Path) -> None:
-    note = envelope.oslo_notification("info", "compute.instance.delete.end", {}, "compute.h1",
-                                      {}, "n-1")
+    note = envelope.oslo_notification(
+        "info", "compute.instance.delete.end", {}, "compute.h1", {}, "n-1"
+    )
     messages = [
         parked_cast(),
-        Parked("dlq", 1, b'{"thing": 1}', {"content_type": "application/json"},
-               {xheaders.ORIGINAL_KEY_HEADER: "thing.created", xheaders.RETRIES_HEADER: 2}),
+        Parked(
+            "dlq",
+            1,
+            b'{"thing": 1}',
+            {"content_type": "application/json"},
+            {xheaders.ORIGINAL_KEY_HEADER: "thing.created", xheaders.RETRIES_HEADER: 2},
+        ),
         Parked("dlq", 2, envelope.envelope(note), {"content_type": "application/json"}, {}),
     ]
     path = tmp_path / "export.jsonl"

@@ -14,12 +14,26 @@ def oslo(inner: dict[str, Any]) -> bytes:
 
 
 # the inner dicts captured from oslo.messaging 18.3.1 (reference section 2)
-CALL = {"method": "echo", "args": {"x": 5}, "version": "1.2", "_msg_id": "f633dbd5",
-        "_reply_q": "reply_a1884108", "_timeout": None, "_unique_id": "4cb43c04",
-        "_context_user_id": "u1", "_context_project_id": "p1",
-        "_context_request_id": "req-abc"}
-CAST = {"method": "echo", "args": {"x": 6}, "_unique_id": "e633ea1a",
-        "_context_user_id": "u1", "_context_project_id": "p1", "_context_request_id": "req-abc"}
+CALL = {
+    "method": "echo",
+    "args": {"x": 5},
+    "version": "1.2",
+    "_msg_id": "f633dbd5",
+    "_reply_q": "reply_a1884108",
+    "_timeout": None,
+    "_unique_id": "4cb43c04",
+    "_context_user_id": "u1",
+    "_context_project_id": "p1",
+    "_context_request_id": "req-abc",
+}
+CAST = {
+    "method": "echo",
+    "args": {"x": 6},
+    "_unique_id": "e633ea1a",
+    "_context_user_id": "u1",
+    "_context_project_id": "p1",
+    "_context_request_id": "req-abc",
+}
 
 
 def decode(body: bytes, **kw: Any) -> Request | Rejected:
@@ -35,8 +49,12 @@ def test_oslo_call() -> None:
     assert req.method == "echo"
     assert req.args == {"x": 5} and req.version == "1.2" and req.namespace is None
     assert req.reply == decoding.ReplyRoute("oslo", "reply_a1884108", msg_id="f633dbd5")
-    assert req.context == {"user_id": "u1", "project_id": "p1", "request_id": "req-abc",
-                           "client_timeout": None}
+    assert req.context == {
+        "user_id": "u1",
+        "project_id": "p1",
+        "request_id": "req-abc",
+        "client_timeout": None,
+    }
     assert req.unique_id == "4cb43c04" and req.monitor_timeout is None
     assert req.routing_key == "T" and req.exchange == "openstack"
 
@@ -53,11 +71,13 @@ def test_oslo_cast_and_monitor_timeout() -> None:
 
 def test_plain_amqp_rpc() -> None:
     body = json.dumps({"method": "add", "args": {"a": 1}, "context": {"u": 1}}).encode()
-    req = decode(body, properties={"reply_to": "amq.rabbitmq.reply-to.g1h",
-                                   "correlation_id": "c-1"})
+    req = decode(
+        body, properties={"reply_to": "amq.rabbitmq.reply-to.g1h", "correlation_id": "c-1"}
+    )
     assert isinstance(req, Request) and req.reply is not None and req.reply.style == "amqp"
-    assert req.reply == decoding.ReplyRoute("amqp", "amq.rabbitmq.reply-to.g1h",
-                                            correlation_id="c-1")
+    assert req.reply == decoding.ReplyRoute(
+        "amqp", "amq.rabbitmq.reply-to.g1h", correlation_id="c-1"
+    )
     assert req.context == {"u": 1}
     cast = decode(body)
     assert isinstance(cast, Request) and cast.is_rpc and cast.reply is None
@@ -76,23 +96,26 @@ def test_missing_content_type_is_tried_as_json() -> None:
     assert isinstance(decode(b'{"a": 1}', content_type=None, content_encoding=None), Request)
 
 
-@pytest.mark.parametrize("body, kw, words", [
-    (b"\x80\x04\x95", {"content_type": "application/x-python-serialize"}, "content type"),
-    (b'{"a": 1}', {"content_type": "application/x-yaml"}, "content type"),
-    (b'{"a": 1}', {"content_encoding": "binary"}, "encoding"),
-    (b'{"a": 1}', {"headers": {"compression": "application/x-gzip"}}, "compressed"),
-    (b"\xff\xfe{}", {}, "UTF-8"),
-    (b'{"method": "x", "args"', {}, "not JSON"),
-    (b"NaN", {}, "NaN"),
-    (json.dumps({"oslo.version": "3.0", "oslo.message": "{}"}).encode(), {}, "version"),
-    (json.dumps({"oslo.version": "2.0", "oslo.message": {"a": 1}}).encode(), {}, "string"),
-    (json.dumps({"oslo.version": "2.0", "oslo.message": "{bad"}).encode(), {}, "JSON"),
-    (json.dumps({"method": 5}).encode(), {}, "method"),
-    (json.dumps({"method": "m", "args": [1]}).encode(), {}, "args must be a JSON object"),
-    (json.dumps({"method": "m", "context": "x"}).encode(), {}, "context"),
-    (oslo({"method": "m", "args": "x"}), {}, "args"),
-    (oslo({"method": "m", "_msg_id": "1"}), {}, "_reply_q"),
-])
+@pytest.mark.parametrize(
+    "body, kw, words",
+    [
+        (b"\x80\x04\x95", {"content_type": "application/x-python-serialize"}, "content type"),
+        (b'{"a": 1}', {"content_type": "application/x-yaml"}, "content type"),
+        (b'{"a": 1}', {"content_encoding": "binary"}, "encoding"),
+        (b'{"a": 1}', {"headers": {"compression": "application/x-gzip"}}, "compressed"),
+        (b"\xff\xfe{}", {}, "UTF-8"),
+        (b'{"method": "x", "args"', {}, "not JSON"),
+        (b"NaN", {}, "NaN"),
+        (json.dumps({"oslo.version": "3.0", "oslo.message": "{}"}).encode(), {}, "version"),
+        (json.dumps({"oslo.version": "2.0", "oslo.message": {"a": 1}}).encode(), {}, "string"),
+        (json.dumps({"oslo.version": "2.0", "oslo.message": "{bad"}).encode(), {}, "JSON"),
+        (json.dumps({"method": 5}).encode(), {}, "method"),
+        (json.dumps({"method": "m", "args": [1]}).encode(), {}, "args must be a JSON object"),
+        (json.dumps({"method": "m", "context": "x"}).encode(), {}, "context"),
+        (oslo({"method": "m", "args": "x"}), {}, "args"),
+        (oslo({"method": "m", "_msg_id": "1"}), {}, "_reply_q"),
+    ],
+)
 def test_refusals(body: bytes, kw: dict[str, Any], words: str) -> None:
     result = decode(body, **kw)
     assert isinstance(result, Rejected), result
@@ -104,8 +127,10 @@ def test_refusal_keeps_reply_route_for_calls() -> None:
     result = decode(bad)
     assert isinstance(result, Rejected) and result.reply is not None
     assert result.reply.routing_key == "rq"
-    plain = decode(json.dumps({"method": "m", "args": 3}).encode(),
-                   properties={"reply_to": "q", "correlation_id": "c"})
+    plain = decode(
+        json.dumps({"method": "m", "args": 3}).encode(),
+        properties={"reply_to": "q", "correlation_id": "c"},
+    )
     assert isinstance(plain, Rejected) and plain.reply is not None
 
 
@@ -154,8 +179,9 @@ def test_amqp_replies() -> None:
     ok = replyformat.encode_result(route, [1, 2])
     assert json.loads(ok.body) == {"result": [1, 2]} and ok.correlation_id == "c9"
     err = replyformat.encode_failure(route, KeyError("k"))
-    assert json.loads(err.body) == {"error": {"type": "KeyError", "module": "builtins",
-                                              "message": "'k'"}}
+    assert json.loads(err.body) == {
+        "error": {"type": "KeyError", "module": "builtins", "message": "'k'"}
+    }
 
 
 def test_non_json_result_raises_for_the_dispatcher() -> None:

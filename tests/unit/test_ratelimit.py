@@ -117,8 +117,7 @@ def test_bad_limits(burst: int, interval: float) -> None:
         LogLimiter(burst, interval)
 
 
-def test_consumer_logs_through_the_limiter(clock: Clock,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_consumer_logs_through_the_limiter(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
     """The intake's refusal logging (telling.Refusals) on a flood of 50 refusals."""
     from types import SimpleNamespace
 
@@ -126,8 +125,10 @@ def test_consumer_logs_through_the_limiter(clock: Clock,
 
     refusals = Refusals(LogLimiter(clock=clock))
     binding: Any = SimpleNamespace(name="api")
-    message = SimpleNamespace(delivery_info={"exchange": "ex", "routing_key": "rk"},
-                              content_type="application/x-python-serialize")
+    message = SimpleNamespace(
+        delivery_info={"exchange": "ex", "routing_key": "rk"},
+        content_type="application/x-python-serialize",
+    )
     caplog.set_level(logging.WARNING, logger="rpcworker.engine")
     for i in range(50):
         refusals.log(binding, message, f"reason {i}")
@@ -137,11 +138,13 @@ def test_consumer_logs_through_the_limiter(clock: Clock,
     clock.now += 10
     refusals.summarise()  # the loop's tick
     assert caplog.records[-1].getMessage() == (
-        "binding api: 40 more messages refused in the last 10 s (last reason: reason 49)")
+        "binding api: 40 more messages refused in the last 10 s (last reason: reason 49)"
+    )
     refusals.log(binding, message, "again")
     assert len(caplog.records) == 12 and caplog.records[-1].getMessage().endswith("again")
     for i in range(15):
         refusals.log(binding, message, f"late {i}")
     refusals.summarise(final=True)  # a stop: the open window is summarised
     assert caplog.records[-1].getMessage() == (
-        "binding api: 6 more messages refused in the last 10 s (last reason: late 14)")
+        "binding api: 6 more messages refused in the last 10 s (last reason: late 14)"
+    )

@@ -81,8 +81,9 @@ def test_each_message_has_the_exact_sd_notify_text(receiver: Receiver, socket_pa
     assert receiver.recv() == "EXTEND_TIMEOUT_USEC=250000"
 
 
-def test_reloading_carries_the_monotonic_clock_in_usec(receiver: Receiver,
-                                                       socket_path: str) -> None:
+def test_reloading_carries_the_monotonic_clock_in_usec(
+    receiver: Receiver, socket_path: str
+) -> None:
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     SystemdNotifier(socket_path).reloading()
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -110,8 +111,9 @@ def test_abstract_namespace_socket() -> None:
         r.close()
 
 
-def test_one_socket_is_reused(receiver: Receiver, socket_path: str,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_socket_is_reused(
+    receiver: Receiver, socket_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     created: list[socket.socket] = []
     real = socket.socket
 
@@ -130,8 +132,7 @@ def test_one_socket_is_reused(receiver: Receiver, socket_path: str,
     n.close()
 
 
-def test_watchdog_is_sent_at_most_every_half_interval(receiver: Receiver,
-                                                      socket_path: str) -> None:
+def test_watchdog_is_sent_at_most_every_half_interval(receiver: Receiver, socket_path: str) -> None:
     clock = Clock()
     n = SystemdNotifier(socket_path, watchdog_usec=2_000_000, clock=clock)
     sent_at: list[float] = []
@@ -148,14 +149,17 @@ def test_watchdog_message_text(receiver: Receiver, socket_path: str) -> None:
     assert receiver.recv() == "WATCHDOG=1"
 
 
-def test_no_watchdog_without_watchdog_usec_or_for_another_pid(receiver: Receiver,
-                                                              socket_path: str) -> None:
+def test_no_watchdog_without_watchdog_usec_or_for_another_pid(
+    receiver: Receiver, socket_path: str
+) -> None:
     clock = Clock()
     off = SystemdNotifier(socket_path, clock=clock)
-    other = SystemdNotifier(socket_path, watchdog_usec=1_000_000, watchdog_pid=os.getpid() + 1,
-                            clock=clock)
-    mine = SystemdNotifier(socket_path, watchdog_usec=1_000_000, watchdog_pid=os.getpid(),
-                           clock=clock)
+    other = SystemdNotifier(
+        socket_path, watchdog_usec=1_000_000, watchdog_pid=os.getpid() + 1, clock=clock
+    )
+    mine = SystemdNotifier(
+        socket_path, watchdog_usec=1_000_000, watchdog_pid=os.getpid(), clock=clock
+    )
     for _ in range(3):
         clock.now += 10
         off.watchdog()
@@ -169,8 +173,7 @@ def test_from_environment() -> None:
     assert isinstance(systemd.from_environment({}), NullNotifier)
     assert isinstance(systemd.from_environment({"NOTIFY_SOCKET": ""}), NullNotifier)
     for unsupported in ("relative/path", "vsock:2:1234", "@"):
-        assert isinstance(systemd.from_environment({"NOTIFY_SOCKET": unsupported}),
-                          NullNotifier)
+        assert isinstance(systemd.from_environment({"NOTIFY_SOCKET": unsupported}), NullNotifier)
 
     n = systemd.from_environment({"NOTIFY_SOCKET": "/run/systemd/notify"})
     assert isinstance(n, SystemdNotifier)
@@ -186,8 +189,11 @@ def test_from_environment() -> None:
     n = systemd.from_environment({**env, "WATCHDOG_PID": str(os.getpid() + 1)})
     assert isinstance(n, SystemdNotifier) and n.watchdog_usec is None
 
-    for bad in ({**env, "WATCHDOG_USEC": "soon"}, {**env, "WATCHDOG_USEC": "0"},
-                {**env, "WATCHDOG_PID": "me"}):
+    for bad in (
+        {**env, "WATCHDOG_USEC": "soon"},
+        {**env, "WATCHDOG_USEC": "0"},
+        {**env, "WATCHDOG_PID": "me"},
+    ):
         n = systemd.from_environment(bad)
         assert isinstance(n, SystemdNotifier)
         assert n.watchdog_usec is None or "WATCHDOG_PID" in bad
@@ -202,18 +208,27 @@ def everything(n: SystemdNotifier) -> None:
     n.reloading()
 
 
-@pytest.mark.parametrize("address", [
-    "missing",             # no such file
-    "file",                # a regular file, not a socket: connection refused
-    "nodir/notify",        # no such directory
-    "long",                # longer than sun_path
-    "nul",                 # an embedded NUL
-], ids=str)
-def test_an_unusable_socket_never_raises(tmp_path: Path, address: str,
-                                         caplog: pytest.LogCaptureFixture) -> None:
-    target = {"missing": str(tmp_path / "missing"), "file": str(tmp_path / "file"),
-              "nodir/notify": str(tmp_path / "nodir" / "notify"),
-              "long": "/" + "x" * 200, "nul": str(tmp_path / "a\0b")}[address]
+@pytest.mark.parametrize(
+    "address",
+    [
+        "missing",  # no such file
+        "file",  # a regular file, not a socket: connection refused
+        "nodir/notify",  # no such directory
+        "long",  # longer than sun_path
+        "nul",  # an embedded NUL
+    ],
+    ids=str,
+)
+def test_an_unusable_socket_never_raises(
+    tmp_path: Path, address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = {
+        "missing": str(tmp_path / "missing"),
+        "file": str(tmp_path / "file"),
+        "nodir/notify": str(tmp_path / "nodir" / "notify"),
+        "long": "/" + "x" * 200,
+        "nul": str(tmp_path / "a\0b"),
+    }[address]
     (tmp_path / "file").write_text("not a socket")
     n = SystemdNotifier(target, watchdog_usec=1)
     with caplog.at_level(logging.DEBUG, logger="rpcworker.daemon.systemd"):
@@ -242,8 +257,7 @@ def test_a_closed_receiver_never_raises_and_a_new_one_is_reached(socket_path: st
         r.close()
 
 
-def test_a_receiver_that_does_not_read_never_blocks(receiver: Receiver,
-                                                    socket_path: str) -> None:
+def test_a_receiver_that_does_not_read_never_blocks(receiver: Receiver, socket_path: str) -> None:
     n = SystemdNotifier(socket_path)
     started = time.monotonic()
     results = [n.send(f"STATUS={i} " + "x" * 1000) for i in range(2000)]

@@ -36,7 +36,8 @@ def take(conn: kombu.Connection, queue: str) -> list[Any]:
 
 
 def test_retry_copy_goes_to_the_delay_queue_then_the_original_is_acked(
-        conn: kombu.Connection) -> None:
+    conn: kombu.Connection,
+) -> None:
     box = Box(conn)
     msg = FakeMessage()
     box.settle(Delivery(msg, BINDING, "q", None), Outcome(Action.RETRY, reason="boom"))
@@ -49,8 +50,9 @@ def test_retry_copy_goes_to_the_delay_queue_then_the_original_is_acked(
 def test_retry_on_a_queue_without_delay_queues_dead_letters(conn: kombu.Connection) -> None:
     box = Box(conn)
     msg = FakeMessage()
-    box.settle(Delivery(msg, BINDING, "q", None, retryable=False),
-               Outcome(Action.RETRY, reason="boom"))
+    box.settle(
+        Delivery(msg, BINDING, "q", None, retryable=False), Outcome(Action.RETRY, reason="boom")
+    )
     assert msg.settled == ["ack"] and box.stats.dead_lettered == 1
     [parked] = take(conn, "parked")
     assert parked.headers["x-rpcworker-failure"] == "boom"
@@ -118,8 +120,7 @@ class Tagged:
     delivery_tag: int
 
 
-def test_acks_below_the_oldest_open_delivery_go_as_one_multiple_ack(
-        conn: kombu.Connection) -> None:
+def test_acks_below_the_oldest_open_delivery_go_as_one_multiple_ack(conn: kombu.Connection) -> None:
     box = Box(conn)
     box.acks = Acks(batch=True)  # as on py-amqp
     ch = FakeChannel()

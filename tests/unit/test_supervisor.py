@@ -97,11 +97,14 @@ def test_a_worker_that_lost_its_connection_holds_ready_back(hub: Hub, sink: Sink
 
 def test_a_worker_missing_a_binding_holds_ready_back(hub: Hub, sink: Sink) -> None:
     hub.on_event(0, 100, READY, True, OK)
-    hub.on_event(1, 101, STATUS, False, "consuming 1 of 2 binding(s); 0 reconnect(s); "
-                 "not declared: b")
+    hub.on_event(
+        1, 101, STATUS, False, "consuming 1 of 2 binding(s); 0 reconnect(s); not declared: b"
+    )
     assert sink.count("READY=1") == 0
-    assert sink.sent[-1] == (f"STATUS=1/2 workers consuming: worker 0: {OK}; worker 1: consuming "
-                             "1 of 2 binding(s); 0 reconnect(s); not declared: b")
+    assert sink.sent[-1] == (
+        f"STATUS=1/2 workers consuming: worker 0: {OK}; worker 1: consuming "
+        "1 of 2 binding(s); 0 reconnect(s); not declared: b"
+    )
 
 
 def test_ready_again_after_reload_once_every_worker_reloaded(hub: Hub, sink: Sink) -> None:
@@ -142,8 +145,7 @@ def test_no_ready_while_stopping(hub: Hub, sink: Sink) -> None:
 # -- crashes and restarts --------------------------------------------------------------------
 
 
-def test_dead_worker_leaves_the_count_and_its_late_events_are_ignored(hub: Hub,
-                                                                      sink: Sink) -> None:
+def test_dead_worker_leaves_the_count_and_its_late_events_are_ignored(hub: Hub, sink: Sink) -> None:
     start_both(hub)
     hub.on_dead(1, 70)
     assert sink.sent[-1] == f"STATUS=1/2 workers consuming: worker 0: {OK}"
@@ -164,8 +166,9 @@ def test_a_new_pid_replaces_the_old_one_even_before_its_death_is_reported(hub: H
     assert sorted(hub.pids) == [100, 202]
 
 
-def test_a_worker_whose_death_was_not_reported_is_forgotten(hub: Hub, sink: Sink,
-                                                           clock: Clock, pids: Pids) -> None:
+def test_a_worker_whose_death_was_not_reported_is_forgotten(
+    hub: Hub, sink: Sink, clock: Clock, pids: Pids
+) -> None:
     start_both(hub)
     clock.advance(30)
     hub.on_event(0, 100, WATCHDOG, True)
@@ -209,8 +212,7 @@ def test_watchdog_while_every_worker_reports(hub: Hub, sink: Sink, clock: Clock)
     assert sink.take() == ["WATCHDOG=1"] * 10
 
 
-def test_watchdog_withheld_when_one_worker_is_silent(hub: Hub, sink: Sink,
-                                                     clock: Clock) -> None:
+def test_watchdog_withheld_when_one_worker_is_silent(hub: Hub, sink: Sink, clock: Clock) -> None:
     start_both(hub)
     sink.take()
     for _ in range(3):  # worker 1 stops reporting: fine for one window (10 s) ...
@@ -231,8 +233,7 @@ def test_watchdog_withheld_when_one_worker_is_silent(hub: Hub, sink: Sink,
     assert sink.take() == ["WATCHDOG=1"]
 
 
-def test_a_fresh_worker_counts_as_alive_for_one_window(hub: Hub, sink: Sink,
-                                                       clock: Clock) -> None:
+def test_a_fresh_worker_counts_as_alive_for_one_window(hub: Hub, sink: Sink, clock: Clock) -> None:
     hub.on_event(0, 100, HELLO)
     sink.take()
     clock.advance(9)
@@ -270,8 +271,10 @@ def test_status_lines(hub: Hub, sink: Sink) -> None:
     start_both(hub)
     assert hub.status_line() == f"2/2 workers consuming: {OK}"
     hub.on_event(0, 100, STATUS, False, "reconnecting to the broker (ConnectionResetError)")
-    assert sink.sent[-1] == ("STATUS=1/2 workers consuming: worker 0: reconnecting to the "
-                             f"broker (ConnectionResetError); worker 1: {OK}")
+    assert sink.sent[-1] == (
+        "STATUS=1/2 workers consuming: worker 0: reconnecting to the "
+        f"broker (ConnectionResetError); worker 1: {OK}"
+    )
     sent = len(sink.sent)
     hub.on_event(0, 100, WATCHDOG, False)  # nothing new to say
     assert len(sink.sent) == sent
@@ -284,20 +287,26 @@ def test_status_groups_the_workers_that_agree(clock: Clock, sink: Sink) -> None:
     hub.on_event(2, 102, READY, True, OK)
     hub.on_event(0, 100, READY, True, OK)
     hub.on_event(1, 101, STATUS, False, "reconnecting to the broker (x)")
-    assert sink.sent[-1] == ("STATUS=2/3 workers consuming: workers 0, 2: "
-                             f"{OK}; worker 1: reconnecting to the broker (x)")
+    assert sink.sent[-1] == (
+        "STATUS=2/3 workers consuming: workers 0, 2: "
+        f"{OK}; worker 1: reconnecting to the broker (x)"
+    )
 
 
 def test_stop_sends_stopping_and_extends_the_timeout(hub: Hub, sink: Sink) -> None:
     start_both(hub)
     sink.take()
     hub.on_stop()
-    assert sink.take() == [f"STOPPING=1 STATUS=stopping; 2/2 workers consuming: {OK}",
-                           "EXTEND_TIMEOUT=70"]
+    assert sink.take() == [
+        f"STOPPING=1 STATUS=stopping; 2/2 workers consuming: {OK}",
+        "EXTEND_TIMEOUT=70",
+    ]
     hub.on_event(0, 100, STOPPING, True, "draining 3 in-flight message(s)")
     hub.on_event(1, 101, STOPPING, True, "draining 0 in-flight message(s)")
-    assert sink.sent[-1] == ("STATUS=stopping; 0/2 workers consuming: worker 0: draining 3 "
-                             "in-flight message(s); worker 1: draining 0 in-flight message(s)")
+    assert sink.sent[-1] == (
+        "STATUS=stopping; 0/2 workers consuming: worker 0: draining 3 "
+        "in-flight message(s); worker 1: draining 0 in-flight message(s)"
+    )
 
 
 # -- the wire between child and supervisor ----------------------------------------------------
@@ -321,8 +330,9 @@ def received(inbox: socket.socket) -> list[bytes]:
             return out
 
 
-def test_child_notifier_forwards_to_the_hub(pair: tuple[socket.socket, socket.socket],
-                                            hub: Hub, sink: Sink) -> None:
+def test_child_notifier_forwards_to_the_hub(
+    pair: tuple[socket.socket, socket.socket], hub: Hub, sink: Sink
+) -> None:
     inbox, outbox = pair
     children = [ChildNotifier(outbox, 0, 2.5), ChildNotifier(outbox, 1, 2.5)]
     children[1].pid += 1  # two processes
@@ -337,8 +347,9 @@ def test_child_notifier_forwards_to_the_hub(pair: tuple[socket.socket, socket.so
     hub.handle(json.dumps({"w": 0}).encode())  # malformed: ignored
 
 
-def test_child_notifier_rate_limits_watchdog(pair: tuple[socket.socket, socket.socket],
-                                             clock: Clock) -> None:
+def test_child_notifier_rate_limits_watchdog(
+    pair: tuple[socket.socket, socket.socket], clock: Clock
+) -> None:
     inbox, outbox = pair
     child = ChildNotifier(outbox, 0, 2.5, clock=clock)
     for _ in range(100):
@@ -351,8 +362,7 @@ def test_child_notifier_rate_limits_watchdog(pair: tuple[socket.socket, socket.s
     assert received(inbox) == []
 
 
-def test_child_notifier_never_blocks_nor_raises(pair: tuple[socket.socket, socket.socket]
-                                                ) -> None:
+def test_child_notifier_never_blocks_nor_raises(pair: tuple[socket.socket, socket.socket]) -> None:
     inbox, outbox = pair
     child = ChildNotifier(outbox, 0, None)
     for _ in range(5000):  # nobody reads: the queue fills up, then datagrams are dropped

@@ -41,8 +41,7 @@ def service(path: Path) -> dict[str, str]:
 
 
 def graceful_default() -> int:
-    return int(next(o.default for o in opts.default_opts
-                    if o.name == "graceful_shutdown_timeout"))
+    return int(next(o.default for o in opts.default_opts if o.name == "graceful_shutdown_timeout"))
 
 
 def seconds(value: str) -> float:
@@ -55,8 +54,9 @@ def seconds(value: str) -> float:
 
 
 def test_instances_read_their_own_config_file() -> None:
-    assert re.search(r"rpcworker --config-file /etc/rpcworker/rpcworker\.conf$",
-                     service(SERVICE)["ExecStart"])
+    assert re.search(
+        r"rpcworker --config-file /etc/rpcworker/rpcworker\.conf$", service(SERVICE)["ExecStart"]
+    )
     template = service(TEMPLATE)
     assert re.search(r"rpcworker --config-file /etc/rpcworker/%i\.conf$", template["ExecStart"])
     assert "%i" in template["SyslogIdentifier"]
@@ -66,8 +66,9 @@ def test_instances_read_their_own_config_file() -> None:
 def test_the_template_differs_only_in_its_instance_settings() -> None:
     own = {"ExecStart", "SyslogIdentifier"}
     a, b = parse(SERVICE)["Service"], parse(TEMPLATE)["Service"]
-    assert {k: v for k, v in a.items() if k not in own} == \
-        {k: v for k, v in b.items() if k not in own}
+    assert {k: v for k, v in a.items() if k not in own} == {
+        k: v for k, v in b.items() if k not in own
+    }
     assert parse(SERVICE)["Install"] == parse(TEMPLATE)["Install"]
 
 
@@ -102,12 +103,21 @@ def test_stop_signals_the_main_process_and_outlasts_the_graceful_timeout(path: P
 def test_unit_is_hardened(path: Path) -> None:
     s = service(path)
     expected = {
-        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
-        "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
-        "ProtectControlGroups": "yes", "RestrictNamespaces": "yes", "LockPersonality": "yes",
-        "MemoryDenyWriteExecute": "yes", "RestrictRealtime": "yes",
-        "SystemCallArchitectures": "native", "CapabilityBoundingSet": "",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "RestrictRealtime": "yes",
+        "SystemCallArchitectures": "native",
+        "CapabilityBoundingSet": "",
     }
     assert {k: s.get(k) for k in expected} == expected
     assert set(s["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
@@ -119,9 +129,13 @@ def test_systemd_analyze_verify(path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
-    result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
     # the binary exists only once installed: that is the only complaint allowed
-    problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if line.strip() and "is not executable" not in line]
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and "is not executable" not in line
+    ]
     assert problems == [], problems

@@ -19,8 +19,13 @@ from tests.fakes import AFTER
 
 
 def call(**kw: Any) -> decoding.Request:
-    return decoding.Request(body=None, method="m", unique_id="u1",
-                            reply=decoding.ReplyRoute("oslo", "reply_q", msg_id="m1"), **kw)
+    return decoding.Request(
+        body=None,
+        method="m",
+        unique_id="u1",
+        reply=decoding.ReplyRoute("oslo", "reply_q", msg_id="m1"),
+        **kw,
+    )
 
 
 class Failing:
@@ -34,7 +39,8 @@ def test_every_note_has_its_words() -> None:
 
 @pytest.mark.parametrize("happened", list(Happened))
 def test_each_note_is_one_line_naming_binding_and_message(
-        happened: Happened, caplog: pytest.LogCaptureFixture) -> None:
+    happened: Happened, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="rpcworker.engine.telling")
     error = ValueError("why\nit failed")
     Teller().note(Delivery(None, AFTER, "q", call()), Note(happened, "the detail", error))
@@ -57,19 +63,34 @@ def test_failure_line_carries_the_fields_as_extra(caplog: pytest.LogCaptureFixtu
     [record] = caplog.records
     assert "failed on call 'm' (msg_id='m1', unique_id='u1')" in record.getMessage()
     assert (record.binding, record.method, record.msg_id, record.unique_id) == (  # type: ignore[attr-defined]
-        "b", "m", "m1", "u1")
+        "b",
+        "m",
+        "m1",
+        "u1",
+    )
     # oslo.log's JSONFormatter keeps them, as keys of "extra"
     line = json.loads(formatters.JSONFormatter().format(record))
     assert {k: line["extra"][k] for k in ("binding", "method", "msg_id", "unique_id")} == {
-        "binding": "b", "method": "m", "msg_id": "m1", "unique_id": "u1"}
+        "binding": "b",
+        "method": "m",
+        "msg_id": "m1",
+        "unique_id": "u1",
+    }
     assert "ValueError: boom" in "".join(line["traceback"])
 
 
 def test_a_refusal_is_told_once_and_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="rpcworker.engine.telling")
     teller = Teller()
-    message = type("M", (), {"delivery_info": {"exchange": "ex", "routing_key": "k"},
-                             "content_type": "text/plain", "properties": {}})()
+    message = type(
+        "M",
+        (),
+        {
+            "delivery_info": {"exchange": "ex", "routing_key": "k"},
+            "content_type": "text/plain",
+            "properties": {},
+        },
+    )()
     refused = Outcome(Action.DEAD_LETTER, reason="refused: bad", refusal="bad")
     for _ in range(15):
         teller.tell(Delivery(message, AFTER, "q", None), refused)

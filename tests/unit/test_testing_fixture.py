@@ -203,5 +203,8 @@ def test_rpc_methods_follow_find_method() -> None:
     assert handlerapi.rpc_methods(Handler) == ("inherited", "static", "visible")
     assert handlerapi.rpc_methods(LogHandler) is None
     info = plugins.describe("h", "m:Handler", Handler)
-    assert (info.namespace, info.version, info.methods) == (None, "1.0", (
-        "inherited", "static", "visible"))
+    assert (info.namespace, info.version, info.methods) == (
+        None,
+        "1.0",
+        ("inherited", "static", "visible"),
+    )

@@ -5,8 +5,17 @@ from rpcworker.config.bindingconf import Binding
 
 
 def test_rpc_topology_is_oslo_messaging_s() -> None:
-    b = Binding(name="compute", type="rpc", handler="echo", exchange="nova", durable=False,
-                prefetch_count=0, acknowledge="after", topic="compute", server="host1")
+    b = Binding(
+        name="compute",
+        type="rpc",
+        handler="echo",
+        exchange="nova",
+        durable=False,
+        prefetch_count=0,
+        acknowledge="after",
+        topic="compute",
+        server="host1",
+    )
     t = topology.build(b, instance_id="abc")
     topic_q, server_q, fanout_q = t.queues
     for q, key in ((topic_q, "compute"), (server_q, "compute.host1")):
@@ -24,9 +33,18 @@ def test_rpc_topology_is_oslo_messaging_s() -> None:
 
 
 def test_durable_quorum_rpc() -> None:
-    b = Binding(name="c", type="rpc", handler="echo", exchange="openstack", durable=True,
-                prefetch_count=0, acknowledge="after", topic="c", server="h",
-                queue_arguments={"x-queue-type": "quorum"})
+    b = Binding(
+        name="c",
+        type="rpc",
+        handler="echo",
+        exchange="openstack",
+        durable=True,
+        prefetch_count=0,
+        acknowledge="after",
+        topic="c",
+        server="h",
+        queue_arguments={"x-queue-type": "quorum"},
+    )
     topic_q, _, fanout_q = topology.build(b).queues
     assert topic_q.durable and topic_q.exchange.durable
     assert topic_q.queue_arguments == {"x-queue-type": "quorum"}
@@ -34,18 +52,38 @@ def test_durable_quorum_rpc() -> None:
 
 
 def test_topic_binding_has_one_binding_per_key() -> None:
-    b = Binding(name="audit", type="topic", handler="log", exchange="events", durable=True,
-                prefetch_count=5, acknowledge="after", queue="audit",
-                routing_keys=("a.*", "b.#"), queue_arguments={"x-max-length": 10})
+    b = Binding(
+        name="audit",
+        type="topic",
+        handler="log",
+        exchange="events",
+        durable=True,
+        prefetch_count=5,
+        acknowledge="after",
+        queue="audit",
+        routing_keys=("a.*", "b.#"),
+        queue_arguments={"x-max-length": 10},
+    )
     [q] = topology.build(b).queues
     assert q.name == "audit" and q.durable and q.queue_arguments == {"x-max-length": 10}
     assert sorted((bd.exchange.name, bd.exchange.type, bd.routing_key) for bd in q.bindings) == [
-        ("events", "topic", "a.*"), ("events", "topic", "b.#")]
+        ("events", "topic", "a.*"),
+        ("events", "topic", "b.#"),
+    ]
 
 
 def test_fanout_default_queue_is_exclusive_and_named_per_process() -> None:
-    b = Binding(name="bc", type="fanout", handler="log", exchange="bc", durable=False,
-                prefetch_count=5, acknowledge="after", auto_delete=True, exclusive=True)
+    b = Binding(
+        name="bc",
+        type="fanout",
+        handler="log",
+        exchange="bc",
+        durable=False,
+        prefetch_count=5,
+        acknowledge="after",
+        auto_delete=True,
+        exclusive=True,
+    )
     t1, t2 = topology.build(b), topology.build(b)
     assert t1.queues[0].name != t2.queues[0].name
     assert t1.queues[0].exclusive and t1.queues[0].auto_delete
@@ -53,10 +91,22 @@ def test_fanout_default_queue_is_exclusive_and_named_per_process() -> None:
     assert lines[0].startswith("binding bc (type fanout") and "exclusive=True" in lines[-1]
 
 
-OSLO_QUORUM = Binding(name="c", type="rpc", handler="echo", exchange="nova", durable=True,
-                      prefetch_count=0, acknowledge="after", topic="c", server="h",
-                      queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": 3,
-                                       "x-max-in-memory-length": 100})
+OSLO_QUORUM = Binding(
+    name="c",
+    type="rpc",
+    handler="echo",
+    exchange="nova",
+    durable=True,
+    prefetch_count=0,
+    acknowledge="after",
+    topic="c",
+    server="h",
+    queue_arguments={
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 3,
+        "x-max-in-memory-length": 100,
+    },
+)
 
 
 def test_quorum_rpc_binding_declares_what_oslo_declares() -> None:
@@ -66,20 +116,36 @@ def test_quorum_rpc_binding_declares_what_oslo_declares() -> None:
     topic_q, server_q, fanout_q = topology.build(OSLO_QUORUM, instance_id="abc").queues
     for q, key in ((topic_q, "c"), (server_q, "c.h")):
         assert (q.name, q.routing_key, q.exchange.name, q.exchange.type) == (
-            key, key, "nova", "topic")
+            key,
+            key,
+            "nova",
+            "topic",
+        )
         assert q.durable and not q.auto_delete and not q.exclusive
         assert q.exchange.durable and not q.exchange.auto_delete
-        assert q.queue_arguments == {"x-queue-type": "quorum", "x-delivery-limit": 3,
-                                     "x-max-in-memory-length": 100}
+        assert q.queue_arguments == {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 3,
+            "x-max-in-memory-length": 100,
+        }
     assert fanout_q.name == "c_fanout_abc" and not fanout_q.durable
     assert fanout_q.queue_arguments == {"x-expires": 1800000}
     assert not fanout_q.exchange.durable and fanout_q.exchange.auto_delete
 
 
 def test_quorum_direct_binding() -> None:
-    b = Binding(name="d", type="direct", handler="log", exchange="ex", durable=True,
-                prefetch_count=5, acknowledge="after", queue="work", routing_keys=("k",),
-                queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": 2})
+    b = Binding(
+        name="d",
+        type="direct",
+        handler="log",
+        exchange="ex",
+        durable=True,
+        prefetch_count=5,
+        acknowledge="after",
+        queue="work",
+        routing_keys=("k",),
+        queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": 2},
+    )
     [q] = topology.build(b).queues
     assert q.name == "work" and q.durable and not q.auto_delete and not q.exclusive
     assert q.queue_arguments == {"x-queue-type": "quorum", "x-delivery-limit": 2}

@@ -18,8 +18,12 @@ from rpcworker.handlers.echo import EchoHandler
 from rpcworker_benchplugin.probe import PROBE
 
 _opts = [
-    cfg.IntOpt("burn_iterations", default=20_000, min=0,
-               help="Turns of the pure-Python loop of one `burn` call."),
+    cfg.IntOpt(
+        "burn_iterations",
+        default=20_000,
+        min=0,
+        help="Turns of the pure-Python loop of one `burn` call.",
+    ),
 ]
 
 
@@ -51,8 +55,14 @@ class BenchNotify:
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         pass
 
-    def info(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
-             metadata: dict[str, Any]) -> None:
+    def info(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> None:
         """Tick the probe."""
         PROBE.tick()
 

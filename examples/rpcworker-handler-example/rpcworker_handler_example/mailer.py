@@ -30,14 +30,20 @@ import rpcworker
 GROUP = "mailer"
 
 opts = [
-    cfg.StrOpt("sender", default="noreply@example.org",
-               help="From address of every mail."),
-    cfg.IntOpt("max_recipients", default=10, min=1,
-               help="Most recipients of one mail. More is a ValueError: a caller gets it, "
-                    "a cast is retried and then dead-lettered."),
-    cfg.ListOpt("blocked_domains", default=[],
-                help="Recipient domains that are never mailed. A mail to one of them is "
-                     "rejected at once (rpcworker.Reject: dead-lettered, never retried)."),
+    cfg.StrOpt("sender", default="noreply@example.org", help="From address of every mail."),
+    cfg.IntOpt(
+        "max_recipients",
+        default=10,
+        min=1,
+        help="Most recipients of one mail. More is a ValueError: a caller gets it, "
+        "a cast is retried and then dead-lettered.",
+    ),
+    cfg.ListOpt(
+        "blocked_domains",
+        default=[],
+        help="Recipient domains that are never mailed. A mail to one of them is "
+        "rejected at once (rpcworker.Reject: dead-lettered, never retried).",
+    ),
 ]
 
 
@@ -72,8 +78,7 @@ class MailerHandler:
 
     # -- RPC methods (public: callable by anyone who can publish to the topic) --------
 
-    def send(self, ctxt: dict[str, Any], to: str | list[str], subject: str,
-             body: str = "") -> str:
+    def send(self, ctxt: dict[str, Any], to: str | list[str], subject: str, body: str = "") -> str:
         """Deliver a mail; return its id."""
         recipients = self._recipients(to)
         blocked = sorted(r for r in recipients if r.rsplit("@", 1)[1].lower() in self.blocked)
@@ -85,9 +90,15 @@ class MailerHandler:
                 # worth another try later: a cast is retried after the binding's delay
                 raise rpcworker.Requeue("delivery is paused")
             mail_id = f"mail-{next(self._ids)}"
-            self.mails[mail_id] = {"id": mail_id, "from": self.sender, "to": recipients,
-                                   "subject": subject, "body": body, "state": "sent",
-                                   "user": ctxt.get("user_id")}
+            self.mails[mail_id] = {
+                "id": mail_id,
+                "from": self.sender,
+                "to": recipients,
+                "subject": subject,
+                "body": body,
+                "state": "sent",
+                "user": ctxt.get("user_id"),
+            }
         return mail_id
 
     def status(self, ctxt: dict[str, Any], mail_id: str) -> dict[str, Any]:
@@ -139,10 +150,14 @@ class MailerHandler:
 
     def _recipients(self, to: Any) -> list[str]:
         recipients = [to] if isinstance(to, str) else to
-        if (not isinstance(recipients, list) or not recipients
-                or not all(isinstance(r, str) and "@" in r for r in recipients)):
+        if (
+            not isinstance(recipients, list)
+            or not recipients
+            or not all(isinstance(r, str) and "@" in r for r in recipients)
+        ):
             raise ValueError(f"to: an address or a list of addresses, not {to!r}")
         if len(recipients) > self.max_recipients:
-            raise ValueError(f"{len(recipients)} recipients: over max_recipients "
-                             f"{self.max_recipients}")
+            raise ValueError(
+                f"{len(recipients)} recipients: over max_recipients {self.max_recipients}"
+            )
         return recipients

@@ -38,18 +38,24 @@ def test_calls_return_results(rpcworker_handler: Factory) -> None:
     assert fx.retried == [] and all(o.kind == "call" for o in fx.acked)
     failed = [o for o in fx.acked if o.failure]
     assert [(o.method, o.failure and o.failure["class"]) for o in failed] == [
-        ("status", "KeyError"), ("_recipients", "NoSuchMethod")]
+        ("status", "KeyError"),
+        ("_recipients", "NoSuchMethod"),
+    ]
 
 
-@pytest.mark.parametrize("namespace,version,accepted", [
-    ("mailer", "2.1", True),
-    ("mailer", "2.0", True),      # an older minor of the same major: compatible
-    ("mailer", "2.2", False),     # newer than the handler
-    ("mailer", "1.9", False),     # another major
-    (None, "2.0", False),         # the wrong namespace
-])
-def test_versioning(rpcworker_handler: Factory, namespace: str | None, version: str,
-                    accepted: bool) -> None:
+@pytest.mark.parametrize(
+    "namespace,version,accepted",
+    [
+        ("mailer", "2.1", True),
+        ("mailer", "2.0", True),  # an older minor of the same major: compatible
+        ("mailer", "2.2", False),  # newer than the handler
+        ("mailer", "1.9", False),  # another major
+        (None, "2.0", False),  # the wrong namespace
+    ],
+)
+def test_versioning(
+    rpcworker_handler: Factory, namespace: str | None, version: str, accepted: bool
+) -> None:
     fx = rpcworker_handler(MailerHandler, namespace=namespace, version=version)
     if accepted:
         assert fx.call("pause") is True
@@ -65,12 +71,16 @@ def test_versioning(rpcworker_handler: Factory, namespace: str | None, version: 
 
 
 def test_own_options_and_reject(rpcworker_handler: Factory) -> None:
-    fx = rpcworker_handler(MailerHandler, config_text="""
+    fx = rpcworker_handler(
+        MailerHandler,
+        config_text="""
         [mailer]
         sender = ops@example.com
         max_recipients = 2
         blocked_domains = spam.example, Junk.example
-        """, **MAILER)
+        """,
+        **MAILER,
+    )
     assert fx.handler.sender == "ops@example.com"
     with pytest.raises(RemoteFailure) as info:
         fx.call("send", to=["a@x.org", "b@x.org", "c@x.org"], subject="s")
@@ -120,23 +130,32 @@ def test_events(rpcworker_handler: Factory) -> None:
     fx = rpcworker_handler(MailerHandler, **MAILER)
     first = fx.call("send", to="ann@example.org", subject="1")
     fx.call("send", to="bob@example.org", subject="2")
-    fx.publish_event({"event_type": "mail.bounced", "payload": {"mail_id": first}},
-                     routing_key="mail.bounced")
-    fx.publish_event({"event_type": "user.deleted", "email": "bob@example.org"},
-                     routing_key="user.deleted")
-    fx.publish_event({"event_type": "user.created", "email": "cy@example.org"},
-                     routing_key="user.created")                               # ignored
-    fx.publish_event(["not", "an", "event"], routing_key="junk")               # Reject
-    fx.publish_event({"event_type": "mail.bounced", "payload": {"mail_id": "mail-9"}},
-                     routing_key="mail.bounced.early")                         # Requeue
+    fx.publish_event(
+        {"event_type": "mail.bounced", "payload": {"mail_id": first}}, routing_key="mail.bounced"
+    )
+    fx.publish_event(
+        {"event_type": "user.deleted", "email": "bob@example.org"}, routing_key="user.deleted"
+    )
+    fx.publish_event(
+        {"event_type": "user.created", "email": "cy@example.org"}, routing_key="user.created"
+    )  # ignored
+    fx.publish_event(["not", "an", "event"], routing_key="junk")  # Reject
+    fx.publish_event(
+        {"event_type": "mail.bounced", "payload": {"mail_id": "mail-9"}},
+        routing_key="mail.bounced.early",
+    )  # Requeue
     fx.wait_idle()
     assert fx.call("status", mail_id=first)["state"] == "bounced"
     assert fx.call("sent_to", address="bob@example.org") == []
     # handlers run in a thread pool: outcomes come in any order
     events = {o.routing_key: o for o in fx.outcomes if o.kind == "event"}
     assert {k: o.action for k, o in events.items()} == {
-        "mail.bounced": "acked", "user.deleted": "acked", "user.created": "acked",
-        "junk": DEAD_LETTERED, "mail.bounced.early": RETRIED}
+        "mail.bounced": "acked",
+        "user.deleted": "acked",
+        "user.created": "acked",
+        "junk": DEAD_LETTERED,
+        "mail.bounced.early": RETRIED,
+    }
     assert "not a mailer event" in str(events["junk"].reason)
     assert "unknown mail 'mail-9'" in str(events["mail.bounced.early"].reason)
 

@@ -25,11 +25,18 @@ def test_oslo_config_generator_documents_the_options(tmp_path: Path) -> None:
     generator = Path(sys.executable).with_name("oslo-config-generator")
     out = tmp_path / "mailer.conf.sample"
     result = subprocess.run(
-        [str(generator), "--namespace", "rpcworker_handler_example", "--output-file",
-         str(out)], capture_output=True, text=True, timeout=60)
+        [str(generator), "--namespace", "rpcworker_handler_example", "--output-file", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert "[mailer]" in text
-    for line in ("#sender = noreply@example.org", "#max_recipients = 10",
-                 "#blocked_domains =", "Most recipients of one mail"):
+    for line in (
+        "#sender = noreply@example.org",
+        "#max_recipients = 10",
+        "#blocked_domains =",
+        "Most recipients of one mail",
+    ):
         assert line in text, text

@@ -18,8 +18,12 @@ from oslo_config import cfg
 import rpcworker
 
 opts = [
-    cfg.IntOpt("max_quantity", default=1000, min=1,
-               help="Largest quantity of one item the inventory accepts."),
+    cfg.IntOpt(
+        "max_quantity",
+        default=1000,
+        min=1,
+        help="Largest quantity of one item the inventory accepts.",
+    ),
 ]
 
 

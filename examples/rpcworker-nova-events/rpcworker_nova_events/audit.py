@@ -32,10 +32,12 @@ import rpcworker
 
 GROUP = "nova_audit"
 _opts = [
-    cfg.StrOpt("path", help="File the audit trail is appended to, one JSON line per "
-               "entry. Unset: kept in memory only."),
-    cfg.IntOpt("keep", default=10000, min=1,
-               help="Entries kept in memory for history()."),
+    cfg.StrOpt(
+        "path",
+        help="File the audit trail is appended to, one JSON line per "
+        "entry. Unset: kept in memory only.",
+    ),
+    cfg.IntOpt("keep", default=10000, min=1, help="Entries kept in memory for history()."),
 ]
 
 PREFIX = "compute.instance."
@@ -53,17 +55,30 @@ class InstanceAudit:
         self.path = conf[GROUP].path
         self._lock = threading.Lock()
         self._entries: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=conf[GROUP].keep)
+            maxlen=conf[GROUP].keep
+        )
 
     # -- notifications (the priority methods) -----------------------------------------
 
-    def info(self, ctxt: dict[str, Any], publisher_id: str, event_type: str,
-             payload: Any, metadata: dict[str, Any]) -> None:
+    def info(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> None:
         """An instance action completed, started, ... (``compute.instance.create.end``)."""
         self._audit(ctxt, publisher_id, event_type, payload, metadata, failed=False)
 
-    def error(self, ctxt: dict[str, Any], publisher_id: str, event_type: str,
-              payload: Any, metadata: dict[str, Any]) -> None:
+    def error(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> None:
         """An instance action failed (``compute.instance.create.error``)."""
         self._audit(ctxt, publisher_id, event_type, payload, metadata, failed=True)
 
@@ -76,8 +91,15 @@ class InstanceAudit:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _audit(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
-               metadata: dict[str, Any], failed: bool) -> None:
+    def _audit(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+        failed: bool,
+    ) -> None:
         if not isinstance(event_type, str) or not event_type.startswith(PREFIX):
             return  # another service's notification: nothing to audit
         instance_id = _instance_id(payload)
@@ -86,7 +108,7 @@ class InstanceAudit:
         host = publisher_id.partition(".")[2] if isinstance(publisher_id, str) else ""
         entry = {
             "instance_id": instance_id,
-            "action": event_type[len(PREFIX):],
+            "action": event_type[len(PREFIX) :],
             "failed": failed,
             "user_id": ctxt.get("user_id") or ctxt.get("user"),
             "project_id": ctxt.get("project_id") or ctxt.get("project"),

@@ -22,10 +22,15 @@ import rpcworker
 _opts = [
     cfg.StrOpt("path", help="File the recorder appends one JSON line per message to."),
     cfg.FloatOpt("delay", default=0.0, help="Seconds every method sleeps before returning."),
-    cfg.StrOpt("hold_while", help="weigh() waits while this file exists (a handler held "
-               "for as long as a test needs)."),
-    cfg.StrOpt("fail_while", help="flaky() and events with a 'flaky' key raise ValueError "
-               "while this file exists (a cause an operator can fix)."),
+    cfg.StrOpt(
+        "hold_while",
+        help="weigh() waits while this file exists (a handler held for as long as a test needs).",
+    ),
+    cfg.StrOpt(
+        "fail_while",
+        help="flaky() and events with a 'flaky' key raise ValueError "
+        "while this file exists (a cause an operator can fix).",
+    ),
 ]
 
 
@@ -120,9 +125,16 @@ class Recorder:
             time.sleep(self.delay)
         if isinstance(message.body, dict) and "flaky" in message.body and self._broken():
             raise ValueError("flaky: the cause is not fixed yet", message.body["flaky"])
-        self._write({"kind": "event", "body": message.body, "routing_key": message.routing_key,
-                     "exchange": message.exchange, "redelivered": message.redelivered,
-                     "headers": dict(message.headers)})
+        self._write(
+            {
+                "kind": "event",
+                "body": message.body,
+                "routing_key": message.routing_key,
+                "exchange": message.exchange,
+                "redelivered": message.redelivered,
+                "headers": dict(message.headers),
+            }
+        )
 
 
 class Misbehaving(Recorder):
@@ -141,8 +153,7 @@ class Misbehaving(Recorder):
         self._write({"kind": "rpc", "method": "arecord", "args": kwargs})
         return kwargs
 
-    async def ahang(self, ctxt: dict[str, Any], seconds: float = 3600.0,
-                    **kwargs: Any) -> None:
+    async def ahang(self, ctxt: dict[str, Any], seconds: float = 3600.0, **kwargs: Any) -> None:
         """An ``async def`` method that awaits for ``seconds``; records 'start', and
         'finally' from its finally block (when it is cancelled at its deadline)."""
         self._write({"kind": "start", "method": "ahang", "args": kwargs})
@@ -157,35 +168,66 @@ class Notified(Recorder):
     each records the notification; a payload with "fail" raises, with "requeue" returns
     "requeue"."""
 
-    def _notification(self, priority: str, ctxt: dict[str, Any], publisher_id: str,
-                      event_type: str, payload: Any, metadata: dict[str, Any]) -> str | None:
+    def _notification(
+        self,
+        priority: str,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> str | None:
         if self.delay:
             time.sleep(self.delay)
-        self._write({"kind": "notification", "method": priority, "ctxt": ctxt,
-                     "publisher_id": publisher_id, "event_type": event_type,
-                     "payload": payload, "metadata": metadata})
+        self._write(
+            {
+                "kind": "notification",
+                "method": priority,
+                "ctxt": ctxt,
+                "publisher_id": publisher_id,
+                "event_type": event_type,
+                "payload": payload,
+                "metadata": metadata,
+            }
+        )
         if isinstance(payload, dict) and payload.get("fail"):
             raise ValueError("asked to fail")
         if isinstance(payload, dict) and payload.get("requeue"):
             return "requeue"
         return None
 
-    def info(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
-             metadata: dict[str, Any]) -> str | None:
+    def info(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> str | None:
         """Record an info notification."""
         return self._notification("info", ctxt, publisher_id, event_type, payload, metadata)
 
-    def error(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
-              metadata: dict[str, Any]) -> str | None:
+    def error(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> str | None:
         """Record an error notification."""
-        return self._notification("error", ctxt, publisher_id, event_type, payload,
-                                  metadata)
+        return self._notification("error", ctxt, publisher_id, event_type, payload, metadata)
 
-    def sample(self, ctxt: dict[str, Any], publisher_id: str, event_type: str, payload: Any,
-               metadata: dict[str, Any]) -> str | None:
+    def sample(
+        self,
+        ctxt: dict[str, Any],
+        publisher_id: str,
+        event_type: str,
+        payload: Any,
+        metadata: dict[str, Any],
+    ) -> str | None:
         """Record a sample notification."""
-        return self._notification("sample", ctxt, publisher_id, event_type, payload,
-                                  metadata)
+        return self._notification("sample", ctxt, publisher_id, event_type, payload, metadata)
 
 
 class _Target:
