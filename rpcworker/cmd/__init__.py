@@ -1,1 +1,2 @@
-"""Console entry points."""
+"""The console entry points: ``rpcworker`` (``daemon``) and ``rpcworker-client``
+(``client``)."""

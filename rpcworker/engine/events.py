@@ -4,7 +4,7 @@ The loop calls one ``Listeners`` object; the metrics (``metrics.Metrics``), the 
 counters (``Stats``) and the plugin author's test kit (``testing.HandlerFixture``) each
 listen. ``settled(delivery, outcome)`` comes once per delivery, when the worker is done
 with it: its ack, reject, confirmed copy and reply are on their way, and ``outcome`` is
-what was carried out (after ``policy.resolve`` and a refused copy). Loop thread only.
+what was carried out (after ``decisions.resolve`` and a refused copy). Loop thread only.
 """
 
 from __future__ import annotations

@@ -7,9 +7,16 @@ turn), ``should_stop``, ``on_consume_end`` (a clean stop). Only the thread runni
 ``run()`` touches kombu objects; handlers run in the executor's threads and their
 outcomes come back through its wake-up pipe.
 
-A delivery's path, top to bottom: ``Intake.on_message`` -> ``policy.on_receipt`` ->
-``Inflight.start`` -> (handler thread) ``inflight.run`` -> ``policy.on_completion`` ->
-(loop) ``Inflight.finish`` -> ``policy.on_completed`` -> ``Settle.settle`` ->
+It fills kombu's hooks and replaces four of its methods, each with the reason in its
+docstring: ``run()`` (restart pacing, one line per loss), ``consume()`` (select() on the
+socket and the wake-up pipe instead of ``drain_events(timeout=1)``),
+``establish_connection()`` (a stop ends the retries; a broken link is dropped without
+waiting for connection.close) and ``create_connection()`` (the next failover host).
+
+A delivery's path, top to bottom: ``Intake.on_message`` -> ``decisions.on_receipt`` ->
+``Inflight.start`` -> (handler thread) ``inflight.run`` -> ``decisions.on_completion`` ->
+(loop) ``Inflight.finish`` -> ``decisions.on_completed`` -> ``Settle.settle``
+(``decisions.resolve``, ``Teller.tell``, then the reply and the ack) ->
 ``Listener.settled`` (which also gives the body's bytes back to the ``Budget``; the
 ``Throttle`` pauses and resumes consuming by it, once per turn).
 """

@@ -1,1 +1,1 @@
-"""Built-in handler plugins: ``echo`` (diagnostics) and ``log``."""
+"""The built-in handler plugins: ``echo`` (echo, ping, context, sleep, fail) and ``log``."""
