@@ -1,8 +1,9 @@
 """What the engine tells its observers, once per event: ``Listener``.
 
-The loop calls one ``Listeners`` object; the metrics (``metrics.Metrics``), the plain
-counters (``Stats``) and the plugin author's test kit (``testing.HandlerFixture``) each
-listen. ``settled(delivery, outcome)`` comes once per delivery, when the worker is done
+The loop calls one ``Listeners`` object; the metrics (``daemon.instruments.Metrics``, a
+``Recorder``: a listener that also times each handler run), the plain counters
+(``Stats``), the byte budget, the recycler and the plugin author's test kit
+(``testing.HandlerFixture``) each listen. ``settled(delivery, outcome)`` comes once per delivery, when the worker is done
 with it: its ack, reject, confirmed copy and reply are on their way, and ``outcome`` is
 what was carried out (after ``decisions.resolve`` and a refused copy). Loop thread only.
 """
