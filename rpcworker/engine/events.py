@@ -3,9 +3,10 @@
 The loop calls one ``Listeners`` object; the metrics (``daemon.instruments.Metrics``, a
 ``Recorder``: a listener that also times each handler run), the plain counters
 (``Stats``), the byte budget, the recycler and the plugin author's test kit
-(``testing.HandlerFixture``) each listen. ``settled(delivery, outcome)`` comes once per delivery, when the worker is done
-with it: its ack, reject, confirmed copy and reply are on their way, and ``outcome`` is
-what was carried out (after ``decisions.resolve`` and a refused copy). Loop thread only.
+(``testing.HandlerFixture``) each listen. ``settled(delivery, outcome)`` comes once per
+delivery, when the worker is done with it: its ack, reject, confirmed copy and reply are
+on their way, and ``outcome`` is what was carried out (after ``decisions.resolve`` and a
+refused copy). Loop thread only.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from oslo_log import log as logging
 from rpcworker.amqp import transport
 from rpcworker.amqp.topology import Topology
 from rpcworker.config import reloadplan
-from rpcworker.engine import session
 from rpcworker.engine.budget import Budget, Throttle
 from rpcworker.engine.events import NULL, Listener, Listeners, Recorder, Stats
 from rpcworker.engine.executor import Executor
@@ -47,7 +46,7 @@ from rpcworker.engine.questions import Questions
 from rpcworker.engine.readiness import Notifier, NullNotifier, Readiness
 from rpcworker.engine.rebinding import Rebinding
 from rpcworker.engine.recycling import Recycler
-from rpcworker.engine.session import Session
+from rpcworker.engine.session import Session, log_connection_error
 from rpcworker.engine.stopping import Drain
 from rpcworker.engine.subscriptions import Subscriptions
 from rpcworker.engine.telling import Teller
@@ -273,7 +272,7 @@ class Worker(ConsumerMixin):
             raise StopRequested()
 
     def on_connection_error(self, exc: BaseException, interval: float) -> None:
-        session.log_connection_error(exc, self.connection, interval)
+        log_connection_error(exc, self.connection, interval)
 
     def on_connection_revived(self) -> None:
         s = self._session
