@@ -114,7 +114,7 @@ class Finding:
 
 @dataclasses.dataclass(frozen=True)
 class BrokerCheck:
-    """The result of ``check()``; ``cmd/worker.py`` prints it."""
+    """The result of ``check()``; ``cmd/daemon.py`` prints it."""
 
     broker: str  # the masked URL connected to (or tried)
     findings: tuple[Finding, ...] = ()

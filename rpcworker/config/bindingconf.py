@@ -56,7 +56,7 @@ class Binding:
     # notification
     exchanges: tuple[str, ...] = ()
     topics: tuple[str, ...] = ()
-    #: resolved against the handler by notifications.resolve (empty until then: its own)
+    #: resolved against the handler by plugins.resolve_priorities (empty until then: its own)
     priorities: tuple[str, ...] = ()
     pool: str | None = None
     filter_event_type: str | None = None

@@ -1,8 +1,9 @@
 """systemd service notifications (sd_notify). Never raises.
 
-The interface the consumer loop calls (``Notifier``); ``SystemdNotifier`` sends
-the datagrams of the notify protocol to ``$NOTIFY_SOCKET``; ``NullNotifier`` when
-not run by systemd. ``from_environment()`` picks one.
+``SystemdNotifier`` implements the interface the consumer loop calls
+(``engine.readiness.Notifier``): it sends the datagrams of the notify protocol to
+``$NOTIFY_SOCKET``. ``from_environment()`` picks it, or the engine's ``NullNotifier``
+when not run by systemd.
 
 No dependency: the protocol is one ``sendto()`` of ``KEY=value`` lines on an
 ``AF_UNIX``/``SOCK_DGRAM`` socket (sd_notify(3)). Every failure is swallowed and

@@ -1,6 +1,8 @@
 """What the worker tells systemd about itself: READY=1 once every binding consumes,
 then a STATUS line of what is consumed, what could not be declared and how many handler
-threads are stuck. Loop thread only."""
+threads are stuck. ``Notifier`` is the interface it tells it through (implemented by
+``daemon.systemd.SystemdNotifier``; ``NullNotifier`` when nobody listens). Loop thread
+only."""
 
 from __future__ import annotations
 

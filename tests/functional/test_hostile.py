@@ -81,7 +81,7 @@ class Bad:
         self.content_encoding = content_encoding
         self.headers = headers
         self.call = call
-        #: refused by the dispatcher (NoSuchMethod), not by protocol.decode
+        #: refused by the dispatcher (NoSuchMethod), not by decoding.decode
         self.decoded = decoded
 
 

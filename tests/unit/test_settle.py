@@ -1,4 +1,4 @@
-"""Settle: carrying out outcomes (as policy.resolve makes them), on kombu's memory
+"""Settle: carrying out outcomes (as decisions.resolve makes them), on kombu's memory
 transport with fake deliveries; the counters come from its settled events."""
 
 from __future__ import annotations
