@@ -1,16 +1,21 @@
 """Binding -> the kombu exchanges, queues and bindings it declares, and where its
 failures go (the delay queues of its retries, its parking lot).
 
-``rpc`` bindings declare exactly what an oslo.messaging RPC server declares for
-``Target(topic, server)`` (oslo.messaging ``_drivers/impl_rabbit.py``): queues
-TOPIC and TOPIC.SERVER on the topic control exchange, and the TOPIC_fanout
-fanout exchange with a per-process ``TOPIC_fanout_<uuid hex>`` queue. A quorum
-binding (``queue_type = quorum``) declares them as oslo.messaging does with
-``rabbit_quorum_queue = True``: TOPIC, TOPIC.SERVER and the exchange durable, the
-queues with ``x-queue-type: quorum`` and the binding's ``x-delivery-limit`` /
-``x-max-in-memory-*`` (``bindings`` merged them into ``queue_arguments``); the fanout
-queue stays classic (oslo's ``rabbit_transient_quorum_queue = False``). ``notification``
-bindings declare what oslo's notification listener (and notifier) declare.
+``rpc`` bindings declare exactly what an oslo.messaging 18 RPC server declares for
+``Target(topic, server)`` with the same ``[oslo_messaging_rabbit]`` options
+(``_drivers/impl_rabbit.py``): queues TOPIC and TOPIC.SERVER on the topic control
+exchange (quorum queues and a durable exchange with ``rabbit_quorum_queue``; the
+binding's ``x-delivery-limit`` / ``x-max-in-memory-*`` merged into ``queue_arguments``
+by ``bindingconf``), and the TOPIC_fanout fanout exchange with
+
+* a per-process classic queue ``TOPIC_fanout_<id>`` (``x-expires``; oslo's default),
+* a per-process durable quorum queue of that name (``rabbit_transient_quorum_queue``),
+* or one stream ``TOPIC_fanout`` shared by every process (``rabbit_stream_fanout``),
+  which each reads from its own offset (``engine.streams``).
+
+``<id>`` is a uuid, or ``HOSTNAME:PROCESSNAME:N`` with ``use_queue_manager``.
+``notification`` bindings declare what oslo's notification listener (and notifier)
+declare.
 """
 
 from __future__ import annotations
@@ -23,9 +28,6 @@ from kombu import Exchange, Queue, binding
 
 from rpcworker.config.bindingconf import Binding
 from rpcworker.policy.failures import retry_queue_name, retry_ttls
-
-#: oslo.messaging's rabbit_transient_queues_ttl default, in milliseconds
-TRANSIENT_QUEUE_TTL_MS = 1_800_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +71,9 @@ def build(b: Binding, instance_id: str | None = None) -> Topology:
 
 def _rpc(b: Binding, instance: str) -> Topology:
     assert b.topic is not None and b.server is not None
-    topic_exchange = Exchange(b.exchange, type="topic", durable=b.durable, auto_delete=False)
+    topic_exchange = Exchange(
+        b.exchange, type="topic", durable=b.durable, auto_delete=b.auto_delete
+    )
     args = dict(b.queue_arguments) or None
     queues = [
         Queue(
@@ -77,24 +81,53 @@ def _rpc(b: Binding, instance: str) -> Topology:
             topic_exchange,
             routing_key=key,
             durable=b.durable,
-            auto_delete=False,
+            auto_delete=b.auto_delete,
             queue_arguments=args,
         )
         for key in (b.topic, f"{b.topic}.{b.server}")
     ]
-    fanout_exchange = Exchange(f"{b.topic}_fanout", type="fanout", durable=False, auto_delete=True)
-    fanout_queue = f"{b.topic}_fanout_{instance}"
+    # oslo: the fanout exchange (and queue) is durable with transient quorum queues,
+    # which stream fanout requires
+    durable = b.fanout != "classic"
+    fanout_exchange = Exchange(
+        f"{b.topic}_fanout", type="fanout", durable=durable, auto_delete=True
+    )
+    fanout_queue = fanout_queue_name(b, instance)
     queues.append(
         Queue(
             fanout_queue,
             fanout_exchange,
             routing_key=b.topic,
-            durable=False,
+            durable=durable,
             auto_delete=False,
-            queue_arguments={"x-expires": TRANSIENT_QUEUE_TTL_MS},
+            queue_arguments=dict(b.fanout_arguments) or None,
         )
     )
-    return Topology(binding=b, queues=tuple(queues), transient=(fanout_queue,))
+    # oslo deletes a per-process fanout queue on a clean stop, but not the shared
+    # stream, nor a queue manager's (its name is taken back by the next start)
+    transient = (fanout_queue,) if b.fanout != "stream" and b.queue_manager is None else ()
+    return Topology(binding=b, queues=tuple(queues), transient=transient)
+
+
+def fanout_queue_name(b: Binding, instance: str) -> str:
+    """TOPIC_fanout (the shared stream), or TOPIC_fanout_<instance>."""
+    if b.fanout == "stream":
+        return f"{b.topic}_fanout"
+    return f"{b.topic}_fanout_{instance}"
+
+
+def process_instance(bindings: list[Binding], worker: int) -> str:
+    """What names this process's per-process queues: oslo's queue manager's
+    ``HOSTNAME:PROCESSNAME:N`` (``N`` = worker process 1 .. workers, so unique per
+    process and the same after a restart), else a new uuid."""
+    for b in bindings:
+        if b.queue_manager is not None:
+            return f"{b.queue_manager}:{worker + 1}"
+    return uuid.uuid4().hex
+
+
+def is_stream(queue: Queue) -> bool:
+    return (getattr(queue, "queue_arguments", None) or {}).get("x-queue-type") == "stream"
 
 
 def _notification(b: Binding) -> Topology:
@@ -104,7 +137,7 @@ def _notification(b: Binding) -> Topology:
     The flags are those of oslo's notifier too (``_publish_and_creates_default_queue``):
     durable as the exchange, not auto-delete, quorum arguments with queue_type."""
     exchanges = [
-        Exchange(e, type="topic", durable=b.durable, auto_delete=False) for e in b.exchanges
+        Exchange(e, type="topic", durable=b.durable, auto_delete=b.auto_delete) for e in b.exchanges
     ]
     keys = [f"{t}.{p}" for t in b.topics for p in b.priorities]
     args = dict(b.queue_arguments) or None
@@ -117,7 +150,7 @@ def _notification(b: Binding) -> Topology:
             name,
             bindings=[binding(e, routing_key=k) for e in exchanges for k in ks],
             durable=b.durable,
-            auto_delete=False,
+            auto_delete=b.auto_delete,
             queue_arguments=args,
         )
         for name, ks in names_and_keys
@@ -169,13 +202,16 @@ _QUORUM_DELAY_ARGUMENTS = {
 
 def is_transient(queue: Queue) -> bool:
     """A per-process queue: exclusive (a fanout binding's), or expiring with its process
-    (an rpc binding's ``TOPIC_fanout_<uuid>``, ``x-expires`` as oslo declares it)."""
-    return bool(queue.exclusive or (getattr(queue, "queue_arguments", None) or {}).get("x-expires"))
+    (an rpc binding's ``TOPIC_fanout_<uuid>``, ``x-expires`` as oslo declares it), or the
+    stream an rpc binding reads its fanout casts from."""
+    args = getattr(queue, "queue_arguments", None) or {}
+    return bool(queue.exclusive or args.get("x-expires") or args.get("x-queue-type") == "stream")
 
 
 def can_retry(queue: Queue) -> bool:
     """Per-process queues get no delay queues (as many queues per process as oslo's, not
-    one more per retry delay): their failures are dead-lettered."""
+    one more per retry delay): their failures are dead-lettered. A stream neither: a
+    message stays in it, and a retry copy would reach every reader."""
     return not is_transient(queue)
 
 
@@ -183,6 +219,8 @@ def retry_queues(binding: Binding, queue: Queue) -> list[Queue]:
     """Delay queues of ``queue``: a message TTL that dead-letters back to ``queue``."""
     if binding.ack_before or not can_retry(queue):
         return []
+    if binding.type == "rpc" and queue.name not in binding.work_queues:
+        return []  # the fanout queue, even without x-expires (ttl 0)
     quorum = binding.is_quorum_queue(queue.name)
     result = []
     for ttl in retry_ttls(binding):

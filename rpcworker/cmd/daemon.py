@@ -48,7 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return supervisor.run(conf)
         except ConfigError as exc:  # [metrics] listen: the port is taken
             return _fail(f"configuration error: {exc}")
-    return service.run(conf, worker)
+    try:
+        return service.run(conf, worker)
+    except ConfigError as exc:  # the broker refuses what the configuration declares
+        LOG.error("rpcworker stops: %s", exc)
+        return _fail(f"configuration error: {exc}")
 
 
 def _fail(message: str) -> int:

@@ -16,6 +16,9 @@ from rpcworker.errors import ConfigError
 BindingType = Literal["rpc", "direct", "fanout", "topic", "notification"]
 #: a binding's ``acknowledge``: after the handler (at-least-once) or on receipt
 Acknowledge = Literal["after", "before"]
+#: how an rpc binding's TOPIC_fanout messages reach each process ([oslo_messaging_rabbit]):
+#: a classic queue per process, a quorum queue per process, or one shared stream
+FanoutKind = Literal["classic", "quorum", "stream"]
 #: ``fail(option, reason)``: the ConfigError naming the binding's group and the option
 Fail = Callable[[str, str], ConfigError]
 
@@ -40,6 +43,15 @@ class Binding:
     # rpc
     topic: str | None = None
     server: str | None = None
+    #: the TOPIC_fanout queue: per-process classic or quorum queue, or a shared stream
+    fanout: FanoutKind = "classic"
+    #: its arguments (x-expires, x-queue-type, x-max-age, quorum limits), as oslo's;
+    #: oslo's default: x-expires of rabbit_transient_queues_ttl (1800 s)
+    fanout_arguments: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"x-expires": 1_800_000}, hash=False
+    )
+    #: ``HOSTNAME:PROCESSNAME`` of oslo's queue manager (stable fanout queue names)
+    queue_manager: str | None = None
     # direct / fanout / topic
     queue: str | None = None  # None for fanout means a per-process queue
     routing_keys: tuple[str, ...] = ()
@@ -95,6 +107,10 @@ class Binding:
             return tuple(f"{t}.{p}" for t in self.topics for p in self.priorities)
         return (self.queue,) if self.queue else ()
 
+    @property
+    def stream_fanout(self) -> bool:
+        return self.type == "rpc" and self.fanout == "stream"
+
     def is_quorum_queue(self, queue: str) -> bool:
         """Whether ``queue`` (one the binding consumes) is a quorum queue: an rpc
         binding's per-process fanout queue stays classic, as oslo.messaging's."""
@@ -119,6 +135,7 @@ def parse(conf: cfg.ConfigOpts) -> list[Binding]:
             "bindings",
             "no binding enabled; list at least one NAME and configure it in a [binding:NAME] group",
         )
+    _check_oslo_rabbit(conf)
     seen: set[str] = set()
     result = []
     for name in names:
@@ -154,7 +171,8 @@ def _parse_one(conf: cfg.ConfigOpts, name: str) -> Binding:
             "required: the entry point name of a handler plugin (see `rpcworker --list-handlers`)",
         )
     args = _queue_arguments(g.queue_arguments, fail)
-    quorum = _apply_queue_type(g, args, fail)
+    oslo = conf[opts.OSLO_RABBIT_GROUP] if g.type in ("rpc", "notification") else None
+    quorum = _apply_queue_type(g, args, fail, oslo)
 
     if g.type == "rpc":
         return _parse_rpc(conf, group, name, g, args, quorum, fail)
@@ -186,24 +204,44 @@ def _parse_rpc(
     topic = g.topic or name
     server = g.server or conf.host
     exchange = g.exchange or "openstack"
-    durable = bool(g.durable) if g.durable is not None else quorum
+    oslo = conf[opts.OSLO_RABBIT_GROUP]
+    durable = _oslo_durable(g, quorum, oslo)
     for option, value in (("topic", topic), ("server", server), ("exchange", exchange)):
         _check_name(value, option, fail)
     if quorum and not durable:
         raise fail("durable", _QUORUM_DURABLE)
+    _check_oslo_auto_delete(quorum, oslo, fail)
+    prefetch = _prefetch(g, oslo)
+    fanout: FanoutKind = (
+        "stream"
+        if oslo.rabbit_stream_fanout
+        else "quorum"
+        if oslo.rabbit_transient_quorum_queue
+        else "classic"
+    )
+    if fanout == "stream" and prefetch == 0:
+        raise fail(
+            "prefetch_count",
+            "0 (unlimited) cannot read a stream: [oslo_messaging_rabbit] "
+            "rabbit_stream_fanout needs a prefetch above 0 (as oslo.messaging)",
+        )
     return Binding(
         name=name,
         type="rpc",
         handler=g.handler,
         exchange=exchange,
         durable=durable,
-        prefetch_count=g.prefetch_count,
+        prefetch_count=prefetch,
         acknowledge=g.acknowledge,
         queue_arguments=args,
         topic=topic,
         server=server,
+        auto_delete=bool(oslo.amqp_auto_delete),
+        fanout=fanout,
+        fanout_arguments=_fanout_arguments(fanout, oslo),
+        queue_manager=(f"{oslo.hostname}:{oslo.processname}" if oslo.use_queue_manager else None),
         **_policy(g, fail),
-        max_concurrency=_concurrency_cap(conf, g, fail),
+        max_concurrency=_concurrency_cap(conf, g, prefetch, fail),
     )
 
 
@@ -242,16 +280,20 @@ def _parse_notification(
                 re.compile(pattern)
             except re.error as exc:
                 raise fail(option, f"not a regular expression: {exc}") from None
-    durable = bool(g.durable) if g.durable is not None else quorum
+    oslo = conf[opts.OSLO_RABBIT_GROUP]
+    durable = _oslo_durable(g, quorum, oslo)
     if quorum and not durable:
         raise fail("durable", _QUORUM_DURABLE)
+    _check_oslo_auto_delete(quorum, oslo, fail)
+    prefetch = _prefetch(g, oslo)
     return Binding(
         name=name,
         type="notification",
         handler=g.handler,
         exchange=exchanges[0],
         durable=durable,
-        prefetch_count=g.prefetch_count,
+        prefetch_count=prefetch,
+        auto_delete=bool(oslo.amqp_auto_delete),
         acknowledge=g.acknowledge,
         queue_arguments=args,
         exchanges=exchanges,
@@ -261,7 +303,7 @@ def _parse_notification(
         filter_event_type=g.filter_event_type,
         filter_publisher_id=g.filter_publisher_id,
         **_policy(g, fail),
-        max_concurrency=_concurrency_cap(conf, g, fail),
+        max_concurrency=_concurrency_cap(conf, g, prefetch, fail),
     )
 
 
@@ -318,7 +360,7 @@ def _parse_exchange_binding(
         handler=g.handler,
         exchange=exchange,
         durable=durable,
-        prefetch_count=g.prefetch_count,
+        prefetch_count=_prefetch(g, None),
         acknowledge=g.acknowledge,
         queue_arguments=args,
         queue=queue,
@@ -326,7 +368,7 @@ def _parse_exchange_binding(
         auto_delete=auto_delete,
         exclusive=exclusive,
         **_policy(g, fail),
-        max_concurrency=_concurrency_cap(conf, g, fail),
+        max_concurrency=_concurrency_cap(conf, g, _prefetch(g, None), fail),
     )
 
 
@@ -357,8 +399,11 @@ _QUORUM_ARGUMENTS = (
 )
 
 
-def _apply_queue_type(g: Any, args: dict[str, Any], fail: Fail) -> bool:
-    """Merge queue_type and the quorum options into ``args``; True for a quorum queue."""
+def _apply_queue_type(g: Any, args: dict[str, Any], fail: Fail, oslo: Any = None) -> bool:
+    """Merge queue_type and the quorum options into ``args``; True for a quorum queue.
+
+    ``oslo``: the ``[oslo_messaging_rabbit]`` group, for an rpc or notification binding:
+    its rabbit_quorum_queue and rabbit_quorum_* fill in what the binding leaves unset."""
     given = args.get("x-queue-type")
     if g.queue_type is not None:
         if given is not None and given != g.queue_type:
@@ -369,9 +414,13 @@ def _apply_queue_type(g: Any, args: dict[str, Any], fail: Fail) -> bool:
             )
         if g.queue_type == "quorum":
             args["x-queue-type"] = "quorum"
+    elif given is None and oslo is not None and oslo.rabbit_quorum_queue:
+        args["x-queue-type"] = "quorum"
     quorum = args.get("x-queue-type") == "quorum"
     for option, argument in _QUORUM_ARGUMENTS:
         value = getattr(g, option)
+        if not value and quorum and oslo is not None and argument not in args:
+            value = getattr(oslo, _OSLO_QUORUM[option])
         if not value:
             continue
         if not quorum:
@@ -386,6 +435,80 @@ def _apply_queue_type(g: Any, args: dict[str, Any], fail: Fail) -> bool:
     if quorum:
         _check_quorum_arguments(args, fail)
     return quorum
+
+
+#: the binding's quorum options -> their ``[oslo_messaging_rabbit]`` names
+_OSLO_QUORUM = {
+    "delivery_limit": "rabbit_quorum_delivery_limit",
+    "quorum_max_memory_length": "rabbit_quorum_max_memory_length",
+    "quorum_max_memory_bytes": "rabbit_quorum_max_memory_bytes",
+}
+#: rpcworker's prefetch_count when neither the binding nor oslo's group sets one
+DEFAULT_PREFETCH = 64
+
+
+def _prefetch(g: Any, oslo: Any) -> int:
+    """The binding's prefetch_count; else oslo's rabbit_qos_prefetch_count (rpc and
+    notification bindings) when above 0; else 64."""
+    if g.prefetch_count is not None:
+        return int(g.prefetch_count)
+    if oslo is not None and oslo.rabbit_qos_prefetch_count > 0:
+        return int(oslo.rabbit_qos_prefetch_count)
+    return DEFAULT_PREFETCH
+
+
+def _oslo_durable(g: Any, quorum: bool, oslo: Any) -> bool:
+    """The binding's durable; else oslo's: amqp_durable_queues or a quorum queue."""
+    if g.durable is not None:
+        return bool(g.durable)
+    return quorum or bool(oslo.amqp_durable_queues)
+
+
+def _check_oslo_auto_delete(quorum: bool, oslo: Any, fail: Fail) -> None:
+    if quorum and oslo.amqp_auto_delete:
+        raise ConfigError(
+            opts.OSLO_RABBIT_GROUP,
+            "amqp_auto_delete",
+            "quorum queues cannot be auto-delete: unset it, or set this binding's "
+            "queue_type = classic",
+        )
+
+
+def _fanout_arguments(kind: FanoutKind, oslo: Any) -> dict[str, Any]:
+    """The TOPIC_fanout queue's arguments, as oslo.messaging 18's ``_get_queue_arguments``
+    builds them for its fanout consumer."""
+    ttl = int(oslo.rabbit_transient_queues_ttl)
+    if kind == "stream":
+        return {"x-queue-type": "stream", **({"x-max-age": f"{ttl}s"} if ttl else {})}
+    args: dict[str, Any] = {}
+    if kind == "quorum":
+        args["x-queue-type"] = "quorum"
+        for option, argument in _QUORUM_ARGUMENTS:
+            value = getattr(oslo, _OSLO_QUORUM[option])
+            if value:
+                args[argument] = value
+    if ttl:
+        args["x-expires"] = ttl * 1000
+    return args
+
+
+def _check_oslo_rabbit(conf: cfg.ConfigOpts) -> None:
+    """The ``[oslo_messaging_rabbit]`` combinations oslo.messaging refuses too."""
+    oslo = conf[opts.OSLO_RABBIT_GROUP]
+    if oslo.rabbit_stream_fanout and not oslo.rabbit_transient_quorum_queue:
+        raise ConfigError(
+            opts.OSLO_RABBIT_GROUP,
+            "rabbit_stream_fanout",
+            "needs rabbit_transient_quorum_queue = true (as oslo.messaging: the "
+            "TOPIC_fanout exchange is then durable, as the stream is)",
+        )
+    if oslo.use_queue_manager:
+        for option in ("hostname", "processname"):
+            value = getattr(oslo, option)
+            if not value or any(c.isspace() for c in value):
+                raise ConfigError(
+                    opts.OSLO_RABBIT_GROUP, option, f"{value!r}: must be a non-empty word"
+                )
 
 
 def _check_quorum_arguments(args: Mapping[str, Any], fail: Fail) -> None:
@@ -420,7 +543,7 @@ def _policy(g: Any, fail: Fail) -> dict[str, Any]:
     }
 
 
-def _concurrency_cap(conf: cfg.ConfigOpts, g: Any, fail: Fail) -> int:
+def _concurrency_cap(conf: cfg.ConfigOpts, g: Any, prefetch: int, fail: Fail) -> int:
     """``max_concurrency``, checked against the pool and the prefetch window."""
     limit, pool = g.max_concurrency, conf.executor_thread_pool_size
     if limit > pool:
@@ -429,11 +552,11 @@ def _concurrency_cap(conf: cfg.ConfigOpts, g: Any, fail: Fail) -> int:
             f"{limit} is more than the handler threads of a "
             f"worker process ([DEFAULT] executor_thread_pool_size = {pool})",
         )
-    if limit and g.prefetch_count and limit > g.prefetch_count:
+    if limit and prefetch and limit > prefetch:
         raise fail(
             "max_concurrency",
             f"{limit} is more than prefetch_count "
-            f"({g.prefetch_count}): no more deliveries are ever in flight",
+            f"({prefetch}): no more deliveries are ever in flight",
         )
     return int(limit)
 

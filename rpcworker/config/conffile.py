@@ -74,6 +74,7 @@ def prepare(
     check_values(conf, None, _other_default_opts(conf))
     check_values(conf, opts.BROKER_GROUP, opts.broker_opts)
     check_values(conf, opts.METRICS_GROUP, opts.metrics_opts)
+    check_values(conf, opts.OSLO_RABBIT_GROUP, opts.oslo_rabbit_opts)
     return conf
 
 

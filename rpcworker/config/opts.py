@@ -336,10 +336,12 @@ binding_opts = [
     ),
     cfg.IntOpt(
         "prefetch_count",
-        default=64,
         min=0,
+        sample_default="64",
         help="Deliveries the broker may have in flight to this binding's consumer "
-        "(basic.qos); 0 means unlimited.",
+        "(basic.qos, per consumer); 0 means unlimited. Default: 64; rpc and notification "
+        "bindings take [oslo_messaging_rabbit] rabbit_qos_prefetch_count when that is "
+        "above 0.",
     ),
     cfg.IntOpt(
         "max_retries",
@@ -441,6 +443,103 @@ metrics_opts = [
 ]
 
 #: options only given on the command line of `rpcworker`
+#: ``[oslo_messaging_rabbit]``: oslo.messaging's own names and defaults
+#: (oslo_messaging/_drivers/impl_rabbit.py, 18.x), for the oslo-shaped bindings (rpc and
+#: notification), so that the section pasted from nova.conf declares what Nova's servers
+#: declare. A binding's own option wins where both are set.
+oslo_rabbit_opts = [
+    cfg.BoolOpt(
+        "rabbit_quorum_queue",
+        default=False,
+        help="rpc and notification bindings: their queues (TOPIC, TOPIC.SERVER; "
+        "TOPIC.PRIORITY or POOL) are quorum queues and their exchanges durable, as "
+        "oslo.messaging's. A binding's queue_type wins.",
+    ),
+    cfg.BoolOpt(
+        "rabbit_transient_quorum_queue",
+        default=False,
+        help="rpc bindings: the per-process fanout queue TOPIC_fanout_<id> is a durable "
+        "quorum queue (with x-expires), and the TOPIC_fanout exchange durable, as "
+        "oslo.messaging's. Needed on a RabbitMQ 4 broker that denies transient "
+        "non-exclusive queues (deprecated_features.permit.transient_nonexcl_queues = "
+        "false). Also rpcworker-client's fanout exchange.",
+    ),
+    cfg.BoolOpt(
+        "rabbit_stream_fanout",
+        default=False,
+        help="rpc bindings: one shared stream TOPIC_fanout (x-queue-type: stream) instead "
+        "of a queue per process; each process reads it with its own offset, starting at "
+        "the next message, resuming after the last one handled when it reconnects. Needs "
+        "rabbit_transient_quorum_queue = true and a prefetch above 0 (as oslo.messaging).",
+    ),
+    cfg.IntOpt(
+        "rabbit_transient_queues_ttl",
+        default=1800,
+        min=0,
+        help="Seconds: the x-expires of the per-process fanout queues (0: none), or, with "
+        "rabbit_stream_fanout, the stream's retention (x-max-age; 0: kept forever).",
+    ),
+    cfg.IntOpt(
+        "rabbit_qos_prefetch_count",
+        default=0,
+        min=0,
+        help="The prefetch_count of rpc and notification bindings that set none. 0 leaves "
+        "rpcworker's default (64): unlike oslo.messaging, rpcworker never asks for an "
+        "unlimited window by default.",
+    ),
+    cfg.BoolOpt(
+        "amqp_durable_queues",
+        default=False,
+        help="rpc and notification bindings: durable queues and exchanges (a binding's "
+        "durable wins). Also the exchanges and notification queues rpcworker-client "
+        "declares.",
+    ),
+    cfg.BoolOpt(
+        "amqp_auto_delete",
+        default=False,
+        help="rpc and notification bindings: their exchanges and queues are auto-delete, as "
+        "oslo.messaging's topic consumers.",
+    ),
+    cfg.IntOpt(
+        "rabbit_quorum_delivery_limit",
+        default=0,
+        min=0,
+        help="x-delivery-limit of the quorum queues of rpc and notification bindings that "
+        "set no delivery_limit (0: none set; RabbitMQ 4 then applies its own default, 20).",
+    ),
+    cfg.IntOpt(
+        "rabbit_quorum_max_memory_length",
+        default=0,
+        min=0,
+        help="x-max-in-memory-length of those quorum queues (0: none).",
+    ),
+    cfg.IntOpt(
+        "rabbit_quorum_max_memory_bytes",
+        default=0,
+        min=0,
+        help="x-max-in-memory-bytes of those quorum queues (0: none).",
+    ),
+    cfg.BoolOpt(
+        "use_queue_manager",
+        default=False,
+        help="Stable names for the per-process fanout queues: TOPIC_fanout_HOSTNAME:"
+        "PROCESSNAME:N, N the worker process (1 .. workers), so a restarted process takes "
+        "its queue back instead of leaving one behind. Unique per process; two daemons "
+        "on one host serving one topic need different processname values.",
+    ),
+    cfg.StrOpt(
+        "hostname",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        help="Host name in the queue manager's queue names.",
+    ),
+    cfg.StrOpt(
+        "processname",
+        default="rpcworker",
+        help="Process name in the queue manager's queue names.",
+    ),
+]
+
 cli_opts = [
     cfg.BoolOpt(
         "check-config",
@@ -464,6 +563,7 @@ cli_opts = [
 
 BROKER_GROUP = "broker"
 METRICS_GROUP = "metrics"
+OSLO_RABBIT_GROUP = "oslo_messaging_rabbit"
 BINDING_GROUP_PREFIX = "binding:"
 
 
@@ -476,6 +576,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(default_opts)
     conf.register_opts(broker_opts, group=BROKER_GROUP)
     conf.register_opts(metrics_opts, group=METRICS_GROUP)
+    conf.register_opts(oslo_rabbit_opts, group=OSLO_RABBIT_GROUP)
 
 
 for _opt in binding_opts:  # SIGHUP re-reads bindings: all their options are mutable
@@ -508,6 +609,16 @@ _binding_help = (
 )
 
 
+_oslo_rabbit_help = (
+    "oslo.messaging's RabbitMQ options, with oslo's names and meaning, for the rpc and "
+    "notification bindings: paste the section from nova.conf and those bindings declare "
+    "what Nova's servers declare (quorum queues, transient quorum queues, stream fanout, "
+    "stable queue names). A binding's own option (queue_type, durable, delivery_limit, "
+    "quorum_max_memory_*, prefetch_count) wins where both are set. Options of oslo's that "
+    "are not listed here are ignored. See the RabbitMQ 4 page of the documentation."
+)
+
+
 def list_opts() -> list[tuple[str | cfg.OptGroup | None, Iterable[cfg.Opt]]]:
     """Options for oslo-config-generator (namespace ``rpcworker``)."""
     return [
@@ -515,4 +626,5 @@ def list_opts() -> list[tuple[str | cfg.OptGroup | None, Iterable[cfg.Opt]]]:
         (cfg.OptGroup(BROKER_GROUP, help=_broker_help), broker_opts),
         (cfg.OptGroup(binding_group("NAME"), help=_binding_help), binding_opts),
         (cfg.OptGroup(METRICS_GROUP, help="Prometheus metrics and health endpoint."), metrics_opts),
+        (cfg.OptGroup(OSLO_RABBIT_GROUP, help=_oslo_rabbit_help), oslo_rabbit_opts),
     ]

@@ -64,6 +64,7 @@ def build(
     notifier: Notifier | None = None,
     serve_metrics: bool = True,
     may_recycle: Callable[[], bool] | None = None,
+    worker_index: int = 0,
 ) -> Worker:
     """Everything a worker process needs, from a prepared conf (raises ConfigError/PluginError).
 
@@ -71,12 +72,15 @@ def build(
     ``serve_metrics``: with ``[metrics] listen``, start the HTTP endpoint here (false in
     the worker processes of a supervisor, which serves it). ``may_recycle``: whether the
     process may recycle itself now (a supervisor's workers take turns).
+    ``worker_index``: this process's number among the supervisor's (0 .. workers - 1),
+    which names its per-process queues with ``use_queue_manager``.
     """
     parsed, handlers, settings = validate(conf)
     # after validate(): binding and plugin groups are registered; secrets print as ****
     conf.log_opt_values(LOG, std_logging.DEBUG)
     warn_consumer_timeout(conf, parsed)
-    topologies = [topology.build(b) for b in parsed]
+    instance = topology.process_instance(parsed, worker_index)
+    topologies = [topology.build(b, instance) for b in parsed]
     executor = Executor(conf.executor_thread_pool_size)
     LOG.info(
         "rpcworker starting: broker %s, bindings %s, %d handler threads",
@@ -101,6 +105,7 @@ def build(
         notifier=probe or sink,
         recorder=recorder or NULL,
         may_recycle=may_recycle,
+        stable_instance=instance if any(b.queue_manager for b in parsed) else None,
     )
     if address is not None and recorder is not None and probe is not None:
         endpoints.serve_process(address, recorder.registry, probe, worker)

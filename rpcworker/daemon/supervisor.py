@@ -63,6 +63,8 @@ _MAX_DATAGRAM = 65536
 HELLO = "hello"
 READY = "ready"
 STATUS = "status"
+#: a worker's exit status for a configuration the broker refuses (as the daemon's)
+CONFIG_EXIT = 2
 WATCHDOG = "watchdog"
 STOPPING = "stopping"
 EXTEND = "extend"
@@ -197,17 +199,24 @@ class WorkerService(cotyledon.Service):
         self._stopping = False
         try:
             self.worker: Worker = service.build(
-                conf, notifier=self.notifier, serve_metrics=False, may_recycle=recycle_turn
+                conf,
+                notifier=self.notifier,
+                serve_metrics=False,
+                may_recycle=recycle_turn,
+                worker_index=worker_id,
             )
         except (ConfigError, PluginError) as exc:
             LOG.error("worker %d (pid %d) cannot start: %s", worker_id, os.getpid(), exc)
-            sys.exit(2)
+            sys.exit(CONFIG_EXIT)
         self.notifier.consuming = lambda: self.worker.ready
         self.notifier.unable = self.worker.unable
 
     def run(self) -> None:
         try:
             self.worker.run()
+        except ConfigError as exc:  # the broker refuses what the configuration declares
+            LOG.error("worker %d (pid %d) stops: %s", self.worker_id, os.getpid(), exc)
+            raise SystemExit(CONFIG_EXIT) from None
         finally:
             self.worker.executor.shutdown(wait=False)
             self._done.set()
@@ -290,6 +299,8 @@ class Hub:
         self._dead: collections.deque[int] = collections.deque(maxlen=1024)
         self._ready_pending = True  # READY=1 at start, and after each RELOADING=1
         self._stopping = False
+        #: a worker exited with CONFIG_EXIT: the supervisor stops, with that status
+        self.fatal: int | None = None
         #: shared with the worker processes: how many consume now (see RecycleLock)
         self.consuming_now: Any = None
         self._last_status: str | None = None
@@ -351,6 +362,14 @@ class Hub:
                 self._dead.append(slot.pid)
             if self._stopping:
                 pass
+            elif exit_code == CONFIG_EXIT:
+                LOG.error(
+                    "worker %d%s cannot run this configuration (exit status %d): stopping",
+                    worker_id,
+                    f" (pid {slot.pid})" if slot else "",
+                    exit_code,
+                )
+                self.fatal = CONFIG_EXIT
             elif exit_code == recycling.RECYCLE_EXIT:
                 LOG.info(
                     "worker %d%s recycled itself; a fresh one starts",
@@ -594,6 +613,8 @@ def run(conf: cfg.ConfigOpts) -> int:
     def on_dead_worker(service_id: Any, worker_id: int, code: int | None) -> None:
         pid = hub.pid_of(worker_id)
         hub.on_dead(worker_id, code)
+        if hub.fatal is not None:  # stop every worker, as SIGTERM does
+            os.kill(os.getpid(), signal.SIGTERM)
         if metrics_dir is not None and pid is not None:
             endpoints.mark_dead(metrics_dir, pid)
 
@@ -626,6 +647,8 @@ def run(conf: cfg.ConfigOpts) -> int:
             endpoints.disable_multiprocess(metrics_dir)
         shutil.rmtree(lock_dir, ignore_errors=True)
     LOG.info("rpcworker stopped")
+    if hub.fatal is not None:
+        return hub.fatal
     return code if isinstance(code, int) else (0 if code is None else 1)
 
 

@@ -89,11 +89,14 @@ class Inflight:
         threads: int,
         teller: Teller,
         dropped: Callable[[Delivery], None] = lambda d: None,
+        unstarted: Callable[[Delivery], None] = lambda d: None,
     ) -> None:
         self.executor = executor
         self.teller = teller
         #: told of each delivery dropped unsettled with its connection (the byte budget)
         self.dropped = dropped
+        #: told of each delivery dropped with its connection before a thread took it
+        self.unstarted = unstarted
         self.completed = completed
         self.metrics = metrics
         self.threads = threads
@@ -123,7 +126,9 @@ class Inflight:
         self.live = 0
         for tokens in self._waiting.values():
             for token in tokens:
-                self._jobs.pop(token, None)
+                job = self._jobs.pop(token, None)
+                if job is not None:
+                    self.unstarted(job.delivery)
         self._waiting.clear()
 
     @property

@@ -13,8 +13,9 @@ from rpcworker.engine.budget import Budget
 from rpcworker.engine.events import Listener
 from rpcworker.engine.inflight import Inflight
 from rpcworker.engine.settle import Settle
+from rpcworker.engine.streams import Streams
 from rpcworker.engine.telling import Teller
-from rpcworker.policy.decisions import on_receipt
+from rpcworker.policy.decisions import duplicate, on_receipt
 from rpcworker.policy.dedup import CompletedCache
 from rpcworker.policy.outcomes import ACK_THEN_RUN, RUN, Delivery, Outcome
 from rpcworker.wire.decoding import Request, as_notification, decode
@@ -32,12 +33,14 @@ class Intake:
         events: Listener,
         budget: Budget,
         teller: Teller,
+        streams: Streams | None = None,
     ) -> None:
         self.inflight = inflight
         self.budget = budget
         self.completed = completed
         self.events = events
         self.teller = teller
+        self.streams = streams or Streams()
         self.max_size = conf.max_message_size
         #: the current connection's (None while disconnected)
         self.settle: Settle | None = None
@@ -78,3 +81,16 @@ class Intake:
         else:
             assert isinstance(decision, Outcome)
             settle.settle(d, decision)
+
+    def on_stream_message(self, sub: Subscription, message: Any) -> None:
+        """A delivery from a stream (``rabbit_stream_fanout``): one this process had
+        before (a consumer started again after a lost connection) is acked unrun."""
+        if self.streams.take(sub.queue, message):
+            self.on_message(sub, message)
+            return
+        settle = self.settle
+        assert settle is not None
+        settle.received(message)
+        d = Delivery(message, sub.binding, sub.queue, None, False, len(message.body))
+        self.budget.take(d.size)
+        settle.settle(d, duplicate(None))

@@ -27,8 +27,11 @@ LOG = logging.getLogger(__name__)
 
 
 class Rebinding:
-    def __init__(self, subscriptions: Subscriptions) -> None:
+    def __init__(self, subscriptions: Subscriptions, stable_instance: str | None = None) -> None:
         self.subscriptions = subscriptions
+        #: the queue manager's name of this process (None: each re-bound binding gets a new
+        #: uuid, so a changed binding's old fanout queue is not the new one)
+        self._instance = stable_instance
         #: bindings taken away by a reload, kept open until their in-flight work is settled
         self._retiring: list[Bound] = []
 
@@ -55,7 +58,8 @@ class Rebinding:
                 self._retiring.append(bound)
         fresh = set(plan.added) | set(plan.changed)
         subs.topologies = [
-            topology.build(b) if b.name in fresh else old[b.name] for b in plan.bindings
+            topology.build(b, self._instance) if b.name in fresh else old[b.name]
+            for b in plan.bindings
         ]
         for topo in subs.topologies:
             if topo.binding.name in fresh:

@@ -4,7 +4,9 @@ is known from the consumer that received it.
 
 A declaration the broker refuses (406 PRECONDITION_FAILED, 405 RESOURCE_LOCKED, ...)
 closes only that binding's channel: it is logged in one line, the other bindings go on,
-and it is tried again every ``reconnect_interval_max`` seconds. On SIGHUP a removed or
+and it is tried again every ``reconnect_interval_max`` seconds. One that uses a
+deprecated feature the broker denies (541, which closes the connection) cannot succeed
+later: it raises ``deprecations.Refused``, a ConfigError (exit status 2). On SIGHUP a removed or
 changed binding stops taking deliveries (basic.cancel) but keeps its channel until its
 in-flight messages are settled, so nothing is lost or handled twice; a new or changed
 binding is declared and consumed at once (``engine.rebinding``). Loop thread only.
@@ -22,12 +24,13 @@ from typing import Any
 import kombu
 from oslo_log import log as logging
 
-from rpcworker.amqp import topology
+from rpcworker.amqp import deprecations, topology
 from rpcworker.amqp.topology import Topology
 from rpcworker.amqp.transport import Capabilities, prepare_consuming_channel
 from rpcworker.config.bindingconf import Binding
 from rpcworker.engine.budget import MAX_WINDOW
 from rpcworker.engine.events import Listener
+from rpcworker.engine.streams import OFFSET_HEADER, Streams
 from rpcworker.errors import oneline
 
 LOG = logging.getLogger(__name__)
@@ -65,7 +68,7 @@ class Bound:
         self.paused = True
         return len(pausable)
 
-    def restart(self, window: int | None) -> None:
+    def restart(self, window: int | None, streams: Streams) -> None:
         """basic.qos (it applies to the consumers created after it), then consume."""
         pausable = self.pausable()
         self.paused = False
@@ -74,7 +77,16 @@ class Bound:
         pausable[0].qos(prefetch_count=window or 0)
         for consumer in pausable:
             consumer.prefetch_count = window
-            consumer.consume()
+            start(consumer, streams)
+
+
+def start(consumer: kombu.Consumer, streams: Streams) -> None:
+    """basic.consume; a stream's consumer from where this process reads it."""
+    for queue in consumer.queues or ():
+        cursor = streams.cursors.get(queue.name)
+        if cursor is not None:
+            queue.consumer_arguments = {OFFSET_HEADER: cursor.offset()}
+    consumer.consume()
 
 
 def _pausable(consumer: kombu.Consumer) -> bool:
@@ -96,10 +108,15 @@ class Subscriptions:
         events: Listener,
         retry_interval: float,
         window: Callable[[int, int], int | None] = _no_budget,
+        streams: Streams | None = None,
+        on_stream_message: Callable[[Subscription, Any], None] | None = None,
     ) -> None:
         self.topologies = list(topologies)
         #: the window for a binding's consumers: (its prefetch_count, consumers in all)
         self._window = window
+        #: where each stream (rabbit_stream_fanout) is read from
+        self.streams = streams or Streams()
+        self._on_stream_message = on_stream_message or on_message
         #: the throttle has cancelled the consumers (``pause``): new ones wait too
         self.paused = False
         self.handlers = handlers
@@ -110,6 +127,8 @@ class Subscriptions:
         self._caps: Capabilities | None = None
         self._bound: dict[str, Bound] = {}
         self._failed: dict[str, float] = {}  # binding name -> next declaration attempt
+        #: the queue being declared (named by a refusal)
+        self._declaring = ""
 
     @property
     def consuming(self) -> list[Topology]:
@@ -187,6 +206,11 @@ class Subscriptions:
         prepare_consuming_channel(channel)
         try:
             consumers = self._declare_on(channel, topo, self._caps)
+        except deprecations.RefusalError as exc:
+            feature = deprecations.refused_feature(exc)
+            if feature is None:
+                raise
+            raise deprecations.Refused(b, self._declaring, feature) from None
         except tuple(self._conn.channel_errors) as exc:
             self._failed[b.name] = time.monotonic() + self._retry_interval
             LOG.error(
@@ -214,29 +238,36 @@ class Subscriptions:
         }
         for queue in topo.queues:
             for delay_queue in delays[queue.name]:
+                self._declaring = delay_queue.name
                 delay_queue(channel).declare()
         exchange, parking = topology.parking_lot(b)
         if exchange is not None:
             exchange(channel).declare()
         if parking is not None:
+            self._declaring = parking.name
             parking(channel).declare()
         consumers = []
         for queue in topo.queues:
+            self._declaring = queue.name
             sub = Subscription(b, handler, queue.name, bool(delays[queue.name]))
+            on_message: Callable[[Any], None] = functools.partial(self._on_message, sub)
+            if topology.is_stream(queue):
+                self.streams.add(queue.name)
+                on_message = functools.partial(self._on_stream_message, sub)
             consumers.append(
                 kombu.Consumer(
                     channel,
                     queues=[queue],
                     no_ack=False,
                     auto_declare=True,
-                    on_message=functools.partial(self._on_message, sub),
+                    on_message=on_message,
                     prefetch_count=self._window_of(b),
                     tag_prefix=f"rpcworker-{b.name}-",
                 )
             )  # kombu numbers tags process-wide
         for consumer in consumers:
             if not (self.paused and _pausable(consumer)):  # throttled: resume() starts it
-                consumer.consume()
+                start(consumer, self.streams)
         return consumers
 
     def retry_failed(self, now: float) -> bool:
@@ -267,7 +298,7 @@ class Subscriptions:
         self.paused = False
         for bound in self._bound.values():
             if bound.paused:
-                bound.restart(self._window_of(bound.topology.binding))
+                bound.restart(self._window_of(bound.topology.binding), self.streams)
 
     def slots(self) -> int:
         """Deliveries the windows ``resume`` gives would take in all."""
@@ -292,7 +323,7 @@ class Subscriptions:
             target = want or MAX_WINDOW
             if target * 2 <= now or target >= 2 * now:
                 bound.pause()
-                bound.restart(want)
+                bound.restart(want, self.streams)
                 changed += 1
         return changed
 

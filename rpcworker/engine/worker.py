@@ -30,11 +30,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import kombu
+from amqp.exceptions import ConsumerCancelled
 from kombu.mixins import ConsumerMixin
 from oslo_config import cfg
 from oslo_log import log as logging
 
-from rpcworker.amqp import transport
+from rpcworker.amqp import topology, transport
 from rpcworker.amqp.topology import Topology
 from rpcworker.config import reloadplan
 from rpcworker.engine.budget import Budget, Throttle
@@ -48,6 +49,7 @@ from rpcworker.engine.rebinding import Rebinding
 from rpcworker.engine.recycling import Recycler
 from rpcworker.engine.session import Session, log_connection_error
 from rpcworker.engine.stopping import Drain
+from rpcworker.engine.streams import Streams
 from rpcworker.engine.subscriptions import Subscriptions
 from rpcworker.engine.telling import Teller
 from rpcworker.errors import StopRequested, oneline
@@ -75,6 +77,7 @@ class Worker(ConsumerMixin):
         recorder: Recorder = NULL,
         listeners: Sequence[Listener] = (),
         may_recycle: Callable[[], bool] | None = None,
+        stable_instance: str | None = None,
     ) -> None:
         self.conf = conf
         self.connection = connection
@@ -84,6 +87,9 @@ class Worker(ConsumerMixin):
         self.metrics = recorder
         self.recycler = Recycler(conf, executor, may_recycle)
         self.budget = Budget(conf.max_inflight_bytes, conf.max_message_size)
+        self.streams = Streams(
+            [q.name for t in topologies for q in t.queues if topology.is_stream(q)]
+        )
         self.events = Listeners(
             [
                 self.stats,
@@ -102,8 +108,11 @@ class Worker(ConsumerMixin):
             conf.executor_thread_pool_size,
             self.teller,
             dropped=lambda d: self.budget.release(d.size),
+            unstarted=lambda d: self.streams.lost(d.queue, d.message),
         )
-        self.intake = Intake(conf, self.inflight, completed, self.events, self.budget, self.teller)
+        self.intake = Intake(
+            conf, self.inflight, completed, self.events, self.budget, self.teller, self.streams
+        )
         b = conf.broker
         self._reconnect = (
             b.reconnect_interval_start,
@@ -117,8 +126,10 @@ class Worker(ConsumerMixin):
             self.events,
             retry_interval=self._reconnect[2],
             window=self.budget.window,
+            streams=self.streams,
+            on_stream_message=self.intake.on_stream_message,
         )
-        self.rebinding = Rebinding(self.subscriptions)
+        self.rebinding = Rebinding(self.subscriptions, stable_instance)
         self.throttle = Throttle(self.budget, self.subscriptions)
         self.drain = Drain(conf, self.inflight, self.intake, self.subscriptions, self.notifier)
         self.questions = Questions(executor.wake)
@@ -198,6 +209,11 @@ class Worker(ConsumerMixin):
                     return
                 except errors as exc:
                     lost: BaseException = exc
+                if isinstance(lost, ConsumerCancelled) and self.streams.cursors:
+                    LOG.warning(
+                        "A consumer was cancelled by the broker: streams start at their end"
+                    )
+                    self.streams.reset()
                 # logged outside the except block: oslo.log would append the error again
                 if self.should_stop:
                     LOG.warning(

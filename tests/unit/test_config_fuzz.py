@@ -101,7 +101,7 @@ def test_bad_value_exits_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], group: str, option: str, value: str
 ) -> None:
     sections = {name: dict(values) for name, values in BASE.items()}
-    sections[group][option] = value
+    sections.setdefault(group, {})[option] = value
     path = tmp_path / "fuzz.conf"
     _write(path, sections)
     status = daemon.main(["--config-file", str(path), "--check-config"])
