@@ -137,8 +137,8 @@ def _rpc_options(p: argparse.ArgumentParser, *, server: bool, timeout: bool) -> 
         p.add_argument("--server", help="send to TOPIC.SERVER (oslo prepare(server=...))")
         p.add_argument(
             "--exchange",
-            default=DEFAULT_EXCHANGE,
-            help="control exchange (default %(default)s; Nova uses nova)",
+            help="control exchange (default: the exchange of the configuration's rpc "
+            f"binding on TOPIC, else {DEFAULT_EXCHANGE}; Nova uses nova)",
         )
     if timeout:
         p.add_argument(

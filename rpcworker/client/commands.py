@@ -44,7 +44,9 @@ class Caller:
         self.timeout: float = ns.timeout
         self.monitor: float | None = ns.call_monitor_timeout
         # oslo declares the control exchange (topic, non-durable by default) before sending
-        ensure_exchange(session, req.exchange, "topic", durable=False, auto_delete=False)
+        ensure_exchange(
+            session, req.exchange, "topic", durable=session.oslo.durable, auto_delete=False
+        )
         self.reply_q = f"reply_{uuid.uuid4().hex}"
         self.waiter: replyformat.ReplyWaiter | None = None
         queue = kombu.Queue(self.reply_q, durable=False, exclusive=True, auto_delete=True)
@@ -121,10 +123,12 @@ def caster(session: Session, ns: argparse.Namespace) -> Callable[[], None]:
         exchange, routing_key = f"{req.topic}_fanout", ""
         # as oslo's fanout_send declares it; an existing one is left as is (it may be
         # durable where the servers use rabbit_transient_quorum_queue)
-        ensure_exchange(session, exchange, "fanout", durable=False, auto_delete=True)
+        ensure_exchange(
+            session, exchange, "fanout", durable=session.oslo.fanout_durable, auto_delete=True
+        )
     else:
         exchange, routing_key = req.exchange, req.routing_key
-        ensure_exchange(session, exchange, "topic", durable=False, auto_delete=False)
+        ensure_exchange(session, exchange, "topic", durable=session.oslo.durable, auto_delete=False)
 
     def send() -> None:  # a new _unique_id each time
         publish(session, envelope.envelope(inner_message(req)), exchange, routing_key)
@@ -175,7 +179,7 @@ def cmd_notify(session: Session, ns: argparse.Namespace) -> int:
     kept until a listener comes), then the envelope 2.0 to routing key TOPIC.PRIORITY.
     Prints the notification's message_id."""
     key = f"{ns.topic}.{ns.priority}"
-    ensure_exchange(session, ns.exchange, "topic", durable=False, auto_delete=False)
+    ensure_exchange(session, ns.exchange, "topic", durable=session.oslo.durable, auto_delete=False)
     ensure_queue(session, key, ns.exchange, key)
     inner = envelope.oslo_notification(
         ns.priority,

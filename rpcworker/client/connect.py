@@ -15,10 +15,44 @@ import kombu.exceptions
 from oslo_config import cfg
 
 from rpcworker.amqp import broker, transport
+from rpcworker.client.args import DEFAULT_EXCHANGE
 from rpcworker.client.exits import EXIT_BROKER, EXIT_USAGE, PROG, ClientError
-from rpcworker.config import conffile
+from rpcworker.config import conffile, opts
 from rpcworker.errors import ConfigError, oneline
 from rpcworker.wire import envelope
+
+
+@dataclasses.dataclass(frozen=True)
+class OsloFlags:
+    """How oslo.messaging, with the configuration's ``[oslo_messaging_rabbit]``, declares
+    what the client may have to declare first (impl_rabbit.py: ``topic_send``,
+    ``fanout_send``, ``_publish_and_creates_default_queue``)."""
+
+    #: topic exchanges and notification queues: amqp_durable_queues or a quorum queue
+    durable: bool = False
+    #: the notification queue's arguments (quorum and its limits)
+    queue_arguments: dict[str, object] = dataclasses.field(default_factory=dict)
+    #: TOPIC_fanout exchanges: rabbit_transient_quorum_queue
+    fanout_durable: bool = False
+
+    @classmethod
+    def of(cls, conf: cfg.ConfigOpts) -> OsloFlags:
+        o = conf[opts.OSLO_RABBIT_GROUP]
+        args: dict[str, object] = {}
+        if o.rabbit_quorum_queue:
+            args["x-queue-type"] = "quorum"
+            for option, argument in (
+                ("rabbit_quorum_delivery_limit", "x-delivery-limit"),
+                ("rabbit_quorum_max_memory_length", "x-max-in-memory-length"),
+                ("rabbit_quorum_max_memory_bytes", "x-max-in-memory-bytes"),
+            ):
+                if getattr(o, option):
+                    args[argument] = getattr(o, option)
+        return cls(
+            durable=bool(o.amqp_durable_queues or o.rabbit_quorum_queue),
+            queue_arguments=args,
+            fanout_durable=bool(o.rabbit_transient_quorum_queue),
+        )
 
 
 @dataclasses.dataclass
@@ -27,6 +61,7 @@ class Session:
 
     conn: kombu.Connection
     settings: broker.BrokerSettings
+    oslo: OsloFlags = dataclasses.field(default_factory=OsloFlags)
 
     @property
     def timeout(self) -> float:
@@ -50,6 +85,20 @@ def load_settings(argv: Sequence[str]) -> tuple[cfg.ConfigOpts, broker.BrokerSet
         return conf, broker.settings(conf)
     except ConfigError as exc:
         raise ClientError(EXIT_USAGE, f"configuration error: {exc}", "ConfigError") from None
+
+
+def control_exchange(conf: cfg.ConfigOpts, topic: str) -> str:
+    """The exchange of the configuration's enabled rpc binding on ``topic`` (so that
+    ``call TOPIC`` reaches the worker the same file configures), else ``openstack``."""
+    for name in conf.bindings:
+        group = opts.register_binding_opts(conf, name)
+        try:
+            g = conf[group]
+            if g.type == "rpc" and (g.topic or name) == topic:
+                return str(g.exchange or DEFAULT_EXCHANGE)
+        except (cfg.Error, ValueError):
+            continue  # a bad binding is the daemon's to report
+    return DEFAULT_EXCHANGE
 
 
 def broker_errors(conn: kombu.Connection) -> tuple[type[BaseException], ...]:
@@ -76,7 +125,7 @@ def connect(
         confirm_publish=confirm_publish,
         client_properties={"connection_name": f"{PROG}:{socket.gethostname()}:{os.getpid()}"},
     )
-    session = Session(conn, settings)
+    session = Session(conn, settings, OsloFlags.of(conf))
     try:
         conn.ensure_connection(
             max_retries=2 * len(settings.hosts),
@@ -125,7 +174,8 @@ def ensure_exchange(
 
 def ensure_queue(session: Session, name: str, exchange: str, routing_key: str) -> bool:
     """Declare queue ``name`` bound to ``exchange`` unless it exists (never redeclare with
-    other flags: a listener may have declared it durable or quorum). True if created."""
+    other flags: a listener may have declared it durable or quorum), as oslo's notifier
+    would (``Session.oslo``). True if created."""
     if session.settings.folder is None:
         channel = session.conn.channel()
         try:
@@ -135,7 +185,13 @@ def ensure_queue(session: Session, name: str, exchange: str, routing_key: str) -
         except amqp.exceptions.NotFound:
             pass
     channel = session.conn.channel()
-    channel.queue_declare(queue=name, durable=False, auto_delete=False)
+    oslo = session.oslo
+    channel.queue_declare(
+        queue=name,
+        durable=oslo.durable,
+        auto_delete=False,
+        arguments=dict(oslo.queue_arguments) or None,
+    )
     channel.queue_bind(queue=name, exchange=exchange, routing_key=routing_key)
     channel.close()
     return True

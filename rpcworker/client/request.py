@@ -39,7 +39,7 @@ def rpc_request(ns: argparse.Namespace) -> RpcRequest:
         namespace=ns.namespace,
         version=ns.version,
         server=getattr(ns, "server", None),
-        exchange=getattr(ns, "exchange", DEFAULT_EXCHANGE),
+        exchange=getattr(ns, "exchange", None) or DEFAULT_EXCHANGE,
     )
 
 

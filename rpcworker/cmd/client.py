@@ -34,13 +34,15 @@ from collections.abc import Sequence
 from rpcworker.client import parkedcmds
 from rpcworker.client.args import json_errors, oslo_args, parse_args
 from rpcworker.client.commands import COMMANDS
-from rpcworker.client.connect import broker_errors, connect, load_settings
+from rpcworker.client.connect import broker_errors, connect, control_exchange, load_settings
 from rpcworker.client.exits import EXIT_INTERRUPTED, EXIT_USAGE, ClientError, report
 from rpcworker.client.load import run_load
 
 
 def run(ns: argparse.Namespace) -> int:
     conf, settings = load_settings(oslo_args(ns))
+    if "exchange" in ns and ns.exchange is None and "topic" in ns:
+        ns.exchange = control_exchange(conf, ns.topic)
     if getattr(ns, "count", None) is not None:
         return run_load(conf, settings, ns)
     # parked: its copies are confirmed in a window, not one by one (client.browse)
