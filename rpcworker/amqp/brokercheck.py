@@ -8,6 +8,11 @@ the 406 PRECONDITION_FAILED the worker would get at start-up (with the broker's 
 It exists already, so that declaration creates nothing. Per-process and exclusive
 queues are skipped: they belong to one connection and never exist beforehand.
 
+The report starts with the broker's product and version, and flags every planned
+queue that a RabbitMQ 4 broker deprecates (``transient_nonexcl_queues``: non-durable,
+non-exclusive), with the option that avoids it, whatever the broker's version: a 4.x
+node that denies the feature refuses it (541), and a later major version removes it.
+
 When the RabbitMQ management API answers (http://HOST:15672 by default, same
 credentials), the actual flags and arguments are read from it and every difference is
 named; otherwise the report says so once and relies on the declare test.
@@ -29,7 +34,7 @@ from urllib.parse import quote
 import kombu
 from kombu import Exchange, Queue
 
-from rpcworker.amqp import broker, topology, transport
+from rpcworker.amqp import broker, deprecations, topology, transport
 from rpcworker.config.bindingconf import Binding
 
 MANAGEMENT_PORT = 15672
@@ -120,6 +125,9 @@ class BrokerCheck:
     findings: tuple[Finding, ...] = ()
     management: str = ""  # one line: what the management API gave
     unreachable: str | None = None  # one line, when the broker could not be reached
+    version: str = ""  # the broker's product and version, as it announced them
+    #: one line per planned entity a RabbitMQ 4 broker deprecates, with its fix
+    deprecated: tuple[str, ...] = ()
 
     @property
     def conflicts(self) -> list[Finding]:
@@ -131,6 +139,8 @@ class BrokerCheck:
 
     def lines(self) -> list[str]:
         out = [f"broker check against {self.broker}:"]
+        if self.version:
+            out.append(f"  broker: {self.version}")
         if self.management:
             out.append(f"  {self.management}")
         for f in self.findings:
@@ -142,6 +152,14 @@ class BrokerCheck:
             )
         else:
             out.append(f"broker: consistent ({len(self.to_create)} to create at start-up)")
+        for line in self.deprecated:
+            out.append(f"  DEPRECATED {line}")
+        if self.deprecated:
+            out.append(
+                "broker: planned queues use a feature RabbitMQ 4 deprecates; a node with "
+                "deprecated_features.permit.transient_nonexcl_queues = false refuses them "
+                "(the worker exits 2)"
+            )
         return out
 
 
@@ -163,11 +181,11 @@ def expected_entities(parsed: list[Binding]) -> list[Expected]:
             found[key] = e
 
     for b in parsed:
-        topo = topology.build(b, instance_id="<per-process id>")
+        topo = topology.build(b, instance_id=_PER_PROCESS)
         for q in topo.queues:
             for ex in _exchanges_of(q):
                 add(_exchange(ex, b.name))
-            per_process = q.name in topo.transient
+            per_process = q.name in topo.transient or _PER_PROCESS in q.name
             add(_queue(q, b.name, per_process))
             if not per_process:
                 for dq in topology.retry_queues(b, q):
@@ -178,6 +196,35 @@ def expected_entities(parsed: list[Binding]) -> list[Expected]:
         if parking is not None:
             add(_queue(parking, b.name, False))
     return list(found.values())
+
+
+_PER_PROCESS = "<per-process id>"
+
+
+def deprecated_entities(parsed: list[Binding]) -> list[str]:
+    """One line per binding and fix: the queues the worker would declare that use a
+    feature RabbitMQ 4 deprecates, and the option that avoids it."""
+    by_name = {b.name: b for b in parsed}
+    fixes: dict[tuple[str, str, str], list[str]] = {}
+    for e in expected_entities(parsed):
+        if e.kind != "queue" or e.durable or e.exclusive:
+            continue
+        b = by_name[e.bindings[0]]
+        group, option, _ = deprecations.fix_for(b, e.name, deprecations.TRANSIENT_QUEUES)
+        fixes.setdefault((b.name, group, option), []).append(e.name)
+    return [
+        f"binding {name}: {len(queues)} non-durable, non-exclusive queue(s) "
+        f"({deprecations.TRANSIENT_QUEUES}: {', '.join(queues)}); avoided by "
+        f"[{group}] {option} = true"
+        for (name, group, option), queues in fixes.items()
+    ]
+
+
+def server_version(conn: kombu.Connection) -> str:
+    """``RabbitMQ 4.3.6`` (the product and version the broker announced), or ""."""
+    props = getattr(conn.connection, "server_properties", None) or {}
+    product, version = props.get("product", ""), props.get("version", "")
+    return f"{product} {version}".strip()
 
 
 def _exchanges_of(q: Queue) -> list[Exchange]:
@@ -412,7 +459,13 @@ def check(
             _check_one(conn, e, mgmt, host.virtual_host, bool(rpc & set(e.bindings)))
             for e in expected_entities(parsed)
         ]
-        return BrokerCheck(broker=where, findings=tuple(findings), management=note)
+        return BrokerCheck(
+            broker=where,
+            findings=tuple(findings),
+            management=note,
+            version=server_version(conn),
+            deprecated=tuple(deprecated_entities(parsed)),
+        )
     finally:
         conn.release()
 
