@@ -111,6 +111,10 @@ class Binding:
     def stream_fanout(self) -> bool:
         return self.type == "rpc" and self.fanout == "stream"
 
+    def is_stream(self, queue: str) -> bool:
+        """Whether ``queue`` is the stream this binding reads its fanout casts from."""
+        return self.stream_fanout and queue == f"{self.topic}_fanout"
+
     def is_quorum_queue(self, queue: str) -> bool:
         """Whether ``queue`` (one the binding consumes) is a quorum queue: an rpc
         binding's per-process fanout queue stays classic, as oslo.messaging's."""

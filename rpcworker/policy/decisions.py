@@ -382,14 +382,22 @@ def on_completed(d: Delivery, result: Any, completed: CompletedCache, live: bool
 def resolve(d: Delivery, outcome: Outcome) -> Outcome:
     """``outcome`` as settle can carry it out for this delivery: a retry on a queue
     without delay queues is dead-lettered, a dead letter without a parking lot of ours
-    is rejected (the queue's own dead-letter exchange, if any, applies)."""
+    is rejected (the queue's own dead-letter exchange, if any, applies); a reject on a
+    stream is an ack."""
     action = outcome.action
     if action is Action.RETRY and not d.retryable:
         action = Action.DEAD_LETTER
         outcome = dataclasses.replace(outcome, action=action).noting(Note(Happened.NO_DELAY_QUEUE))
     if action is Action.DEAD_LETTER and not d.binding.dead_letters_published:
         outcome = dataclasses.replace(outcome, action=Action.REJECT)
+    if outcome.action in _REJECTS and d.binding.is_stream(d.queue):
+        # a stream answers basic.reject and basic.nack with 540 NOT_IMPLEMENTED, which
+        # closes the connection, and keeps its messages anyway: this reader acks
+        outcome = dataclasses.replace(outcome, action=Action.ACK)
     return outcome
+
+
+_REJECTS = (Action.REJECT, Action.REQUEUE)
 
 
 def on_copy_refused(d: Delivery, outcome: Outcome, target: str) -> Outcome:

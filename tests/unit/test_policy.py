@@ -49,6 +49,7 @@ NOTIFY = Binding(
 )
 FILTERED = dataclasses.replace(NOTIFY, filter_event_type=r"compute\.")
 PARKING = dataclasses.replace(RETRYING, dead_letter_queue="parked")
+STREAMING = dataclasses.replace(RETRYING, fanout="stream")
 
 
 class Notified:
@@ -103,9 +104,12 @@ def remembered(uid: str) -> CompletedCache:
 
 
 def delivery(
-    binding: Binding = AFTER, retryable: bool = True, request: decoding.Request | None = None
+    binding: Binding = AFTER,
+    retryable: bool = True,
+    request: decoding.Request | None = None,
+    queue: str = "q",
 ) -> Delivery:
-    return Delivery(None, binding, "q", request or req("add"), retryable)
+    return Delivery(None, binding, queue, request or req("add"), retryable)
 
 
 def failed_cast() -> Outcome:
@@ -348,6 +352,28 @@ TABLE = [
         "dead letter without a parking lot",
         lambda: decisions.resolve(delivery(RETRYING), Outcome(Action.DEAD_LETTER)),
         Action.REJECT,
+        None,
+    ),
+    Row(
+        "dead letter without a parking lot, read from a stream (which refuses rejects)",
+        lambda: decisions.resolve(
+            delivery(STREAMING, retryable=False, queue="t_fanout"), Outcome(Action.DEAD_LETTER)
+        ),
+        Action.ACK,
+        None,
+    ),
+    Row(
+        "requeue (a stopping worker) of a delivery read from a stream",
+        lambda: decisions.resolve(
+            delivery(STREAMING, retryable=False, queue="t_fanout"), Outcome(Action.REQUEUE)
+        ),
+        Action.ACK,
+        None,
+    ),
+    Row(
+        "requeue of the same binding's work queue is still a requeue",
+        lambda: decisions.resolve(delivery(STREAMING, queue="t"), Outcome(Action.REQUEUE)),
+        Action.REQUEUE,
         None,
     ),
     Row(
