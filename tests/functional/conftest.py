@@ -2,6 +2,10 @@
 
 With no broker on 127.0.0.1:5672 these tests fail under CI (CI=true) and skip
 elsewhere, with one line saying how to start RabbitMQ.
+
+RPCWORKER_TEST_BROKER_PORT, RPCWORKER_TEST_RABBITMQCTL and RPCWORKER_TEST_BROKER_SERIES
+point them at another broker: tests/suites.py's "functional-4.x" pass runs them against the
+RabbitMQ 4.x node of tests/rabbit4node.py (5673) with that node's rabbitmqctl.
 """
 
 from __future__ import annotations
@@ -21,14 +25,27 @@ from typing import Any
 import kombu
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import rabbitmqctl_command, wait_for
 
 BROKER_HOST = os.environ.get("RPCWORKER_TEST_BROKER_HOST", "127.0.0.1")
 BROKER_PORT = int(os.environ.get("RPCWORKER_TEST_BROKER_PORT", "5672"))
 BROKER_URL = f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}//"
+#: the tests run against the host's own RabbitMQ (3.10, port 5672), not the 4.x node of
+#: tests/rabbit4node.py (RPCWORKER_TEST_BROKER_SERIES=4, port 5673)
+ON_HOST_BROKER = BROKER_PORT == 5672 and os.environ.get(
+    "RPCWORKER_TEST_BROKER_SERIES", "3"
+).startswith("3")
+HOST_INSTALL_ONLY = (
+    "starts its own 3.10 node from the host's install; runs in the 3.10 pass, "
+    "not against the RabbitMQ 4.x node"
+)
 START_HINT = (
     "RabbitMQ is not answering on %s:%d: start it with `rabbitmq-server -detached` "
     "(or `rabbitmqctl start_app`), then `rabbitmqctl await_startup`"
+)
+START_HINT_4X = (
+    "RabbitMQ is not answering on %s:%d: start the 4.x node with "
+    '`eval "$(.venv/bin/python -m tests.rabbit4node start --port %d)"`'
 )
 
 
@@ -50,7 +67,10 @@ def broker_up() -> bool:
 def _require_broker() -> None:
     if broker_up():
         return
-    line = START_HINT % (BROKER_HOST, BROKER_PORT)
+    if ON_HOST_BROKER:
+        line = START_HINT % (BROKER_HOST, BROKER_PORT)
+    else:
+        line = START_HINT_4X % (BROKER_HOST, BROKER_PORT, BROKER_PORT)
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(line, pytrace=False)
     print(f"\n*** SKIPPING functional tests: {line} ***", file=sys.stderr)
@@ -67,7 +87,14 @@ def _delete_delay_queues(_require_broker: None) -> Iterator[None]:
     yield
     try:
         out = subprocess.run(
-            ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name", "consumers"],
+            [
+                *rabbitmqctl_command(),
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "consumers",
+            ],
             capture_output=True,
             text=True,
             timeout=120,

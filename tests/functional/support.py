@@ -33,7 +33,7 @@ from tests.functional.conftest import (
     delete_queues,
     stop_all,
 )
-from tests.helpers import http_get, wait_for
+from tests.helpers import http_get, rabbitmqctl_command, wait_for
 
 JSON = "application/json"
 RPCWORKER = Path(sys.executable).parent / "rpcworker"
@@ -49,7 +49,11 @@ WATCHDOG_USEC = 2_000_000  # the daemon sends WATCHDOG=1 about every second
 
 def rabbitmqctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [*rabbitmqctl_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -73,7 +77,7 @@ def queue_info(name: str) -> dict[str, Any] | None:
     """The queue as `rabbitmqctl list_queues` sees it (None when it does not exist)."""
     out = subprocess.run(
         [
-            "rabbitmqctl",
+            *rabbitmqctl_command(),
             "list_queues",
             "-q",
             "--formatter",

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import BROKER_HOST, BROKER_PORT
+from tests.helpers import rabbitmqctl_path_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -57,6 +58,7 @@ def bench(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[dict[str, A
             *args,
         ],
         cwd=ROOT,
+        env=rabbitmqctl_path_env(),  # the harness's own `rabbitmqctl list_queues`
         capture_output=True,
         text=True,
         timeout=timeout,

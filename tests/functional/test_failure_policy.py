@@ -22,7 +22,7 @@ from tests.functional.support import (
     records,
     run_client,
 )
-from tests.helpers import wait_for
+from tests.helpers import rabbitmqctl_command, wait_for
 
 
 def test_failing_cast_is_retried_with_growing_delays_then_parked(
@@ -296,7 +296,7 @@ def test_blocked_connection_is_logged_and_replies_wait_for_unblock(
             correlation_id=corr,
         )
     wait_for(lambda: len(records(d, kind="start")) == 2, 10, message="both handlers started")
-    alarm = ["rabbitmqctl", "set_vm_memory_high_watermark"]
+    alarm = [*rabbitmqctl_command(), "set_vm_memory_high_watermark"]
     subprocess.run([*alarm, "0.000001"], check=True, capture_output=True, timeout=60)
     try:
         wait_for(
@@ -321,7 +321,9 @@ def test_blocked_connection_is_logged_and_replies_wait_for_unblock(
 def _memory_watermark_restored() -> Any:
     yield
     subprocess.run(
-        ["rabbitmqctl", "set_vm_memory_high_watermark", "0.4"], capture_output=True, timeout=60
+        [*rabbitmqctl_command(), "set_vm_memory_high_watermark", "0.4"],
+        capture_output=True,
+        timeout=60,
     )
 
 
@@ -346,7 +348,7 @@ def test_per_process_fanout_queue_has_no_delay_queues_and_a_failing_fanout_is_pa
         }
     )
     out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "-q", "--formatter", "json", "name"],
+        [*rabbitmqctl_command(), "list_queues", "-q", "--formatter", "json", "name"],
         capture_output=True,
         text=True,
         check=True,

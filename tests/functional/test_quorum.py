@@ -27,7 +27,7 @@ from tests.functional.support import (
     queue_info,
     records,
 )
-from tests.helpers import wait_for
+from tests.helpers import rabbitmqctl_command, wait_for
 
 CTXT = {"request_id": "req-q", "user_id": "u1", "project_id": "p1"}
 
@@ -35,7 +35,16 @@ CTXT = {"request_id": "req-q", "user_id": "u1", "project_id": "p1"}
 def queue_types() -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (type, arguments) of every queue, as `rabbitmqctl list_queues` shows them."""
     out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "-q", "--formatter", "json", "name", "type", "arguments"],
+        [
+            *rabbitmqctl_command(),
+            "list_queues",
+            "-q",
+            "--formatter",
+            "json",
+            "name",
+            "type",
+            "arguments",
+        ],
         capture_output=True,
         text=True,
         check=True,
