@@ -6,7 +6,7 @@ CONF ?= etc/rpcworker/rpcworker.conf
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv install run test check lint format typecheck unit functional test-cluster test-systemd sample docs bench clean
+.PHONY: venv install run test check lint format typecheck unit functional functional-4x test-rabbit4 test-cluster test-systemd sample docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,8 @@ format: install
 typecheck: install
 	$(BIN)/mypy
 
-## venv + install + ruff + mypy + every test suite (unit, examples, functional, cluster,
-## systemd),
+## venv + install + ruff + mypy + every test suite (unit, examples, functional,
+## functional-4.x, rabbit4-strict, cluster, systemd),
 ## one after the other, then one line per suite with its result and time
 test: lint typecheck
 	$(BIN)/python -m tests.suites $(PYTEST_ARGS)
@@ -51,6 +51,16 @@ check: lint typecheck
 
 functional: install
 	$(BIN)/pytest -q -ra tests/functional
+
+## tests/functional again, against RabbitMQ 4.x: Debian sid's rabbitmq-server in
+## systemd-nspawn on 127.0.0.1:5673 (tests/rabbit4node.py; needs root, debootstrap and
+## systemd-container); the host's broker on 5672 is not touched
+functional-4x: install
+	$(BIN)/python -m tests.suites --suite functional-4.x $(PYTEST_ARGS)
+
+## tests/rabbit4 on a strict RabbitMQ 4.x node (deprecated features denied; 5674)
+test-rabbit4: install
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS) tests/rabbit4
 
 ## the tests on a throw-away 3-node RabbitMQ cluster (tests/cluster; needs root)
 test-cluster: install
