@@ -145,6 +145,53 @@ def test_delivery_limit_parks_the_broker_s_last_delivery(
     assert "poison message" in d.log()
 
 
+def _crashes_until_parked(d: Any, dlq: str, most: int) -> int:
+    """Restart the worker after each crash (as a supervisor would) until the poison
+    message is parked; how many times its handler ran."""
+    crashes = 0
+    for _ in range(most):
+        wait_for(
+            lambda: not d.alive() or parked_count(dlq) == 1,
+            30,
+            message="a crash or the parked message",
+        )
+        if d.alive():
+            return crashes
+        assert d.wait_exit(10) == 70
+        crashes += 1
+        d.start()
+        d.wait_log("Consuming:", timeout=30)
+    raise AssertionError(f"still not parked after {crashes} crashes")
+
+
+def test_poison_bound_without_a_delivery_limit(
+    workers: Workers, amqp: PikaClient, uid: str
+) -> None:
+    """No delivery_limit: max_redeliveries (3) bounds the crash loop on 3.10 (no limit of
+    the broker's) and on 4.x (whose default limit, 20, is then never reached): the
+    handler runs at x-delivery-count 0..3 and count 4 is parked without running."""
+    dlq = f"dlq-{uid}"
+    workers.queues |= {dlq}
+    d = workers.start(
+        {
+            "c": direct(
+                uid,
+                queue_type="quorum",
+                max_redeliveries=3,
+                dead_letter_queue=dlq,
+                prefetch_count=1,
+            )
+        }
+    )
+    amqp.publish(f"ex-{uid}", f"rk-{uid}", {"method": "crash", "args": {"tag": uid}})
+    crashes = _crashes_until_parked(d, dlq, 8)
+    print(f"\nno delivery_limit, max_redeliveries 3: the handler ran {crashes} times")
+    assert crashes == 4
+    [(headers, body)] = parked(dlq)
+    assert body == {"method": "crash", "args": {"tag": uid}}
+    assert "redelivered 4 times (max_redeliveries 3)" in headers["x-rpcworker-failure"]
+
+
 # -- beside a real oslo.messaging server with rabbit_quorum_queue = True --------------
 
 om = pytest.importorskip("oslo_messaging")
