@@ -163,8 +163,11 @@ def test_check_config_prints_the_plan() -> None:
     out = result.stdout
     assert "Traceback" not in out + result.stderr
     for text in (
-        "exchange 'openstack' type=topic",
-        "queue 'rpcworker' ",
+        "exchange 'rpcworker' type=topic durable=True",
+        "queue 'rpcworker' durable=True auto_delete=False exclusive=False "
+        "arguments={'x-queue-type': 'quorum'}",
+        "queue 'rpcworker_fanout_<per-process id>' durable=True",
+        "'x-queue-type': 'quorum', 'x-expires': 1800000",
         "exchange 'rpcworker_fanout' type=fanout",
         "exchange 'events' type=topic",
         "queue 'rpcworker-events' durable=True",
