@@ -88,6 +88,20 @@ def test_queues_per_process_in_each_mode(
         assert found[name] == kind
     if mode == "stream":
         assert found[f"{topic}_fanout"] == "stream"
+    # a fanout cast reaches each of the two processes once
+    peer = ["--url", OSLO_URL, "--exchange", f"ex-{uid}"]
+    peer += {"classic": [], "quorum": ["--quorum", "--transient"]}.get(
+        mode, ["--quorum", "--transient", "--stream"]
+    )
+    sent = _oslo(*peer, "fanout", "--topic", topic, "record", "n=7")
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    d = workers.daemons[-1]
+
+    def pids() -> list[int]:
+        return sorted(r["pid"] for r in records(d, method="record", args={"n": 7}))
+
+    wait_for(lambda: len(pids()) >= 2, 30, message=f"the cast in both processes: {pids()}")
+    assert len(set(pids())) == 2 == len(pids()), pids()
 
 
 def _oslo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -194,3 +208,53 @@ def test_stream_fanout_across_a_lost_connection_each_cast_once(
     assert _oslo(*peer, "fanout", "--topic", topic, "record", "n=99").returncode == 0
     wait_for(lambda: 99 in handled(), 30, message="the cast after the restart")
     assert handled() == [*range(10), 99]
+
+
+def test_a_deleted_stream_is_read_again_from_its_end(
+    workers: Any, uid: str, cleanup_topic: str
+) -> None:
+    """The broker cancels the consumer of a deleted stream: the worker declares it again
+    and reads the new one from its next message (as oslo resets to its end)."""
+    topic = cleanup_topic
+    binding = {"type": "rpc", "handler": "recorder", "topic": topic, "exchange": f"ex-{uid}"}
+    d = workers.start({"rpc": binding}, name="rw", extra=oslo_section("stream"))
+    peer = ("--url", OSLO_URL, "--exchange", f"ex-{uid}", "--quorum", "--transient", "--stream")
+
+    def handled() -> list[int]:
+        return sorted(r["args"]["n"] for r in records(d, method="record"))
+
+    for n in range(3):
+        assert _oslo(*peer, "fanout", "--topic", topic, "record", f"n={n}").returncode == 0
+    wait_for(lambda: handled() == [0, 1, 2], 30, message="the casts before the deletion")
+    delete_queues(f"{topic}_fanout")
+    d.wait_log("streams start at their end")
+    wait_for(lambda: d.log().count("Consuming:") >= 2, 30, message="consuming the new stream")
+    for n in range(3, 6):
+        assert _oslo(*peer, "fanout", "--topic", topic, "record", f"n={n}").returncode == 0
+    wait_for(lambda: handled() == list(range(6)), 30, message=f"each cast once: {handled()}")
+    assert queues_of(topic)[f"{topic}_fanout"] == "stream"
+
+
+def test_queue_manager_names_are_unique_per_process_and_kept_across_restarts(
+    workers: Any, uid: str, cleanup_topic: str
+) -> None:
+    """use_queue_manager with two worker processes: TOPIC_fanout_HOST:PROC:1 and :2 (oslo
+    bug 2110957 gave two processes one name), the same after a restart, not deleted."""
+    topic = cleanup_topic
+    binding = {"type": "rpc", "handler": "recorder", "topic": topic, "exchange": f"ex-{uid}"}
+    extra = (
+        oslo_section("quorum") + f"use_queue_manager = true\nhostname = h-{uid}\n"
+        "processname = rpcw\n"
+    )
+    d = workers.start({"rpc": binding}, default={"workers": 2}, extra=extra)
+    names = [f"{topic}_fanout_h-{uid}:rpcw:{n}" for n in (1, 2)]
+
+    def fanout_queues() -> list[str]:
+        return sorted(n for n in queues_of(topic) if n.startswith(f"{topic}_fanout_"))
+
+    wait_for(lambda: fanout_queues() == names, 30, message=f"two named queues: {fanout_queues()}")
+    d.stop()
+    assert fanout_queues() == names  # kept: the next start takes them back
+    d.start()
+    wait_for(lambda: d.log().count("Consuming:") >= 4, 30, message="both processes again")
+    assert fanout_queues() == names
