@@ -88,6 +88,7 @@ class Intake:
         if self.streams.take(sub.queue, message):
             self.on_message(sub, message)
             return
+        self.events.received(sub.binding.name)
         settle = self.settle
         assert settle is not None
         settle.received(message)

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
+from oslo_config import cfg
+
+from rpcworker.engine.budget import Budget
+from rpcworker.engine.events import Stats
+from rpcworker.engine.intake import Intake
 from rpcworker.engine.streams import START, Cursor, Streams
+from rpcworker.engine.subscriptions import Subscription
+from rpcworker.engine.telling import Teller
+from rpcworker.policy.dedup import CompletedCache
+from rpcworker.policy.outcomes import Action, Happened
+from tests.fakes import AFTER
 
 
 def msg(offset: int | None) -> SimpleNamespace:
@@ -57,3 +68,36 @@ def test_streams_by_queue_and_deliveries_without_an_offset() -> None:
     assert s.take("other", msg(7)) and s.take("other", msg(7))  # not a stream
     s.lost("t_fanout", msg(7))
     assert s.cursors["t_fanout"].offset() == 7
+
+
+class _Settle:
+    """What Intake asks of the session's Settle, recorded."""
+
+    def __init__(self) -> None:
+        self.taken: list[object] = []
+        self.settled: list[tuple[Any, Any]] = []
+
+    def received(self, message: object) -> None:
+        self.taken.append(message)
+
+    def settle(self, d: object, outcome: object) -> None:
+        self.settled.append((d, outcome))
+
+
+def test_a_delivery_the_process_had_is_counted_and_acked_unrun() -> None:
+    conf = cfg.ConfigOpts()
+    conf.register_opts([cfg.IntOpt("max_message_size", default=1 << 20)])
+    conf([])
+    streams = Streams(["t_fanout"])
+    streams.take("t_fanout", msg(5))  # handled before the connection was lost
+    stats = Stats()
+    inflight: Any = None  # never reached: the delivery does not run
+    intake = Intake(conf, inflight, CompletedCache(8), stats, Budget(0, 1 << 20), Teller(), streams)
+    settle: Any = _Settle()
+    intake.settle = settle
+    message = SimpleNamespace(headers={"x-stream-offset": 5}, body=b"{}")
+    intake.on_stream_message(Subscription(AFTER, object(), "t_fanout", False), message)
+    [(d, outcome)] = settle.settled
+    assert outcome.action is Action.ACK and d.queue == "t_fanout"
+    assert [n.happened for n in outcome.notes] == [Happened.DUPLICATE]
+    assert settle.taken == [message] and stats.deliveries == 1
