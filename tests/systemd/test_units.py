@@ -80,7 +80,13 @@ def test_the_docs_install_starts_the_service_consuming_every_binding(machine: Ma
         assert m.show("rpcworker.service", "UnitFileState") == "enabled"
         status = m.show("rpcworker.service", "StatusText")
         assert status.startswith("consuming 3 of 3 binding(s)"), status
-        assert consumers("rpcworker") >= 1 and consumers("rpcworker-events") >= 1
+        # a quorum queue (the shipped rpc binding's) shows its consumer once Raft has
+        # applied it: a moment after basic.consume-ok, so wait for it
+        wait_for(
+            lambda: consumers("rpcworker") >= 1 and consumers("rpcworker-events") >= 1,
+            30,
+            message="consumers on rpcworker and rpcworker-events",
+        )
         assert call(m, "/etc/rpcworker/rpcworker.conf", "rpcworker", "echo", "--arg", "x=1") == {
             "x": 1
         }
