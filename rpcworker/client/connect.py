@@ -17,7 +17,7 @@ from oslo_config import cfg
 from rpcworker.amqp import broker, transport
 from rpcworker.client.args import DEFAULT_EXCHANGE
 from rpcworker.client.exits import EXIT_BROKER, EXIT_USAGE, PROG, ClientError
-from rpcworker.config import conffile, opts
+from rpcworker.config import bindingconf, conffile, opts
 from rpcworker.errors import ConfigError, oneline
 from rpcworker.wire import envelope
 
@@ -38,16 +38,7 @@ class OsloFlags:
     @classmethod
     def of(cls, conf: cfg.ConfigOpts) -> OsloFlags:
         o = conf[opts.OSLO_RABBIT_GROUP]
-        args: dict[str, object] = {}
-        if o.rabbit_quorum_queue:
-            args["x-queue-type"] = "quorum"
-            for option, argument in (
-                ("rabbit_quorum_delivery_limit", "x-delivery-limit"),
-                ("rabbit_quorum_max_memory_length", "x-max-in-memory-length"),
-                ("rabbit_quorum_max_memory_bytes", "x-max-in-memory-bytes"),
-            ):
-                if getattr(o, option):
-                    args[argument] = getattr(o, option)
+        args = bindingconf.oslo_quorum_arguments(o) if o.rabbit_quorum_queue else {}
         return cls(
             durable=bool(o.amqp_durable_queues or o.rabbit_quorum_queue),
             queue_arguments=args,

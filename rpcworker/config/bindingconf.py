@@ -478,19 +478,24 @@ def _check_oslo_auto_delete(quorum: bool, oslo: Any, fail: Fail) -> None:
         )
 
 
+def oslo_quorum_arguments(oslo: Any) -> dict[str, Any]:
+    """A quorum queue's arguments as oslo.messaging builds them from its group:
+    ``x-queue-type`` and the rabbit_quorum_* limits that are above 0."""
+    args: dict[str, Any] = {"x-queue-type": "quorum"}
+    for option, argument in _QUORUM_ARGUMENTS:
+        value = getattr(oslo, _OSLO_QUORUM[option])
+        if value:
+            args[argument] = value
+    return args
+
+
 def _fanout_arguments(kind: FanoutKind, oslo: Any) -> dict[str, Any]:
     """The TOPIC_fanout queue's arguments, as oslo.messaging 18's ``_get_queue_arguments``
     builds them for its fanout consumer."""
     ttl = int(oslo.rabbit_transient_queues_ttl)
     if kind == "stream":
         return {"x-queue-type": "stream", **({"x-max-age": f"{ttl}s"} if ttl else {})}
-    args: dict[str, Any] = {}
-    if kind == "quorum":
-        args["x-queue-type"] = "quorum"
-        for option, argument in _QUORUM_ARGUMENTS:
-            value = getattr(oslo, _OSLO_QUORUM[option])
-            if value:
-                args[argument] = value
+    args = oslo_quorum_arguments(oslo) if kind == "quorum" else {}
     if ttl:
         args["x-expires"] = ttl * 1000
     return args
