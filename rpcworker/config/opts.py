@@ -398,9 +398,13 @@ binding_opts = [
         min=0,
         help="Most handler threads this binding's deliveries hold at once; further "
         "deliveries wait (unacknowledged, in order) for one of them to finish, so a slow "
-        "or stuck binding cannot take every thread from the others. 0: the whole pool "
-        "([DEFAULT] executor_thread_pool_size). At most executor_thread_pool_size, and at "
-        "most prefetch_count (when that is not 0).",
+        "or stuck binding cannot take every thread from the others. 0: the fair default: "
+        "a binding alone in its process has the whole pool ([DEFAULT] "
+        "executor_thread_pool_size); with others, the pool less half a fair share kept "
+        "back for each of them (pool // (2 x bindings), at least 1 thread), and never less "
+        "than a fair share (pool // bindings). With a pool of 16 and 2 bindings, 12 each. "
+        "At most executor_thread_pool_size, and at most prefetch_count (when that is not "
+        "0).",
     ),
     cfg.StrOpt(
         "dead_letter_exchange",

@@ -215,7 +215,11 @@ def serve_process(
 
     def health() -> Verdict:
         unable = worker.unable()
-        return (False, unable) if unable else probe.health()
+        if unable:
+            return False, unable
+        ok, reason = probe.health()
+        saturated = worker.saturated
+        return ok, f"{reason}; {saturated}" if saturated else reason
 
     return Endpoint(
         address,

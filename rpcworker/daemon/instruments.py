@@ -7,7 +7,7 @@ handler run), so the counters follow exactly what was carried out. Served by
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import prometheus_client
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from rpcworker.engine import recycling
 from rpcworker.engine.events import SETTLEMENT, Recorder
+from rpcworker.engine.shares import Load
 from rpcworker.policy.outcomes import Action, Delivery, Outcome
 
 PREFIX = "rpcworker_"
@@ -77,6 +78,26 @@ class Metrics(Recorder):
             prometheus_client.Gauge(
                 PREFIX + "inflight",
                 "Handlers running now.",
+                by,
+                registry=reg,
+                multiprocess_mode="livesum",
+            )
+        )
+        self._waiting = _Children(
+            prometheus_client.Gauge(
+                PREFIX + "waiting",
+                "Deliveries received and waiting for a handler thread (their binding at its "
+                "limit of threads, or every thread busy).",
+                by,
+                registry=reg,
+                multiprocess_mode="livesum",
+            )
+        )
+        self._thread_limit = _Children(
+            prometheus_client.Gauge(
+                PREFIX + "binding_thread_limit",
+                "The most handler threads the binding's deliveries hold at once: its "
+                "max_concurrency, or the fair default (workers > 1: summed over the workers).",
                 by,
                 registry=reg,
                 multiprocess_mode="livesum",
@@ -147,6 +168,8 @@ class Metrics(Recorder):
                 self._filtered,
                 self._duration,
                 self._inflight,
+                self._waiting,
+                self._thread_limit,
                 self._consuming,
             ):
                 children[name]  # noqa: B018  (creates the labelled child at zero)
@@ -193,6 +216,11 @@ class Metrics(Recorder):
 
     def recycled(self) -> None:
         self._recycles.inc()
+
+    def loads(self, loads: Sequence[Load]) -> None:
+        for x in loads:
+            self._waiting[x.binding].set(x.waiting)
+            self._thread_limit[x.binding].set(x.limit)
 
     def run_handler(self, binding: str, call: Callable[[], Outcome]) -> Outcome:
         """Run ``call`` (a handler thread): in-flight, duration, and a failure count

@@ -98,6 +98,8 @@ class ChildNotifier:
         self.consuming: Callable[[], bool] = lambda: False
         #: why the worker cannot take work now (None: it can), sent with each event
         self.unable: Callable[[], str | None] = lambda: None
+        #: the bindings whose deliveries wait for a thread (None: none), sent likewise
+        self.saturated: Callable[[], str | None] = lambda: None
         self._every = watchdog_every if watchdog_every and watchdog_every > 0 else None
         self._clock = clock
         self._next_watchdog: float | None = None
@@ -139,8 +141,9 @@ class ChildNotifier:
         try:
             try:
                 consuming, unable = bool(self.consuming()), self.unable()
+                saturated = self.saturated()
             except Exception:
-                consuming, unable = False, None
+                consuming, unable, saturated = False, None, None
             data = json.dumps(
                 {
                     "w": self.worker_id,
@@ -148,6 +151,7 @@ class ChildNotifier:
                     "e": kind,
                     "c": consuming,
                     "u": unable,
+                    "s": saturated,
                     "t": str(text),
                 }
             ).encode("utf-8", "replace")
@@ -210,6 +214,7 @@ class WorkerService(cotyledon.Service):
             sys.exit(CONFIG_EXIT)
         self.notifier.consuming = lambda: self.worker.ready
         self.notifier.unable = self.worker.unable
+        self.notifier.saturated = lambda: self.worker.saturated
 
     def run(self) -> None:
         try:
@@ -267,6 +272,8 @@ class _Slot:
     stale: bool = False
     #: why the worker cannot take work now (recycling), or None
     unable: str | None = None
+    #: the worker's bindings whose deliveries wait for a thread, or None
+    saturated: str | None = None
 
 
 class Hub:
@@ -313,12 +320,20 @@ class Hub:
             msg = json.loads(data)
             worker_id, pid, kind = int(msg["w"]), int(msg["p"]), str(msg["e"])
             consuming, text = bool(msg.get("c")), str(msg.get("t", ""))
-            unable = msg.get("u")
+            unable, saturated = msg.get("u"), msg.get("s")
         except Exception:
             LOG.debug("ignoring a malformed worker notification: %r", data[:200])
             return
         if kind in _KINDS:
-            self.on_event(worker_id, pid, kind, consuming, text, str(unable) if unable else None)
+            self.on_event(
+                worker_id,
+                pid,
+                kind,
+                consuming,
+                text,
+                str(unable) if unable else None,
+                str(saturated) if saturated else None,
+            )
 
     def on_event(
         self,
@@ -328,6 +343,7 @@ class Hub:
         consuming: bool = False,
         text: str = "",
         unable: str | None = None,
+        saturated: str | None = None,
     ) -> None:
         with self._lock:
             if pid in self._dead:
@@ -353,6 +369,7 @@ class Hub:
                 slot.status = text
             slot.consuming = consuming and not slot.stopping
             slot.unable = unable
+            slot.saturated = saturated
             self._publish()
 
     def on_dead(self, worker_id: int, exit_code: int | None = None) -> None:
@@ -466,7 +483,11 @@ class Hub:
                 return False, "no worker can take work: " + "; ".join(
                     f"worker {w} {s.unable}" for w, s in sorted(self._slots.items())
                 )
-            return True, f"{len(self._slots)} worker consume loop(s) alive"
+            reason = f"{len(self._slots)} worker consume loop(s) alive"
+            saturated = [
+                f"worker {w}: {s.saturated}" for w, s in sorted(self._slots.items()) if s.saturated
+            ]
+            return True, "; ".join([reason, *saturated])
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: every worker connected and consuming on every binding."""

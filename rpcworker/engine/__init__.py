@@ -8,8 +8,9 @@
                     refused declarations, pause and resume for the byte budget
 ``rebinding``       SIGHUP: carry out the configuration side's plan
 ``intake``          a delivery: decode, ``decisions.on_receipt``, settle or start
-``inflight``        handlers waiting or running: concurrency caps, deadlines, call
+``inflight``        handlers waiting or running: thread limits, deadlines, call
                     monitors; ``run()``, a handler thread's job
+``shares``          each binding's limit of threads (the fair default), its load
 ``executor``        the handler threads and the wake-up pipe; ``aio``: ``async def``
 ``settle``          carry out an outcome (``acks``, ``replies``, confirmed copies by
                     ``publisher``)

@@ -12,8 +12,9 @@ refused copy). Loop thread only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+from rpcworker.engine.shares import Load
 from rpcworker.policy.outcomes import Action, Delivery, Outcome
 
 
@@ -115,6 +116,9 @@ class Recorder(Listener):
 
     def inflight_bytes(self, held: int, throttled_seconds: float) -> None:
         """Bytes of bodies in flight now; seconds throttled by the budget in all."""
+
+    def loads(self, loads: Sequence[Load]) -> None:
+        """Each binding's handlers running and waiting for a thread now, and its limit."""
 
     def recycled(self) -> None:
         """The process is recycling itself."""

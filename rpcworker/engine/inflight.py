@@ -1,10 +1,11 @@
 """Deliveries whose handler is waiting or running: tokens, connection generations,
-per-binding concurrency caps, ``handler_timeout`` deadlines, oslo call-monitor heartbeats, and
+per-binding thread limits, ``handler_timeout`` deadlines, oslo call-monitor heartbeats, and
 what a handler thread runs for each.
 
-* A binding never holds more than ``max_concurrency`` handler threads (0, the default:
-  no cap, the whole pool): its further deliveries wait here, in order, and a stuck or
-  slow binding cannot starve the others.
+* A binding never holds more than its limit of handler threads (``shares``: its
+  ``max_concurrency``, or the fair default when it has none; no limit when it is alone):
+  its further deliveries wait here, in order, and a stuck or slow binding cannot starve
+  the others.
 * A deadline counts from the moment the handler *starts* (the handler thread stamps
   the job), never from receipt: waiting for a thread is not a failure. Past it, the
   delivery is settled as timed out and the stuck thread is replaced
@@ -32,6 +33,7 @@ from rpcworker.engine import aio
 from rpcworker.engine.events import Recorder
 from rpcworker.engine.executor import Executor
 from rpcworker.engine.settle import Settle
+from rpcworker.engine.shares import Load, saturation, thread_limits
 from rpcworker.engine.telling import Teller
 from rpcworker.policy import decisions, dispatcher
 from rpcworker.policy.dedup import CompletedCache
@@ -110,7 +112,10 @@ class Inflight:
         self._abandoned: set[int] = set()
         self._monitors: dict[int, float] = {}  # token -> next call-monitor heartbeat
         self._running: collections.Counter[str] = collections.Counter()  # binding -> jobs
-        self._waiting: dict[str, collections.deque[int]] = {}  # over their cap, in order
+        self._waiting: dict[str, collections.deque[int]] = {}  # over their limit, in order
+        #: binding -> its limit of threads (0: the whole pool; absent: its own
+        #: max_concurrency); see ``share``
+        self._limits: dict[str, int] = {}
         #: no deadline can pass before this (see expire); the shortest timeout seen
         self._next_scan = 0.0
         self._shortest = float("inf")
@@ -131,6 +136,41 @@ class Inflight:
                     self.unstarted(job.delivery)
         self._waiting.clear()
 
+    def share(self, bindings: list[Binding]) -> dict[str, int]:
+        """Set each binding's limit of threads (``shares.thread_limits``); at start and
+        after a SIGHUP changed the bindings. Returns the limits."""
+        self._limits = thread_limits(bindings, self.threads)
+        for name in list(self._waiting):  # a raised limit lets waiting ones start now
+            while self._waiting.get(name) and not self._at_limit(name):
+                self._start_next(name)
+        return self._limits
+
+    def _at_limit(self, name: str) -> bool:
+        limit = self._limits.get(name, 0)
+        return bool(limit) and self._running[name] >= limit
+
+    def loads(self) -> list[Load]:
+        """Each binding's running and waiting handlers and its limit, now (for the
+        metrics and /healthz: twice a second, not per delivery)."""
+        running: collections.Counter[str] = collections.Counter()
+        waiting: collections.Counter[str] = collections.Counter()
+        for job in self._jobs.values():
+            name = job.delivery.binding.name
+            if job.started is None:
+                waiting[name] += 1
+            else:
+                running[name] += 1
+        names = set(self._limits) | set(running) | set(waiting)
+        limits = self._limits
+        return [
+            Load(n, running[n], waiting[n], limits.get(n) or self.threads) for n in sorted(names)
+        ]
+
+    def saturation(self, loads: list[Load]) -> str | None:
+        """The bindings of ``loads`` whose deliveries wait for a thread, as one line, or
+        None."""
+        return saturation(loads, self.threads, self.executor.busy - self.executor.stuck)
+
     @property
     def busy(self) -> int:
         """Handlers waiting or running, not counting those abandoned after a timeout."""
@@ -150,8 +190,8 @@ class Inflight:
         return any(job.delivery.binding is binding for job in self._jobs.values())
 
     def start(self, d: Delivery, handler: Any) -> None:
-        """Hand ``d`` to a handler thread, or keep it waiting while its binding has
-        ``max_concurrency`` handlers already."""
+        """Hand ``d`` to a handler thread, or keep it waiting while its binding holds its
+        limit of threads."""
         request = d.request
         assert request is not None
         token = next(self._tokens)
@@ -162,9 +202,10 @@ class Inflight:
         if timeout and timeout < self._shortest:
             self._shortest = timeout
             self._next_scan = 0.0
-        name, limit = d.binding.name, d.binding.max_concurrency
-        # no cap (0: the whole pool) goes straight to the executor's queue, so that a
-        # free thread never waits for the loop to hand it the next delivery
+        name = d.binding.name
+        limit = self._limits.get(name, d.binding.max_concurrency)
+        # under its limit (or none: the whole pool), straight to the executor's queue, so
+        # that a free thread never waits for the loop to hand it the next delivery
         if limit and self._running[name] >= limit:
             self._waiting.setdefault(name, collections.deque()).append(token)
             return
@@ -179,7 +220,12 @@ class Inflight:
         gets it."""
         name = job.delivery.binding.name
         self._running[name] -= 1
-        waiting = self._waiting.get(name)
+        if self._waiting.get(name):
+            self._start_next(name)
+
+    def _start_next(self, name: str) -> None:
+        """The first of ``name``'s waiting deliveries still in flight gets a thread."""
+        waiting = self._waiting[name]
         while waiting:
             token = waiting.popleft()
             following = self._jobs.get(token)

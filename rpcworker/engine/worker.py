@@ -48,6 +48,7 @@ from rpcworker.engine.readiness import Notifier, NullNotifier, Readiness
 from rpcworker.engine.rebinding import Rebinding
 from rpcworker.engine.recycling import Recycler
 from rpcworker.engine.session import Session, log_connection_error
+from rpcworker.engine.shares import describe, thread_limits_warning
 from rpcworker.engine.stopping import Drain
 from rpcworker.engine.streams import Streams
 from rpcworker.engine.subscriptions import Subscriptions
@@ -130,6 +131,10 @@ class Worker(ConsumerMixin):
             on_stream_message=self.intake.on_stream_message,
         )
         self.rebinding = Rebinding(self.subscriptions, stable_instance)
+        self._share_threads()
+        #: the bindings whose deliveries wait for a thread (for /healthz), or None;
+        #: written by the loop twice a second
+        self.saturated: str | None = None
         self.throttle = Throttle(self.budget, self.subscriptions)
         self.drain = Drain(conf, self.inflight, self.intake, self.subscriptions, self.notifier)
         self.questions = Questions(executor.wake)
@@ -343,6 +348,9 @@ class Worker(ConsumerMixin):
                     self.teller.summarise()
                     self.throttle.tick()
                     self.metrics.threads(self.executor.busy, self.executor.stuck)
+                    loads = self.inflight.loads()
+                    self.metrics.loads(loads)
+                    self.saturated = self.inflight.saturation(loads)
                     self.metrics.inflight_bytes(self.budget.held, self.throttle.seconds_throttled)
                     self.readiness.tick()
                 if not self.should_stop:
@@ -380,6 +388,21 @@ class Worker(ConsumerMixin):
 
     # -- recycling and SIGHUP -------------------------------------------------------------
 
+    def _share_threads(self) -> None:
+        """Each binding's limit of handler threads (``rpcworker.engine.shares``)."""
+        bindings = [t.binding for t in self.subscriptions.topologies]
+        threads = self.conf.executor_thread_pool_size
+        limits = self.inflight.share(bindings)
+        if len(bindings) > 1:
+            LOG.info(
+                "Handler threads: %d; the most each binding's deliveries hold at once: %s",
+                threads,
+                describe(limits, threads),
+            )
+        warning = thread_limits_warning(bindings, threads)
+        if warning:
+            LOG.warning("%s", warning)
+
     def _recycle_if_due(self, check_memory: bool) -> None:
         reason = self.recycler.due(check_memory)
         if reason is not None:
@@ -396,5 +419,6 @@ class Worker(ConsumerMixin):
         plan = reloadplan.reread(self.conf, [t.binding for t in subs.topologies], subs.handlers)
         if plan is not None:
             self.rebinding.apply(plan)
+            self._share_threads()
             self.teller.debug_changed()
         self.readiness.announce(force=True)

@@ -5,6 +5,7 @@ recycling (stuck threads, max_messages_per_worker, max_memory_per_worker) and
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import time
@@ -13,9 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.functional.conftest import BROKER_HOST, BROKER_PORT, delete_queues
-from tests.functional.support import PikaClient, Workers, queue_info, records
-from tests.helpers import wait_for
+from tests.functional.conftest import BROKER_HOST, BROKER_PORT, consumer_count, delete_queues
+from tests.functional.support import (
+    PikaClient,
+    Workers,
+    free_port,
+    queue_info,
+    records,
+    scrape,
+)
+from tests.helpers import http_get, wait_for
 
 om = pytest.importorskip("oslo_messaging")
 from oslo_config import cfg  # noqa: E402
@@ -141,6 +149,70 @@ def test_a_stuck_binding_does_not_starve_another(
     print(
         f"\nEXECUTION concurrency caps: b 40 casts in {alone:.2f} s alone, {hung:.2f} s while a "
         f"holds its 2 of 4 threads hung"
+    )
+    d.signal(15)  # a's handlers never return: do not wait for them
+    d.signal(15)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_hung_binding_leaves_threads_to_the_others_by_default(
+    workers: Workers, amqp: PikaClient, uid: str, processes: int
+) -> None:
+    """The operator's setup, nothing tuned: two bindings, 4 threads per process, no
+    max_concurrency. Binding a hangs on 8 casts (well within the default handler_timeout);
+    then 20 casts go to b: all 20 are handled while a still hangs, a holds 3 threads per
+    process (the fair default), and /healthz and /metrics say that a is saturated."""
+    port = free_port()
+    d = workers.start(
+        {"a": topic_binding(uid, "a"), "b": topic_binding(uid, "b")},
+        default={"executor_thread_pool_size": 4, "workers": processes},
+        extra=f"[metrics]\nlisten = 127.0.0.1:{port}\n",
+    )
+    assert "the most each binding's deliveries hold at once: a 3, b 3" in d.log()
+    for name in ("a", "b"):  # every process consumes (the broker shares the casts out)
+        wait_for(
+            lambda q=f"{name}-{uid}": consumer_count(q) == processes,
+            30,
+            message=f"{processes} consumer(s) on binding {name}'s queue",
+        )
+    for i in range(8):
+        cast(amqp, uid, "a.x", "hang", seconds=3600, i=i)
+
+    def hung() -> list[dict[str, Any]]:
+        return records(d, kind="start", method="hang")
+
+    # the broker shares a's 8 casts out among the processes: each runs 3 at most, the
+    # rest wait for a thread
+    wait_for(
+        lambda: len(hung()) >= 3 and len(hung()) + scrape(port)[("rpcworker_waiting", "a")] == 8,
+        20,
+        message=f"a's 8 casts running or waiting (log: {d.log_tail()})",
+    )
+    per_process = collections.Counter(r["instance"] for r in hung())
+    assert max(per_process.values()) == 3 and len(per_process) <= processes, per_process
+    for i in range(20):
+        cast(amqp, uid, "b.x", "record", i=i)
+    wait_for(
+        lambda: len(records(d, method="record")) == 20,
+        30,
+        message=f"b's 20 casts handled while a hangs (log: {d.log_tail()})",
+    )
+    assert sorted(r["args"]["i"] for r in records(d, method="record")) == list(range(20))
+    running = len(hung())
+    assert sum(per_process.values()) == running  # a still hangs: no more started
+    code, health = wait_for(
+        lambda: (r := http_get(port, "/healthz"))[0] == 200 and "saturated" in r[1] and r,
+        10,
+        message="/healthz names the saturated binding",
+    )
+    assert "binding a saturated (3 of 3 threads busy" in health and "binding b" not in health
+    m = scrape(port)
+    assert m[("rpcworker_waiting", "a")] == 8 - running
+    assert m[("rpcworker_binding_thread_limit", "a")] == 3 * processes
+    assert m[("rpcworker_waiting", "b")] == 0
+    print(
+        f"\nEXECUTION fair default workers={processes}: b 20 of 20 casts handled while a "
+        f"hangs on {running} threads ({8 - running} waiting); /healthz: {health.strip()}"
     )
     d.signal(15)  # a's handlers never return: do not wait for them
     d.signal(15)

@@ -362,6 +362,7 @@ def test_healthz_is_503_while_the_process_recycles() -> None:
     class FakeWorker:
         ready = True
         reason: str | None = None
+        saturated: str | None = None
 
         def unable(self) -> str | None:
             return self.reason
