@@ -91,14 +91,29 @@ def install_readahead(amqp_connection: Any) -> ReadAhead | None:
     return reader
 
 
-def frame_reader(amqp_connection: Any) -> Callable[[float | None], Any]:
-    """One frame read and dispatched, blocking: py-amqp's ``Connection.blocking_read``.
+def frame_reader(
+    amqp_connection: Any, reader: ReadAhead | None = None
+) -> Callable[[float | None], Any]:
+    """One frame read and dispatched, blocking: py-amqp's ``Connection.blocking_read``
+    without its ``having_timeout`` context manager (a generator set up and torn down per
+    frame, for a timeout the loop never gives), and with a frame already whole in
+    ``reader``'s buffer cut from it at once.
 
     ``drain_events(timeout=0)``, the documented way, sets and resets the socket timeout
     on every call (two system calls per frame) and ``drain_events(None)`` can block on a
     heartbeat frame; the loop calls this only when the socket (or the read-ahead buffer)
-    has bytes."""
-    read: Callable[[float | None], Any] = amqp_connection.blocking_read
+    has bytes. The frame goes to the connection's ``on_inbound_frame`` (set once it is
+    connected), as ``blocking_read`` does."""
+    transport = amqp_connection.transport
+    read_frame = transport.read_frame
+    on_frame = amqp_connection.on_inbound_frame
+    cut = reader.frame if reader is not None else None
+
+    def read(timeout: float | None = None) -> Any:
+        # py-amqp keeps a partial frame of its own only after a read timed out
+        frame = None if cut is None or transport._read_buffer else cut()
+        return on_frame(frame if frame is not None else read_frame())
+
     return read
 
 
@@ -117,20 +132,25 @@ def prepare_consuming_channel(channel: Any) -> None:
 
 
 class _UninflatedMessage(pyamqp.Message):
-    """kombu's AMQP message, built without its ``compression`` header (then put back for
-    ``decoding.decode``, which refuses compressed bodies)."""
+    """kombu's AMQP message, its attributes set directly: its body as received (never
+    inflated by a ``compression`` header: ``decoding.decode`` refuses compressed bodies)
+    and its headers as sent. kombu's constructor chain (pyamqp.Message -> base Message)
+    also builds an ``errors`` list per message and checks for compression and
+    ``postencode``: none of which a consumer of bytes needs."""
 
     def __init__(self, msg: Any, channel: Any = None, **kwargs: Any) -> None:
-        headers = msg.properties.get("application_headers") or {}
-        if "compression" in headers:
-            msg.properties["application_headers"] = {
-                k: v for k, v in headers.items() if k != "compression"
-            }
-        try:
-            super().__init__(msg, channel=channel, **kwargs)
-        finally:
-            msg.properties["application_headers"] = headers
-        self.headers = headers
+        props = msg.properties
+        self.channel = channel
+        self.delivery_tag = msg.delivery_tag
+        self.content_type = props.get("content_type")
+        self.content_encoding = props.get("content_encoding")
+        self.delivery_info = msg.delivery_info
+        self.headers = props.get("application_headers") or {}
+        self.properties = props
+        self._decoded_cache = None
+        self._state = "RECEIVED"
+        self.accept = kwargs.get("accept")
+        self.body = msg.body
 
 
 def delivery_info(message: Any) -> dict[str, Any]:

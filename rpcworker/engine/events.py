@@ -38,18 +38,25 @@ class Listener:
 
 
 class Listeners(Listener):
-    """Tells every listener of a list, in order."""
+    """Tells every listener of a list, in order. ``received`` and ``settled`` come once
+    per delivery: they call only the listeners that do something with them."""
 
     def __init__(self, listeners: Iterable[Listener]) -> None:
         self.listeners = list(listeners)
+        self._received = [
+            x.received for x in self.listeners if type(x).received is not Listener.received
+        ]
+        self._settled = [
+            x.settled for x in self.listeners if type(x).settled is not Listener.settled
+        ]
 
     def received(self, binding: str) -> None:
-        for listener in self.listeners:
-            listener.received(binding)
+        for received in self._received:
+            received(binding)
 
     def settled(self, delivery: Delivery, outcome: Outcome) -> None:
-        for listener in self.listeners:
-            listener.settled(delivery, outcome)
+        for settled in self._settled:
+            settled(delivery, outcome)
 
     def consuming(self, binding: str, on: bool) -> None:
         for listener in self.listeners:

@@ -72,7 +72,7 @@ class Session:
             self._buffered = (
                 reader.pending if reader is not None else getattr(self._sock, "pending", None)
             )
-            self._read_frame = transport.frame_reader(amqp_conn)
+            self._read_frame = transport.frame_reader(amqp_conn, reader)
 
     def wait(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the broker or a finished handler, and handle what

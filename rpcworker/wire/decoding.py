@@ -21,6 +21,9 @@ from rpcworker.wire.envelope import (
 
 _ACCEPTED_TYPES = ("", JSON)
 _ACCEPTED_ENCODINGS = ("", "utf-8", "utf8")
+#: content types and encodings accepted as they come, without normalising them
+_AS_SENT_TYPES = frozenset({None, *_ACCEPTED_TYPES})
+_AS_SENT_ENCODINGS = frozenset({None, *_ACCEPTED_ENCODINGS})
 
 
 #: how a reply is written: oslo.messaging's envelope (``_msg_id``, on ``_reply_q``) or
@@ -170,15 +173,22 @@ def _decode(
     properties: Mapping[str, Any],
     delivery_info: Mapping[str, Any],
 ) -> Request | Rejected:
-    ctype = (content_type or "").split(";")[0].strip().lower()
-    if ctype not in _ACCEPTED_TYPES:
-        raise Refused(f"content type {content_type!r} refused: only {JSON} is accepted")
-    cenc = (content_encoding or "").strip().lower()
-    if cenc not in _ACCEPTED_ENCODINGS:
-        raise Refused(f"content encoding {content_encoding!r} refused: only utf-8 is accepted")
+    if content_type not in _AS_SENT_TYPES:  # the usual values need no normalising
+        ctype = (content_type or "").split(";")[0].strip().lower()
+        if ctype not in _ACCEPTED_TYPES:
+            raise Refused(f"content type {content_type!r} refused: only {JSON} is accepted")
+    if content_encoding not in _AS_SENT_ENCODINGS:
+        cenc = (content_encoding or "").strip().lower()
+        if cenc not in _ACCEPTED_ENCODINGS:
+            raise Refused(f"content encoding {content_encoding!r} refused: only utf-8 is accepted")
     if headers.get("compression"):
         raise Refused(f"compressed bodies ({headers.get('compression')!r}) are refused")
-    if isinstance(body, bytes | bytearray | memoryview):
+    if type(body) is bytes:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Refused(f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    elif isinstance(body, bytes | bytearray | memoryview):
         try:
             text = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
