@@ -25,6 +25,8 @@ from queue import Empty
 from typing import Any
 
 import kombu
+from amqp import spec
+from amqp.exceptions import RecoverableConnectionError
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem, pyamqp
 from kombu.utils import json as kombu_json
@@ -115,6 +117,30 @@ def frame_reader(
         return on_frame(frame if frame is not None else read_frame())
 
     return read
+
+
+#: publish(message, exchange, routing_key, mandatory) on one py-amqp channel
+Publish = Callable[[Any, str, str, bool], None]
+
+
+def publisher(channel: Any) -> Publish:
+    """``basic.publish`` on a py-amqp channel, as ``Channel.basic_publish`` sends it, but
+    for what that method does first on every call when the connection advertises the
+    ``connection.blocked`` capability (kombu's connections do): ``drain_events(timeout=0)``,
+    a read with the socket's timeout set to 0 and back that ends in a caught
+    ``socket.timeout`` (amqp/channel.py ``_basic_publish``). Measured: 130 µs of a reply's
+    450 µs through the worker. It also read and dispatched a frame in the middle of a
+    publish; the loop reads every frame itself, ``connection.blocked`` included
+    (``Settle.on_blocked``)."""
+    send_method = channel.send_method
+    method = spec.Basic.Publish
+
+    def publish(message: Any, exchange: str, routing_key: str, mandatory: bool) -> None:
+        if not channel.connection:
+            raise RecoverableConnectionError("basic_publish: connection closed")
+        send_method(method, "Bssbb", (0, exchange, routing_key, mandatory, False), message)
+
+    return publish
 
 
 def prepare_consuming_channel(channel: Any) -> None:

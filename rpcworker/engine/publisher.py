@@ -14,6 +14,7 @@ from typing import Any
 
 from oslo_log import log as logging
 
+from rpcworker.amqp import transport
 from rpcworker.wire.xheaders import SEQ_HEADER
 
 LOG = logging.getLogger(__name__)
@@ -28,6 +29,13 @@ class ConfirmPublisher:
         self._returned: set[int] = set()
         self._seq = itertools.count(1)
         self.async_confirms = confirms
+        self._publish: transport.Publish = (
+            transport.publisher(channel)
+            if confirms
+            else lambda message, exchange, key, mandatory: channel.basic_publish(
+                message, exchange=exchange, routing_key=key, mandatory=mandatory
+            )
+        )
         if confirms:
             channel.confirm_select()
             events = channel.events
@@ -66,9 +74,7 @@ class ConfirmPublisher:
         )
         self._pending[seq] = on_done
         try:
-            self.channel.basic_publish(
-                message, exchange=exchange, routing_key=routing_key, mandatory=self.async_confirms
-            )
+            self._publish(message, exchange, routing_key, self.async_confirms)
         except Exception:
             self._pending.pop(seq, None)
             raise

@@ -17,6 +17,7 @@ import amqp
 import kombu
 from oslo_log import log as logging
 
+from rpcworker.amqp import transport
 from rpcworker.amqp.transport import Capabilities
 from rpcworker.wire import envelope, replyformat
 
@@ -43,9 +44,9 @@ class _Returned:
 class Replies:
     def __init__(self, conn: kombu.Connection, caps: Capabilities) -> None:
         channel = conn.default_channel
-        # py-amqp: straight to basic_publish, as kombu's Producer.publish costs more than
+        # py-amqp: straight to basic.publish, as kombu's Producer.publish costs more than
         # the rest of a small reply's trip through the worker
-        self._basic_publish = channel.basic_publish if caps.amqp else None
+        self._basic_publish = transport.publisher(channel) if caps.amqp else None
         self._producer = kombu.Producer(
             channel, auto_declare=False, on_return=self._on_return if caps.returns else None
         )
@@ -58,10 +59,7 @@ class Replies:
             if reply.correlation_id is not None:
                 properties["correlation_id"] = reply.correlation_id
             self._basic_publish(
-                amqp.Message(reply.body, **properties),
-                exchange="",
-                routing_key=reply.routing_key,
-                mandatory=mandatory,
+                amqp.Message(reply.body, **properties), "", reply.routing_key, mandatory
             )
             return
         self._producer.publish(

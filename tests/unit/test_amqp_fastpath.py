@@ -1,9 +1,14 @@
+"""The seam's fast paths on py-amqp: the read-ahead buffer, frames cut from it, and
+basic.publish without py-amqp's drain before each publish."""
+
 from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 import pytest
+from amqp.exceptions import RecoverableConnectionError
 
 from rpcworker.amqp.readahead import ReadAhead
 
@@ -114,3 +119,34 @@ def test_py_amqp_reads_the_same_frames_through_the_fast_path() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_the_publisher_sends_basic_publish_without_draining_first() -> None:
+    """``transport.publisher`` sends the same basic.publish method as py-amqp's
+    ``basic_publish``, and never reads from the connection first."""
+    from rpcworker.amqp import transport as seam
+
+    sent: list[tuple[Any, ...]] = []
+
+    class Conn:
+        def drain_events(self, timeout: float | None = None) -> None:
+            raise AssertionError("a publish must not read from the connection")
+
+    class Channel:
+        connection = Conn()
+
+        def send_method(self, *args: Any) -> None:
+            sent.append(args)
+
+    publish = seam.publisher(Channel())
+    publish("msg", "ex", "key", True)
+    [(method, argsig, args, message)] = sent
+    assert (method, argsig, args, message) == (
+        (60, 40),
+        "Bssbb",
+        (0, "ex", "key", True, False),
+        "msg",
+    )
+    Channel.connection = None  # type: ignore[assignment]
+    with pytest.raises(RecoverableConnectionError):
+        publish("msg", "ex", "key", True)
