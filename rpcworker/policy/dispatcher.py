@@ -17,10 +17,12 @@ from rpcworker.errors import DispatchError, NoHandleMessage, NoSuchMethod, Unsup
 from rpcworker.wire import decoding
 from rpcworker.wire.message import Message
 
-#: (handler, method, namespace, version) that find_method accepted: the loop thread
-#: checks every request, and the class lookup costs a few microseconds. Only successes
-#: are kept (a flood of unknown names cannot fill it), and it is bounded.
-_FOUND: set[tuple[Any, ...]] = set()
+#: (handler, method, namespace, version) that find_method accepted -> the bound method:
+#: the loop thread checks every request and the handler thread calls it, and the class
+#: lookup costs a few microseconds. Only successes are kept (a flood of unknown names
+#: cannot fill it), and it is bounded. A kept bound method holds its handler, so the
+#: handler's id() is never reused while its entry lives.
+_FOUND: dict[tuple[Any, ...], Any] = {}
 _FOUND_MAX = 4096
 
 
@@ -33,13 +35,13 @@ def unknown(handler: Any, request: decoding.Request) -> DispatchError | None:
     if key in _FOUND:
         return None
     try:
-        find_method(handler, request)
+        func = find_method(handler, request)
     except (NoSuchMethod, UnsupportedVersion) as exc:
         return exc
     if not handlerapi.has_getattr_hook(type(handler)):  # its answers may change: never cached
         if len(_FOUND) >= _FOUND_MAX:
             _FOUND.clear()
-        _FOUND.add(key)
+        _FOUND[key] = func
     return None
 
 
@@ -50,7 +52,9 @@ def call(handler: Any, request: decoding.Request) -> Any:
     returns (the coroutine of an ``async def`` method, which ``inflight.run`` awaits),
     raises what it raises (``NoHandleMessage`` for an event the handler cannot take)."""
     if request.method is not None:
-        return find_method(handler, request)(dict(request.context), **request.args)
+        key = (id(handler), type(handler), request.method, request.namespace, request.version)
+        func = _FOUND.get(key) or find_method(handler, request)
+        return func(dict(request.context), **request.args)
     n = request.notification
     if n is not None:  # the method named after the priority (policy checked it exists)
         method = _public_method(handler, n.priority)
