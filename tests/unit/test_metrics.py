@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import kombu
 import pytest
@@ -212,3 +213,29 @@ def test_a_port_in_use_is_a_config_error() -> None:
                 ("127.0.0.1", port), lambda: b"", lambda: (True, ""), lambda: (True, "")
             )
     assert str(info.value).startswith(f"[metrics] listen: cannot listen on 127.0.0.1:{port}")
+
+
+def test_listeners_tell_each_delivery_only_to_those_that_listen() -> None:
+    """``Listeners`` calls ``received`` and ``settled`` (once per delivery) only on the
+    listeners whose class overrides them; the rest, on every listener, in order."""
+    from rpcworker.engine.events import Listener, Listeners
+
+    heard: list[str] = []
+
+    class Counts(Listener):
+        def received(self, binding: str) -> None:
+            heard.append(f"received {binding}")
+
+    class Settles(Listener):
+        def settled(self, delivery: Any, outcome: Any) -> None:
+            heard.append("settled")
+
+        def connected(self, first: bool) -> None:
+            heard.append(f"connected {first}")
+
+    listeners = Listeners([Counts(), Settles(), Listener()])
+    assert len(listeners._received) == 1 and len(listeners._settled) == 1
+    listeners.received("b")
+    listeners.settled(None, None)  # type: ignore[arg-type]
+    listeners.connected(True)
+    assert heard == ["received b", "settled", "connected True"]

@@ -97,6 +97,25 @@ def test_missing_content_type_is_tried_as_json() -> None:
 
 
 @pytest.mark.parametrize(
+    ("content_type", "content_encoding"),
+    [
+        ("application/json", "utf-8"),  # as oslo and kombu send it: taken as it comes
+        ("", ""),
+        ("Application/JSON; charset=utf-8", "UTF-8"),  # normalised first
+        (" application/json ", "utf8 "),
+    ],
+)
+def test_json_content_types_and_encodings_are_accepted(
+    content_type: str, content_encoding: str
+) -> None:
+    decoded = decode(b'{"a": 1}', content_type=content_type, content_encoding=content_encoding)
+    assert isinstance(decoded, Request) and decoded.body == {"a": 1}
+    for body in (bytearray(b'{"a": 1}'), memoryview(b'{"a": 1}'), '{"a": 1}'):
+        again = decode(body, content_type=content_type, content_encoding=content_encoding)
+        assert isinstance(again, Request) and again.body == {"a": 1}
+
+
+@pytest.mark.parametrize(
     "body, kw, words",
     [
         (b"\x80\x04\x95", {"content_type": "application/x-python-serialize"}, "content type"),
