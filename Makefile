@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 CONF ?= etc/rpcworker/rpcworker.conf
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+GUARD_ARGS ?=
 
-.PHONY: venv install run test check lint format typecheck unit functional functional-4x test-rabbit4 test-cluster test-systemd sample docs bench clean
+.PHONY: venv install run test check lint format typecheck unit functional functional-4x test-rabbit4 test-cluster test-systemd sample docs bench bench-guard clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +16,9 @@ $(BIN)/python:
 venv: $(BIN)/python
 
 install: venv
-	$(BIN)/pip install --quiet -e '.[test]' -e tests/plugin -e examples/rpcworker-inventory \
-		-e examples/rpcworker-handler-example -e examples/rpcworker-nova-events
+	$(BIN)/pip install --quiet -e '.[test]' -e tests/plugin -e benchmarks/plugin \
+		-e examples/rpcworker-inventory -e examples/rpcworker-handler-example \
+		-e examples/rpcworker-nova-events
 
 ## start the worker in the foreground on the shipped config (Ctrl-C stops it)
 run: install
@@ -36,8 +38,8 @@ format: install
 typecheck: install
 	$(BIN)/mypy
 
-## venv + install + ruff + mypy + every test suite (unit, examples, functional,
-## functional-4.x, rabbit4-strict, cluster, systemd),
+## venv + install + ruff + mypy + every test suite (unit, examples, bench-guard,
+## functional, functional-4.x, rabbit4-strict, cluster, systemd),
 ## one after the other, then one line per suite with its result and time
 test: lint typecheck
 	$(BIN)/python -m tests.suites $(PYTEST_ARGS)
@@ -87,6 +89,12 @@ docs: install
 bench: venv
 	$(BIN)/pip install --quiet -e '.[test,bench]' -e tests/plugin -e benchmarks/plugin
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+## the drain regression guard alone (also the bench-guard suite of `make test`): rpcworker's
+## drain rate ÷ a bare py-amqp consumer's, median of alternated rounds, against the FLOOR of
+## benchmarks/guard.py (about a minute); `GUARD_ARGS='--rounds 9 -n 20000'` passes options
+bench-guard: install
+	$(BIN)/python -m benchmarks.guard $(GUARD_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist doc/build doc/source/_static/rpcworker.conf.sample *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -198,6 +198,7 @@ class KombuBare(RpcworkerDirect):
 
     label = "bare kombu"
     prefetch = 64  # rpcworker's default prefetch_count
+    module = "benchmarks.contender_kombu"
 
     def __init__(self, broker: Broker, uid: str, workdir: Path) -> None:
         super().__init__(broker, uid, workdir)
@@ -208,7 +209,7 @@ class KombuBare(RpcworkerDirect):
             self.label,
             python_argv(
                 "-m",
-                "benchmarks.contender_kombu",
+                self.module,
                 self.broker.address.kombu_url,
                 self.queue,
                 self.exchange,
@@ -218,6 +219,14 @@ class KombuBare(RpcworkerDirect):
             self.log(),
             env,
         )
+
+
+class PyamqpBare(KombuBare):
+    """A bare py-amqp consumer (``amqp.Connection``, no kombu): the same topology, messages,
+    prefetch and per-message work as the bare kombu consumer, one library layer lower."""
+
+    label = "bare py-amqp"
+    module = "benchmarks.contender_pyamqp"
 
 
 class OsloServer(RpcworkerRpc):
@@ -431,6 +440,7 @@ DRAIN: dict[str, tuple[type[Run], tuple[str, ...]]] = {
     "rpcworker": (RpcworkerDirect, ()),
     "rpcworker-nobudget": (RpcworkerNoBudget, ()),
     "kombu": (KombuBare, ()),
+    "pyamqp": (PyamqpBare, ("amqp",)),
     "rpcworker-rpc": (RpcworkerRpc, ()),
     "oslo": (OsloServer, ("oslo.messaging",)),
     "celery": (CeleryWorker, ("celery",)),

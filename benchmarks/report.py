@@ -101,6 +101,15 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[list[str]
         "≥ 1.0",
         lambda v: v >= 1.0,
     )
+    compare(
+        "cast drain ÷ bare py-amqp",
+        rw,
+        drain.get("pyamqp", {}),
+        "rate",
+        "median",
+        "≥ 1.2",
+        lambda v: v >= 1.2,
+    )
     same = rpc.get("median") is not None
     compare(
         "cast drain ÷ oslo.messaging",
@@ -462,15 +471,16 @@ METHOD = """## Method
 - **Same work for every drain contender**: each handler calls the probe of
   `benchmarks/plugin/rpcworker_benchplugin/probe.py` (append `time.monotonic()` to a list)
   and returns its arguments. rpcworker runs it as the `bench_echo` handler (its built-in
-  `echo` plus the tick). Messages: rpcworker (`direct` binding) and the bare kombu consumer
-  get the same persistent JSON casts `{"method": "echo", "args": {}}` on a durable queue;
-  rpcworker's `rpc` binding and the oslo.messaging server get the same oslo casts (envelope
-  2.0, byte for byte what `RPCClient.cast({}, "echo")` sends, on oslo's default non-durable
-  topic queue); Celery gets `task.apply_async()`, dramatiq `broker.enqueue()`, nameko
-  events, as their own clients send them. Settings: rpcworker `workers = 1` and shipped
-  defaults (prefetch 64, 16 handler threads, ack after the handler); bare kombu prefetch
-  64, `json.loads`, one `basic.ack` per message; oslo.messaging defaults (threading
-  executor, unlimited prefetch, ack on receipt); Celery `-P solo`, `task_acks_late`,
+  `echo` plus the tick). Messages: rpcworker (`direct` binding) and the bare kombu and
+  py-amqp consumers get the same persistent JSON casts `{"method": "echo", "args": {}}` on
+  a durable queue; rpcworker's `rpc` binding and the oslo.messaging server get the same
+  oslo casts (envelope 2.0, byte for byte what `RPCClient.cast({}, "echo")` sends, on
+  oslo's default non-durable topic queue); Celery gets `task.apply_async()`, dramatiq
+  `broker.enqueue()`, nameko events, as their own clients send them. Settings: rpcworker
+  `workers = 1` and shipped defaults (prefetch 64, 16 handler threads, ack after the
+  handler); bare kombu and bare py-amqp (`amqp.Connection`, no kombu) prefetch 64,
+  `json.loads`, one `basic.ack` per message; oslo.messaging defaults (threading executor,
+  unlimited prefetch, ack on receipt); Celery `-P solo`, `task_acks_late`,
   `worker_prefetch_multiplier = 100`, without mingle/gossip/heartbeat and remote control;
   dramatiq `--processes 1` (8 threads); nameko defaults (10 workers).
 - **Drain timing**: the queue is prefilled with N messages before the contender starts, so

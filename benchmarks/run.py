@@ -76,8 +76,8 @@ WARMUP_CALLS = 20
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description="Benchmark rpcworker against a bare kombu consumer, oslo.messaging, "
-        "Celery (and dramatiq, nameko when installed) on the local RabbitMQ.",
+        description="Benchmark rpcworker against bare kombu and py-amqp consumers, "
+        "oslo.messaging, Celery (and dramatiq, nameko when installed) on the local RabbitMQ.",
     )
     p.add_argument(
         "--n", type=int, default=20_000, help="messages per drain run (default %(default)s)"

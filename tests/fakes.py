@@ -8,6 +8,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import select
+import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -16,10 +19,14 @@ import kombu
 import rpcworker
 from rpcworker.amqp.transport import Capabilities
 from rpcworker.config.bindingconf import Binding
-from rpcworker.engine.events import Listener, Stats
+from rpcworker.engine.events import NULL, Listener, Stats
+from rpcworker.engine.executor import Executor
+from rpcworker.engine.inflight import Inflight
 from rpcworker.engine.settle import Settle
 from rpcworker.engine.telling import Teller
 from rpcworker.policy import outcomes
+from rpcworker.policy.dedup import CompletedCache
+from rpcworker.policy.outcomes import Delivery, Outcome
 from rpcworker.wire import decoding
 
 # -- the policy and the dispatcher ---------------------------------------------------------
@@ -271,3 +278,53 @@ class ManagementStub(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
+
+
+# -- handler threads: inflight without a broker -----------------------------------------
+
+
+class FakeSettle:
+    blocked = False
+    pending = 0
+
+    def __init__(self) -> None:
+        self.settled: list[tuple[Delivery, Outcome]] = []
+
+    def settle(self, d: Delivery, outcome: Outcome) -> None:
+        self.settled.append((d, outcome))
+
+    def reply(self, reply: Any) -> None:
+        pass
+
+
+class Gated:
+    """``wait`` blocks until its gate is set; ``add`` returns at once."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started: list[int] = []
+        self.lock = threading.Lock()
+
+    def wait(self, ctxt: dict[str, Any], i: int) -> int:
+        with self.lock:
+            self.started.append(i)
+        self.gate.wait(30)
+        return i
+
+    def add(self, ctxt: dict[str, Any], a: int, b: int) -> int:
+        return a + b
+
+
+def settle_until(inflight: Inflight, settle: FakeSettle, n: int, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while len(settle.settled) < n and time.monotonic() < deadline:
+        select.select([inflight.executor.fileno()], [], [], 0.05)
+        inflight.finish(settle)  # type: ignore[arg-type]
+        inflight.expire(time.monotonic(), settle)  # type: ignore[arg-type]
+    assert len(settle.settled) >= n, settle.settled
+
+
+def inflight_of(threads: int) -> Inflight:
+    inflight = Inflight(Executor(threads), CompletedCache(0), NULL, threads, Teller())
+    inflight.connected()
+    return inflight

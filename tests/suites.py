@@ -3,11 +3,13 @@ result and its time, so that a slow or failing suite shows at a glance.
 
     python -m tests.suites [--suite NAME ...] [PYTEST_ARGS ...]
 
-``make test`` (and so CI) runs it after ruff and mypy: unit, examples, functional,
-functional-4.x, rabbit4-strict, cluster and systemd. Every suite runs, even after one
-failed; the exit status is the first non-zero pytest status (5, "no tests collected",
-counts as success: a suite that skips as a whole is reported as such). ``--suite NAME``
-(repeatable, before the pytest arguments) runs only the suites named.
+``make test`` (and so CI) runs it after ruff and mypy: unit, examples, bench-guard,
+functional, functional-4.x, rabbit4-strict, cluster and systemd ("bench-guard" is the drain
+regression guard of tests/bench and benchmarks/guard.py: rpcworker's drain rate ÷ a bare
+py-amqp consumer's, against a floor). Every suite runs, even after one failed; the exit
+status is the first non-zero pytest status (5, "no tests collected", counts as success: a
+suite that skips as a whole is reported as such). ``--suite NAME`` (repeatable, before the
+pytest arguments) runs only the suites named.
 
 A suite may have a ``setup``: a context manager around its pytest run that yields the
 extra environment of that run. "functional-4.x" uses one to run tests/functional again,
@@ -65,6 +67,10 @@ SUITES: tuple[Suite, ...] = (
         "examples",
         ("examples/rpcworker-handler-example/tests", "examples/rpcworker-nova-events/tests"),
     ),
+    # a speed ratio, so the first suite on the broker: the host's broker is idle and holds
+    # no queues of other tests, and no 4.x or cluster node (the later suites start them)
+    # competes for the CPUs; a slower hot path also shows minutes into `make test`
+    Suite("bench-guard", ("tests/bench",)),
     Suite("functional", ("tests/functional",)),
     Suite("functional-4.x", ("tests/functional",), rabbit4_permissive),
     # starts its own strict 4.x node (tests/rabbit4/conftest.py)

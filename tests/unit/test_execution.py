@@ -14,15 +14,12 @@ import pytest
 
 from rpcworker.config import bindingconf
 from rpcworker.engine import aio, recycling
-from rpcworker.engine.events import NULL
 from rpcworker.engine.executor import Executor
-from rpcworker.engine.inflight import Inflight, run
-from rpcworker.engine.telling import Teller
+from rpcworker.engine.inflight import run
 from rpcworker.errors import ConfigError, HandlerTimeout
-from rpcworker.policy.dedup import CompletedCache
-from rpcworker.policy.outcomes import Action, Delivery, Outcome
+from rpcworker.policy.outcomes import Action, Delivery
 from rpcworker.testing import HandlerFixture, RemoteFailure
-from tests.fakes import AFTER, Clock, Sink, req
+from tests.fakes import AFTER, Clock, FakeSettle, Gated, Sink, inflight_of, req, settle_until
 
 # -- the executor ------------------------------------------------------------------------
 
@@ -70,53 +67,6 @@ def test_a_stuck_thread_is_replaced_and_the_pool_keeps_its_size() -> None:
 
 
 # -- inflight: concurrency caps and deadlines ---------------------------------------------
-
-
-class FakeSettle:
-    blocked = False
-    pending = 0
-
-    def __init__(self) -> None:
-        self.settled: list[tuple[Delivery, Outcome]] = []
-
-    def settle(self, d: Delivery, outcome: Outcome) -> None:
-        self.settled.append((d, outcome))
-
-    def reply(self, reply: Any) -> None:
-        pass
-
-
-class Gated:
-    """``wait`` blocks until its gate is set; ``add`` returns at once."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.started: list[int] = []
-        self.lock = threading.Lock()
-
-    def wait(self, ctxt: dict[str, Any], i: int) -> int:
-        with self.lock:
-            self.started.append(i)
-        self.gate.wait(30)
-        return i
-
-    def add(self, ctxt: dict[str, Any], a: int, b: int) -> int:
-        return a + b
-
-
-def settle_until(inflight: Inflight, settle: FakeSettle, n: int, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while len(settle.settled) < n and time.monotonic() < deadline:
-        select.select([inflight.executor.fileno()], [], [], 0.05)
-        inflight.finish(settle)  # type: ignore[arg-type]
-        inflight.expire(time.monotonic(), settle)  # type: ignore[arg-type]
-    assert len(settle.settled) >= n, settle.settled
-
-
-def inflight_of(threads: int) -> Inflight:
-    inflight = Inflight(Executor(threads), CompletedCache(0), NULL, threads, Teller())
-    inflight.connected()
-    return inflight
 
 
 def test_a_binding_holds_at_most_max_concurrency_threads() -> None:

@@ -16,9 +16,8 @@ from rpcworker.engine import shares
 from rpcworker.engine.readiness import NullNotifier
 from rpcworker.engine.shares import Load
 from rpcworker.policy.outcomes import Delivery
-from tests.fakes import AFTER, Clock, Sink, req
+from tests.fakes import AFTER, Clock, FakeSettle, Gated, Sink, inflight_of, req, settle_until
 from tests.helpers import http_get, wait_for
-from tests.unit.test_execution import FakeSettle, Gated, inflight_of, settle_until
 
 
 def bindings(*caps: int) -> list[Binding]:
