@@ -34,13 +34,15 @@ from benchmarks.run import Harness, parse_args
 #: the floor of the median ratio rpcworker ÷ bare py-amqp (drain msg/s, 19 rounds × 5,000
 #: messages), set from repeated guard runs on the 2-core machine (RabbitMQ 3.10, 2026-12-03):
 #: - on 61f38f4 (issue 24's hot path): medians 1.53, 1.55, 1.62, 1.49, 1.47, typical 1.53;
-#:   a 20 % loss of rpcworker's rate gives 0.8 × 1.53 = 1.22, below the floor, and the
-#:   lowest median seen (1.47) is 0.17 above it (the medians' spread, σ ≈ 0.07);
+#:   a 20 % loss of rpcworker's rate gives 0.8 × 1.53 = 1.22, below the floor; in CI on a
+#:   busier machine the same code gave 1.28 once (rpcworker's rate fell from 13,000 to
+#:   7,500 msg/s mid-run, the single-threaded consumer's less), hence 1.25 and not 1.30,
+#:   and tests/bench confirms a median below the floor with a second run before failing;
 #: - on d987579 (before it): medians 1.02 to 1.20, typical 1.09; a busy-wait handicap of
 #:   about 19 % in the handler gave 0.88 and 0.90.
 #: The per-round ratios and the rule are in benchmarks/RESULTS.md; re-measure and change
 #: this one number when rpcworker's hot path changes.
-FLOOR = 1.30
+FLOOR = 1.25
 #: rounds × messages: per-round ratios spread widely here (coefficient of variation 0.15),
 #: so many short rounds; medians of 5 rounds ranged 0.93 to 1.31, too wide for a floor that
 #: both catches a 20 % loss and never flakes. 19 rounds of 5,000 take about 80 s.

@@ -67,11 +67,18 @@ def test_drain_guard(tmp_path: Path) -> None:
     reason = preflight()
     if reason:
         unavailable(reason)
-    verdict, output = run_guard(tmp_path / "guard.json")
-    assert verdict is not None, f"the guard wrote no verdict:\n{output[-4000:]}"
-    assert not verdict["errors"], f"drain runs failed: {verdict['errors']}\n{output[-4000:]}"
-    median = verdict["median"]
-    assert median is not None and median >= verdict["floor"], failure(verdict)
+    # a median below the floor is confirmed by a second run before it fails the test: a
+    # regression fails both, a slow spell of a shared 2-core machine seldom lasts through
+    # two (the first CI run that met one went from 13,000 to 7,500 msg/s mid-run)
+    for attempt in (1, 2):
+        verdict, output = run_guard(tmp_path / f"guard-{attempt}.json")
+        assert verdict is not None, f"the guard wrote no verdict:\n{output[-4000:]}"
+        assert not verdict["errors"], f"drain runs failed: {verdict['errors']}\n{output[-4000:]}"
+        median = verdict["median"]
+        if median is not None and median >= verdict["floor"]:
+            return
+        print(f"drain guard run {attempt}: {failure(verdict)}")
+    pytest.fail(failure(verdict), pytrace=False)
 
 
 def failure(verdict: dict[str, Any]) -> str:
