@@ -140,31 +140,40 @@ class Inflight:
         """Set each binding's limit of threads (``shares.thread_limits``); at start and
         after a SIGHUP changed the bindings. Returns the limits."""
         self._limits = thread_limits(bindings, self.threads)
-        for name in list(self._waiting):  # a raised limit lets waiting ones start now
-            while self._waiting.get(name) and not self._at_limit(name):
-                self._start_next(name)
+        for name, tokens in list(self._waiting.items()):  # a raised limit: start them now
+            while tokens:
+                head = self._jobs.get(tokens[0])
+                if head is None:
+                    tokens.popleft()  # dropped with its connection
+                elif self._at_limit(head.delivery.binding):
+                    break
+                else:
+                    self._start_next(name)
         return self._limits
 
-    def _at_limit(self, name: str) -> bool:
-        limit = self._limits.get(name, 0)
-        return bool(limit) and self._running[name] >= limit
+    def _limit_of(self, binding: Binding) -> int:
+        """``binding``'s limit of threads (0: the whole pool): as ``share`` set it, else
+        (a binding retiring after a SIGHUP) its own ``max_concurrency``."""
+        return self._limits.get(binding.name, binding.max_concurrency)
+
+    def _at_limit(self, binding: Binding) -> bool:
+        limit = self._limit_of(binding)
+        return bool(limit) and self._running[binding.name] >= limit
 
     def loads(self) -> list[Load]:
         """Each binding's running and waiting handlers and its limit, now (for the
         metrics and /healthz: twice a second, not per delivery)."""
         running: collections.Counter[str] = collections.Counter()
         waiting: collections.Counter[str] = collections.Counter()
+        limits = dict(self._limits)
         for job in self._jobs.values():
-            name = job.delivery.binding.name
+            binding = job.delivery.binding
+            limits.setdefault(binding.name, self._limit_of(binding))
             if job.started is None:
-                waiting[name] += 1
+                waiting[binding.name] += 1
             else:
-                running[name] += 1
-        names = set(self._limits) | set(running) | set(waiting)
-        limits = self._limits
-        return [
-            Load(n, running[n], waiting[n], limits.get(n) or self.threads) for n in sorted(names)
-        ]
+                running[binding.name] += 1
+        return [Load(n, running[n], waiting[n], limits[n] or self.threads) for n in sorted(limits)]
 
     def saturation(self, loads: list[Load]) -> str | None:
         """The bindings of ``loads`` whose deliveries wait for a thread, as one line, or
@@ -202,12 +211,10 @@ class Inflight:
         if timeout and timeout < self._shortest:
             self._shortest = timeout
             self._next_scan = 0.0
-        name = d.binding.name
-        limit = self._limits.get(name, d.binding.max_concurrency)
         # under its limit (or none: the whole pool), straight to the executor's queue, so
         # that a free thread never waits for the loop to hand it the next delivery
-        if limit and self._running[name] >= limit:
-            self._waiting.setdefault(name, collections.deque()).append(token)
+        if self._at_limit(d.binding):
+            self._waiting.setdefault(d.binding.name, collections.deque()).append(token)
             return
         self._submit(token, job)
 

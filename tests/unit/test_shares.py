@@ -195,3 +195,24 @@ def test_supervisor_healthz_names_the_saturated_bindings_of_each_worker() -> Non
     )
     hub.on_event(1, 101, "watchdog", consuming=True)
     assert hub.health(30) == (True, "2 worker consume loop(s) alive")
+
+
+def test_a_binding_retiring_after_a_sighup_keeps_its_own_cap() -> None:
+    """A SIGHUP removes binding a (max_concurrency 1) while deliveries of it wait: a is no
+    longer shared out, and its own cap still holds them back."""
+    a, b = bindings(1, 0)
+    inflight, settle, h = inflight_of(4), FakeSettle(), Gated()
+    inflight.share([a, b])
+    try:
+        for i in range(3):
+            inflight.start(Delivery(None, a, "qa", req("wait", args={"i": i})), h)
+        settle_until_started(h, 1)
+        assert inflight.share([b]) == {"b": 0}
+        [load_a, _] = inflight.loads()
+        assert (load_a.running, load_a.waiting, load_a.limit) == (1, 2, 1)
+        assert sorted(h.started) == [0]
+        h.gate.set()
+        settle_until(inflight, settle, 3)
+    finally:
+        h.gate.set()
+        inflight.executor.shutdown(wait=True)
