@@ -183,12 +183,7 @@ def _decode(
             raise Refused(f"content encoding {content_encoding!r} refused: only utf-8 is accepted")
     if headers.get("compression"):
         raise Refused(f"compressed bodies ({headers.get('compression')!r}) are refused")
-    if type(body) is bytes:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Refused(f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
-    elif isinstance(body, bytes | bytearray | memoryview):
+    if isinstance(body, bytes | bytearray | memoryview):  # bytes(b) of bytes is b: no copy
         try:
             text = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
